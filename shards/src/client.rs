@@ -1,0 +1,667 @@
+//! A client connection: its state, the processing of what it sends, and the two
+//! tasks that move its bytes (a reader that parses and routes, a writer that
+//! flushes the coalesced outbound buffer).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::info::ConnectInfo;
+use crate::proto::{self, ClientOp, ParseLimits, Parsed, ProtoError};
+use crate::shard::{Shard, Subscription};
+use crate::subject;
+
+/// Why a connection was closed, spelled as nats-server reports it in /connz.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    ServerShutdown,
+    SlowConsumerPendingBytes,
+    SlowConsumerWriteDeadline,
+    StaleConnection,
+    ProtocolViolation,
+    ParseError,
+    MaxPayloadExceeded,
+    MaxControlLineExceeded,
+    MaxConnectionsExceeded,
+    ReadError,
+    WriteError,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CloseReason::ClientClosed => "Client Closed",
+            CloseReason::ServerShutdown => "Server Shutdown",
+            CloseReason::SlowConsumerPendingBytes => "Slow Consumer (Pending Bytes)",
+            CloseReason::SlowConsumerWriteDeadline => "Slow Consumer (Write Deadline)",
+            CloseReason::StaleConnection => "Stale Connection",
+            CloseReason::ProtocolViolation => "Protocol Violation",
+            CloseReason::ParseError => "Parse Error",
+            CloseReason::MaxPayloadExceeded => "Maximum Message Payload Exceeded",
+            CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
+            CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            CloseReason::ReadError => "Read Error",
+            CloseReason::WriteError => "Write Error",
+        })
+    }
+}
+
+impl CloseReason {
+    /// Slow consumers lose what is pending; everyone else gets it flushed.
+    fn discards_output(self) -> bool {
+        matches!(
+            self,
+            CloseReason::SlowConsumerPendingBytes
+                | CloseReason::SlowConsumerWriteDeadline
+                | CloseReason::WriteError
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    in_msgs: Cell<u64>,
+    in_bytes: Cell<u64>,
+    out_msgs: Cell<u64>,
+    out_bytes: Cell<u64>,
+}
+
+/// One client connection, owned by one shard.
+pub struct Client {
+    pub cid: u64,
+    pub addr: SocketAddr,
+    pub account: u32,
+    pub start: SystemTime,
+    fd: RawFd,
+    connect: RefCell<ConnectInfo>,
+    /// Echo and header support are read per delivery; kept apart from `connect`.
+    echo: Cell<bool>,
+    headers: Cell<bool>,
+    subs: RefCell<HashMap<Bytes, Rc<Subscription>, ahash::RandomState>>,
+    /// Outbound frames not yet handed to the writer.
+    out: RefCell<BytesMut>,
+    /// Bytes the writer is writing now.
+    in_flight: Cell<usize>,
+    writer: Cell<Option<Waker>>,
+    write_started: Cell<Option<Instant>>,
+    closing: Cell<Option<CloseReason>>,
+    /// The shard has removed the connection's subscriptions and records.
+    cleaned_up: Cell<bool>,
+    /// The other shards were told of interest changes since the last PONG.
+    interest_dirty: Cell<bool>,
+    /// A second INFO (connect_info) follows the first PONG for protocol >= 1 clients.
+    info_after_pong: Cell<bool>,
+    pings_out: Cell<u32>,
+    next_ping_at: Cell<Instant>,
+    counters: Counters,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("cid", &self.cid)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        cid: u64,
+        addr: SocketAddr,
+        fd: RawFd,
+        account: u32,
+        first_ping: Instant,
+    ) -> Self {
+        let connect = ConnectInfo::implicit();
+        Client {
+            cid,
+            addr,
+            account,
+            start: SystemTime::now(),
+            fd,
+            echo: Cell::new(connect.echo),
+            headers: Cell::new(connect.headers),
+            connect: RefCell::new(connect),
+            subs: RefCell::default(),
+            out: RefCell::new(BytesMut::with_capacity(4096)),
+            in_flight: Cell::new(0),
+            writer: Cell::new(None),
+            write_started: Cell::new(None),
+            closing: Cell::new(None),
+            cleaned_up: Cell::new(false),
+            interest_dirty: Cell::new(false),
+            info_after_pong: Cell::new(false),
+            pings_out: Cell::new(0),
+            next_ping_at: Cell::new(first_ping),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get().is_some()
+    }
+
+    pub fn echo(&self) -> bool {
+        self.echo.get()
+    }
+
+    pub fn headers(&self) -> bool {
+        self.headers.get()
+    }
+
+    /// `127.0.0.1:50482 - cid:6`, as nats-server starts its client log lines.
+    pub fn log_prefix_short(&self) -> String {
+        format!("{} - cid:{}", self.addr, self.cid)
+    }
+
+    /// The short prefix plus `"v<version>:<lang>:<name>"` once CONNECT said who it is.
+    pub fn log_prefix(&self) -> String {
+        let c = self.connect.borrow();
+        if c.lang.is_empty() && c.name.is_empty() && c.version.is_empty() {
+            self.log_prefix_short()
+        } else {
+            format!(
+                "{} - cid:{} - \"v{}:{}:{}\"",
+                self.addr, self.cid, c.version, c.lang, c.name
+            )
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.connect.borrow().name.clone()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.borrow().len()
+    }
+
+    /// Appends a MSG/HMSG and wakes the writer. Returns the bytes now pending.
+    pub(crate) fn queue_msg(
+        &self,
+        subject: &[u8],
+        sid: &[u8],
+        reply: &[u8],
+        header_len: usize,
+        message: &[u8],
+    ) -> usize {
+        let mut out = self.out.borrow_mut();
+        proto::write_msg(&mut out, subject, sid, reply, header_len, message);
+        self.counters.out_msgs.set(self.counters.out_msgs.get() + 1);
+        self.counters
+            .out_bytes
+            .set(self.counters.out_bytes.get() + message.len() as u64);
+        let pending = out.len() + self.in_flight.get();
+        drop(out);
+        self.wake_writer();
+        pending
+    }
+
+    pub(crate) fn queue_bytes(&self, bytes: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(bytes);
+        self.wake_writer();
+    }
+
+    pub(crate) fn queue_err(&self, text: &str) {
+        proto::write_err(&mut self.out.borrow_mut(), text);
+        self.wake_writer();
+    }
+
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn pending_chunks(&self) -> (usize, usize) {
+        let queued = self.out.borrow().len();
+        let in_flight = self.in_flight.get();
+        (
+            usize::from(queued > 0) + usize::from(in_flight > 0),
+            queued + in_flight,
+        )
+    }
+
+    pub(crate) fn write_started(&self) -> Option<Instant> {
+        self.write_started.get()
+    }
+
+    pub(crate) fn next_ping_at(&self) -> Instant {
+        self.next_ping_at.get()
+    }
+
+    pub(crate) fn pings_outstanding(&self) -> u32 {
+        self.pings_out.get()
+    }
+
+    pub(crate) fn send_ping(&self, next: Instant) {
+        self.pings_out.set(self.pings_out.get() + 1);
+        self.next_ping_at.set(next);
+        self.queue_bytes(proto::PING);
+    }
+
+    pub(crate) fn forget_sub(&self, sid: &[u8]) {
+        self.subs.borrow_mut().remove(sid);
+    }
+
+    pub(crate) fn take_subs(&self) -> Vec<Rc<Subscription>> {
+        self.subs.borrow_mut().drain().map(|(_, s)| s).collect()
+    }
+
+    /// The reason the connection is closing, if it is.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closing.get()
+    }
+
+    /// True exactly once: the caller must remove the connection's state.
+    pub(crate) fn claim_cleanup(&self) -> bool {
+        !self.cleaned_up.replace(true)
+    }
+
+    /// Marks the connection closing. False if it already was.
+    pub(crate) fn begin_close(&self, reason: CloseReason) -> bool {
+        if self.closing.get().is_some() {
+            return false;
+        }
+        self.closing.set(Some(reason));
+        if reason.discards_output() {
+            self.out.borrow_mut().clear();
+            self.shutdown_socket();
+        }
+        self.wake_writer();
+        true
+    }
+
+    /// Unblocks both tasks: pending reads and writes fail at once.
+    fn shutdown_socket(&self) {
+        // SAFETY: shutdown(2) only changes the state of the socket behind `fd`; it
+        // reads no memory of ours. The fd stays open (owned by the TcpStream that
+        // both tasks hold) until after this call, so it cannot name another file.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
+    }
+
+    pub(crate) fn closed_record(&self, reason: CloseReason) -> crate::shard::ClosedClient {
+        let c = self.connect.borrow();
+        crate::shard::ClosedClient {
+            cid: self.cid,
+            addr: self.addr,
+            name: c.name.clone(),
+            lang: c.lang.clone(),
+            version: c.version.clone(),
+            start: self.start,
+            stop: SystemTime::now(),
+            reason,
+            in_msgs: self.counters.in_msgs.get(),
+            out_msgs: self.counters.out_msgs.get(),
+            in_bytes: self.counters.in_bytes.get(),
+            out_bytes: self.counters.out_bytes.get(),
+        }
+    }
+}
+
+/// What processing one operation asks of the read loop.
+enum Next {
+    Continue,
+    /// PING: answer after the interest barrier if one is owed.
+    Pong,
+    Close(CloseReason),
+}
+
+/// Bytes asked of the socket per read, and the allocation they come from.
+const READ_SIZE: usize = 64 * 1024;
+const READ_ALLOC: usize = 256 * 1024;
+
+/// Runs a connection until it closes. The writer runs as its own task.
+pub(crate) async fn run_client(
+    shard: Rc<Shard>,
+    client: Rc<Client>,
+    stream: glommio::net::TcpStream,
+) {
+    shard.connection_started();
+    let stream = Rc::new(RefCell::new(stream));
+    let writer = glommio::spawn_local(write_loop(client.clone(), stream.clone())).detach();
+    let reason = read_loop(&shard, &client, &stream).await;
+    shard.close_client(&client, reason);
+    shard.flush_lanes().await;
+    writer.await;
+    shard.connection_ended();
+}
+
+async fn read_some(
+    stream: &RefCell<glommio::net::TcpStream>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    use futures_lite::AsyncRead;
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf))
+        .await
+}
+
+async fn write_some(
+    stream: &RefCell<glommio::net::TcpStream>,
+    buf: &[u8],
+) -> std::io::Result<usize> {
+    use futures_lite::AsyncWrite;
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf))
+        .await
+}
+
+async fn read_loop(
+    shard: &Rc<Shard>,
+    client: &Rc<Client>,
+    stream: &RefCell<glommio::net::TcpStream>,
+) -> CloseReason {
+    let limits = ParseLimits {
+        max_control_line: shard.opts.max_control_line,
+        max_payload: shard.opts.max_payload,
+    };
+    let mut buf = BytesMut::with_capacity(READ_ALLOC);
+    let mut need = 0usize;
+    loop {
+        // Read until a whole frame may be there.
+        loop {
+            let want = READ_SIZE.max(need.saturating_sub(buf.len()));
+            if buf.capacity() - buf.len() < want.min(READ_SIZE) || need > buf.capacity() {
+                buf.reserve(want.max(READ_ALLOC / 2));
+            }
+            let filled = buf.len();
+            let room = (buf.capacity() - filled).min(want.max(READ_SIZE));
+            buf.resize(filled + room, 0);
+            let n = match read_some(stream, &mut buf[filled..]).await {
+                Ok(0) => return CloseReason::ClientClosed,
+                Ok(n) => n,
+                Err(_) if client.is_closing() => return CloseReason::ClientClosed,
+                Err(_) => return CloseReason::ReadError,
+            };
+            buf.truncate(filled + n);
+            if client.is_closing() {
+                return CloseReason::ClientClosed;
+            }
+            if buf.len() >= need {
+                break;
+            }
+        }
+        let frame = buf.split().freeze();
+        let mut pos = 0;
+        need = 0;
+        while pos < frame.len() {
+            let parsed = match proto::parse(&frame[pos..], &limits) {
+                Ok(p) => p,
+                Err(e) => return protocol_error(client, e),
+            };
+            let (op, n) = match parsed {
+                Parsed::Op(op, n) => (op, n),
+                Parsed::Incomplete { need: more } => {
+                    need = more;
+                    break;
+                }
+            };
+            if shard.opts.trace {
+                trace_op(client, &frame[pos..pos + n]);
+            }
+            pos += n;
+            match process_op(shard, client, op, &frame) {
+                Next::Continue => {}
+                Next::Pong => {
+                    if client.interest_dirty.replace(false) {
+                        shard.barrier().await;
+                    }
+                    client.pings_out.set(0);
+                    client.queue_bytes(proto::PONG);
+                    if client.info_after_pong.replace(false) {
+                        let mut info = shard.info.clone();
+                        info.client_id = Some(client.cid);
+                        info.client_ip = Some(client.addr.ip().to_string());
+                        info.connect_info = true;
+                        info.remote_account =
+                            Some(shard.accounts[client.account as usize].name.clone());
+                        client.queue_bytes(&info.to_line());
+                    }
+                }
+                Next::Close(reason) => return reason,
+            }
+            if client.is_closing() {
+                return CloseReason::ClientClosed;
+            }
+        }
+        if pos < frame.len() {
+            // Keep the partial frame; it is copied once, then completed in place.
+            buf.reserve(need.max(frame.len() - pos));
+            buf.extend_from_slice(&frame[pos..]);
+        }
+        shard.flush_lanes().await;
+    }
+}
+
+fn trace_op(client: &Client, frame: &[u8]) {
+    let line_end = memchr::memchr(b'\n', frame).unwrap_or(frame.len());
+    let line = String::from_utf8_lossy(&frame[..line_end]);
+    let line = line.trim_end_matches('\r');
+    tracing::trace!("{} - <<- [{}]", client.log_prefix(), line);
+    if line_end + 1 < frame.len() {
+        let payload = &frame[line_end + 1..frame.len().saturating_sub(2)];
+        tracing::trace!(
+            "{} - <<- MSG_PAYLOAD: [{:?}]",
+            client.log_prefix(),
+            String::from_utf8_lossy(payload)
+        );
+    }
+}
+
+fn protocol_error(client: &Client, e: ProtoError) -> CloseReason {
+    if let Some(text) = e.client_text() {
+        client.queue_err(text);
+    }
+    tracing::error!("{} - Client parser ERROR: {}", client.log_prefix(), e);
+    match e {
+        ProtoError::MaxPayload => CloseReason::MaxPayloadExceeded,
+        ProtoError::MaxControlLine => CloseReason::MaxControlLineExceeded,
+        _ => CloseReason::ParseError,
+    }
+}
+
+fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &Bytes) -> Next {
+    let verbose = || client.connect.borrow().verbose;
+    match op {
+        ClientOp::Ping => Next::Pong,
+        ClientOp::Pong => {
+            client.pings_out.set(0);
+            Next::Continue
+        }
+        ClientOp::Info => Next::Continue,
+        ClientOp::Connect(json) => {
+            let info: ConnectInfo = match serde_json::from_slice(json) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!("{} - Client parser ERROR: {}", client.log_prefix(), e);
+                    return Next::Close(CloseReason::ParseError);
+                }
+            };
+            if info.protocol < 0 || info.protocol > 1 {
+                client.queue_err("invalid client protocol");
+                return Next::Close(CloseReason::ProtocolViolation);
+            }
+            if info.no_responders && !info.headers {
+                client.queue_err("no responders requires headers support");
+                return Next::Close(CloseReason::ProtocolViolation);
+            }
+            client.echo.set(info.echo);
+            client.headers.set(info.headers);
+            client.info_after_pong.set(info.protocol >= 1);
+            let verbose = info.verbose;
+            *client.connect.borrow_mut() = info;
+            if verbose {
+                client.queue_bytes(proto::OK);
+            }
+            Next::Continue
+        }
+        ClientOp::Pub {
+            subject,
+            reply,
+            header_len,
+            message,
+            hpub,
+        } => {
+            if hpub && !client.headers() {
+                tracing::error!("{} - message headers not supported", client.log_prefix());
+                return Next::Close(CloseReason::ProtocolViolation);
+            }
+            let (pedantic, no_responders) = {
+                let c = client.connect.borrow();
+                (c.pedantic, c.no_responders)
+            };
+            if pedantic && !subject::is_valid_literal_subject(subject) {
+                client.queue_err("Invalid Publish Subject");
+                return Next::Continue;
+            }
+            client
+                .counters
+                .in_msgs
+                .set(client.counters.in_msgs.get() + 1);
+            client
+                .counters
+                .in_bytes
+                .set(client.counters.in_bytes.get() + message.len() as u64);
+            shard.stats.in_msgs.set(shard.stats.in_msgs.get() + 1);
+            shard
+                .stats
+                .in_bytes
+                .set(shard.stats.in_bytes.get() + message.len() as u64);
+            if verbose() {
+                client.queue_bytes(proto::OK);
+            }
+            let delivered = shard.publish(
+                client,
+                client.account,
+                subject,
+                reply,
+                header_len,
+                message,
+                frame,
+            );
+            if !delivered && !reply.is_empty() && no_responders {
+                shard.no_responders(client, subject, reply);
+            }
+            Next::Continue
+        }
+        ClientOp::Sub {
+            subject: subj,
+            queue,
+            sid,
+        } => {
+            if !subject::is_valid_subject(subj)
+                || queue.is_some_and(|q| !subject::is_valid_queue(q))
+            {
+                client.queue_err("Invalid Subject");
+                return Next::Continue;
+            }
+            let max_subs = shard.opts.max_subscriptions;
+            if max_subs > 0 && client.subs.borrow().len() >= max_subs {
+                client.queue_err("maximum subscriptions exceeded");
+                tracing::error!(
+                    "{} - Maximum Subscriptions Exceeded (max {})",
+                    client.log_prefix(),
+                    max_subs
+                );
+                return Next::Continue;
+            }
+            // A repeated sid is ignored, as nats-server ignores it.
+            if !client.subs.borrow().contains_key(sid) {
+                // Copied so the subscription does not pin the whole read buffer.
+                let sub = Rc::new(Subscription {
+                    client: client.clone(),
+                    sid: Bytes::copy_from_slice(sid),
+                    subject: Bytes::copy_from_slice(subj),
+                    queue: queue.map(Bytes::copy_from_slice),
+                    max: Cell::new(0),
+                    delivered: Cell::new(0),
+                });
+                client
+                    .subs
+                    .borrow_mut()
+                    .insert(sub.sid.clone(), sub.clone());
+                if shard.add_subscription(client.account, sub) {
+                    client.interest_dirty.set(true);
+                }
+            }
+            if verbose() {
+                client.queue_bytes(proto::OK);
+            }
+            Next::Continue
+        }
+        ClientOp::Unsub { sid, max } => {
+            let sub = client.subs.borrow().get(sid).cloned();
+            if let Some(sub) = sub {
+                match max {
+                    Some(max) if max > 0 && sub.delivered.get() < max => sub.max.set(max),
+                    _ => {
+                        client.forget_sub(sid);
+                        if shard.remove_subscription(client.account, &sub) {
+                            client.interest_dirty.set(true);
+                        }
+                    }
+                }
+            }
+            if verbose() {
+                client.queue_bytes(proto::OK);
+            }
+            Next::Continue
+        }
+    }
+}
+
+async fn write_loop(client: Rc<Client>, stream: Rc<RefCell<glommio::net::TcpStream>>) {
+    let mut spare = BytesMut::with_capacity(4096);
+    loop {
+        std::future::poll_fn(|cx| {
+            if !client.out.borrow().is_empty() || client.is_closing() {
+                Poll::Ready(())
+            } else {
+                client.writer.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        std::mem::swap(&mut spare, &mut *client.out.borrow_mut());
+        if spare.is_empty() {
+            break; // closing, nothing left to flush
+        }
+        client.in_flight.set(spare.len());
+        client.write_started.set(Some(Instant::now()));
+        let mut written = 0;
+        let mut failed = false;
+        while written < spare.len() {
+            match write_some(&stream, &spare[written..]).await {
+                Ok(0) | Err(_) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => {
+                    written += n;
+                    client.in_flight.set(spare.len() - written);
+                }
+            }
+        }
+        client.write_started.set(None);
+        client.in_flight.set(0);
+        spare.clear();
+        // Do not keep a huge buffer around after a burst.
+        if spare.capacity() > 4 * 1024 * 1024 {
+            spare = BytesMut::with_capacity(4096);
+        }
+        if failed {
+            client.begin_close(CloseReason::WriteError);
+            break;
+        }
+    }
+    client.shutdown_socket();
+}

@@ -1,0 +1,165 @@
+//! The INFO the server sends and the CONNECT a client sends, with nats-server's
+//! field names, order and defaults.
+
+use serde::{Deserialize, Serialize};
+
+use crate::options::{ServerOptions, API_LEVEL, NATS_VERSION, STRAIT_VERSION};
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// INFO, in the field order nats-server emits; empty and false fields are omitted.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub server_id: String,
+    pub server_name: String,
+    pub version: String,
+    pub proto: u32,
+    pub go: String,
+    pub host: String,
+    pub port: u16,
+    pub headers: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub auth_required: bool,
+    pub max_payload: usize,
+    #[serde(skip_serializing_if = "is_false")]
+    pub jetstream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub ldm: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub connect_info: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_account: Option<String>,
+    pub api_lvl: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub xkey: String,
+}
+
+impl ServerInfo {
+    /// The server-wide part of INFO; per-connection fields are filled in later.
+    pub fn from_options(opts: &ServerOptions, port: u16) -> Self {
+        ServerInfo {
+            server_id: opts.server_id.clone(),
+            server_name: if opts.server_name.is_empty() {
+                opts.server_id.clone()
+            } else {
+                opts.server_name.clone()
+            },
+            version: NATS_VERSION.into(),
+            proto: 1,
+            go: format!("strait-{STRAIT_VERSION}"),
+            host: opts.host.clone(),
+            port,
+            headers: true,
+            auth_required: false,
+            max_payload: opts.max_payload,
+            jetstream: false,
+            client_id: None,
+            client_ip: None,
+            ldm: false,
+            connect_info: false,
+            remote_account: None,
+            api_lvl: API_LEVEL,
+            xkey: opts.xkey.clone(),
+        }
+    }
+
+    /// `INFO {...} \r\n` — note the space nats-server puts before CRLF.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = b"INFO ".to_vec();
+        // Serializing a struct of strings and numbers cannot fail.
+        serde_json::to_writer(&mut line, self).unwrap_or_default();
+        line.extend_from_slice(b" \r\n");
+        line
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// CONNECT options. Absent fields take nats-server's defaults: verbose, pedantic
+/// and echo are on, everything else off.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ConnectInfo {
+    #[serde(default = "yes")]
+    pub verbose: bool,
+    #[serde(default = "yes")]
+    pub pedantic: bool,
+    #[serde(default)]
+    pub tls_required: bool,
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub pass: Option<String>,
+    #[serde(default)]
+    pub nkey: Option<String>,
+    #[serde(default)]
+    pub sig: Option<String>,
+    #[serde(default)]
+    pub jwt: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub lang: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub protocol: i64,
+    #[serde(default = "yes")]
+    pub echo: bool,
+    #[serde(default)]
+    pub headers: bool,
+    #[serde(default)]
+    pub no_responders: bool,
+}
+
+impl ConnectInfo {
+    /// What a client that never sent CONNECT gets (allowed when no auth is configured).
+    pub fn implicit() -> Self {
+        serde_json::from_str("{}").unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_defaults() {
+        let c = ConnectInfo::implicit();
+        assert!(c.verbose && c.pedantic && c.echo);
+        assert!(!c.headers && !c.no_responders);
+        let c: ConnectInfo =
+            serde_json::from_str(r#"{"verbose":false,"pedantic":false,"protocol":1,"headers":true,"name":"n","extra":[1]}"#)
+                .unwrap();
+        assert!(!c.verbose && !c.pedantic && c.echo && c.headers);
+        assert_eq!(c.protocol, 1);
+        assert!(serde_json::from_str::<ConnectInfo>("{bad json}").is_err());
+    }
+
+    #[test]
+    fn info_line_shape() {
+        let opts = ServerOptions {
+            server_id: "NABC".into(),
+            host: "127.0.0.1".into(),
+            xkey: "XABC".into(),
+            ..Default::default()
+        };
+        let mut info = ServerInfo::from_options(&opts, 4222);
+        info.client_id = Some(7);
+        info.client_ip = Some("127.0.0.1".into());
+        let line = String::from_utf8(info.to_line()).unwrap();
+        assert!(line.starts_with(
+            r#"INFO {"server_id":"NABC","server_name":"NABC","version":"2.14.0","proto":1,"go":"#
+        ));
+        assert!(line.ends_with(r#""headers":true,"max_payload":1048576,"client_id":7,"client_ip":"127.0.0.1","api_lvl":4,"xkey":"XABC"} "#.to_owned() + "\r\n"));
+    }
+}

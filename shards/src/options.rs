@@ -1,0 +1,69 @@
+//! Typed options the data plane runs with. Built by the control plane (CLI and
+//! configuration file) and handed to every shard as an immutable snapshot.
+
+use std::time::Duration;
+
+/// The nats-server version whose behaviour strait matches; clients switch features by it.
+pub const NATS_VERSION: &str = "2.14.0";
+/// JetStream API level advertised in INFO (nats-server 2.14 sends it even without JetStream).
+pub const API_LEVEL: u32 = 4;
+/// strait's own version.
+pub const STRAIT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Listen address for clients.
+    pub host: String,
+    /// Client port; 0 picks a free one.
+    pub port: u16,
+    /// Public NKEY-style server id (56 characters, starts with `N`).
+    pub server_id: String,
+    /// Server name; nats-server uses the id when none is configured.
+    pub server_name: String,
+    /// Curve public key advertised as `xkey`.
+    pub xkey: String,
+    /// Number of shards (executors pinned to cores).
+    pub shards: usize,
+    pub max_payload: usize,
+    pub max_control_line: usize,
+    pub max_connections: usize,
+    /// 0 means unlimited.
+    pub max_subscriptions: usize,
+    pub max_pending: usize,
+    pub write_deadline: Duration,
+    pub ping_interval: Duration,
+    pub ping_max: u32,
+    /// Trace protocol operations (`-V`).
+    pub trace: bool,
+    /// Busy-poll this long before an idle shard parks (lower wake-up latency, more CPU).
+    pub spin_before_park: Option<Duration>,
+    /// Period of each shard's housekeeping tick; also bounds a lost wake-up.
+    pub tick: Duration,
+    /// Closed connections remembered for monitoring.
+    pub max_closed_clients: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            host: "0.0.0.0".into(),
+            port: 4222,
+            server_id: String::new(),
+            server_name: String::new(),
+            xkey: String::new(),
+            shards: 1,
+            max_payload: 1024 * 1024,
+            max_control_line: 4096,
+            max_connections: 64 * 1024,
+            max_subscriptions: 0,
+            max_pending: 64 * 1024 * 1024,
+            write_deadline: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(120),
+            ping_max: 2,
+            trace: false,
+            spin_before_park: None,
+            tick: Duration::from_millis(5),
+            max_closed_clients: 10_000,
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Starting and stopping the shards: the glommio-specific shell around the
+//! sans-I/O cores. One executor per shard, pinned to a core, each accepting on its
+//! own SO_REUSEPORT listener.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use thiserror::Error;
+
+use crate::client::{run_client, Client, CloseReason};
+use crate::info::ServerInfo;
+use crate::mesh::{Batch, Lane, MeshEnds};
+use crate::options::ServerOptions;
+use crate::shard::{Global, Shard, GLOBAL_ACCOUNT};
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("invalid listen address {0}: {1}")]
+    Address(String, std::io::Error),
+    #[error("Error listening on port: {0}, \"{1}\"")]
+    Bind(String, std::io::Error),
+    #[error("could not start shard {0}: {1}")]
+    Executor(usize, String),
+}
+
+/// A running set of shards.
+pub struct ServerHandle {
+    pub port: u16,
+    pub global: Arc<Global>,
+    joins: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Asks every shard to close its listener and connections and stop.
+    pub fn shutdown(&self) {
+        self.global.shutdown.store(true, Ordering::Release);
+    }
+
+    /// Waits until every shard has stopped.
+    pub fn join(self) {
+        for j in self.joins {
+            let _ = j.join();
+        }
+    }
+}
+
+/// Memory each executor registers with io_uring. glommio takes it from
+/// RLIMIT_MEMLOCK (8 MiB by default), so keep it small enough for every shard.
+const IO_MEMORY: usize = 512 * 1024;
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, StartError> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| StartError::Address(format!("{host}:{port}"), e))?
+        .next()
+        .ok_or_else(|| {
+            StartError::Address(
+                format!("{host}:{port}"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+            )
+        })
+}
+
+/// Starts all shards; returns once every one of them accepts connections.
+pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
+    let addr = resolve(&opts.host, opts.port)?;
+    // glommio listeners always set SO_REUSEPORT, so a second broker on the same port
+    // would silently share its traffic. An exclusive bind first fails as it should.
+    let port = {
+        let probe =
+            std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind(addr.to_string(), e))?;
+        probe
+            .local_addr()
+            .map_err(|e| StartError::Bind(addr.to_string(), e))?
+            .port()
+    };
+    let addr = SocketAddr::new(addr.ip(), port);
+    let nshards = opts.shards.max(1);
+    let opts = Arc::new(ServerOptions {
+        shards: nshards,
+        ..opts
+    });
+    let global = Arc::new(Global::default());
+    let mut mesh = MeshEnds::new(nshards);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut joins = Vec::with_capacity(nshards);
+    for id in 0..nshards {
+        let (senders, receivers) = mesh.take(id);
+        let opts = opts.clone();
+        let global = global.clone();
+        let ready = ready_tx.clone();
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+            .name(&format!("shard-{id}"))
+            .io_memory(IO_MEMORY);
+        if let Some(spin) = opts.spin_before_park {
+            builder = builder.spin_before_park(spin);
+        }
+        let handle = builder
+            .spawn(move || run_shard(id, opts, addr, global, senders, receivers, ready))
+            .map_err(|e| StartError::Executor(id, e.to_string()))?;
+        joins.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..nshards {
+        let failure = match ready_rx.recv() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("a shard stopped while starting".to_string()),
+        };
+        if let Some(e) = failure {
+            global.shutdown.store(true, Ordering::Release);
+            for j in joins {
+                let _ = j.join();
+            }
+            return Err(StartError::Bind(addr.to_string(), std::io::Error::other(e)));
+        }
+    }
+    Ok(ServerHandle {
+        port,
+        global,
+        joins,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_shard(
+    id: usize,
+    opts: Arc<ServerOptions>,
+    addr: SocketAddr,
+    global: Arc<Global>,
+    senders: Vec<Option<glommio::channels::shared_channel::SharedSender<Batch>>>,
+    receivers: Vec<Option<glommio::channels::shared_channel::SharedReceiver<Batch>>>,
+    ready: mpsc::Sender<Result<(), String>>,
+) {
+    let listener = match glommio::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    // A sender's connect waits for its receiver's, so receivers connect concurrently.
+    let receivers: Vec<_> = receivers
+        .into_iter()
+        .map(|rx| rx.map(|rx| glommio::spawn_local(rx.connect())))
+        .collect();
+    let mut lanes = Vec::with_capacity(senders.len());
+    for tx in senders {
+        lanes.push(match tx {
+            Some(tx) => Some(Lane::connect(tx).await),
+            None => None,
+        });
+    }
+    let info = ServerInfo::from_options(&opts, addr.port());
+    let shard = Rc::new(Shard::new(id, opts.clone(), info, global.clone(), lanes));
+    for (from, rx) in receivers.into_iter().enumerate() {
+        if let Some(rx) = rx {
+            let rx = rx.await;
+            glommio::spawn_local(mesh_receiver(shard.clone(), from, rx)).detach();
+        }
+    }
+    let _ = ready.send(Ok(()));
+    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
+    housekeeping(&shard).await;
+
+    // Dropping the acceptor task cancels it and closes this shard's listener.
+    drop(acceptor);
+    shard.close_all(CloseReason::ServerShutdown);
+    shard.try_flush_lanes();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while shard.live_connections() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The periodic tick: bounds the cost of a lost wake-up to one period, flushes
+/// lanes left pending, measures loop lag, pings clients and enforces deadlines.
+async fn housekeeping(shard: &Rc<Shard>) {
+    let tick = shard.opts.tick;
+    let sweep_every = Duration::from_millis(100);
+    let mut last_sweep = Instant::now();
+    let mut last = Instant::now();
+    while !shard.global.shutdown.load(Ordering::Acquire) {
+        glommio::timer::sleep(tick).await;
+        let now = Instant::now();
+        let lag = now.duration_since(last).saturating_sub(tick);
+        last = now;
+        let lag_us = lag.as_micros() as u64;
+        if lag_us > shard.stats.max_loop_lag_us.get() {
+            shard.stats.max_loop_lag_us.set(lag_us);
+        }
+        if lag > Duration::from_millis(100) {
+            tracing::warn!("shard {} loop lag of {:?}", shard.id, lag);
+        }
+        shard.try_flush_lanes();
+        if now.duration_since(last_sweep) >= sweep_every {
+            last_sweep = now;
+            shard.sweep_clients(now);
+            shard.try_flush_lanes();
+        }
+    }
+}
+
+async fn mesh_receiver(
+    shard: Rc<Shard>,
+    from: usize,
+    rx: glommio::channels::shared_channel::ConnectedReceiver<Batch>,
+) {
+    while let Some(batch) = rx.recv().await {
+        shard.handle_batch(from, batch);
+        // Never wait here: two shards waiting on each other's full lanes from their
+        // receivers would deadlock. What cannot go now goes on the next tick.
+        shard.try_flush_lanes();
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("Error accepting client connection: {}", e);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(addr) = stream.peer_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let cid = shard.next_cid();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let client = Rc::new(Client::new(
+            cid,
+            addr,
+            fd,
+            GLOBAL_ACCOUNT,
+            Instant::now() + shard.opts.ping_interval,
+        ));
+        let mut info = shard.info.clone();
+        info.client_id = Some(cid);
+        info.client_ip = Some(addr.ip().to_string());
+        client.queue_bytes(&info.to_line());
+        let count = shard.global.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        shard
+            .global
+            .total_connections
+            .fetch_add(1, Ordering::Relaxed);
+        if count > shard.opts.max_connections {
+            shard.global.connections.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(
+                "{} - maximum connections exceeded",
+                client.log_prefix_short()
+            );
+            client.queue_err("maximum connections exceeded");
+            client.begin_close(CloseReason::MaxConnectionsExceeded);
+        } else {
+            tracing::debug!("{} - Client connection created", client.log_prefix_short());
+            shard.register_client(client.clone());
+        }
+        glommio::spawn_local(run_client(shard.clone(), client, stream)).detach();
+    }
+}

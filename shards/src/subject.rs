@@ -1,0 +1,135 @@
+//! Subject syntax: validation and wildcard matching, as nats-server defines them.
+//!
+//! Subjects are byte strings of `.`-separated, non-empty tokens without whitespace.
+//! `*` as a whole token matches exactly one token and `>` as the last whole token
+//! matches one or more; inside a longer token both are ordinary characters.
+
+/// Token separator.
+pub const SEP: u8 = b'.';
+/// Single-token wildcard.
+pub const PWC: u8 = b'*';
+/// Trailing multi-token wildcard.
+pub const FWC: u8 = b'>';
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'\x0c')
+}
+
+/// A subject a client may subscribe to: wildcards allowed, `>` only last.
+pub fn is_valid_subject(subject: &[u8]) -> bool {
+    validate(subject, true)
+}
+
+/// A subject without wildcard tokens (what pedantic publishers must use).
+pub fn is_valid_literal_subject(subject: &[u8]) -> bool {
+    validate(subject, false)
+}
+
+fn validate(subject: &[u8], allow_wildcards: bool) -> bool {
+    if subject.is_empty() {
+        return false;
+    }
+    if std::str::from_utf8(subject).is_err() {
+        return false;
+    }
+    let mut tokens = subject.split(|&b| b == SEP).peekable();
+    while let Some(token) = tokens.next() {
+        if token.is_empty() || token.iter().any(|&b| is_space(b) || b == 0) {
+            return false;
+        }
+        if token.len() == 1 {
+            match token[0] {
+                PWC if !allow_wildcards => return false,
+                FWC if !allow_wildcards || tokens.peek().is_some() => return false,
+                _ => {}
+            }
+        }
+    }
+    true
+}
+
+/// True when the subject contains a wildcard token.
+pub fn has_wildcard(subject: &[u8]) -> bool {
+    subject
+        .split(|&b| b == SEP)
+        .any(|t| t.len() == 1 && (t[0] == PWC || t[0] == FWC))
+}
+
+/// Does the literal `subject` match the (possibly wildcard) `filter`?
+pub fn matches(filter: &[u8], subject: &[u8]) -> bool {
+    let mut f = filter.split(|&b| b == SEP);
+    let mut s = subject.split(|&b| b == SEP);
+    loop {
+        match (f.next(), s.next()) {
+            (None, None) => return true,
+            (Some(ft), Some(st)) => {
+                if ft.len() == 1 && ft[0] == FWC {
+                    return true;
+                }
+                if !(ft.len() == 1 && ft[0] == PWC) && ft != st {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// A queue group name: one token, no whitespace.
+pub fn is_valid_queue(queue: &[u8]) -> bool {
+    !queue.is_empty() && !queue.iter().any(|&b| is_space(b)) && std::str::from_utf8(queue).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        for ok in [
+            "foo",
+            "foo.bar",
+            "foo.*",
+            "foo.>",
+            "*",
+            ">",
+            "*.*.>",
+            "a*.b>",
+            "$JS.API.>",
+        ] {
+            assert!(is_valid_subject(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "foo.",
+            ".foo",
+            "foo..bar",
+            "foo.>.bar",
+            "foo bar",
+            "foo\tbar",
+            ">.a",
+        ] {
+            assert!(!is_valid_subject(bad.as_bytes()), "{bad:?}");
+        }
+        assert!(is_valid_literal_subject(b"foo.bar"));
+        assert!(is_valid_literal_subject(b"a*.b>"));
+        assert!(!is_valid_literal_subject(b"foo.*"));
+        assert!(!is_valid_literal_subject(b"foo.>"));
+        assert!(!is_valid_subject(&[0xff, 0xfe]));
+    }
+
+    #[test]
+    fn matching() {
+        assert!(matches(b"foo.*", b"foo.bar"));
+        assert!(!matches(b"foo.*", b"foo.bar.baz"));
+        assert!(matches(b"foo.>", b"foo.bar.baz"));
+        assert!(!matches(b"foo.>", b"foo"));
+        assert!(matches(b">", b"foo"));
+        assert!(matches(b"*.bar", b"foo.bar"));
+        assert!(!matches(b"foo", b"foo.bar"));
+        assert!(matches(b"foo.bar", b"foo.bar"));
+        assert!(has_wildcard(b"a.*"));
+        assert!(!has_wildcard(b"a*.b"));
+    }
+}

@@ -1,0 +1,198 @@
+//! strait: a NATS-compatible message broker, thread-per-core and shared-nothing.
+//!
+//! This binary is the control plane: command line, configuration, logging, process
+//! lifecycle and the control executor. The data plane lives in `strait-shards`.
+
+mod cli;
+mod logging;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use glommio::{LocalExecutorBuilder, Placement};
+use strait_shards::options::{NATS_VERSION, STRAIT_VERSION};
+use strait_shards::ServerOptions;
+
+use crate::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = match Cli::parse_args(std::env::args()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("strait: {e}");
+            eprintln!("{}", cli::HELP);
+            return ExitCode::from(1);
+        }
+    };
+    if cli.help || cli.help_tls {
+        print!("{}", cli::HELP);
+        return ExitCode::SUCCESS;
+    }
+    if cli.version {
+        println!("strait: v{STRAIT_VERSION} (nats-server: v{NATS_VERSION} compatible)");
+        return ExitCode::SUCCESS;
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logging may not be up yet; nats-server prints fatal start errors plainly.
+            tracing::error!("{e:#}");
+            eprintln!("strait: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Turns the command line into options, validating what it can before start.
+fn options_from_cli(cli: &Cli) -> anyhow::Result<ServerOptions> {
+    if let Some(feature) = cli.unsupported() {
+        bail!("{feature} is not supported by strait yet");
+    }
+    if cli.jetstream {
+        bail!("JetStream is not available in strait yet (-js/--jetstream)");
+    }
+    if let Some(path) = &cli.config {
+        bail!("configuration files are not supported yet (-c {path})");
+    }
+    let mut opts = ServerOptions::default();
+    if let Some(addr) = &cli.addr {
+        opts.host = addr.clone();
+    }
+    if let Some(port) = cli.port {
+        opts.port = match port {
+            -1 | 0 => 0,
+            p if (1..=65535).contains(&p) => p as u16,
+            p => bail!("invalid port {p}"),
+        };
+    }
+    let server_key = nkeys::KeyPair::new_server();
+    opts.server_id = server_key.public_key();
+    opts.xkey = nkeys::XKey::new().public_key();
+    opts.server_name = cli.name.clone().unwrap_or_default();
+    opts.shards = match cli.shards {
+        Some(0) => bail!("--shards must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    opts.trace = cli.trace || cli.verbose_trace;
+    if let Some(spin) = &cli.spin_before_park {
+        opts.spin_before_park = Some(parse_go_duration(spin)?);
+    }
+    Ok(opts)
+}
+
+/// Parses the subset of Go durations used on the command line (`50us`, `1ms`, `2s`).
+fn parse_go_duration(s: &str) -> anyhow::Result<Duration> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .with_context(|| format!("invalid duration {s:?}: missing unit"))?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("invalid duration {s:?}"))?;
+    let nanos = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "h" => 3600e9,
+        _ => bail!("invalid duration {s:?}: unknown unit {unit:?}"),
+    };
+    Ok(Duration::from_nanos((value * nanos) as u64))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let opts = options_from_cli(&cli)?;
+    logging::init(&logging::LogOptions {
+        debug: cli.debug,
+        trace: cli.trace || cli.verbose_trace,
+        timestamps: cli.logtime.unwrap_or(true),
+        file: cli.log.clone(),
+    })?;
+    if cli.test_config {
+        println!("strait: configuration is valid");
+        return Ok(());
+    }
+
+    tracing::info!("Starting strait");
+    tracing::info!("  Version:  {STRAIT_VERSION} (nats-server {NATS_VERSION} compatible)");
+    tracing::info!(
+        "  Name:     {}",
+        if opts.server_name.is_empty() {
+            &opts.server_id
+        } else {
+            &opts.server_name
+        }
+    );
+    tracing::info!("  ID:       {}", opts.server_id);
+    tracing::info!("  Shards:   {}", opts.shards);
+    if let Some(dir) = &cli.store_dir {
+        tracing::debug!("Store directory {dir:?} noted; JetStream is not enabled");
+    }
+
+    let host = opts.host.clone();
+    let handle = strait_shards::start(opts)?;
+    if let Some(pid_file) = &cli.pid {
+        std::fs::write(pid_file, std::process::id().to_string())
+            .with_context(|| format!("could not write pid file {pid_file}"))?;
+    }
+    tracing::info!(
+        "Listening for client connections on {}",
+        host_port(&host, handle.port)
+    );
+    tracing::info!("Server is ready");
+
+    let control = spawn_control(handle.global.clone())?;
+    handle.join();
+    let _ = control.join();
+    tracing::info!("Server Exiting..");
+    Ok(())
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The control executor: off the data path, unpinned. For now it watches for
+/// termination signals; monitoring and `$SYS` work will live here too.
+fn spawn_control(
+    global: Arc<strait_shards::shard::Global>,
+) -> anyhow::Result<glommio::ExecutorJoinHandle<()>> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let terminated = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, terminated.clone())?;
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("control")
+        .io_memory(64 * 1024)
+        .spawn(move || async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                let signal = if interrupted.load(Ordering::Acquire) {
+                    Some("interrupt")
+                } else if terminated.load(Ordering::Acquire) {
+                    Some("terminated")
+                } else {
+                    None
+                };
+                if let Some(name) = signal {
+                    tracing::info!("Trapped \"{name}\" signal");
+                    tracing::info!("Initiating Shutdown...");
+                    global.shutdown.store(true, Ordering::Release);
+                }
+                if global.shutdown.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("could not start the control executor: {e}"))?;
+    Ok(handle)
+}
