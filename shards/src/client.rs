@@ -95,8 +95,9 @@ pub struct Client {
     closing: Cell<Option<CloseReason>>,
     /// The shard has removed the connection's subscriptions and records.
     cleaned_up: Cell<bool>,
-    /// The other shards were told of interest changes since the last PONG.
-    interest_dirty: Cell<bool>,
+    /// Something went to other shards (interest changes or messages) since the
+    /// last PONG; the next PONG waits for them to be applied.
+    mesh_dirty: Cell<bool>,
     /// A second INFO (connect_info) follows the first PONG for protocol >= 1 clients.
     info_after_pong: Cell<bool>,
     pings_out: Cell<u32>,
@@ -138,7 +139,7 @@ impl Client {
             write_started: Cell::new(None),
             closing: Cell::new(None),
             cleaned_up: Cell::new(false),
-            interest_dirty: Cell::new(false),
+            mesh_dirty: Cell::new(false),
             info_after_pong: Cell::new(false),
             pings_out: Cell::new(0),
             next_ping_at: Cell::new(first_ping),
@@ -412,7 +413,7 @@ async fn read_loop(
             match process_op(shard, client, op, &frame) {
                 Next::Continue => {}
                 Next::Pong => {
-                    if client.interest_dirty.replace(false) {
+                    if client.mesh_dirty.replace(false) {
                         shard.barrier().await;
                     }
                     client.pings_out.set(0);
@@ -520,7 +521,11 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 (c.pedantic, c.no_responders)
             };
             if pedantic && !subject::is_valid_literal_subject(subject) {
+                // nats-server still acknowledges the rejected PUB in verbose mode.
                 client.queue_err("Invalid Publish Subject");
+                if verbose() {
+                    client.queue_bytes(proto::OK);
+                }
                 return Next::Continue;
             }
             client
@@ -539,7 +544,7 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             if verbose() {
                 client.queue_bytes(proto::OK);
             }
-            let delivered = shard.publish(
+            let routed = shard.publish(
                 client,
                 client.account,
                 subject,
@@ -548,7 +553,10 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 message,
                 frame,
             );
-            if !delivered && !reply.is_empty() && no_responders {
+            if routed.remote {
+                client.mesh_dirty.set(true);
+            }
+            if !routed.any() && !reply.is_empty() && no_responders {
                 shard.no_responders(client, subject, reply);
             }
             Next::Continue
@@ -590,7 +598,7 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                     .borrow_mut()
                     .insert(sub.sid.clone(), sub.clone());
                 if shard.add_subscription(client.account, sub) {
-                    client.interest_dirty.set(true);
+                    client.mesh_dirty.set(true);
                 }
             }
             if verbose() {
@@ -606,7 +614,7 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                     _ => {
                         client.forget_sub(sid);
                         if shard.remove_subscription(client.account, &sub) {
-                            client.interest_dirty.set(true);
+                            client.mesh_dirty.set(true);
                         }
                     }
                 }

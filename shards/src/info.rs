@@ -83,6 +83,15 @@ fn yes() -> bool {
     true
 }
 
+/// Clients send `null` for fields they leave unset.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// CONNECT options. Absent fields take nats-server's defaults: verbose, pedantic
 /// and echo are on, everything else off.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -91,7 +100,7 @@ pub struct ConnectInfo {
     pub verbose: bool,
     #[serde(default = "yes")]
     pub pedantic: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tls_required: bool,
     #[serde(default)]
     pub auth_token: Option<String>,
@@ -105,19 +114,19 @@ pub struct ConnectInfo {
     pub sig: Option<String>,
     #[serde(default)]
     pub jwt: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub lang: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub protocol: i64,
     #[serde(default = "yes")]
     pub echo: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub headers: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub no_responders: bool,
 }
 
@@ -138,7 +147,7 @@ mod tests {
         assert!(c.verbose && c.pedantic && c.echo);
         assert!(!c.headers && !c.no_responders);
         let c: ConnectInfo =
-            serde_json::from_str(r#"{"verbose":false,"pedantic":false,"protocol":1,"headers":true,"name":"n","extra":[1]}"#)
+            serde_json::from_str(r#"{"verbose":false,"pedantic":false,"protocol":1,"headers":true,"name":"n","lang":null,"extra":[1]}"#)
                 .unwrap();
         assert!(!c.verbose && !c.pedantic && c.echo && c.headers);
         assert_eq!(c.protocol, 1);

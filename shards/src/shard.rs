@@ -128,6 +128,19 @@ struct BarrierWait {
     waker: Option<Waker>,
 }
 
+/// Where a published message went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routed {
+    pub local: bool,
+    pub remote: bool,
+}
+
+impl Routed {
+    pub fn any(self) -> bool {
+        self.local || self.remote
+    }
+}
+
 /// Which queue groups a remote shard must serve for one message.
 struct RemoteTarget {
     plain: bool,
@@ -337,7 +350,6 @@ impl Shard {
 
     /// Routes a message published by a local client. `frame` is the read buffer the
     /// slices point into, so other shards get the payload without a copy.
-    /// Returns whether anyone was interested.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn publish(
         &self,
@@ -348,9 +360,9 @@ impl Shard {
         header_len: usize,
         message: &[u8],
         frame: &Bytes,
-    ) -> bool {
+    ) -> Routed {
         let Some(m) = self.matches(account, subject) else {
-            return false;
+            return Routed::default();
         };
         let no_echo = !publisher.echo();
         let mut any = false;
@@ -427,7 +439,10 @@ impl Shard {
                 }
             }
         }
-        any || any_remote
+        Routed {
+            local: any,
+            remote: any_remote,
+        }
     }
 
     /// Picks one queue member; local members weigh 1, a remote shard weighs as many
