@@ -78,6 +78,7 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<ServerOptions> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     opts.trace = cli.trace || cli.verbose_trace;
+    opts.max_traced_msg_len = cli.max_traced_msg_len.unwrap_or(0);
     if let Some(spin) = &cli.spin_before_park {
         opts.spin_before_park = Some(parse_go_duration(spin)?);
     }

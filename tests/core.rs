@@ -372,3 +372,32 @@ fn graceful_stop_on_sigterm() {
     let (_, closed) = raw.read_until_close(Duration::from_secs(5));
     assert!(closed);
 }
+
+#[test]
+fn log_format_debug_and_trace() {
+    let server = Server::start(&["-DV", "--max_traced_msg_len", "4"]);
+    let mut raw = Raw::connect(server.port);
+    raw.send(CONNECT);
+    raw.send(b"SUB log.x 1\r\nPUB log.x 10\r\n0123456789\r\n");
+    raw.ping_sync();
+    drop(raw);
+    assert!(server.wait_for_log("Client connection closed", Duration::from_secs(5)));
+    let log = server.log_text();
+    let pid = server.pid();
+    let ready = log
+        .lines()
+        .find(|l| l.ends_with("[INF] Server is ready"))
+        .expect("ready line");
+    // [pid] YYYY/MM/DD HH:MM:SS.ffffff [INF] ...
+    let prefix = format!("[{pid}] ");
+    assert!(ready.starts_with(&prefix), "{ready}");
+    let ts = &ready[prefix.len()..prefix.len() + 26];
+    assert_eq!(ts.as_bytes()[4], b'/');
+    assert_eq!(ts.as_bytes()[10], b' ');
+    assert_eq!(ts.as_bytes()[19], b'.');
+    assert!(log.contains("Client connection created (shard "), "{log}");
+    assert!(log.contains("[TRC] 127.0.0.1:"), "{log}");
+    assert!(log.contains(" - <<- [SUB log.x 1]"), "{log}");
+    assert!(log.contains("<<- MSG_PAYLOAD: [\"0123\"...]"), "{log}");
+    assert!(log.contains("[DBG] 127.0.0.1:"), "{log}");
+}

@@ -407,7 +407,7 @@ async fn read_loop(
                 }
             };
             if shard.opts.trace {
-                trace_op(client, &frame[pos..pos + n]);
+                trace_op(client, &frame[pos..pos + n], shard.opts.max_traced_msg_len);
             }
             pos += n;
             match process_op(shard, client, op, &frame) {
@@ -443,17 +443,28 @@ async fn read_loop(
     }
 }
 
-fn trace_op(client: &Client, frame: &[u8]) {
+fn trace_op(client: &Client, frame: &[u8], max_len: usize) {
     let line_end = memchr::memchr(b'\n', frame).unwrap_or(frame.len());
     let line = String::from_utf8_lossy(&frame[..line_end]);
     let line = line.trim_end_matches('\r');
     tracing::trace!("{} - <<- [{}]", client.log_prefix(), line);
     if line_end + 1 < frame.len() {
         let payload = &frame[line_end + 1..frame.len().saturating_sub(2)];
+        let shown = if max_len > 0 && payload.len() > max_len {
+            &payload[..max_len]
+        } else {
+            payload
+        };
+        let ellipsis = if shown.len() < payload.len() {
+            "..."
+        } else {
+            ""
+        };
         tracing::trace!(
-            "{} - <<- MSG_PAYLOAD: [{:?}]",
+            "{} - <<- MSG_PAYLOAD: [{:?}{}]",
             client.log_prefix(),
-            String::from_utf8_lossy(payload)
+            String::from_utf8_lossy(shown),
+            ellipsis
         );
     }
 }

@@ -35,6 +35,8 @@ pub struct ServerOptions {
     pub ping_max: u32,
     /// Trace protocol operations (`-V`).
     pub trace: bool,
+    /// Longest payload shown in traces; 0 = unlimited.
+    pub max_traced_msg_len: usize,
     /// Busy-poll this long before an idle shard parks (lower wake-up latency, more CPU).
     pub spin_before_park: Option<Duration>,
     /// Period of each shard's housekeeping tick; also bounds a lost wake-up.
@@ -61,6 +63,7 @@ impl Default for ServerOptions {
             ping_interval: Duration::from_secs(120),
             ping_max: 2,
             trace: false,
+            max_traced_msg_len: 0,
             spin_before_park: None,
             tick: Duration::from_millis(5),
             max_closed_clients: 10_000,

@@ -260,7 +260,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
             client.queue_err("maximum connections exceeded");
             client.begin_close(CloseReason::MaxConnectionsExceeded);
         } else {
-            tracing::debug!("{} - Client connection created", client.log_prefix_short());
+            tracing::debug!(
+                "{} - Client connection created (shard {})",
+                client.log_prefix_short(),
+                shard.id
+            );
             shard.register_client(client.clone());
         }
         glommio::spawn_local(run_client(shard.clone(), client, stream)).detach();
