@@ -74,12 +74,30 @@ where
     }
 }
 
-/// A log file opened for appending, shared by all threads.
-struct LogFile(Mutex<std::fs::File>);
+/// A log file opened for appending, shared by all threads; reopened on SIGUSR1
+/// so that logrotate can move it away.
+struct LogFile {
+    path: std::path::PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+static LOG_FILE: std::sync::OnceLock<&'static LogFile> = std::sync::OnceLock::new();
+
+/// Reopens the log file (after rotation). No-op when logging to stderr.
+pub fn reopen() -> anyhow::Result<bool> {
+    let Some(log) = LOG_FILE.get() else {
+        return Ok(false);
+    };
+    let file = open_log_file(&log.path)?;
+    if let Ok(mut current) = log.file.lock() {
+        *current = file;
+    }
+    Ok(true)
+}
 
 impl Write for &LogFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.lock() {
+        match self.file.lock() {
             Ok(mut f) => f.write(buf),
             Err(_) => Ok(buf.len()),
         }
@@ -109,7 +127,11 @@ pub fn init(opts: &LogOptions) -> anyhow::Result<()> {
     match &opts.file {
         Some(path) => {
             let file = open_log_file(Path::new(path))?;
-            let file: &'static LogFile = Box::leak(Box::new(LogFile(Mutex::new(file))));
+            let file: &'static LogFile = Box::leak(Box::new(LogFile {
+                path: Path::new(path).to_path_buf(),
+                file: Mutex::new(file),
+            }));
+            let _ = LOG_FILE.set(file);
             registry
                 .with(layer.with_writer(move || file).with_filter(filter))
                 .try_init()?;

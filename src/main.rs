@@ -5,6 +5,7 @@
 
 mod cli;
 mod logging;
+mod signals;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,15 @@ fn main() -> ExitCode {
     if cli.version {
         println!("strait: v{STRAIT_VERSION} (nats-server: v{NATS_VERSION} compatible)");
         return ExitCode::SUCCESS;
+    }
+    if let Some(spec) = &cli.signal {
+        return match signals::send(spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("strait: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let host = opts.host.clone();
+    let lame_duck = (opts.lame_duck_duration, opts.lame_duck_grace_period);
     let handle = strait_shards::start(opts)?;
     if let Some(pid_file) = &cli.pid {
         std::fs::write(pid_file, std::process::id().to_string())
@@ -147,7 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     );
     tracing::info!("Server is ready");
 
-    let control = spawn_control(handle.global.clone())?;
+    let control = spawn_control(handle.global.clone(), lame_duck)?;
     handle.join();
     let _ = control.join();
     tracing::info!("Server Exiting..");
@@ -162,32 +173,39 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// The control executor: off the data path, unpinned. For now it watches for
-/// termination signals; monitoring and `$SYS` work will live here too.
+/// The control executor: off the data path, unpinned. It turns signals into
+/// actions and paces lame duck mode; monitoring and `$SYS` work will live here too.
 fn spawn_control(
     global: Arc<strait_shards::shard::Global>,
+    (ldm_duration, ldm_grace): (Duration, Duration),
 ) -> anyhow::Result<glommio::ExecutorJoinHandle<()>> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let terminated = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, terminated.clone())?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let flags: Vec<(i32, Arc<AtomicBool>)> = [SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2]
+        .into_iter()
+        .map(|sig| (sig, Arc::new(AtomicBool::new(false))))
+        .collect();
+    for (sig, flag) in &flags {
+        signal_hook::flag::register(*sig, flag.clone())?;
+    }
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("control")
         .io_memory(64 * 1024)
         .spawn(move || async move {
+            let mut lame_duck_since: Option<std::time::Instant> = None;
             loop {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
-                let signal = if interrupted.load(Ordering::Acquire) {
-                    Some("interrupt")
-                } else if terminated.load(Ordering::Acquire) {
-                    Some("terminated")
-                } else {
-                    None
-                };
-                if let Some(name) = signal {
-                    tracing::info!("Trapped \"{name}\" signal");
-                    tracing::info!("Initiating Shutdown...");
-                    global.shutdown.store(true, Ordering::Release);
+                for (sig, flag) in &flags {
+                    if flag.swap(false, Ordering::AcqRel) {
+                        handle_signal(*sig, &global, &mut lame_duck_since);
+                    }
+                }
+                if let Some(since) = lame_duck_since {
+                    let elapsed = since.elapsed();
+                    let no_clients = global.connections.load(Ordering::Relaxed) == 0;
+                    if elapsed >= ldm_duration.max(ldm_grace) || no_clients {
+                        tracing::info!("Initiating Shutdown...");
+                        global.shutdown.store(true, Ordering::Release);
+                    }
                 }
                 if global.shutdown.load(Ordering::Acquire) {
                     break;
@@ -196,4 +214,42 @@ fn spawn_control(
         })
         .map_err(|e| anyhow::anyhow!("could not start the control executor: {e}"))?;
     Ok(handle)
+}
+
+fn handle_signal(
+    sig: i32,
+    global: &strait_shards::shard::Global,
+    lame_duck_since: &mut Option<std::time::Instant>,
+) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    match sig {
+        SIGINT | SIGTERM => {
+            let name = if sig == SIGINT {
+                "interrupt"
+            } else {
+                "terminated"
+            };
+            tracing::info!("Trapped \"{name}\" signal");
+            tracing::info!("Initiating Shutdown...");
+            global.shutdown.store(true, Ordering::Release);
+        }
+        SIGUSR1 => match logging::reopen() {
+            Ok(true) => tracing::info!("File log re-opened"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("Error re-opening log file: {e:#}"),
+        },
+        SIGHUP => {
+            tracing::error!(
+                "Failed to reload server configuration: config reload not supported without a configuration file"
+            );
+        }
+        SIGUSR2 => {
+            if lame_duck_since.is_none() {
+                tracing::info!("Entering lame duck mode, stop accepting new clients");
+                *lame_duck_since = Some(std::time::Instant::now());
+                global.lame_duck.store(true, Ordering::Release);
+            }
+        }
+        _ => {}
+    }
 }

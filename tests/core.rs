@@ -401,3 +401,67 @@ fn log_format_debug_and_trace() {
     assert!(log.contains("<<- MSG_PAYLOAD: [\"0123\"...]"), "{log}");
     assert!(log.contains("[DBG] 127.0.0.1:"), "{log}");
 }
+
+#[tokio::test]
+async fn lame_duck_mode_via_signal_command() {
+    let server = Server::start(&[]);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let client = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::LameDuckMode = event {
+                    let _ = tx.send(()).await;
+                }
+            }
+        })
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(server.port);
+    raw.send(CONNECT);
+    raw.ping_sync();
+    let pid_file = server.dir.join("strait.pid");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+        .arg("--signal")
+        .arg(format!("ldm={}", pid_file.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("no lame duck event")
+        .unwrap();
+    let mut line = raw.read_line();
+    if line.contains("\"connect_info\":true") {
+        line = raw.read_line();
+    }
+    assert!(
+        line.starts_with("INFO {") && line.contains("\"ldm\":true"),
+        "{line}"
+    );
+    assert!(server.wait_for_log(
+        "Entering lame duck mode, stop accepting new clients",
+        Duration::from_secs(5)
+    ));
+    // New connections are refused.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err());
+    drop(client);
+}
+
+#[test]
+fn reopen_log_file_after_rotation() {
+    let server = Server::start(&[]);
+    let rotated = server.dir.join("strait.log.1");
+    std::fs::rename(&server.log, &rotated).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+        .arg("--signal")
+        .arg(format!("reopen={}", server.pid()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        server.wait_for_log("File log re-opened", Duration::from_secs(5)),
+        "new log file was not written"
+    );
+}

@@ -43,6 +43,10 @@ pub struct ServerOptions {
     pub tick: Duration,
     /// Closed connections remembered for monitoring.
     pub max_closed_clients: usize,
+    /// Lame duck mode: total time over which clients are closed.
+    pub lame_duck_duration: Duration,
+    /// Lame duck mode: wait this long before closing the first client.
+    pub lame_duck_grace_period: Duration,
 }
 
 impl Default for ServerOptions {
@@ -67,6 +71,8 @@ impl Default for ServerOptions {
             spin_before_park: None,
             tick: Duration::from_millis(5),
             max_closed_clients: 10_000,
+            lame_duck_duration: Duration::from_secs(120),
+            lame_duck_grace_period: Duration::from_secs(10),
         }
     }
 }

@@ -166,10 +166,8 @@ async fn run_shard(
     }
     let _ = ready.send(Ok(()));
     let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
-    housekeeping(&shard).await;
+    housekeeping(&shard, acceptor).await;
 
-    // Dropping the acceptor task cancels it and closes this shard's listener.
-    drop(acceptor);
     shard.close_all(CloseReason::ServerShutdown);
     shard.try_flush_lanes();
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -180,12 +178,27 @@ async fn run_shard(
 
 /// The periodic tick: bounds the cost of a lost wake-up to one period, flushes
 /// lanes left pending, measures loop lag, pings clients and enforces deadlines.
-async fn housekeeping(shard: &Rc<Shard>) {
+async fn housekeeping(shard: &Rc<Shard>, acceptor: glommio::Task<()>) {
     let tick = shard.opts.tick;
     let sweep_every = Duration::from_millis(100);
     let mut last_sweep = Instant::now();
     let mut last = Instant::now();
+    // Dropping the acceptor task cancels it and closes this shard's listener.
+    let mut acceptor = Some(acceptor);
+    let mut lame_duck: Option<LameDuck> = None;
     while !shard.global.shutdown.load(Ordering::Acquire) {
+        if lame_duck.is_none() && shard.global.lame_duck.load(Ordering::Acquire) {
+            drop(acceptor.take());
+            shard.announce_lame_duck();
+            lame_duck = Some(LameDuck {
+                started: Instant::now(),
+                clients_at_start: None,
+                closed: 0,
+            });
+        }
+        if let Some(ldm) = &mut lame_duck {
+            ldm.close_due(shard, Instant::now());
+        }
         glommio::timer::sleep(tick).await;
         let now = Instant::now();
         let lag = now.duration_since(last).saturating_sub(tick);
@@ -202,6 +215,41 @@ async fn housekeeping(shard: &Rc<Shard>) {
             last_sweep = now;
             shard.sweep_clients(now);
             shard.try_flush_lanes();
+        }
+    }
+}
+
+/// A shard's progress through lame duck mode.
+struct LameDuck {
+    started: Instant,
+    /// Connections when the grace period ended; the pace is set from it.
+    clients_at_start: Option<usize>,
+    closed: usize,
+}
+
+impl LameDuck {
+    /// After the grace period, closes clients at a steady pace so the last one goes
+    /// when `lame_duck_duration` ends.
+    fn close_due(&mut self, shard: &Shard, now: Instant) {
+        let grace = shard.opts.lame_duck_grace_period;
+        let duration = shard.opts.lame_duck_duration.max(grace);
+        let since = now.duration_since(self.started);
+        if since < grace {
+            return;
+        }
+        let total = *self
+            .clients_at_start
+            .get_or_insert_with(|| shard.client_count());
+        let window = (duration - grace).as_secs_f64();
+        let elapsed = (since - grace).as_secs_f64();
+        let due = if window <= 0.0 || elapsed >= window {
+            total
+        } else {
+            ((elapsed / window) * total as f64).ceil() as usize
+        };
+        if due > self.closed {
+            shard.close_some(due - self.closed, CloseReason::ServerShutdown);
+            self.closed = due;
         }
     }
 }

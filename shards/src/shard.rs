@@ -28,6 +28,8 @@ use crate::sublist::{Matches, Sublist};
 #[derive(Debug, Default)]
 pub struct Global {
     pub shutdown: AtomicBool,
+    /// Lame duck mode: stop accepting, tell clients, close them gradually.
+    pub lame_duck: AtomicBool,
     pub connections: AtomicUsize,
     pub total_connections: AtomicU64,
     pub slow_consumers: AtomicU64,
@@ -760,6 +762,27 @@ impl Shard {
                 continue;
             }
             client.send_ping(now + self.opts.ping_interval);
+        }
+    }
+
+    /// Tells every client that the server is in lame duck mode.
+    pub(crate) fn announce_lame_duck(&self) {
+        let mut info = self.info.clone();
+        info.ldm = true;
+        let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
+        for client in clients {
+            let mut info = info.clone();
+            info.client_id = Some(client.cid);
+            info.client_ip = Some(client.addr.ip().to_string());
+            client.queue_bytes(&info.to_line());
+        }
+    }
+
+    /// Closes up to `n` connections (lame duck mode's gradual close).
+    pub(crate) fn close_some(&self, n: usize, reason: CloseReason) {
+        let clients: Vec<Rc<Client>> = self.clients.borrow().values().take(n).cloned().collect();
+        for client in clients {
+            self.close_client(&client, reason);
         }
     }
 

@@ -1,0 +1,102 @@
+//! Signals, as nats-server uses them: SIGINT/SIGTERM stop gracefully, SIGUSR1
+//! reopens the log file, SIGHUP reloads the configuration, SIGUSR2 enters lame
+//! duck mode. `--signal <cmd>[=<pid|pidfile>]` sends them to a running server.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+/// The signal nats-server sends for each `--signal` command.
+pub fn signal_for(command: &str) -> anyhow::Result<i32> {
+    Ok(match command {
+        "stop" => libc::SIGKILL,
+        "quit" => libc::SIGINT,
+        "term" => libc::SIGTERM,
+        "reopen" => libc::SIGUSR1,
+        "reload" => libc::SIGHUP,
+        "ldm" => libc::SIGUSR2,
+        other => bail!("unknown signal {other:?}"),
+    })
+}
+
+/// Resolves the target of `--signal`: a pid, a pid file, or (when absent) the
+/// one running strait process.
+fn resolve_pids(target: Option<&str>) -> anyhow::Result<Vec<i32>> {
+    match target {
+        Some(t) if t.chars().all(|c| c.is_ascii_digit()) => Ok(vec![t
+            .parse()
+            .with_context(|| format!("invalid pid {t}"))?]),
+        Some(path) => {
+            let text = std::fs::read_to_string(Path::new(path))
+                .with_context(|| format!("could not read pid file {path}"))?;
+            let pid = text
+                .trim()
+                .parse()
+                .with_context(|| format!("invalid pid in {path}: {:?}", text.trim()))?;
+            Ok(vec![pid])
+        }
+        None => {
+            let me = std::process::id() as i32;
+            let mut pids = Vec::new();
+            for entry in std::fs::read_dir("/proc").context("could not list processes")? {
+                let Ok(entry) = entry else { continue };
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                if pid == me {
+                    continue;
+                }
+                let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                if comm.trim() == "strait" {
+                    pids.push(pid);
+                }
+            }
+            match pids.len() {
+                0 => bail!("no strait process running"),
+                1 => Ok(pids),
+                _ => bail!(
+                    "multiple strait processes running: {:?}; give a pid or pid file",
+                    pids
+                ),
+            }
+        }
+    }
+}
+
+/// Handles `--signal <command>[=<pid|pidfile>]`.
+pub fn send(spec: &str) -> anyhow::Result<()> {
+    let (command, target) = match spec.split_once('=') {
+        Some((c, t)) => (c, Some(t)),
+        None => (spec, None),
+    };
+    let signal = signal_for(command)?;
+    for pid in resolve_pids(target)? {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc != 0 {
+            bail!(
+                "could not send {command} to pid {pid}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_map_like_nats_server() {
+        assert_eq!(signal_for("stop").unwrap(), libc::SIGKILL);
+        assert_eq!(signal_for("quit").unwrap(), libc::SIGINT);
+        assert_eq!(signal_for("term").unwrap(), libc::SIGTERM);
+        assert_eq!(signal_for("reopen").unwrap(), libc::SIGUSR1);
+        assert_eq!(signal_for("reload").unwrap(), libc::SIGHUP);
+        assert_eq!(signal_for("ldm").unwrap(), libc::SIGUSR2);
+        assert!(signal_for("bogus").is_err());
+        assert_eq!(resolve_pids(Some("42")).unwrap(), vec![42]);
+        assert!(resolve_pids(Some("/nonexistent/pidfile")).is_err());
+    }
+}
