@@ -4,6 +4,8 @@
 //! lifecycle and the control executor. The data plane lives in `strait-shards`.
 
 mod cli;
+mod conf;
+mod config;
 mod logging;
 mod signals;
 
@@ -56,18 +58,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Turns the command line into options, validating what it can before start.
-fn options_from_cli(cli: &Cli) -> anyhow::Result<ServerOptions> {
+/// Builds the options: embedded defaults, then the configuration file, then flags.
+fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::ProcessOptions)> {
     if let Some(feature) = cli.unsupported() {
         bail!("{feature} is not supported by strait yet");
     }
     if cli.jetstream {
         bail!("JetStream is not available in strait yet (-js/--jetstream)");
     }
+    let mut opts = ServerOptions {
+        shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..ServerOptions::default()
+    };
+    let mut process = config::ProcessOptions::default();
     if let Some(path) = &cli.config {
-        bail!("configuration files are not supported yet (-c {path})");
+        config::load(std::path::Path::new(path), &mut opts, &mut process)?;
     }
-    let mut opts = ServerOptions::default();
     if let Some(addr) = &cli.addr {
         opts.host = addr.clone();
     }
@@ -81,53 +87,62 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<ServerOptions> {
     let server_key = nkeys::KeyPair::new_server();
     opts.server_id = server_key.public_key();
     opts.xkey = nkeys::XKey::new().public_key();
-    opts.server_name = cli.name.clone().unwrap_or_default();
-    opts.shards = match cli.shards {
+    if let Some(name) = &cli.name {
+        opts.server_name = name.clone();
+    }
+    match cli.shards {
         Some(0) => bail!("--shards must be at least 1"),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-    opts.trace = cli.trace || cli.verbose_trace;
-    opts.max_traced_msg_len = cli.max_traced_msg_len.unwrap_or(0);
+        Some(n) => opts.shards = n,
+        None => {}
+    }
+    if cli.debug {
+        process.debug = Some(true);
+    }
+    if cli.trace || cli.verbose_trace {
+        process.trace = Some(true);
+    }
+    if let Some(t) = cli.logtime {
+        process.logtime = Some(t);
+    }
+    if let Some(l) = &cli.log {
+        process.log_file = Some(l.clone());
+    }
+    if let Some(p) = &cli.pid {
+        process.pid_file = Some(p.clone());
+    }
+    if let Some(d) = &cli.store_dir {
+        process.store_dir = Some(d.clone());
+    }
+    opts.trace = process.trace.unwrap_or(false);
+    if let Some(len) = cli.max_traced_msg_len {
+        opts.max_traced_msg_len = len;
+    }
     if let Some(spin) = &cli.spin_before_park {
         opts.spin_before_park = Some(parse_go_duration(spin)?);
     }
-    Ok(opts)
+    Ok((opts, process))
 }
 
-/// Parses the subset of Go durations used on the command line (`50us`, `1ms`, `2s`).
+/// Parses a Go duration from the command line (`50us`, `1ms`, `2s`).
 fn parse_go_duration(s: &str) -> anyhow::Result<Duration> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .with_context(|| format!("invalid duration {s:?}: missing unit"))?;
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .with_context(|| format!("invalid duration {s:?}"))?;
-    let nanos = match unit {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        "h" => 3600e9,
-        _ => bail!("invalid duration {s:?}: unknown unit {unit:?}"),
-    };
-    Ok(Duration::from_nanos((value * nanos) as u64))
+    conf::parse_duration(s).map_err(|e| anyhow::anyhow!("invalid duration {s:?}: {e}"))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let opts = options_from_cli(&cli)?;
-    logging::init(&logging::LogOptions {
-        debug: cli.debug,
-        trace: cli.trace || cli.verbose_trace,
-        timestamps: cli.logtime.unwrap_or(true),
-        file: cli.log.clone(),
-    })?;
+    let (opts, process) = options_from_cli(&cli)?;
     if cli.test_config {
-        println!("strait: configuration is valid");
+        match &cli.config {
+            Some(path) => println!("strait: configuration file {path} is valid"),
+            None => println!("strait: configuration is valid"),
+        }
         return Ok(());
     }
+    logging::init(&logging::LogOptions {
+        debug: process.debug.unwrap_or(false),
+        trace: process.trace.unwrap_or(false),
+        timestamps: process.logtime.unwrap_or(true),
+        file: process.log_file.clone(),
+    })?;
 
     tracing::info!("Starting strait");
     tracing::info!("  Version:  {STRAIT_VERSION} (nats-server {NATS_VERSION} compatible)");
@@ -141,14 +156,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     );
     tracing::info!("  ID:       {}", opts.server_id);
     tracing::info!("  Shards:   {}", opts.shards);
-    if let Some(dir) = &cli.store_dir {
+    if let Some(path) = &cli.config {
+        tracing::info!("Using configuration file: {path}");
+    }
+    if let Some(dir) = &process.store_dir {
         tracing::debug!("Store directory {dir:?} noted; JetStream is not enabled");
     }
 
     let host = opts.host.clone();
     let lame_duck = (opts.lame_duck_duration, opts.lame_duck_grace_period);
     let handle = strait_shards::start(opts)?;
-    if let Some(pid_file) = &cli.pid {
+    if let Some(pid_file) = &process.pid_file {
         std::fs::write(pid_file, std::process::id().to_string())
             .with_context(|| format!("could not write pid file {pid_file}"))?;
     }

@@ -1,0 +1,316 @@
+//! Typed options from a configuration file (nats-server's format, parsed by `conf`).
+//!
+//! Options of features strait has take effect. Options of features not built yet are
+//! refused with an error naming the key and where it is, so nobody believes a
+//! setting is in force when it is not. Unknown top-level keys are errors, as they
+//! are in nats-server (`unknown field "x"`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use strait_shards::ServerOptions;
+use thiserror::Error;
+
+use crate::conf::{self, Entry, Kind, Map, Pos};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Parse(#[from] conf::Error),
+    #[error("{pos}: {key}: {message}")]
+    Invalid {
+        pos: Pos,
+        key: String,
+        message: String,
+    },
+    #[error("{pos}: {key}: not supported by strait yet")]
+    Unsupported { pos: Pos, key: String },
+    #[error("{pos}: unknown field \"{key}\"")]
+    Unknown { pos: Pos, key: String },
+    #[error("max_payload ({max_payload}) cannot be higher than max_pending ({max_pending})")]
+    PayloadAbovePending {
+        max_payload: usize,
+        max_pending: usize,
+    },
+}
+
+/// Settings of the process rather than the data plane.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessOptions {
+    pub debug: Option<bool>,
+    pub trace: Option<bool>,
+    pub logtime: Option<bool>,
+    pub log_file: Option<String>,
+    pub pid_file: Option<String>,
+    pub store_dir: Option<String>,
+}
+
+/// Top-level keys of features strait does not have yet.
+const UNSUPPORTED: &[&str] = &[
+    "authorization",
+    "accounts",
+    "no_auth_user",
+    "system_account",
+    "operator",
+    "operators",
+    "trusted",
+    "trusted_keys",
+    "resolver",
+    "resolver_preload",
+    "resolver_tls",
+    "tls",
+    "jetstream",
+    "cluster",
+    "gateway",
+    "leafnodes",
+    "leaf",
+    "websocket",
+    "ws",
+    "mqtt",
+    "http",
+    "http_port",
+    "monitor_port",
+    "https",
+    "https_port",
+    "http_base_path",
+    "mappings",
+    "syslog",
+    "remote_syslog",
+    "logfile_size_limit",
+    "log_size_limit",
+    "logfile_max_num",
+    "ports_file_dir",
+    "default_js_domain",
+];
+
+fn invalid(entry: &Entry, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        pos: entry.value.pos.clone(),
+        key: entry.key.clone(),
+        message: message.into(),
+    }
+}
+
+fn int(entry: &Entry) -> Result<i64, ConfigError> {
+    entry.value.as_i64().ok_or_else(|| {
+        invalid(
+            entry,
+            format!("expected an integer, got {}", entry.value.type_name()),
+        )
+    })
+}
+
+fn size(entry: &Entry) -> Result<usize, ConfigError> {
+    let v = int(entry)?;
+    usize::try_from(v).map_err(|_| invalid(entry, format!("must not be negative, got {v}")))
+}
+
+fn boolean(entry: &Entry) -> Result<bool, ConfigError> {
+    entry.value.as_bool().ok_or_else(|| {
+        invalid(
+            entry,
+            format!("expected a boolean, got {}", entry.value.type_name()),
+        )
+    })
+}
+
+fn string(entry: &Entry) -> Result<String, ConfigError> {
+    match &entry.value.kind {
+        Kind::String(s) => Ok(s.clone()),
+        Kind::Int(i) => Ok(i.to_string()),
+        _ => Err(invalid(
+            entry,
+            format!("expected a string, got {}", entry.value.type_name()),
+        )),
+    }
+}
+
+fn duration(entry: &Entry) -> Result<Duration, ConfigError> {
+    if entry.value.as_i64().is_some() {
+        tracing::warn!(
+            "{}: {} should be converted to a duration",
+            entry.key_pos,
+            entry.key
+        );
+    }
+    entry
+        .value
+        .as_duration()
+        .map_err(|e| invalid(entry, e.to_string()))
+}
+
+fn port(entry: &Entry, v: i64) -> Result<u16, ConfigError> {
+    match v {
+        -1 | 0 => Ok(0),
+        p if (1..=65535).contains(&p) => Ok(p as u16),
+        p => Err(invalid(entry, format!("invalid port {p}"))),
+    }
+}
+
+/// `listen: host:port`, `listen: :port`, `listen: port`.
+fn listen(entry: &Entry, opts: &mut ServerOptions) -> Result<(), ConfigError> {
+    match &entry.value.kind {
+        Kind::Int(p) => opts.port = port(entry, *p)?,
+        Kind::String(s) => {
+            let (host, p) = s
+                .rsplit_once(':')
+                .ok_or_else(|| invalid(entry, format!("could not parse address string {s:?}")))?;
+            let p: i64 = p
+                .parse()
+                .map_err(|_| invalid(entry, format!("could not parse port {p:?}")))?;
+            opts.port = port(entry, p)?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if !host.is_empty() {
+                opts.host = host.to_string();
+            }
+        }
+        _ => return Err(invalid(entry, "expected host:port")),
+    }
+    Ok(())
+}
+
+/// Applies a parsed file to the options. Command-line flags are applied after this,
+/// so they win.
+pub fn apply(
+    map: &Map,
+    opts: &mut ServerOptions,
+    process: &mut ProcessOptions,
+) -> Result<(), ConfigError> {
+    for entry in map.iter() {
+        let key = entry.key.to_ascii_lowercase();
+        match key.as_str() {
+            "listen" => listen(entry, opts)?,
+            "host" | "net" => opts.host = string(entry)?,
+            "port" => opts.port = port(entry, int(entry)?)?,
+            "server_name" => opts.server_name = string(entry)?,
+            "client_advertise" => {
+                string(entry)?;
+            }
+            "max_payload" => opts.max_payload = size(entry)?,
+            "max_control_line" => opts.max_control_line = size(entry)?,
+            "max_connections" | "max_conn" => opts.max_connections = size(entry)?,
+            "max_subscriptions" | "max_subs" => opts.max_subscriptions = size(entry)?,
+            "max_pending" => opts.max_pending = size(entry)?,
+            "write_deadline" => opts.write_deadline = duration(entry)?,
+            "ping_interval" => opts.ping_interval = duration(entry)?,
+            "ping_max" => {
+                opts.ping_max = u32::try_from(int(entry)?)
+                    .map_err(|_| invalid(entry, "must be a small positive integer"))?
+            }
+            "lame_duck_duration" => opts.lame_duck_duration = duration(entry)?,
+            "lame_duck_grace_period" => opts.lame_duck_grace_period = duration(entry)?,
+            "max_traced_msg_len" => opts.max_traced_msg_len = size(entry)?,
+            "max_closed_clients" => opts.max_closed_clients = size(entry)?,
+            "debug" => process.debug = Some(boolean(entry)?),
+            "trace" | "trace_verbose" => process.trace = Some(boolean(entry)?),
+            "logtime" => process.logtime = Some(boolean(entry)?),
+            "log_file" | "logfile" => process.log_file = Some(string(entry)?),
+            "pid_file" | "pidfile" => process.pid_file = Some(string(entry)?),
+            "store_dir" => process.store_dir = Some(string(entry)?),
+            "shards" => {
+                let n = size(entry)?;
+                if n == 0 {
+                    return Err(invalid(entry, "must be at least 1"));
+                }
+                opts.shards = n;
+            }
+            k if UNSUPPORTED.contains(&k) => {
+                return Err(ConfigError::Unsupported {
+                    pos: entry.key_pos.clone(),
+                    key: entry.key.clone(),
+                })
+            }
+            // Keys referenced as `$key` are variable definitions, not options.
+            _ if entry.used_as_variable => {}
+            _ => {
+                return Err(ConfigError::Unknown {
+                    pos: entry.key_pos.clone(),
+                    key: entry.key.clone(),
+                })
+            }
+        }
+    }
+    if opts.max_payload > opts.max_pending {
+        return Err(ConfigError::PayloadAbovePending {
+            max_payload: opts.max_payload,
+            max_pending: opts.max_pending,
+        });
+    }
+    if opts.max_payload > 8 * 1024 * 1024 {
+        tracing::warn!("Maximum payloads over 8.00 MB are generally discouraged and could lead to poor performance");
+    }
+    Ok(())
+}
+
+/// Reads and applies a configuration file.
+pub fn load(
+    path: &Path,
+    opts: &mut ServerOptions,
+    process: &mut ProcessOptions,
+) -> Result<(), ConfigError> {
+    let map = conf::parse_file(path)?;
+    apply(&map, opts, process)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(ServerOptions, ProcessOptions), ConfigError> {
+        let map = conf::parse_str(text, "test.conf", &conf::MemHost::new())?;
+        let mut opts = ServerOptions::default();
+        let mut process = ProcessOptions::default();
+        apply(&map, &mut opts, &mut process)?;
+        Ok((opts, process))
+    }
+
+    #[test]
+    fn limits_and_listen() {
+        let (o, p) = parse(
+            "listen: 127.0.0.1:24226\nping_interval: \"1s\"\nping_max: 2\nmax_connections: 2\n\
+             max_subscriptions: 2\nmax_payload: 512\nwrite_deadline: \"1s\"\nmax_pending: 262144\n\
+             debug: true\nlog_file: \"/tmp/x.log\"\n",
+        )
+        .unwrap();
+        assert_eq!(o.host, "127.0.0.1");
+        assert_eq!(o.port, 24226);
+        assert_eq!(o.ping_interval, Duration::from_secs(1));
+        assert_eq!(o.ping_max, 2);
+        assert_eq!(o.max_connections, 2);
+        assert_eq!(o.max_subscriptions, 2);
+        assert_eq!(o.max_payload, 512);
+        assert_eq!(o.write_deadline, Duration::from_secs(1));
+        assert_eq!(o.max_pending, 262144);
+        assert_eq!(p.debug, Some(true));
+        assert_eq!(p.log_file.as_deref(), Some("/tmp/x.log"));
+        let (o, _) = parse("max_payload = 128KB").unwrap();
+        assert_eq!(o.max_payload, 128 * 1024);
+        let (o, _) = parse("listen: \":4333\"").unwrap();
+        assert_eq!(o.port, 4333);
+    }
+
+    #[test]
+    fn refusals_name_key_and_position() {
+        let err = parse("port: 4222\nauthorization {\n  user: a\n}\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "test.conf:2:1: authorization: not supported by strait yet"
+        );
+        let err = parse("bogus_key: 1").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "test.conf:1:1: unknown field \"bogus_key\""
+        );
+        let err = parse("max_payload: \"big\"").unwrap_err();
+        assert!(
+            err.to_string().starts_with("test.conf:1:14: max_payload:"),
+            "{err}"
+        );
+        let err = parse("max_pending: 1000\nmax_payload: 2000").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_payload (2000) cannot be higher than max_pending (1000)"
+        );
+        assert!(parse("ping_interval: \"soon\"").is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Limits and liveness, configured through a configuration file as in the
+//! reference captures (`../shared/reference/captures/limits/`).
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::{Raw, Server, CONNECT};
+
+#[test]
+fn max_connections() {
+    let server = Server::start_with_config(Some("max_connections: 2\n"), &[]);
+    let mut a = Raw::connect(server.port);
+    let mut b = Raw::connect(server.port);
+    a.send(CONNECT);
+    b.send(CONNECT);
+    a.ping_sync();
+    b.ping_sync();
+    let mut third = Raw::connect(server.port);
+    let (out, closed) = third.read_until_close(Duration::from_secs(5));
+    assert_eq!(out, b"-ERR 'maximum connections exceeded'\r\n");
+    assert!(closed);
+    // Closing one frees a slot.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = Raw::connect(server.port);
+        let _ = c.stream.write_all(b"PING\r\n");
+        let line = c.read_line();
+        if line == "PONG\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot was not freed: {line}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn max_subscriptions() {
+    let server = Server::start_with_config(Some("max_subscriptions: 2\n"), &[]);
+    let mut raw = Raw::connect(server.port);
+    raw.send(CONNECT);
+    raw.send(b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\n");
+    assert_eq!(
+        raw.ping_sync(),
+        b"-ERR 'maximum subscriptions exceeded'\r\n"
+    );
+    // The connection stays open and the first two subscriptions work.
+    raw.send(b"PUB b 1\r\nx\r\nPUB c 1\r\ny\r\n");
+    assert_eq!(raw.ping_sync(), b"MSG b 2 1\r\nx\r\n");
+}
+
+#[test]
+fn stale_connection() {
+    let server = Server::start_with_config(Some("ping_interval: \"1s\"\nping_max: 2\n"), &[]);
+    let mut raw = Raw::connect(server.port);
+    raw.send(CONNECT);
+    let start = Instant::now();
+    let (out, closed) = raw.read_until_close(Duration::from_secs(8));
+    let elapsed = start.elapsed();
+    assert!(closed);
+    assert_eq!(
+        common::strip_info(out),
+        b"PING\r\nPING\r\n-ERR 'Stale Connection'\r\n"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(2500) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+}
+
+#[test]
+fn server_pings_and_client_pongs_keep_connection() {
+    let server = Server::start_with_config(Some("ping_interval: \"1s\"\nping_max: 2\n"), &[]);
+    let mut raw = Raw::connect(server.port);
+    raw.send(CONNECT);
+    for _ in 0..4 {
+        let line = raw.read_line();
+        assert_eq!(line, "PING\r\n");
+        raw.send(b"PONG\r\n");
+    }
+}
+
+#[test]
+fn max_payload_from_config() {
+    let server = Server::start_with_config(Some("max_payload: 512\n"), &[]);
+    let raw = Raw::connect(server.port);
+    assert!(raw.info.contains("\"max_payload\":512"), "{}", raw.info);
+    let mut raw = Raw::connect(server.port);
+    raw.send(CONNECT);
+    raw.send(b"PUB foo 513\r\n");
+    let (out, closed) = raw.read_until_close(Duration::from_secs(5));
+    assert_eq!(out, b"-ERR 'Maximum Payload Violation'\r\n");
+    assert!(closed);
+}
+
+/// A subscriber with a tiny receive buffer that never reads.
+fn stuck_subscriber(port: u16, name: &str) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    let connect = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"name\":\"{name}\",\"lang\":\"raw\",\"version\":\"1\"}}\r\nSUB big.> 1\r\nPING\r\n"
+    );
+    stream.write_all(connect.as_bytes()).unwrap();
+    stream
+}
+
+fn flood(port: u16, count: usize, size: usize) {
+    let mut publisher = Raw::connect(port);
+    publisher.send(CONNECT);
+    let mut frame = format!("PUB big.x {size}\r\n").into_bytes();
+    frame.extend(std::iter::repeat_n(b'y', size));
+    frame.extend_from_slice(b"\r\n");
+    for _ in 0..count {
+        publisher.send(&frame);
+    }
+    publisher.ping_sync();
+}
+
+#[test]
+fn slow_consumer_max_pending() {
+    let server = Server::start_with_config(
+        Some("max_pending: 262144\nmax_payload: 65536\n"),
+        &["--shards", "1"],
+    );
+    let _slow = stuck_subscriber(server.port, "slow-sub");
+    std::thread::sleep(Duration::from_millis(200));
+    flood(server.port, 500, 60_000);
+    assert!(
+        server.wait_for_log(
+            "\"v1:raw:slow-sub\" - Slow Consumer Detected: MaxPending of 262144 Exceeded",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log_text()
+    );
+    assert!(server.log_text().contains("[INF] 127.0.0.1:"));
+}
+
+#[test]
+fn slow_consumer_write_deadline() {
+    let server = Server::start_with_config(
+        Some("write_deadline: \"1s\"\nmax_pending: 268435456\n"),
+        &["--shards", "1"],
+    );
+    let _slow = stuck_subscriber(server.port, "slow-sub-wd");
+    std::thread::sleep(Duration::from_millis(200));
+    flood(server.port, 200, 60_000);
+    assert!(
+        server.wait_for_log(
+            "\"v1:raw:slow-sub-wd\" - Slow Consumer Detected: WriteDeadline of 1s exceeded with",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log_text()
+    );
+}
+
+fn run_strait(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn config_errors_are_clear() {
+    let dir = std::env::temp_dir().join(format!("strait-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.conf");
+    std::fs::write(&bad, "port: 4222\nbogus: true\n").unwrap();
+    let out = run_strait(&["-c", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.conf:2:1: unknown field \"bogus\""),
+        "{err}"
+    );
+
+    let auth = dir.join("auth.conf");
+    std::fs::write(
+        &auth,
+        "authorization {\n  user: derek\n  password: s3cr3t\n}\n",
+    )
+    .unwrap();
+    let out = run_strait(&["-c", auth.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("authorization: not supported by strait yet"),
+        "{err}"
+    );
+
+    let good = dir.join("good.conf");
+    std::fs::write(&good, "listen: 127.0.0.1:4999\nmax_payload: 128KB\n").unwrap();
+    let out = run_strait(&["-c", good.to_str().unwrap(), "-t"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn flags_override_config() {
+    let server = Server::start_with_config(
+        Some("server_name: from-file\nport: 4999\n"),
+        &["-n", "from-flag"],
+    );
+    let raw = Raw::connect(server.port);
+    assert!(
+        raw.info.contains("\"server_name\":\"from-flag\""),
+        "{}",
+        raw.info
+    );
+    assert_ne!(server.port, 4999);
+}
