@@ -261,12 +261,10 @@ fn handle_signal(
                 "Failed to reload server configuration: config reload not supported without a configuration file"
             );
         }
-        SIGUSR2 => {
-            if lame_duck_since.is_none() {
-                tracing::info!("Entering lame duck mode, stop accepting new clients");
-                *lame_duck_since = Some(std::time::Instant::now());
-                global.lame_duck.store(true, Ordering::Release);
-            }
+        SIGUSR2 if lame_duck_since.is_none() => {
+            tracing::info!("Entering lame duck mode, stop accepting new clients");
+            *lame_duck_since = Some(std::time::Instant::now());
+            global.lame_duck.store(true, Ordering::Release);
         }
         _ => {}
     }

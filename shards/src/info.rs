@@ -169,6 +169,6 @@ mod tests {
         assert!(line.starts_with(
             r#"INFO {"server_id":"NABC","server_name":"NABC","version":"2.14.0","proto":1,"go":"#
         ));
-        assert!(line.ends_with(r#""headers":true,"max_payload":1048576,"client_id":7,"client_ip":"127.0.0.1","api_lvl":4,"xkey":"XABC"} "#.to_owned() + "\r\n"));
+        assert!(line.ends_with(&(r#""headers":true,"max_payload":1048576,"client_id":7,"client_ip":"127.0.0.1","api_lvl":4,"xkey":"XABC"} "#.to_owned() + "\r\n")));
     }
 }

@@ -529,14 +529,9 @@ mod tests {
         for chunk in chunks {
             buf.extend_from_slice(chunk);
             let mut pos = 0;
-            loop {
-                match parse(&buf[pos..], &lim())? {
-                    Parsed::Op(op, n) => {
-                        out.push(format!("{op:?}"));
-                        pos += n;
-                    }
-                    Parsed::Incomplete { .. } => break,
-                }
+            while let Parsed::Op(op, n) = parse(&buf[pos..], &lim())? {
+                out.push(format!("{op:?}"));
+                pos += n;
             }
             buf.drain(..pos);
         }

@@ -493,7 +493,7 @@ impl Shard {
             }
         }
         for name in queues {
-            let Some(group) = m.queues.iter().find(|g| &g.name == name) else {
+            let Some(group) = m.queues.iter().find(|g| g.name == name) else {
                 continue;
             };
             let live = |e: &&Interest| matches!(e, Interest::Local(s) if !s.client.is_closing());
