@@ -64,7 +64,7 @@ Common Options:
 
 /// Parsed command line. Options of features not built yet are accepted so the
 /// server can answer them with a clear error instead of clap's.
-#[derive(Debug, Parser, Default)]
+#[derive(Debug, Clone, Parser, Default)]
 #[command(
     name = "strait",
     disable_help_flag = true,

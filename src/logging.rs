@@ -107,6 +107,20 @@ impl Write for &LogFile {
     }
 }
 
+static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Changes the debug and trace switches at runtime (configuration reload).
+pub fn set_levels(debug: bool, trace: bool) {
+    use std::sync::atomic::Ordering;
+    let changed = DEBUG.swap(debug, Ordering::Relaxed)
+        != debug | (TRACE.swap(trace, Ordering::Relaxed) != trace);
+    if changed {
+        // tracing caches per call site whether it is enabled; ask again.
+        tracing::callsite::rebuild_interest_cache();
+    }
+}
+
 /// Installs the global subscriber. Must run before any thread is spawned: the
 /// local UTC offset can only be read safely while the process is single-threaded.
 pub fn init(opts: &LogOptions) -> anyhow::Result<()> {
@@ -116,11 +130,14 @@ pub fn init(opts: &LogOptions) -> anyhow::Result<()> {
         timestamps: opts.timestamps,
         offset,
     };
-    let (debug, trace) = (opts.debug, opts.trace);
-    let filter = filter_fn(move |meta| match *meta.level() {
-        Level::TRACE => trace && meta.target().starts_with("strait"),
-        Level::DEBUG => debug && meta.target().starts_with("strait"),
-        _ => true,
+    set_levels(opts.debug, opts.trace);
+    let filter = filter_fn(move |meta| {
+        use std::sync::atomic::Ordering;
+        match *meta.level() {
+            Level::TRACE => TRACE.load(Ordering::Relaxed) && meta.target().starts_with("strait"),
+            Level::DEBUG => DEBUG.load(Ordering::Relaxed) && meta.target().starts_with("strait"),
+            _ => true,
+        }
     });
     let layer = tracing_subscriber::fmt::layer().event_format(format);
     let registry = tracing_subscriber::registry();

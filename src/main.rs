@@ -164,6 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let host = opts.host.clone();
+    let opts_snapshot = opts.clone();
     let lame_duck = (opts.lame_duck_duration, opts.lame_duck_grace_period);
     let handle = strait_shards::start(opts)?;
     if let Some(pid_file) = &process.pid_file {
@@ -176,7 +177,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     );
     tracing::info!("Server is ready");
 
-    let control = spawn_control(handle.global.clone(), lame_duck)?;
+    let reloader = Reloader {
+        cli: cli.clone(),
+        running: opts_snapshot,
+    };
+    let control = spawn_control(handle.global.clone(), lame_duck, reloader)?;
     handle.join();
     let _ = control.join();
     tracing::info!("Server Exiting..");
@@ -196,6 +201,7 @@ fn host_port(host: &str, port: u16) -> String {
 fn spawn_control(
     global: Arc<strait_shards::shard::Global>,
     (ldm_duration, ldm_grace): (Duration, Duration),
+    mut reloader: Reloader,
 ) -> anyhow::Result<glommio::ExecutorJoinHandle<()>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     let flags: Vec<(i32, Arc<AtomicBool>)> = [SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2]
@@ -214,7 +220,7 @@ fn spawn_control(
                 glommio::timer::sleep(Duration::from_millis(20)).await;
                 for (sig, flag) in &flags {
                     if flag.swap(false, Ordering::AcqRel) {
-                        handle_signal(*sig, &global, &mut lame_duck_since);
+                        handle_signal(*sig, &global, &mut lame_duck_since, &mut reloader);
                     }
                 }
                 if let Some(since) = lame_duck_since {
@@ -238,6 +244,7 @@ fn handle_signal(
     sig: i32,
     global: &strait_shards::shard::Global,
     lame_duck_since: &mut Option<std::time::Instant>,
+    reloader: &mut Reloader,
 ) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     match sig {
@@ -256,16 +263,54 @@ fn handle_signal(
             Ok(false) => {}
             Err(e) => tracing::error!("Error re-opening log file: {e:#}"),
         },
-        SIGHUP => {
-            tracing::error!(
-                "Failed to reload server configuration: config reload not supported without a configuration file"
-            );
-        }
+        SIGHUP => match reloader.reload(global) {
+            Ok(()) => tracing::info!("Reloaded server configuration"),
+            Err(e) => tracing::error!("Failed to reload server configuration: {e:#}"),
+        },
         SIGUSR2 if lame_duck_since.is_none() => {
             tracing::info!("Entering lame duck mode, stop accepting new clients");
             *lame_duck_since = Some(std::time::Instant::now());
             global.lame_duck.store(true, Ordering::Release);
         }
         _ => {}
+    }
+}
+
+/// Configuration reload: re-reads the file, refuses what cannot change while
+/// running (the old configuration stays in force), and publishes the rest.
+struct Reloader {
+    cli: Cli,
+    running: ServerOptions,
+}
+
+impl Reloader {
+    fn reload(&mut self, global: &strait_shards::shard::Global) -> anyhow::Result<()> {
+        if self.cli.config.is_none() {
+            bail!("config reload not supported without a configuration file");
+        }
+        let (mut new, process) = options_from_cli(&self.cli)?;
+        // Identity is not configuration.
+        new.server_id = self.running.server_id.clone();
+        new.xkey = self.running.xkey.clone();
+        let old = &self.running;
+        let fixed: [(&str, String, String); 3] = [
+            ("host", old.host.clone(), new.host.clone()),
+            ("port", old.port.to_string(), new.port.to_string()),
+            ("shards", old.shards.to_string(), new.shards.to_string()),
+        ];
+        for (name, was, now) in fixed {
+            // A random port (-p -1) stays whatever was picked.
+            if was != now && !(name == "port" && was == "0") {
+                bail!("config reload not supported for {name}: old={was}, new={now}");
+            }
+        }
+        new.port = old.port;
+        logging::set_levels(
+            process.debug.unwrap_or(false),
+            process.trace.unwrap_or(false),
+        );
+        global.publish_options(new.clone());
+        self.running = new;
+        Ok(())
     }
 }

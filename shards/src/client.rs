@@ -361,9 +361,12 @@ async fn read_loop(
     client: &Rc<Client>,
     stream: &RefCell<glommio::net::TcpStream>,
 ) -> CloseReason {
-    let limits = ParseLimits {
-        max_control_line: shard.opts.max_control_line,
-        max_payload: shard.opts.max_payload,
+    let limits = {
+        let opts = shard.opts();
+        ParseLimits {
+            max_control_line: opts.max_control_line,
+            max_payload: opts.max_payload,
+        }
     };
     let mut buf = BytesMut::with_capacity(READ_ALLOC);
     let mut need = 0usize;
@@ -406,8 +409,12 @@ async fn read_loop(
                     break;
                 }
             };
-            if shard.opts.trace {
-                trace_op(client, &frame[pos..pos + n], shard.opts.max_traced_msg_len);
+            let (trace, max_traced) = {
+                let opts = shard.opts();
+                (opts.trace, opts.max_traced_msg_len)
+            };
+            if trace {
+                trace_op(client, &frame[pos..pos + n], max_traced);
             }
             pos += n;
             match process_op(shard, client, op, &frame) {
@@ -419,7 +426,7 @@ async fn read_loop(
                     client.pings_out.set(0);
                     client.queue_bytes(proto::PONG);
                     if client.info_after_pong.replace(false) {
-                        let mut info = shard.info.clone();
+                        let mut info = shard.info();
                         info.client_id = Some(client.cid);
                         info.client_ip = Some(client.addr.ip().to_string());
                         info.connect_info = true;
@@ -583,7 +590,7 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 client.queue_err("Invalid Subject");
                 return Next::Continue;
             }
-            let max_subs = shard.opts.max_subscriptions;
+            let max_subs = shard.opts().max_subscriptions;
             if max_subs > 0 && client.subs.borrow().len() >= max_subs {
                 client.queue_err("maximum subscriptions exceeded");
                 tracing::error!(

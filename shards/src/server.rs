@@ -179,7 +179,7 @@ async fn run_shard(
 /// The periodic tick: bounds the cost of a lost wake-up to one period, flushes
 /// lanes left pending, measures loop lag, pings clients and enforces deadlines.
 async fn housekeeping(shard: &Rc<Shard>, acceptor: glommio::Task<()>) {
-    let tick = shard.opts.tick;
+    let tick = shard.opts().tick;
     let sweep_every = Duration::from_millis(100);
     let mut last_sweep = Instant::now();
     let mut last = Instant::now();
@@ -211,6 +211,7 @@ async fn housekeeping(shard: &Rc<Shard>, acceptor: glommio::Task<()>) {
             tracing::warn!("shard {} loop lag of {:?}", shard.id, lag);
         }
         shard.try_flush_lanes();
+        shard.refresh_options();
         if now.duration_since(last_sweep) >= sweep_every {
             last_sweep = now;
             shard.sweep_clients(now);
@@ -231,8 +232,8 @@ impl LameDuck {
     /// After the grace period, closes clients at a steady pace so the last one goes
     /// when `lame_duck_duration` ends.
     fn close_due(&mut self, shard: &Shard, now: Instant) {
-        let grace = shard.opts.lame_duck_grace_period;
-        let duration = shard.opts.lame_duck_duration.max(grace);
+        let grace = shard.opts().lame_duck_grace_period;
+        let duration = shard.opts().lame_duck_duration.max(grace);
         let since = now.duration_since(self.started);
         if since < grace {
             return;
@@ -288,9 +289,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
             addr,
             fd,
             GLOBAL_ACCOUNT,
-            Instant::now() + shard.opts.ping_interval,
+            Instant::now() + shard.opts().ping_interval,
         ));
-        let mut info = shard.info.clone();
+        let mut info = shard.info();
         info.client_id = Some(cid);
         info.client_ip = Some(addr.ip().to_string());
         client.queue_bytes(&info.to_line());
@@ -299,7 +300,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
             .global
             .total_connections
             .fetch_add(1, Ordering::Relaxed);
-        if count > shard.opts.max_connections {
+        if count > shard.opts().max_connections {
             shard.global.connections.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(
                 "{} - maximum connections exceeded",

@@ -30,9 +30,23 @@ pub struct Global {
     pub shutdown: AtomicBool,
     /// Lame duck mode: stop accepting, tell clients, close them gradually.
     pub lame_duck: AtomicBool,
+    /// Options published by a reload; shards pick them up on their next tick.
+    pub options: std::sync::Mutex<Option<Arc<ServerOptions>>>,
+    pub options_generation: AtomicU64,
     pub connections: AtomicUsize,
     pub total_connections: AtomicU64,
     pub slow_consumers: AtomicU64,
+}
+
+impl Global {
+    /// Publishes a new options snapshot (a reload); every shard applies it on its
+    /// next tick. Options that cannot change at runtime are the caller's to refuse.
+    pub fn publish_options(&self, opts: ServerOptions) {
+        if let Ok(mut current) = self.options.lock() {
+            *current = Some(Arc::new(opts));
+        }
+        self.options_generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// One client subscription.
@@ -152,9 +166,11 @@ struct RemoteTarget {
 pub struct Shard {
     pub id: usize,
     pub nshards: usize,
-    pub opts: Arc<ServerOptions>,
+    /// The options snapshot in force; replaced on reload (see `refresh_options`).
+    opts: RefCell<Arc<ServerOptions>>,
+    options_generation: Cell<u64>,
     /// INFO template with the listen port filled in.
-    pub info: ServerInfo,
+    info: RefCell<ServerInfo>,
     pub global: Arc<Global>,
     pub accounts: Vec<Account>,
     pub(crate) lanes: Vec<Option<Lane>>,
@@ -185,8 +201,9 @@ impl Shard {
         Shard {
             id,
             nshards,
-            opts,
-            info,
+            opts: RefCell::new(opts),
+            options_generation: Cell::new(0),
+            info: RefCell::new(info),
             global,
             accounts: vec![Account::new("$G")],
             lanes,
@@ -200,6 +217,35 @@ impl Shard {
             targets: RefCell::new((0..nshards).map(|_| None).collect()),
             live: Cell::new(0),
         }
+    }
+
+    /// The options in force.
+    pub fn opts(&self) -> std::cell::Ref<'_, Arc<ServerOptions>> {
+        self.opts.borrow()
+    }
+
+    /// A copy of the INFO template.
+    pub fn info(&self) -> ServerInfo {
+        self.info.borrow().clone()
+    }
+
+    /// Picks up options published by a reload (checked from the tick).
+    pub(crate) fn refresh_options(&self) {
+        let generation = self.global.options_generation.load(Ordering::Acquire);
+        if generation == self.options_generation.get() {
+            return;
+        }
+        let Ok(current) = self.global.options.lock() else {
+            return;
+        };
+        let Some(opts) = current.clone() else {
+            return;
+        };
+        drop(current);
+        let port = self.info.borrow().port;
+        *self.info.borrow_mut() = ServerInfo::from_options(&opts, port);
+        *self.opts.borrow_mut() = opts;
+        self.options_generation.set(generation);
     }
 
     /// Connection ids are unique across shards without coordination:
@@ -542,7 +588,7 @@ impl Shard {
             client.forget_sub(&sub.sid);
             self.remove_subscription(client.account, sub);
         }
-        if pending > self.opts.max_pending {
+        if pending > self.opts().max_pending {
             self.slow_consumer(client, CloseReason::SlowConsumerPendingBytes);
         }
     }
@@ -575,12 +621,12 @@ impl Shard {
                 let (chunks, bytes) = client.pending_chunks();
                 format!(
                     "WriteDeadline of {} exceeded with {} chunks of {} total bytes.",
-                    crate::format_duration(self.opts.write_deadline),
+                    crate::format_duration(self.opts().write_deadline),
                     chunks,
                     bytes
                 )
             }
-            _ => format!("MaxPending of {} Exceeded", self.opts.max_pending),
+            _ => format!("MaxPending of {} Exceeded", self.opts().max_pending),
         };
         tracing::info!(
             "{} - Slow Consumer Detected: {}",
@@ -618,7 +664,7 @@ impl Shard {
         );
         let record = client.closed_record(reason);
         let mut closed = self.closed.borrow_mut();
-        let keep = (self.opts.max_closed_clients / self.nshards).max(1);
+        let keep = (self.opts().max_closed_clients / self.nshards).max(1);
         while closed.len() >= keep {
             closed.pop_front();
         }
@@ -744,7 +790,7 @@ impl Shard {
         let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
         for client in clients {
             if let Some(started) = client.write_started() {
-                if now.duration_since(started) > self.opts.write_deadline {
+                if now.duration_since(started) > self.opts().write_deadline {
                     self.slow_consumer(&client, CloseReason::SlowConsumerWriteDeadline);
                     continue;
                 }
@@ -752,7 +798,7 @@ impl Shard {
             if now < client.next_ping_at() {
                 continue;
             }
-            if client.pings_outstanding() >= self.opts.ping_max {
+            if client.pings_outstanding() >= self.opts().ping_max {
                 client.queue_err("Stale Connection");
                 tracing::debug!(
                     "{} - Stale Client Connection - Closing",
@@ -761,13 +807,13 @@ impl Shard {
                 self.close_client(&client, CloseReason::StaleConnection);
                 continue;
             }
-            client.send_ping(now + self.opts.ping_interval);
+            client.send_ping(now + self.opts().ping_interval);
         }
     }
 
     /// Tells every client that the server is in lame duck mode.
     pub(crate) fn announce_lame_duck(&self) {
-        let mut info = self.info.clone();
+        let mut info = self.info();
         info.ldm = true;
         let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
         for client in clients {

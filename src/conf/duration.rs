@@ -16,7 +16,7 @@ pub enum DurationError {
     WrongType(&'static str),
 }
 
-const NANOS_PER: [(&str, u64); 9] = [
+const NANOS_PER: [(&str, u64); 8] = [
     ("ns", 1),
     ("us", 1_000),
     ("\u{b5}s", 1_000),  // MICRO SIGN
@@ -25,7 +25,6 @@ const NANOS_PER: [(&str, u64); 9] = [
     ("s", 1_000_000_000),
     ("m", 60 * 1_000_000_000),
     ("h", 3600 * 1_000_000_000),
-    ("", 0),
 ];
 
 /// 2^63: magnitude limit of Go's int64 durations (the negative side reaches it).
@@ -107,10 +106,7 @@ pub fn parse_go_duration_nanos(input: &str) -> Result<i64, DurationError> {
         }
         let unit_str = &s[..unit_len];
         s = &s[unit_len..];
-        let unit = match NANOS_PER
-            .iter()
-            .find(|(u, _)| *u == unit_str && !u.is_empty())
-        {
+        let unit = match NANOS_PER.iter().find(|(u, _)| *u == unit_str) {
             Some((_, n)) => *n,
             None => {
                 return Err(DurationError::UnknownUnit {

@@ -121,8 +121,9 @@ pub(super) struct Lexer<'a> {
     /// Byte offset of the next character.
     pos: usize,
     line: u32,
-    /// Byte offset of the first character of the current line.
-    line_start: usize,
+    /// 1-based column (in characters) of the next character. Tracked incrementally so
+    /// that positions cost O(1) even on one very long line (minified JSON configs).
+    col: u32,
     stack: Vec<State>,
     /// `None` once EOF or an error has been emitted.
     state: Option<State>,
@@ -144,7 +145,7 @@ impl<'a> Lexer<'a> {
             src,
             pos: 0,
             line: 1,
-            line_start: 0,
+            col: 1,
             stack: Vec::new(),
             state: Some(State::Top),
             queue: VecDeque::new(),
@@ -211,16 +212,17 @@ impl<'a> Lexer<'a> {
         let c = self.peek()?;
         self.pos += c.len_utf8();
         if c == '\n' {
-            self.line += 1;
-            self.line_start = self.pos;
+            self.line = self.line.saturating_add(1);
+            self.col = 1;
+        } else {
+            self.col = self.col.saturating_add(1);
         }
         Some(c)
     }
 
     /// Current (line, column), both 1-based; columns count characters.
     fn mark(&self) -> (u32, u32) {
-        let col = self.src[self.line_start..self.pos].chars().count() + 1;
-        (self.line, u32::try_from(col).unwrap_or(u32::MAX))
+        (self.line, self.col)
     }
 
     fn emit(&mut self, tok: Tok, (line, col): (u32, u32)) {
@@ -231,6 +233,12 @@ impl<'a> Lexer<'a> {
     fn error(&mut self, msg: impl Into<String>) -> Option<State> {
         let m = self.mark();
         self.emit(Tok::Error(msg.into()), m);
+        None
+    }
+
+    /// Emits an error at `at` (the start of the offending construct) and stops lexing.
+    fn error_at(&mut self, at: (u32, u32), msg: impl Into<String>) -> Option<State> {
+        self.emit(Tok::Error(msg.into()), at);
         None
     }
 
@@ -320,7 +328,6 @@ impl<'a> Lexer<'a> {
                     return Some(State::Top);
                 }
                 c => {
-                    self.bump();
                     return self.error(format!(
                         "Expected a top-level value to end with a new line, comment or EOF, but got '{}' instead.",
                         show(c)
@@ -379,7 +386,6 @@ impl<'a> Lexer<'a> {
                 }
                 Some('}') => return Some(State::BlockEnd),
                 c => {
-                    self.bump();
                     return self.error(format!(
                         "Expected a block-level value to end with a new line, comment or EOF, but got '{}' instead.",
                         show(c)
@@ -414,7 +420,6 @@ impl<'a> Lexer<'a> {
                     return self.pop();
                 }
                 c => {
-                    self.bump();
                     return self.error(format!(
                         "Expected a block-level to end with a '}}', but got '{}' instead.",
                         show(c)
@@ -560,7 +565,6 @@ impl<'a> Lexer<'a> {
                     _ => None,
                 };
                 if let Some(what) = what {
-                    self.bump();
                     return self.error(format!("Expected include value but found {what}"));
                 }
             }
@@ -612,11 +616,9 @@ impl<'a> Lexer<'a> {
                 Some('(') => return self.block_string(),
                 Some(c) if c.is_ascii_digit() => return self.number(),
                 Some('.') => {
-                    self.bump();
                     return self.error("Floats must start with a digit");
                 }
                 Some(c) if is_nl(c) => {
-                    self.bump();
                     return self.error("Expected value but found new line");
                 }
                 _ => return self.unquoted(self.pos, m),
@@ -650,10 +652,11 @@ impl<'a> Lexer<'a> {
         let mut buf = Vec::new();
         let mut seg = self.pos;
         loop {
+            let at = self.mark();
             match self.bump() {
                 Some('\\') => {
                     buf.extend_from_slice(&self.src.as_bytes()[seg..self.pos - 1]);
-                    self.escape(&mut buf)?;
+                    self.escape(&mut buf, at)?;
                     seg = self.pos;
                 }
                 Some('"') => {
@@ -673,8 +676,8 @@ impl<'a> Lexer<'a> {
 
     /// Decodes one escape (the backslash is already consumed) into `buf`. `\xXX` yields
     /// a raw byte, so strings are assembled as bytes and decoded (lossily) at the end.
-    /// Returns `None` after emitting an error.
-    fn escape(&mut self, buf: &mut Vec<u8>) -> Option<()> {
+    /// Returns `None` after emitting an error located at the backslash, `at`.
+    fn escape(&mut self, buf: &mut Vec<u8>, at: (u32, u32)) -> Option<()> {
         let c = self.bump();
         let byte = match c {
             Some('t') => b'\t',
@@ -685,12 +688,18 @@ impl<'a> Lexer<'a> {
             Some('x') => {
                 let a = self.bump();
                 if a.is_some_and(is_nl) {
-                    self.error("Expected two hexadecimal digits after '\\x', but hit end of line");
+                    self.error_at(
+                        at,
+                        "Expected two hexadecimal digits after '\\x', but hit end of line",
+                    );
                     return None;
                 }
                 let b = self.bump();
                 if b.is_some_and(is_nl) {
-                    self.error("Expected two hexadecimal digits after '\\x', but hit end of line");
+                    self.error_at(
+                        at,
+                        "Expected two hexadecimal digits after '\\x', but hit end of line",
+                    );
                     return None;
                 }
                 match (
@@ -701,15 +710,16 @@ impl<'a> Lexer<'a> {
                     (Some(hi), Some(lo)) => (hi * 16 + lo) as u8,
                     _ => {
                         let got: String = a.into_iter().chain(b).collect();
-                        self.error(format!(
-                            "Expected two hexadecimal digits after '\\x', but got '{got}'"
-                        ));
+                        self.error_at(
+                            at,
+                            format!("Expected two hexadecimal digits after '\\x', but got '{got}'"),
+                        );
                         return None;
                     }
                 }
             }
             c => {
-                self.error(format!(
+                self.error_at(at, format!(
                     "Invalid escape character '{}'. Only the following escape characters are allowed: \\xXX, \\t, \\n, \\r, \\\", \\\\.",
                     show(c)
                 ));
@@ -730,8 +740,9 @@ impl<'a> Lexer<'a> {
             match self.peek() {
                 Some('\\') => {
                     buf.extend_from_slice(&self.src.as_bytes()[seg..self.pos]);
+                    let at = self.mark();
                     self.bump();
-                    self.escape(&mut buf)?;
+                    self.escape(&mut buf, at)?;
                     seg = self.pos;
                     escaped = true;
                 }
@@ -872,7 +883,7 @@ impl<'a> Lexer<'a> {
     /// `YYYY-` has been consumed; the rest must be exactly `MM-DDTHH:MM:SSZ`.
     fn datetime(&mut self, start: usize, m: (u32, u32)) -> Option<State> {
         for want in "00-00T00:00:00Z".chars() {
-            let got = self.bump();
+            let got = self.peek();
             if want == '0' {
                 if !got.is_some_and(|c| c.is_ascii_digit()) {
                     return self.error(format!(
@@ -886,6 +897,7 @@ impl<'a> Lexer<'a> {
                     show(got)
                 ));
             }
+            self.bump();
         }
         let raw = self.src[start..self.pos].to_string();
         self.emit(Tok::DateTime(raw), m);
@@ -894,13 +906,14 @@ impl<'a> Lexer<'a> {
 
     /// The '.' has been consumed: a float, or an IP address if another '.' follows.
     fn float(&mut self, start: usize, m: (u32, u32)) -> Option<State> {
-        let c = self.bump();
+        let c = self.peek();
         if !c.is_some_and(|c| c.is_ascii_digit()) {
             return self.error(format!(
                 "Floats must have a digit after the '.', but got '{}' instead.",
                 show(c)
             ));
         }
+        self.bump();
         loop {
             match self.peek() {
                 Some(c) if c.is_ascii_digit() => {
@@ -931,8 +944,10 @@ impl<'a> Lexer<'a> {
         let m = self.mark();
         let start = self.pos;
         self.bump();
-        match self.bump() {
-            Some(c) if c.is_ascii_digit() => {}
+        match self.peek() {
+            Some(c) if c.is_ascii_digit() => {
+                self.bump();
+            }
             Some('.') => return self.error("Floats must start with a digit, not '.'."),
             c => return self.error(format!("Expected a digit but got '{}'.", show(c))),
         }
@@ -970,7 +985,6 @@ impl<'a> Lexer<'a> {
                 Some('#') => self.skip_comment(),
                 Some('/') if self.try_slash_comment() => {}
                 Some('/' | ',') => {
-                    self.bump();
                     return self.error("Unexpected array value terminator ','.");
                 }
                 Some(']') => {
@@ -1006,7 +1020,6 @@ impl<'a> Lexer<'a> {
                     return self.pop();
                 }
                 c => {
-                    self.bump();
                     return self.error(format!(
                         "Expected an array value terminator ',' or an array terminator ']', but got '{}' instead.",
                         show(c)
@@ -1135,7 +1148,6 @@ impl<'a> Lexer<'a> {
                     return self.pop();
                 }
                 c => {
-                    self.bump();
                     return self.error(format!(
                         "Expected a map value terminator ',' or a map terminator '}}', but got '{}' instead.",
                         show(c)

@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+// Re-exported API; in the server binary some of it is not used yet.
+#[allow(unused_imports)]
 pub use duration::{parse_duration, parse_go_duration_nanos, DurationError};
 
 /// Maximum nesting depth of maps and arrays (nats-server has none; a limit keeps
