@@ -53,10 +53,15 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let port: u16 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4222);
     let size: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(16);
-    let total: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(5_000_000);
+    let total: u64 = args
+        .get(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5_000_000);
 
     // CROSS_SHARDS=n puts the subscriber on shard 0 and the publisher on shard 1.
-    let shards: Option<u64> = std::env::var("CROSS_SHARDS").ok().and_then(|v| v.parse().ok());
+    let shards: Option<u64> = std::env::var("CROSS_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let mut sub = connect_on(port, shards.map(|n| (n, 0)));
     sub.write_all(b"SUB bench 1\r\nPING\r\n").expect("SUB");
     let received = Arc::new(AtomicU64::new(0));
@@ -100,7 +105,11 @@ fn main() {
         start
     });
 
-    let pub_shard = if std::env::var("SAME_SHARD").is_ok() { 0 } else { 1 };
+    let pub_shard = if std::env::var("SAME_SHARD").is_ok() {
+        0
+    } else {
+        1
+    };
     let mut publ = connect_on(port, shards.map(|n| (n, pub_shard)));
     let frame = {
         let mut f = format!("PUB bench {size}\r\n").into_bytes();
