@@ -1,0 +1,16 @@
+//! strait-bench: a load generator and side-by-side benchmark harness for NATS servers.
+//!
+//! It speaks the NATS client protocol itself over plain TCP and treats the server as a
+//! black box, so it measures strait and nats-server alike. See README.md.
+
+pub mod cli;
+pub mod compare;
+pub mod conn;
+pub mod plot;
+pub mod procstat;
+pub mod report;
+pub mod run;
+pub mod scan;
+pub mod scenario;
+pub mod server;
+pub mod stats;

@@ -1,0 +1,146 @@
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Serialize;
+
+use strait_bench::cli::{Cli, Cmd, Common, CompareArgs};
+use strait_bench::compare::{self, CompareOptions};
+use strait_bench::conn::Endpoint;
+use strait_bench::run::{self, Progress, RunResult, Target};
+use strait_bench::scenario::{self, Limit, Scenario, ALL_COUNT, M_IDLE_RSS, M_P50, M_RATE, NAMED};
+use strait_bench::{plot, report};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("strait-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match &cli.cmd {
+        Cmd::Compare(args) => run_compare(args),
+        Cmd::Scenarios => {
+            list_scenarios();
+            Ok(ExitCode::SUCCESS)
+        }
+        cmd => {
+            let (common, sc) = cmd
+                .scenario()
+                .context("internal: subcommand without a scenario")?;
+            run_single(common, &sc)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn server_pid(common: &Common) -> Result<Option<u32>> {
+    if let Some(p) = common.server_pid {
+        return Ok(Some(p));
+    }
+    match &common.pidfile {
+        Some(path) => {
+            let s = std::fs::read_to_string(path)
+                .with_context(|| format!("reading pid file {}", path.display()))?;
+            let pid = s
+                .trim()
+                .parse()
+                .with_context(|| format!("pid file {} holds {s:?}", path.display()))?;
+            Ok(Some(pid))
+        }
+        None => Ok(None),
+    }
+}
+
+#[derive(Serialize)]
+struct SingleJson<'a> {
+    url: &'a str,
+    result: &'a RunResult,
+}
+
+fn run_single(common: &Common, sc: &Scenario) -> Result<()> {
+    let target = Target {
+        endpoint: Endpoint::parse(&common.url)?,
+        pid: server_pid(common)?,
+    };
+    let progress = Progress::new(format!("[{}]", sc.name));
+    let r = run::run(&target, sc, &progress)?;
+    print!("{}", report::single_table(&common.url, &r));
+    if let Some(p) = &common.out.json {
+        report::write_json(
+            p,
+            &SingleJson {
+                url: &common.url,
+                result: &r,
+            },
+        )?;
+    }
+    if let Some(p) = &common.out.csv {
+        report::write_single_csv(p, &common.url, &r)?;
+    }
+    Ok(())
+}
+
+fn run_compare(args: &CompareArgs) -> Result<ExitCode> {
+    let limit = match args.count {
+        Some(c) => Limit::Count(c),
+        None => Limit::Duration(args.duration),
+    };
+    let opts = CompareOptions {
+        servers: args.servers.clone(),
+        reps: args.reps,
+        limit,
+        scenarios: scenario::select(&args.scenarios, limit)?,
+        settle: args.settle,
+    };
+    let rep = compare::compare(&opts)?;
+    println!("{}", report::compare_table(&rep));
+    if let Some(p) = &args.out.json {
+        report::write_json(p, &rep)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &args.out.csv {
+        let sp = report::write_compare_csv(p, &rep)?;
+        eprintln!("wrote {} and {}", p.display(), sp.display());
+    }
+    if let Some(p) = &args.plot {
+        plot::write_svg(Path::new(p), &rep)?;
+        eprintln!("wrote {}", p.display());
+    }
+    let failed = rep.runs.iter().filter(|r| r.error.is_some()).count();
+    Ok(if failed > 0 {
+        eprintln!("strait-bench: {failed} run(s) failed (listed above)");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn list_scenarios() {
+    println!("named scenarios (`all` = the first {ALL_COUNT}, the goal set):");
+    let limit = Limit::Duration(std::time::Duration::from_secs(3));
+    for (i, n) in NAMED.iter().enumerate() {
+        let sc = n.build(limit);
+        let goals: Vec<String> = [M_RATE, M_P50, scenario::M_P99]
+            .iter()
+            .filter_map(|m| scenario::goal_for(&sc.name, m).map(|g| format!("{m} {}", g.label())))
+            .collect();
+        let line = format!(
+            "  {}{:<14} {:<56} {}",
+            if i < ALL_COUNT { "*" } else { " " },
+            sc.name,
+            sc.describe(),
+            goals.join(", ")
+        );
+        println!("{}", line.trim_end());
+    }
+    if let Some(g) = scenario::goal_for("server", M_IDLE_RSS) {
+        println!("  (every compare)  idle RSS after start: {}", g.label());
+    }
+}

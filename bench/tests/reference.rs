@@ -1,0 +1,187 @@
+//! Runs the harness against the reference nats-server when it can be installed
+//! (../shared/tools/reference-server.sh); skips with a message otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use strait_bench::run::{self, Progress, Target};
+use strait_bench::scenario::{JsAck, Kind, Limit, Scenario};
+use strait_bench::server::{ServerProc, ServerSpec};
+
+fn reference_server() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("STRAIT_BENCH_REFERENCE") {
+        return Some(PathBuf::from(p));
+    }
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/reference-server.sh");
+    if !script.exists() {
+        eprintln!("SKIPPED: {} not found", script.display());
+        return None;
+    }
+    match Command::new("bash").arg(&script).output() {
+        Ok(o) if o.status.success() => {
+            let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            Some(PathBuf::from(path))
+        }
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED: reference-server.sh failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: cannot run reference-server.sh: {e}");
+            None
+        }
+    }
+}
+
+fn scenario(kind: Kind, publishers: usize, subs: usize, queue: bool, limit: Limit) -> Scenario {
+    Scenario {
+        name: format!("{kind:?}"),
+        kind,
+        size: 16,
+        publishers,
+        subs,
+        queue,
+        limit,
+        window: None,
+    }
+}
+
+#[test]
+fn scenarios_against_reference_server() {
+    let Some(bin) = reference_server() else {
+        return;
+    };
+    let spec = ServerSpec {
+        name: "ref".into(),
+        command: vec![bin.to_string_lossy().into_owned()],
+    };
+    let srv = ServerProc::start(&spec).expect("start reference server");
+    assert!(srv.idle_rss_kb(Duration::ZERO).expect("idle rss") > 0);
+    let target = Target {
+        endpoint: srv.endpoint(),
+        pid: Some(srv.pid),
+    };
+    let progress = Progress::new("[test]");
+    let count = Limit::Count(20_000);
+
+    let r = run::run(
+        &target,
+        &scenario(Kind::PubSub, 1, 1, false, count),
+        &progress,
+    )
+    .expect("1:1");
+    assert_eq!((r.published, r.delivered, r.lost), (20_000, 20_000, 0));
+    let s = r.server.expect("server usage");
+    assert!(s.peak_rss_kb > 0 && s.cpu_s >= 0.0);
+
+    let r = run::run(
+        &target,
+        &scenario(Kind::PubSub, 2, 4, false, count),
+        &progress,
+    )
+    .expect("fan-out");
+    assert_eq!((r.published, r.delivered, r.lost), (40_000, 160_000, 0));
+
+    let r = run::run(
+        &target,
+        &scenario(Kind::PubSub, 1, 4, true, count),
+        &progress,
+    )
+    .expect("queue");
+    assert_eq!((r.published, r.delivered, r.lost), (20_000, 20_000, 0));
+
+    // A window smaller than a batch is raised to one batch: heavy flow control.
+    let mut tight = scenario(Kind::PubSub, 1, 2, false, Limit::Count(50_000));
+    tight.window = Some(1);
+    tight.size = 1024;
+    let r = run::run(&target, &tight, &progress).expect("tight window");
+    assert_eq!((r.delivered, r.lost), (100_000, 0));
+
+    let r = run::run(&target, &scenario(Kind::Pub, 2, 0, false, count), &progress).expect("pub");
+    assert_eq!((r.published, r.msgs), (40_000, 40_000));
+
+    let r = run::run(
+        &target,
+        &scenario(Kind::ReqRep, 1, 1, false, Limit::Count(500)),
+        &progress,
+    )
+    .expect("reqrep");
+    let l = r.latency.expect("latency");
+    assert_eq!(l.count, 500);
+    assert!(l.p50_us > 0.0 && l.p50_us <= l.p99_us && l.p99_us <= l.max_us);
+
+    let r = run::run(
+        &target,
+        &scenario(
+            Kind::PubSub,
+            1,
+            1,
+            false,
+            Limit::Duration(Duration::from_millis(300)),
+        ),
+        &progress,
+    )
+    .expect("timed");
+    assert!(r.msgs > 0 && r.elapsed_s >= 0.3 && r.lost == 0);
+
+    let js = scenario(Kind::JsPub { ack: JsAck::Sync }, 1, 0, false, count);
+    let err = run::run(&target, &js, &progress).expect_err("JetStream is not implemented");
+    assert!(format!("{err:#}").contains("not implemented yet"));
+}
+
+#[test]
+fn compare_cli_reference_against_itself() {
+    let Some(bin) = reference_server() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("strait-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let (json, csv, svg) = (
+        dir.join("out.json"),
+        dir.join("out.csv"),
+        dir.join("out.svg"),
+    );
+    let a = format!("a={}", bin.display());
+    let b = format!("b={}", bin.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_strait-bench"))
+        .args(["compare", "--server", &a, "--server", &b, "--reps", "2"])
+        .args(["--duration", "200ms", "--settle", "10ms"])
+        .args(["--scenarios", "pubsub-16,reqrep-16"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .expect("run strait-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "compare failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("pubsub-16") && stdout.contains("p99 us") && stdout.contains("idle RSS")
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
+    assert_eq!(report["runs"].as_array().map(Vec::len), Some(8));
+    let rows = report["rows"].as_array().expect("rows");
+    let rate = rows
+        .iter()
+        .find(|r| r["scenario"] == "pubsub-16" && r["metric"] == "msgs/s")
+        .expect("rate row");
+    assert!(rate["ratio"].as_f64().expect("ratio") > 0.0);
+    assert_eq!(rate["goal"]["ratio"].as_f64(), Some(2.0));
+    let csv_body = std::fs::read_to_string(&csv).expect("csv");
+    assert_eq!(csv_body.lines().count(), 9);
+    assert!(dir.join("out-summary.csv").exists());
+    assert!(std::fs::read_to_string(&svg).expect("svg").contains("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
