@@ -1,0 +1,592 @@
+//! The sans-I/O core of every store: which sequences exist, their subjects, sizes and
+//! timestamps, the per-subject index, and the stream limits. Deterministic: time is
+//! always passed in. The memory store keeps message bodies as the location `L`; the file
+//! store keeps where the record lives on disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
+
+use crate::config::{Discard, Limits};
+use crate::error::{Result, StoreError};
+use crate::subject::{has_wildcard, is_match_all, is_valid_literal, subject_matches};
+use crate::{MsgTtl, StreamState};
+
+/// Bytes a message counts for against `max_bytes` and in the state (nats-server's
+/// memory-store accounting: subject + headers + payload + 16).
+pub fn msg_size(subject_len: usize, hdr_len: usize, payload_len: usize) -> u64 {
+    (subject_len + hdr_len + payload_len + 16) as u64
+}
+
+/// One stored message's metadata.
+#[derive(Debug, Clone)]
+pub struct Entry<L> {
+    pub subject: Rc<str>,
+    pub ts: i64,
+    pub size: u64,
+    /// Absolute expiry (ns) from a per-message TTL.
+    pub expires: Option<i64>,
+    /// TTL "never": exempt from `max_age`.
+    pub no_age: bool,
+    pub loc: L,
+}
+
+/// Removed messages, returned so the store shell can release what backs them.
+pub type Removed<L> = Vec<(u64, Entry<L>)>;
+
+/// Sequence/subject index plus limits.
+#[derive(Debug)]
+pub struct Index<L> {
+    limits: Limits,
+    /// Sequence of `slots[0]`; when empty, `last_seq + 1`.
+    base: u64,
+    /// Slots for `[base, last_seq]`; the front slot is always occupied.
+    slots: VecDeque<Option<Entry<L>>>,
+    subjects: HashMap<Rc<str>, BTreeSet<u64>>,
+    ttls: BTreeSet<(i64, u64)>,
+    msgs: u64,
+    bytes: u64,
+    last_seq: u64,
+    last_ts: i64,
+}
+
+impl<L> Index<L> {
+    pub fn new(limits: Limits) -> Self {
+        Index {
+            limits,
+            base: 1,
+            slots: VecDeque::new(),
+            subjects: HashMap::new(),
+            ttls: BTreeSet::new(),
+            msgs: 0,
+            bytes: 0,
+            last_seq: 0,
+            last_ts: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Replace the limits; the caller then runs `enforce_limits`/`expire`.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    pub fn msgs(&self) -> u64 {
+        self.msgs
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+    pub fn last_ts(&self) -> i64 {
+        self.last_ts
+    }
+    /// The first live sequence, or `last_seq + 1` when empty (0 for a new stream).
+    pub fn first_seq(&self) -> u64 {
+        if self.msgs == 0 && self.last_seq == 0 && self.base <= 1 {
+            0
+        } else {
+            self.base
+        }
+    }
+    pub fn next_seq(&self) -> u64 {
+        self.last_seq + 1
+    }
+
+    pub fn get(&self, seq: u64) -> Option<&Entry<L>> {
+        if seq < self.base {
+            return None;
+        }
+        self.slots.get((seq - self.base) as usize)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut Entry<L>> {
+        if seq < self.base {
+            return None;
+        }
+        self.slots.get_mut((seq - self.base) as usize)?.as_mut()
+    }
+
+    /// Interns a subject so the many entries of one subject share one allocation.
+    pub fn intern(&self, subject: &str) -> Rc<str> {
+        match self.subjects.get_key_value(subject) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(subject),
+        }
+    }
+
+    /// Checks a new message against the limits that refuse rather than discard.
+    pub fn check_append(
+        &self,
+        subject: &str,
+        hdr_len: usize,
+        payload_len: usize,
+        ttl: Option<MsgTtl>,
+    ) -> Result<()> {
+        if !is_valid_literal(subject) {
+            return Err(StoreError::InvalidSubject);
+        }
+        if let Some(max) = self.limits.max_msg_size {
+            if (hdr_len + payload_len) as u64 > max {
+                return Err(StoreError::MsgTooLarge);
+            }
+        }
+        if ttl.is_some() && !self.limits.allow_msg_ttl {
+            return Err(StoreError::TtlDisabled);
+        }
+        if self.limits.discard == Discard::New {
+            // At the per-subject limit the new message replaces that subject's oldest, so
+            // it does not grow the stream (nats-server's "asl").
+            let at_subject_limit = match self.limits.max_msgs_per_subject {
+                Some(maxp) => self
+                    .subjects
+                    .get(subject)
+                    .is_some_and(|s| s.len() as u64 >= maxp),
+                None => false,
+            };
+            if at_subject_limit && self.limits.discard_new_per_subject {
+                return Err(StoreError::MaxMsgsPerSubject);
+            }
+            if !at_subject_limit {
+                if let Some(max) = self.limits.max_msgs {
+                    if self.msgs >= max {
+                        return Err(StoreError::MaxMsgs);
+                    }
+                }
+                if let Some(max) = self.limits.max_bytes {
+                    if self.bytes + msg_size(subject.len(), hdr_len, payload_len) > max {
+                        return Err(StoreError::MaxBytes);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts a message at `seq` (> last sequence; gaps become deleted slots).
+    /// Limits are not applied: see `enforce_limits`.
+    pub fn insert(&mut self, seq: u64, entry: Entry<L>) {
+        debug_assert!(seq > self.last_seq);
+        if seq <= self.last_seq {
+            return;
+        }
+        if self.slots.is_empty() {
+            self.base = seq;
+        } else {
+            while self.base + (self.slots.len() as u64) < seq {
+                self.slots.push_back(None);
+            }
+        }
+        self.msgs += 1;
+        self.bytes += entry.size;
+        if let Some(exp) = entry.expires {
+            self.ttls.insert((exp, seq));
+        }
+        self.subjects
+            .entry(entry.subject.clone())
+            .or_default()
+            .insert(seq);
+        self.last_seq = seq;
+        self.last_ts = entry.ts;
+        self.slots.push_back(Some(entry));
+    }
+
+    /// Moves the last sequence forward without a message (recovery of a purged stream,
+    /// or `compact` beyond the end).
+    pub fn advance_last(&mut self, last_seq: u64, last_ts: i64) {
+        if last_seq > self.last_seq {
+            self.last_seq = last_seq;
+            if self.slots.is_empty() {
+                self.base = last_seq + 1;
+            } else {
+                while self.base + (self.slots.len() as u64) <= last_seq {
+                    self.slots.push_back(None);
+                }
+            }
+        }
+        if last_ts > self.last_ts {
+            self.last_ts = last_ts;
+        }
+    }
+
+    /// Removes one message.
+    pub fn remove(&mut self, seq: u64) -> Option<Entry<L>> {
+        if seq < self.base {
+            return None;
+        }
+        let i = (seq - self.base) as usize;
+        let e = self.slots.get_mut(i)?.take()?;
+        self.msgs -= 1;
+        self.bytes -= e.size;
+        if let Some(exp) = e.expires {
+            self.ttls.remove(&(exp, seq));
+        }
+        if let Some(set) = self.subjects.get_mut(&*e.subject) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.subjects.remove(&*e.subject);
+            }
+        }
+        self.trim_front();
+        Some(e)
+    }
+
+    fn trim_front(&mut self) {
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        if self.slots.is_empty() {
+            self.base = self.last_seq + 1;
+        }
+    }
+
+    fn remove_into(&mut self, seq: u64, out: &mut Removed<L>) {
+        if let Some(e) = self.remove(seq) {
+            out.push((seq, e));
+        }
+    }
+
+    /// Applies discard-old limits after appending a message on `subject`.
+    pub fn enforce_limits(&mut self, subject: Option<&str>) -> Removed<L> {
+        let mut out = Vec::new();
+        if let Some(maxp) = self.limits.max_msgs_per_subject {
+            let subjects: Vec<Rc<str>> = match subject {
+                Some(s) => self
+                    .subjects
+                    .get_key_value(s)
+                    .map(|(k, _)| k.clone())
+                    .into_iter()
+                    .collect(),
+                None => self
+                    .subjects
+                    .iter()
+                    .filter(|(_, v)| v.len() as u64 > maxp)
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+            };
+            for s in subjects {
+                loop {
+                    let first = match self.subjects.get(&s) {
+                        Some(set) if set.len() as u64 > maxp => set.first().copied(),
+                        _ => None,
+                    };
+                    match first {
+                        Some(seq) => self.remove_into(seq, &mut out),
+                        None => break,
+                    }
+                }
+            }
+        }
+        if let Some(max) = self.limits.max_msgs {
+            while self.msgs > max {
+                let seq = self.base;
+                self.remove_into(seq, &mut out);
+            }
+        }
+        if let Some(max) = self.limits.max_bytes {
+            while self.bytes > max && self.msgs > 0 {
+                let seq = self.base;
+                self.remove_into(seq, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Removes messages older than `max_age` and those whose TTL has passed, at `now` (ns).
+    pub fn expire(&mut self, now: i64) -> Removed<L> {
+        let mut out = Vec::new();
+        while let Some(&(exp, seq)) = self.ttls.first() {
+            if exp > now {
+                break;
+            }
+            self.ttls.pop_first();
+            self.remove_into(seq, &mut out);
+        }
+        if let Some(age) = self.limits.max_age {
+            let cutoff = now.saturating_sub(age.as_nanos().min(i64::MAX as u128) as i64);
+            let victims: Vec<u64> = self
+                .iter_from(self.base)
+                .take_while(|(_, e)| e.ts <= cutoff)
+                .filter(|(_, e)| !e.no_age)
+                .map(|(s, _)| s)
+                .collect();
+            for seq in victims {
+                self.remove_into(seq, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The earliest time (ns) at which `expire` would remove something.
+    pub fn next_expiry(&self) -> Option<i64> {
+        let ttl = self.ttls.first().map(|(e, _)| *e);
+        let age = self.limits.max_age.and_then(|age| {
+            let a = age.as_nanos().min(i64::MAX as u128) as i64;
+            self.iter_from(self.base)
+                .find(|(_, e)| !e.no_age)
+                .map(|(_, e)| e.ts.saturating_add(a))
+        });
+        match (ttl, age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Live messages from `start` on, in sequence order.
+    pub fn iter_from(&self, start: u64) -> impl Iterator<Item = (u64, &Entry<L>)> + '_ {
+        let skip = start.saturating_sub(self.base) as usize;
+        let base = self.base;
+        self.slots
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .filter_map(move |(i, e)| e.as_ref().map(|e| (base + i as u64, e)))
+    }
+
+    /// First sequence ≥ `start` whose subject matches `filter`.
+    pub fn next_match(&self, start: u64, filter: &str) -> Option<u64> {
+        let start = start.max(self.base);
+        if start > self.last_seq {
+            return None;
+        }
+        if is_match_all(filter) {
+            return self.iter_from(start).map(|(s, _)| s).next();
+        }
+        if !has_wildcard(filter) {
+            return self.subjects.get(filter)?.range(start..).next().copied();
+        }
+        let remaining = self.last_seq - start + 1;
+        if (self.subjects.len() as u64) < remaining {
+            self.subjects
+                .iter()
+                .filter(|(s, _)| subject_matches(filter, s))
+                .filter_map(|(_, set)| set.range(start..).next().copied())
+                .min()
+        } else {
+            self.iter_from(start)
+                .find(|(_, e)| subject_matches(filter, &e.subject))
+                .map(|(s, _)| s)
+        }
+    }
+
+    /// Highest sequence whose subject matches `filter`.
+    pub fn last_match(&self, filter: &str) -> Option<u64> {
+        if is_match_all(filter) {
+            return (self.msgs > 0).then(|| {
+                let mut s = self.last_seq;
+                while self.get(s).is_none() {
+                    s -= 1;
+                }
+                s
+            });
+        }
+        if !has_wildcard(filter) {
+            return self.subjects.get(filter)?.last().copied();
+        }
+        self.subjects
+            .iter()
+            .filter(|(s, _)| subject_matches(filter, s))
+            .filter_map(|(_, set)| set.last().copied())
+            .max()
+    }
+
+    /// Matching sequences, ascending.
+    fn matching(&self, filter: &str) -> Vec<u64> {
+        if is_match_all(filter) {
+            return self.iter_from(self.base).map(|(s, _)| s).collect();
+        }
+        let mut v: Vec<u64> = self
+            .subjects
+            .iter()
+            .filter(|(s, _)| subject_matches(filter, s))
+            .flat_map(|(_, set)| set.iter().copied())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// nats-server's PurgeEx: removes messages matching `filter` with sequence below
+    /// `up_to` (0 = no bound), keeping the newest `keep` matches (0 = none kept).
+    pub fn purge(&mut self, filter: &str, up_to: u64, keep: u64) -> Removed<L> {
+        let mut out = Vec::new();
+        if is_match_all(filter) && up_to == 0 && keep == 0 {
+            return self.purge_all();
+        }
+        let m = self.matching(filter);
+        let total = m.len() as u64;
+        if keep >= total && keep > 0 {
+            return out;
+        }
+        let max_remove = total - keep;
+        for seq in m.into_iter().take(max_remove as usize) {
+            if up_to > 0 && seq >= up_to {
+                break;
+            }
+            self.remove_into(seq, &mut out);
+        }
+        out
+    }
+
+    /// Removes everything; the first sequence becomes `last + 1`.
+    pub fn purge_all(&mut self) -> Removed<L> {
+        let mut out = Vec::with_capacity(self.msgs as usize);
+        let base = self.base;
+        for (i, e) in std::mem::take(&mut self.slots).into_iter().enumerate() {
+            if let Some(e) = e {
+                out.push((base + i as u64, e));
+            }
+        }
+        self.subjects.clear();
+        self.ttls.clear();
+        self.msgs = 0;
+        self.bytes = 0;
+        self.base = self.last_seq + 1;
+        out
+    }
+
+    /// Removes every message below `seq`; past the end, the stream continues at `seq`.
+    pub fn compact(&mut self, seq: u64) -> Removed<L> {
+        if seq > self.last_seq + 1 {
+            let out = self.purge_all();
+            self.last_seq = seq - 1;
+            self.base = seq;
+            return out;
+        }
+        let mut out = Vec::new();
+        while self.msgs > 0 && self.base < seq {
+            let s = self.base;
+            self.remove_into(s, &mut out);
+        }
+        out
+    }
+
+    /// Deleted (interior) sequences between first and last.
+    pub fn deleted(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_none())
+            .map(|(i, _)| self.base + i as u64)
+            .collect()
+    }
+
+    pub fn num_subjects(&self) -> u64 {
+        self.subjects.len() as u64
+    }
+
+    /// Message count per subject matching `filter`.
+    pub fn subjects_state(&self, filter: &str) -> BTreeMap<String, u64> {
+        self.subjects
+            .iter()
+            .filter(|(s, _)| subject_matches(filter, s))
+            .map(|(s, set)| (s.to_string(), set.len() as u64))
+            .collect()
+    }
+
+    /// `(msgs, first, last)` of messages matching `filter`.
+    pub fn filtered_state(&self, filter: &str) -> (u64, u64, u64) {
+        if is_match_all(filter) {
+            let last = self.last_match(filter).unwrap_or(0);
+            return (self.msgs, if self.msgs > 0 { self.base } else { 0 }, last);
+        }
+        let mut n = 0;
+        let mut first = u64::MAX;
+        let mut last = 0;
+        for (s, set) in &self.subjects {
+            if subject_matches(filter, s) {
+                n += set.len() as u64;
+                first = first.min(*set.first().unwrap_or(&u64::MAX));
+                last = last.max(*set.last().unwrap_or(&0));
+            }
+        }
+        (n, if n == 0 { 0 } else { first }, last)
+    }
+
+    pub fn state(&self, with_deleted: bool) -> StreamState {
+        let first_ts = self
+            .slots
+            .front()
+            .and_then(|e| e.as_ref())
+            .map(|e| e.ts)
+            .unwrap_or(0);
+        let num_deleted = (self.slots.len() as u64) - self.msgs;
+        StreamState {
+            msgs: self.msgs,
+            bytes: self.bytes,
+            first_seq: self.first_seq(),
+            first_ts,
+            last_seq: self.last_seq,
+            last_ts: self.last_ts,
+            num_deleted,
+            deleted: if with_deleted {
+                self.deleted()
+            } else {
+                Vec::new()
+            },
+            num_subjects: self.subjects.len() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Discard;
+
+    fn e(subject: &str, ts: i64) -> Entry<()> {
+        Entry {
+            subject: Rc::from(subject),
+            ts,
+            size: msg_size(subject.len(), 0, 1),
+            expires: None,
+            no_age: false,
+            loc: (),
+        }
+    }
+
+    #[test]
+    fn limits_discard_old_and_new() {
+        let mut ix: Index<()> = Index::new(Limits {
+            max_msgs: Some(2),
+            ..Default::default()
+        });
+        for s in 1..=3 {
+            ix.insert(s, e("a", s as i64));
+            ix.enforce_limits(Some("a"));
+        }
+        assert_eq!(ix.state(true).first_seq, 2);
+        assert_eq!(ix.msgs(), 2);
+        ix.set_limits(Limits {
+            max_msgs: Some(2),
+            discard: Discard::New,
+            ..Default::default()
+        });
+        assert!(matches!(
+            ix.check_append("a", 0, 1, None),
+            Err(StoreError::MaxMsgs)
+        ));
+    }
+
+    #[test]
+    fn purge_compact_deleted() {
+        let mut ix: Index<()> = Index::new(Limits::default());
+        for s in 1..=10 {
+            ix.insert(s, e(if s % 2 == 0 { "even" } else { "odd" }, 0));
+        }
+        ix.remove(5);
+        assert_eq!(ix.deleted(), vec![5]);
+        assert_eq!(ix.purge("even", 0, 2).len(), 3);
+        assert_eq!(ix.next_match(1, "even"), Some(8));
+        assert_eq!(ix.compact(8).len(), 3);
+        assert_eq!(ix.first_seq(), 8);
+        ix.purge_all();
+        assert_eq!(ix.first_seq(), 11);
+        ix.compact(20);
+        assert_eq!((ix.first_seq(), ix.last_seq()), (20, 19));
+    }
+}
