@@ -16,11 +16,11 @@ Server Options:
     -n, --name
         --server_name <server_name>  Server name (default: auto)
     -P, --pid <file>                 File to store PID
-    -m, --http_port <port>           Use port for http monitoring (not supported yet)
+    -m, --http_port <port>           Use port for http monitoring
     -ms,--https_port <port>          Use port for https monitoring (not supported yet)
     -c, --config <file>              Configuration file
     -t                               Test configuration and exit
-    -sl,--signal <signal>[=<pid>]    Send signal to strait process (not supported yet)
+    -sl,--signal <signal>[=<pid>]    Send signal to strait process (ldm, stop, quit, term, reopen, reload)
         --client_advertise <string>  Client URL to advertise to other servers
         --ports_file_dir <dir>       Creates a ports file in the specified directory (not supported yet)
 
@@ -231,10 +231,11 @@ impl Cli {
 
     /// The first option given whose feature strait does not have yet.
     pub fn unsupported(&self) -> Option<&'static str> {
-        let checks: [(bool, &'static str); 20] = [
-            (self.http_port.is_some(), "http_port (monitoring)"),
-            (self.https_port.is_some(), "https_port (monitoring)"),
-            (self.signal.is_some(), "signal"),
+        let checks: &[(bool, &'static str)] = &[
+            (
+                self.https_port.is_some(),
+                "https_port (monitoring over TLS)",
+            ),
             (self.ports_file_dir.is_some(), "ports_file_dir"),
             (self.syslog, "syslog"),
             (self.remote_syslog.is_some(), "remote_syslog"),
@@ -295,7 +296,10 @@ mod tests {
         assert_eq!(c.shards, Some(3));
         assert_eq!(c.logtime, Some(true));
         let c = parse(&["-m", "8222"]);
-        assert_eq!(c.unsupported(), Some("http_port (monitoring)"));
+        assert_eq!(c.http_port, Some(8222));
+        assert_eq!(c.unsupported(), None);
+        let c = parse(&["-ms", "8443"]);
+        assert_eq!(c.unsupported(), Some("https_port (monitoring over TLS)"));
         assert!(Cli::parse_args(["strait".into(), "--bogus".into()]).is_err());
     }
 }

@@ -43,6 +43,10 @@ pub struct ProcessOptions {
     pub log_file: Option<String>,
     pub pid_file: Option<String>,
     pub store_dir: Option<String>,
+    /// Monitoring listener (`http_port`, `http: host:port`); port 0 = off.
+    pub http_host: Option<String>,
+    pub http_port: Option<u16>,
+    pub http_base_path: Option<String>,
 }
 
 /// Top-level keys of features strait does not have yet.
@@ -67,12 +71,8 @@ const UNSUPPORTED: &[&str] = &[
     "websocket",
     "ws",
     "mqtt",
-    "http",
-    "http_port",
-    "monitor_port",
     "https",
     "https_port",
-    "http_base_path",
     "mappings",
     "syslog",
     "remote_syslog",
@@ -207,6 +207,24 @@ pub fn apply(
             "log_file" | "logfile" => process.log_file = Some(string(entry)?),
             "pid_file" | "pidfile" => process.pid_file = Some(string(entry)?),
             "store_dir" => process.store_dir = Some(string(entry)?),
+            "http_port" | "monitor_port" => process.http_port = Some(port(entry, int(entry)?)?),
+            "http" => match &entry.value.kind {
+                Kind::Int(p) => process.http_port = Some(port(entry, *p)?),
+                Kind::String(s) => {
+                    let (host, p) = s.rsplit_once(':').ok_or_else(|| {
+                        invalid(entry, format!("could not parse address string {s:?}"))
+                    })?;
+                    let p: i64 = p
+                        .parse()
+                        .map_err(|_| invalid(entry, format!("could not parse port {p:?}")))?;
+                    process.http_port = Some(port(entry, p)?);
+                    if !host.is_empty() {
+                        process.http_host = Some(host.to_string());
+                    }
+                }
+                _ => return Err(invalid(entry, "expected host:port")),
+            },
+            "http_base_path" => process.http_base_path = Some(string(entry)?),
             "shards" => {
                 let n = size(entry)?;
                 if n == 0 {

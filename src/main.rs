@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! strait: a NATS-compatible message broker, thread-per-core and shared-nothing.
 //!
 //! This binary is the control plane: command line, configuration, logging, process
@@ -7,6 +8,7 @@ mod cli;
 mod conf;
 mod config;
 mod logging;
+mod monitor;
 mod signals;
 
 use std::process::ExitCode;
@@ -113,6 +115,17 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
     if let Some(d) = &cli.store_dir {
         process.store_dir = Some(d.clone());
     }
+    if let Some(p) = cli.http_port {
+        process.http_port = Some(match p {
+            -1 | 0 => 0,
+            p if (1..=65535).contains(&p) => p as u16,
+            p => bail!("invalid http port {p}"),
+        });
+        // nats-server uses -1 for "pick a free port".
+        if p == -1 {
+            process.http_port = Some(u16::MAX);
+        }
+    }
     opts.trace = process.trace.unwrap_or(false);
     if let Some(len) = cli.max_traced_msg_len {
         opts.max_traced_msg_len = len;
@@ -165,8 +178,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     let host = opts.host.clone();
     let opts_snapshot = opts.clone();
+    let start_time = std::time::SystemTime::now();
     let lame_duck = (opts.lame_duck_duration, opts.lame_duck_grace_period);
-    let handle = strait_shards::start(opts)?;
+    let mut handle = strait_shards::start(opts)?;
     if let Some(pid_file) = &process.pid_file {
         std::fs::write(pid_file, std::process::id().to_string())
             .with_context(|| format!("could not write pid file {pid_file}"))?;
@@ -177,11 +191,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     );
     tracing::info!("Server is ready");
 
+    let monitoring = process.http_port.map(|port| MonitorSetup {
+        host: process.http_host.clone().unwrap_or_else(|| host.clone()),
+        port: if port == u16::MAX { 0 } else { port },
+        base_path: process.http_base_path.clone().unwrap_or_default(),
+        client_port: handle.port,
+        start: start_time,
+    });
     let reloader = Reloader {
         cli: cli.clone(),
         running: opts_snapshot,
     };
-    let control = spawn_control(handle.global.clone(), lame_duck, reloader)?;
+    let control = spawn_control(
+        handle.global.clone(),
+        lame_duck,
+        reloader,
+        std::mem::take(&mut handle.control),
+        monitoring,
+    )?;
     handle.join();
     let _ = control.join();
     tracing::info!("Server Exiting..");
@@ -198,11 +225,23 @@ fn host_port(host: &str, port: u16) -> String {
 
 /// The control executor: off the data path, unpinned. It turns signals into
 /// actions and paces lame duck mode; monitoring and `$SYS` work will live here too.
+/// Where and how to serve monitoring.
+struct MonitorSetup {
+    host: String,
+    port: u16,
+    base_path: String,
+    client_port: u16,
+    start: std::time::SystemTime,
+}
+
 fn spawn_control(
     global: Arc<strait_shards::shard::Global>,
     (ldm_duration, ldm_grace): (Duration, Duration),
     mut reloader: Reloader,
+    control_lanes: Vec<strait_shards::control::ControlEnds>,
+    monitoring: Option<MonitorSetup>,
 ) -> anyhow::Result<glommio::ExecutorJoinHandle<()>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     let flags: Vec<(i32, Arc<AtomicBool>)> = [SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2]
         .into_iter()
@@ -215,12 +254,34 @@ fn spawn_control(
         .name("control")
         .io_memory(64 * 1024)
         .spawn(move || async move {
+            let mut links = Vec::with_capacity(control_lanes.len());
+            for ends in control_lanes {
+                links.push(ends.connect().await);
+            }
+            let monitor_ctx = match monitoring {
+                Some(setup) => match start_monitoring(setup, &reloader, global.clone(), links) {
+                    Ok(ctx) => Some(ctx),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        global.shutdown.store(true, Ordering::Release);
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let _ = ready_tx.send(Ok(()));
             let mut lame_duck_since: Option<std::time::Instant> = None;
             loop {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
                 for (sig, flag) in &flags {
                     if flag.swap(false, Ordering::AcqRel) {
                         handle_signal(*sig, &global, &mut lame_duck_since, &mut reloader);
+                        if *sig == SIGHUP {
+                            if let Some(ctx) = &monitor_ctx {
+                                *ctx.opts.borrow_mut() = reloader.running.clone();
+                                ctx.config_load_time.set(std::time::SystemTime::now());
+                            }
+                        }
                     }
                 }
                 if let Some(since) = lame_duck_since {
@@ -237,7 +298,44 @@ fn spawn_control(
             }
         })
         .map_err(|e| anyhow::anyhow!("could not start the control executor: {e}"))?;
-    Ok(handle)
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => bail!("the control executor stopped while starting"),
+    }
+}
+
+fn start_monitoring(
+    setup: MonitorSetup,
+    reloader: &Reloader,
+    global: Arc<strait_shards::shard::Global>,
+    links: Vec<strait_shards::control::ShardLink>,
+) -> anyhow::Result<std::rc::Rc<monitor::MonitorContext>> {
+    let addr = format!("{}:{}", setup.host, setup.port);
+    // Exclusive probe first: glommio listeners share ports silently (SO_REUSEPORT).
+    let port = std::net::TcpListener::bind(&addr)
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .with_context(|| format!("can't listen to the monitor port {addr}"))?;
+    let addr = format!("{}:{}", setup.host, port);
+    let listener = glommio::net::TcpListener::bind(&addr)
+        .map_err(|e| anyhow::anyhow!("can't listen to the monitor port {addr}: {e}"))?;
+    tracing::info!("Starting http monitor on {}", host_port(&setup.host, port));
+    let ctx = std::rc::Rc::new(monitor::MonitorContext::new(
+        reloader.running.clone(),
+        setup.client_port,
+        setup.host,
+        port,
+        setup.base_path,
+        setup.start,
+        global,
+        links,
+    ));
+    glommio::spawn_local(monitor::serve(ctx.clone(), listener)).detach();
+    Ok(ctx)
 }
 
 fn handle_signal(

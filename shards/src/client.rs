@@ -91,7 +91,14 @@ pub struct Client {
     /// Bytes the writer is writing now.
     in_flight: Cell<usize>,
     writer: Cell<Option<Waker>>,
+    /// Producers waiting for this connection's pending output to drain.
+    drain_waiters: RefCell<Vec<Waker>>,
+    /// Already in its shard's list of stalling subscribers.
+    stall_marked: Cell<bool>,
     write_started: Cell<Option<Instant>>,
+    /// When a write last completed; a producer stops waiting for a subscriber that
+    /// makes no progress.
+    last_progress: Cell<Instant>,
     closing: Cell<Option<CloseReason>>,
     /// The shard has removed the connection's subscriptions and records.
     cleaned_up: Cell<bool>,
@@ -102,6 +109,7 @@ pub struct Client {
     info_after_pong: Cell<bool>,
     pings_out: Cell<u32>,
     next_ping_at: Cell<Instant>,
+    last_activity: Cell<Instant>,
     counters: Counters,
 }
 
@@ -136,13 +144,17 @@ impl Client {
             out: RefCell::new(BytesMut::with_capacity(4096)),
             in_flight: Cell::new(0),
             writer: Cell::new(None),
+            drain_waiters: RefCell::new(Vec::new()),
+            stall_marked: Cell::new(false),
             write_started: Cell::new(None),
+            last_progress: Cell::new(Instant::now()),
             closing: Cell::new(None),
             cleaned_up: Cell::new(false),
             mesh_dirty: Cell::new(false),
             info_after_pong: Cell::new(false),
             pings_out: Cell::new(0),
             next_ping_at: Cell::new(first_ping),
+            last_activity: Cell::new(Instant::now()),
             counters: Counters::default(),
         }
     }
@@ -177,8 +189,30 @@ impl Client {
         }
     }
 
-    pub fn name(&self) -> String {
-        self.connect.borrow().name.clone()
+    /// Name, language and version from CONNECT.
+    pub fn identity(&self) -> (String, String, String) {
+        let c = self.connect.borrow();
+        (c.name.clone(), c.lang.clone(), c.version.clone())
+    }
+
+    /// (in_msgs, out_msgs, in_bytes, out_bytes)
+    pub fn counts(&self) -> (u64, u64, u64, u64) {
+        let c = &self.counters;
+        (
+            c.in_msgs.get(),
+            c.out_msgs.get(),
+            c.in_bytes.get(),
+            c.out_bytes.get(),
+        )
+    }
+
+    pub fn subscriptions(&self) -> Vec<Rc<Subscription>> {
+        self.subs.borrow().values().cloned().collect()
+    }
+
+    /// When the client last sent something.
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity.get()
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -204,6 +238,45 @@ impl Client {
         drop(out);
         self.wake_writer();
         pending
+    }
+
+    /// Bytes queued or being written.
+    pub(crate) fn pending(&self) -> usize {
+        self.out.borrow().len() + self.in_flight.get()
+    }
+
+    /// Marks the connection as one producers should wait for; true the first time.
+    pub(crate) fn mark_stalling(&self) -> bool {
+        !self.stall_marked.replace(true)
+    }
+
+    pub(crate) fn clear_stall(&self) {
+        self.stall_marked.set(false);
+    }
+
+    /// Whether the writer completed a write within `window`.
+    pub(crate) fn progressed_within(&self, window: std::time::Duration) -> bool {
+        self.last_progress.get().elapsed() <= window
+    }
+
+    /// Waits until at most `mark` bytes are pending, or the connection closes.
+    pub(crate) async fn wait_below(&self, mark: usize) {
+        std::future::poll_fn(|cx| {
+            if self.is_closing() || self.pending() <= mark {
+                Poll::Ready(())
+            } else {
+                self.drain_waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn notify_drained(&self) {
+        let waiters = std::mem::take(&mut *self.drain_waiters.borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
     }
 
     pub(crate) fn queue_bytes(&self, bytes: &[u8]) {
@@ -387,6 +460,7 @@ async fn read_loop(
                 Err(_) => return CloseReason::ReadError,
             };
             buf.truncate(filled + n);
+            client.last_activity.set(Instant::now());
             if client.is_closing() {
                 return CloseReason::ClientClosed;
             }
@@ -447,6 +521,7 @@ async fn read_loop(
             buf.extend_from_slice(&frame[pos..]);
         }
         shard.flush_lanes().await;
+        shard.wait_for_stalled().await;
     }
 }
 
@@ -674,11 +749,14 @@ async fn write_loop(client: Rc<Client>, stream: Rc<RefCell<glommio::net::TcpStre
                 Ok(n) => {
                     written += n;
                     client.in_flight.set(spare.len() - written);
+                    client.last_progress.set(Instant::now());
+                    client.notify_drained();
                 }
             }
         }
         client.write_started.set(None);
         client.in_flight.set(0);
+        client.notify_drained();
         spare.clear();
         // Do not keep a huge buffer around after a burst.
         if spare.capacity() > 4 * 1024 * 1024 {
@@ -689,5 +767,6 @@ async fn write_loop(client: Rc<Client>, stream: Rc<RefCell<glommio::net::TcpStre
             break;
         }
     }
+    client.notify_drained();
     client.shutdown_socket();
 }

@@ -5,6 +5,7 @@
 //! to glommio.
 
 pub mod client;
+pub mod control;
 pub mod info;
 pub mod mesh;
 pub mod options;

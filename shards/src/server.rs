@@ -30,6 +30,8 @@ pub enum StartError {
 /// A running set of shards.
 pub struct ServerHandle {
     pub port: u16,
+    /// The control executor's ends of each shard's control lanes.
+    pub control: Vec<crate::control::ControlEnds>,
     pub global: Arc<Global>,
     joins: Vec<ExecutorJoinHandle<()>>,
 }
@@ -89,8 +91,11 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut joins = Vec::with_capacity(nshards);
+    let mut control = Vec::with_capacity(nshards);
     for id in 0..nshards {
         let (senders, receivers) = mesh.take(id);
+        let (control_ends, shard_control) = crate::control::lanes();
+        control.push(control_ends);
         let opts = opts.clone();
         let global = global.clone();
         let ready = ready_tx.clone();
@@ -101,7 +106,17 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
             builder = builder.spin_before_park(spin);
         }
         let handle = builder
-            .spawn(move || run_shard(id, opts, addr, global, senders, receivers, ready))
+            .spawn(move || {
+                run_shard(
+                    id,
+                    opts,
+                    addr,
+                    global,
+                    (senders, receivers),
+                    shard_control,
+                    ready,
+                )
+            })
             .map_err(|e| StartError::Executor(id, e.to_string()))?;
         joins.push(handle);
     }
@@ -122,6 +137,7 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
     }
     Ok(ServerHandle {
         port,
+        control,
         global,
         joins,
     })
@@ -133,8 +149,11 @@ async fn run_shard(
     opts: Arc<ServerOptions>,
     addr: SocketAddr,
     global: Arc<Global>,
-    senders: Vec<Option<glommio::channels::shared_channel::SharedSender<Batch>>>,
-    receivers: Vec<Option<glommio::channels::shared_channel::SharedReceiver<Batch>>>,
+    (senders, receivers): (
+        Vec<Option<glommio::channels::shared_channel::SharedSender<Batch>>>,
+        Vec<Option<glommio::channels::shared_channel::SharedReceiver<Batch>>>,
+    ),
+    control: crate::control::ShardControlEnds,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
     let listener = match glommio::net::TcpListener::bind(addr) {
@@ -164,6 +183,7 @@ async fn run_shard(
             glommio::spawn_local(mesh_receiver(shard.clone(), from, rx)).detach();
         }
     }
+    glommio::spawn_local(crate::control::serve(shard.clone(), control)).detach();
     let _ = ready.send(Ok(()));
     let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
     housekeeping(&shard, acceptor).await;
@@ -262,6 +282,9 @@ async fn mesh_receiver(
 ) {
     while let Some(batch) = rx.recv().await {
         shard.handle_batch(from, batch);
+        // Waiting for slow subscribers stops draining the lane, which pushes back
+        // on the publishing shard.
+        shard.wait_for_stalled().await;
         // Never wait here: two shards waiting on each other's full lanes from their
         // receivers would deadlock. What cannot go now goes on the next tick.
         shard.try_flush_lanes();

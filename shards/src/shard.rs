@@ -118,6 +118,7 @@ pub struct ShardStats {
     pub out_msgs: Cell<u64>,
     pub out_bytes: Cell<u64>,
     pub slow_consumers: Cell<u64>,
+    pub stale_connections: Cell<u64>,
     /// Longest gap between two housekeeping ticks seen, in microseconds.
     pub max_loop_lag_us: Cell<u64>,
 }
@@ -184,7 +185,15 @@ pub struct Shard {
     /// Per-message scratch: remote shards that must get the message being routed.
     targets: RefCell<Vec<Option<RemoteTarget>>>,
     live: Cell<usize>,
+    /// Subscribers over half their max_pending since the last check: whoever fed
+    /// them waits for them before reading more (nats-server stalls producers too).
+    stalled: RefCell<Vec<Rc<Client>>>,
 }
+
+/// Longest a producer is held back for slow subscribers at a time.
+const STALL_MAX: std::time::Duration = std::time::Duration::from_millis(1000);
+/// A subscriber that completed no write for this long is not waited for.
+const STALL_PROGRESS_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The global account every client lands in until accounts are configured.
 pub const GLOBAL_ACCOUNT: u32 = 0;
@@ -216,6 +225,7 @@ impl Shard {
             rng: RefCell::new(SmallRng::from_entropy()),
             targets: RefCell::new((0..nshards).map(|_| None).collect()),
             live: Cell::new(0),
+            stalled: RefCell::new(Vec::new()),
         }
     }
 
@@ -588,8 +598,15 @@ impl Shard {
             client.forget_sub(&sub.sid);
             self.remove_subscription(client.account, sub);
         }
-        if pending > self.opts().max_pending {
+        let max_pending = self.opts().max_pending;
+        if pending > max_pending {
             self.slow_consumer(client, CloseReason::SlowConsumerPendingBytes);
+        } else if pending > max_pending / 2 {
+            if client.mark_stalling() {
+                self.stalled.borrow_mut().push(client.clone());
+            }
+        } else if pending < max_pending / 4 {
+            client.clear_stall();
         }
     }
 
@@ -685,6 +702,45 @@ impl Shard {
     pub(crate) fn try_flush_lanes(&self) {
         for lane in self.lanes.iter().flatten() {
             lane.try_flush();
+        }
+    }
+
+    /// Stalls the caller (a publisher's reader or a mesh receiver) while the
+    /// subscribers it pushed over half of max_pending drain to a quarter, as long as
+    /// they make progress, for at most STALL_MAX. Not reading is what pushes back:
+    /// on the publisher through TCP, on a remote publisher through the full lane.
+    /// A subscriber that makes no progress is not waited for again until it drains:
+    /// it is left to reach max_pending and be cut off, as nats-server does.
+    pub(crate) async fn wait_for_stalled(&self) {
+        if self.stalled.borrow().is_empty() {
+            return;
+        }
+        let stalled = std::mem::take(&mut *self.stalled.borrow_mut());
+        let low_water = self.opts().max_pending / 4;
+        let deadline = Instant::now() + STALL_MAX;
+        for client in stalled {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    client.clear_stall();
+                    break;
+                }
+                let step = left.min(STALL_PROGRESS_WINDOW);
+                let drained = glommio::timer::timeout(step, async {
+                    client.wait_below(low_water).await;
+                    Ok(())
+                })
+                .await
+                .is_ok();
+                if drained {
+                    client.clear_stall();
+                    break;
+                }
+                if !client.progressed_within(STALL_PROGRESS_WINDOW) {
+                    // Stuck: stays marked, so nobody waits for it again.
+                    break;
+                }
+            }
         }
     }
 
@@ -800,6 +856,9 @@ impl Shard {
             }
             if client.pings_outstanding() >= self.opts().ping_max {
                 client.queue_err("Stale Connection");
+                self.stats
+                    .stale_connections
+                    .set(self.stats.stale_connections.get() + 1);
                 tracing::debug!(
                     "{} - Stale Client Connection - Closing",
                     client.log_prefix()

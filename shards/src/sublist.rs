@@ -86,12 +86,23 @@ impl<T> Level<T> {
     }
 }
 
+/// Counters for monitoring (/subsz).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SublistStats {
+    pub cache_entries: usize,
+    pub inserts: u64,
+    pub removes: u64,
+    pub matches: u64,
+    pub cache_hits: u64,
+}
+
 /// The subscription index.
 #[derive(Debug)]
 pub struct Sublist<T> {
     root: Level<T>,
     count: usize,
     cache: Map<Box<[u8]>, Rc<Matches<T>>>,
+    stats: SublistStats,
 }
 
 impl<T> Default for Sublist<T> {
@@ -100,6 +111,7 @@ impl<T> Default for Sublist<T> {
             root: Level::default(),
             count: 0,
             cache: Map::default(),
+            stats: SublistStats::default(),
         }
     }
 }
@@ -142,6 +154,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
             },
         }
         self.count += 1;
+        self.stats.inserts += 1;
         self.cache.clear();
     }
 
@@ -152,6 +165,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
         let removed = remove_from(&mut self.root, &tokens, queue, entry);
         if removed {
             self.count -= 1;
+            self.stats.removes += 1;
             self.cache.clear();
         }
         removed
@@ -160,7 +174,9 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// Everything that a literal subject matches. Results are cached until the index
     /// changes, so hot subjects cost one hash lookup.
     pub fn matches(&mut self, subject: &[u8]) -> Rc<Matches<T>> {
+        self.stats.matches += 1;
         if let Some(hit) = self.cache.get(subject) {
+            self.stats.cache_hits += 1;
             return hit.clone();
         }
         let mut result = Matches {
@@ -175,6 +191,14 @@ impl<T: Clone + PartialEq> Sublist<T> {
         }
         self.cache.insert(subject.into(), result.clone());
         result
+    }
+
+    /// Counters for monitoring.
+    pub fn stats(&self) -> SublistStats {
+        SublistStats {
+            cache_entries: self.cache.len(),
+            ..self.stats
+        }
     }
 
     /// Visits every entry with its subject and queue (for monitoring and resync).

@@ -1,0 +1,942 @@
+//! The monitoring HTTP server (`-m`, `http_port`, `http`), on the control executor.
+//!
+//! Endpoints answer with nats-server's JSON (field names, order, units), gathered
+//! from the shards over the control lanes when asked. `/metrics` serves the same
+//! numbers in the Prometheus text format, named as prometheus-nats-exporter names
+//! them, plus strait's per-shard metrics.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use strait_shards::control::{ConnSnapshot, ControlRequest, ShardLink, ShardSnapshot};
+use strait_shards::options::{API_LEVEL, NATS_VERSION, STRAIT_VERSION};
+use strait_shards::shard::Global;
+use strait_shards::{format_duration, ServerOptions};
+
+/// What the monitor needs to know about the server.
+pub struct MonitorContext {
+    pub opts: RefCell<ServerOptions>,
+    pub client_port: u16,
+    pub http_host: String,
+    pub http_port: u16,
+    pub base_path: String,
+    pub start: SystemTime,
+    pub config_load_time: Cell<SystemTime>,
+    pub global: Arc<Global>,
+    pub shards: Vec<ShardLink>,
+    /// One gather at a time: replies on a shard's lane come back in request order.
+    gather: glommio::sync::Semaphore,
+    req_stats: RefCell<BTreeMap<String, u64>>,
+}
+
+impl MonitorContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        opts: ServerOptions,
+        client_port: u16,
+        http_host: String,
+        http_port: u16,
+        base_path: String,
+        start: SystemTime,
+        global: Arc<Global>,
+        shards: Vec<ShardLink>,
+    ) -> Self {
+        MonitorContext {
+            opts: RefCell::new(opts),
+            client_port,
+            http_host,
+            http_port,
+            base_path,
+            start,
+            config_load_time: Cell::new(start),
+            global,
+            shards,
+            gather: glommio::sync::Semaphore::new(1),
+            req_stats: RefCell::default(),
+        }
+    }
+
+    async fn gather(&self, subs: bool) -> Vec<ShardSnapshot> {
+        let Ok(_permit) = self.gather.acquire_permit(1).await else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(self.shards.len());
+        for link in &self.shards {
+            if let Some(s) = link.ask(ControlRequest::Snapshot { subs }).await {
+                out.push(s);
+            }
+        }
+        out
+    }
+}
+
+/// RFC 3339 with nanoseconds in UTC, as Go's time.Time marshals.
+fn rfc3339(t: SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// nats-server's compact uptime: `27s`, `1m5s`, `2h3m4s`, `1d2h3m4s`, `1y2d...`.
+fn uptime(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    let years = secs / (365 * 86400);
+    secs %= 365 * 86400;
+    let days = secs / 86400;
+    secs %= 86400;
+    let hours = secs / 3600;
+    secs %= 3600;
+    let mins = secs / 60;
+    secs %= 60;
+    if years > 0 {
+        format!("{years}y{days}d{hours}h{mins}m{secs}s")
+    } else if days > 0 {
+        format!("{days}d{hours}h{mins}m{secs}s")
+    } else if hours > 0 {
+        format!("{hours}h{mins}m{secs}s")
+    } else if mins > 0 {
+        format!("{mins}m{secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+fn since(a: SystemTime, b: SystemTime) -> Duration {
+    b.duration_since(a).unwrap_or_default()
+}
+
+/// Resident memory and CPU time of this process, from /proc.
+fn process_usage() -> (u64, f64) {
+    let rss_pages: u64 = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let ticks: f64 = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ut: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some(ut + st)
+        })
+        .unwrap_or(0.0);
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (rss_pages * page, ticks / hz)
+}
+
+#[derive(Default)]
+struct Totals {
+    in_msgs: u64,
+    in_bytes: u64,
+    out_msgs: u64,
+    out_bytes: u64,
+    slow_consumers: u64,
+    stale_connections: u64,
+    subscriptions: usize,
+    connections: usize,
+}
+
+fn totals(snaps: &[ShardSnapshot]) -> Totals {
+    let mut t = Totals::default();
+    for s in snaps {
+        t.in_msgs += s.in_msgs;
+        t.in_bytes += s.in_bytes;
+        t.out_msgs += s.out_msgs;
+        t.out_bytes += s.out_bytes;
+        t.slow_consumers += s.slow_consumers;
+        t.stale_connections += s.stale_connections;
+        t.subscriptions += s.sublist.subscriptions;
+        t.connections += s.connections.len();
+    }
+    t
+}
+
+fn server_name(opts: &ServerOptions) -> String {
+    if opts.server_name.is_empty() {
+        opts.server_id.clone()
+    } else {
+        opts.server_name.clone()
+    }
+}
+
+async fn varz(ctx: &MonitorContext) -> Value {
+    let snaps = ctx.gather(false).await;
+    let t = totals(&snaps);
+    let opts = ctx.opts.borrow().clone();
+    let now = SystemTime::now();
+    let (mem, cpu_secs) = process_usage();
+    let up = since(ctx.start, now);
+    let cpu = if up.as_secs_f64() > 0.0 {
+        (cpu_secs / up.as_secs_f64() * 100.0 * 100.0).round() / 100.0
+    } else {
+        0.0
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let req_stats: BTreeMap<String, u64> = ctx.req_stats.borrow().clone();
+    json!({
+        "server_id": opts.server_id,
+        "server_name": server_name(&opts),
+        "version": NATS_VERSION,
+        "proto": 1,
+        "go": format!("strait-{STRAIT_VERSION}"),
+        "host": opts.host,
+        "port": ctx.client_port,
+        "max_connections": opts.max_connections,
+        "ping_interval": opts.ping_interval.as_nanos() as u64,
+        "ping_max": opts.ping_max,
+        "http_host": ctx.http_host,
+        "http_port": ctx.http_port,
+        "http_base_path": ctx.base_path,
+        "https_port": 0,
+        "auth_timeout": 2,
+        "max_control_line": opts.max_control_line,
+        "max_payload": opts.max_payload,
+        "max_pending": opts.max_pending,
+        "cluster": {},
+        "gateway": {},
+        "leaf": {},
+        "mqtt": {},
+        "websocket": {},
+        "jetstream": {},
+        "tls_timeout": 2,
+        "write_deadline": opts.write_deadline.as_nanos() as u64,
+        "start": rfc3339(ctx.start),
+        "now": rfc3339(now),
+        "uptime": uptime(up),
+        "mem": mem,
+        "cores": cores,
+        "gomaxprocs": cores,
+        "cpu": cpu,
+        "connections": t.connections,
+        "total_connections": ctx.global.total_connections.load(Ordering::Relaxed),
+        "routes": 0,
+        "remotes": 0,
+        "leafnodes": 0,
+        "in_msgs": t.in_msgs,
+        "out_msgs": t.out_msgs,
+        "in_bytes": t.in_bytes,
+        "out_bytes": t.out_bytes,
+        "slow_consumers": t.slow_consumers,
+        "stale_connections": t.stale_connections,
+        "stalled_clients": 0,
+        "subscriptions": t.subscriptions,
+        "http_req_stats": req_stats,
+        "config_load_time": rfc3339(ctx.config_load_time.get()),
+        "config_digest": "",
+        "slow_consumer_stats": {"clients": t.slow_consumers, "routes": 0, "gateways": 0, "leafs": 0},
+        "stale_connection_stats": {"clients": t.stale_connections, "routes": 0, "gateways": 0, "leafs": 0},
+        "strait": {
+            "version": STRAIT_VERSION,
+            "shards": snaps.len(),
+            "api_level": API_LEVEL,
+        },
+    })
+}
+
+type Query = BTreeMap<String, String>;
+
+fn parse_query(q: Option<&str>) -> Query {
+    let mut out = Query::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(k.to_string(), v.to_string());
+    }
+    out
+}
+
+/// Go's strconv.ParseBool.
+fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!(
+            "Error decoding boolean for '{key}': strconv.ParseBool: parsing \"{v}\": invalid syntax"
+        )),
+    }
+}
+
+fn parse_int(key: &str, v: &str) -> Result<i64, String> {
+    v.parse().map_err(|_| {
+        format!("Error decoding integer for '{key}': strconv.Atoi: parsing \"{v}\": invalid syntax")
+    })
+}
+
+fn conn_json(c: &ConnSnapshot, now: SystemTime, subs: u8) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("cid".into(), json!(c.cid));
+    m.insert("kind".into(), json!("Client"));
+    m.insert("type".into(), json!("nats"));
+    m.insert("ip".into(), json!(c.ip));
+    m.insert("port".into(), json!(c.port));
+    m.insert("start".into(), json!(rfc3339(c.start)));
+    m.insert("last_activity".into(), json!(rfc3339(c.last_activity)));
+    if let Some(stop) = c.stop {
+        m.insert("stop".into(), json!(rfc3339(stop)));
+    }
+    if let Some(reason) = &c.reason {
+        m.insert("reason".into(), json!(reason));
+    }
+    m.insert("rtt".into(), json!("0s"));
+    let end = c.stop.unwrap_or(now);
+    m.insert("uptime".into(), json!(uptime(since(c.start, end))));
+    m.insert(
+        "idle".into(),
+        json!(format_duration(Duration::from_secs(
+            since(c.last_activity, end).as_secs()
+        ))),
+    );
+    m.insert("pending_bytes".into(), json!(c.pending_bytes));
+    m.insert("in_msgs".into(), json!(c.in_msgs));
+    m.insert("out_msgs".into(), json!(c.out_msgs));
+    m.insert("in_bytes".into(), json!(c.in_bytes));
+    m.insert("out_bytes".into(), json!(c.out_bytes));
+    m.insert("subscriptions".into(), json!(c.subscriptions));
+    if !c.name.is_empty() {
+        m.insert("name".into(), json!(c.name));
+    }
+    if !c.lang.is_empty() {
+        m.insert("lang".into(), json!(c.lang));
+    }
+    if !c.version.is_empty() {
+        m.insert("version".into(), json!(c.version));
+    }
+    if subs == 1 && !c.subs.is_empty() {
+        let list: Vec<&str> = c.subs.iter().map(|s| s.subject.as_str()).collect();
+        m.insert("subscriptions_list".into(), json!(list));
+    }
+    if subs == 2 && !c.subs.is_empty() {
+        let list: Vec<Value> = c
+            .subs
+            .iter()
+            .map(|s| {
+                let mut d = serde_json::Map::new();
+                d.insert("subject".into(), json!(s.subject));
+                if let Some(q) = &s.queue {
+                    d.insert("qgroup".into(), json!(q));
+                }
+                d.insert("sid".into(), json!(s.sid));
+                d.insert("msgs".into(), json!(s.msgs));
+                if s.max > 0 {
+                    d.insert("max".into(), json!(s.max));
+                }
+                d.insert("cid".into(), json!(s.cid));
+                Value::Object(d)
+            })
+            .collect();
+        m.insert("subscriptions_list_detail".into(), json!(list));
+    }
+    Value::Object(m)
+}
+
+async fn connz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
+    let subs = match q.get("subs").map(String::as_str) {
+        None => 0,
+        Some("detail") => 2,
+        Some(v) => u8::from(parse_bool("subs", v)?),
+    };
+    let offset = match q.get("offset") {
+        Some(v) => parse_int("offset", v)?.max(0) as usize,
+        None => 0,
+    };
+    let limit = match q.get("limit") {
+        Some(v) => parse_int("limit", v)?.max(0) as usize,
+        None => 1024,
+    };
+    let limit = if limit == 0 { 1024 } else { limit };
+    let state = q.get("state").map(String::as_str).unwrap_or("open");
+    let sort = q.get("sort").map(String::as_str).unwrap_or("cid");
+    let snaps = ctx.gather(subs > 0).await;
+    let mut conns: Vec<ConnSnapshot> = Vec::new();
+    for s in &snaps {
+        match state {
+            "open" => conns.extend(s.connections.iter().cloned()),
+            "closed" => conns.extend(s.closed.iter().cloned()),
+            "all" | "any" => {
+                conns.extend(s.connections.iter().cloned());
+                conns.extend(s.closed.iter().cloned());
+            }
+            other => return Err(format!("Error decoding connection state for '{other}'")),
+        }
+    }
+    if let Some(cid) = q.get("cid") {
+        let cid = parse_int("cid", cid)? as u64;
+        conns.retain(|c| c.cid == cid);
+    }
+    let now = SystemTime::now();
+    let key = |c: &ConnSnapshot| -> i128 {
+        match sort {
+            "start" => c
+                .start
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as i128,
+            "subs" => c.subscriptions as i128,
+            "pending" => c.pending_bytes as i128,
+            "msgs_to" => c.out_msgs as i128,
+            "msgs_from" => c.in_msgs as i128,
+            "bytes_to" => c.out_bytes as i128,
+            "bytes_from" => c.in_bytes as i128,
+            "last" => c
+                .last_activity
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as i128,
+            "idle" => since(c.last_activity, now).as_nanos() as i128,
+            "uptime" => since(c.start, now).as_nanos() as i128,
+            "stop" => c
+                .stop
+                .and_then(|s| s.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .unwrap_or_default()
+                .as_nanos() as i128,
+            _ => c.cid as i128,
+        }
+    };
+    let valid = [
+        "cid",
+        "start",
+        "subs",
+        "pending",
+        "msgs_to",
+        "msgs_from",
+        "bytes_to",
+        "bytes_from",
+        "last",
+        "idle",
+        "uptime",
+        "stop",
+        "reason",
+        "rtt",
+    ];
+    if !valid.contains(&sort) {
+        return Err(format!("Invalid sorting option: {sort}"));
+    }
+    if (sort == "stop" || sort == "reason") && state == "open" {
+        return Err(format!(
+            "Invalid sorting option: {sort}, only valid for closed connections"
+        ));
+    }
+    if sort == "cid" || sort == "start" {
+        conns.sort_by_key(|c| key(c));
+    } else if sort == "reason" {
+        conns.sort_by(|a, b| a.reason.cmp(&b.reason));
+    } else {
+        // nats-server sorts the other keys in descending order.
+        conns.sort_by_key(|c| std::cmp::Reverse(key(c)));
+    }
+    let total = conns.len();
+    let page: Vec<Value> = conns
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|c| conn_json(c, now, subs))
+        .collect();
+    Ok(json!({
+        "server_id": ctx.opts.borrow().server_id,
+        "now": rfc3339(now),
+        "num_connections": page.len(),
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "connections": page,
+    }))
+}
+
+async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
+    let want_subs = match q.get("subs") {
+        Some(v) => parse_bool("subs", v)?,
+        None => false,
+    };
+    let snaps = ctx.gather(want_subs || q.contains_key("test")).await;
+    let mut num_subs = 0;
+    let mut cache = 0;
+    let (mut inserts, mut removes, mut matches, mut hits) = (0u64, 0u64, 0u64, 0u64);
+    for s in &snaps {
+        num_subs += s.sublist.subscriptions;
+        cache += s.sublist.cache_entries;
+        inserts += s.sublist.inserts;
+        removes += s.sublist.removes;
+        matches += s.sublist.matches;
+        hits += s.sublist.cache_hits;
+    }
+    let hit_rate = if matches > 0 {
+        hits as f64 / matches as f64
+    } else {
+        0.0
+    };
+    let mut out = json!({
+        "server_id": ctx.opts.borrow().server_id,
+        "now": rfc3339(SystemTime::now()),
+        "num_subscriptions": num_subs,
+        "num_cache": cache,
+        "num_inserts": inserts,
+        "num_removes": removes,
+        "num_matches": matches,
+        "cache_hit_rate": hit_rate,
+        "max_fanout": 0,
+        "avg_fanout": 0.0,
+    });
+    if want_subs || q.contains_key("test") {
+        let mut list: Vec<Value> = Vec::new();
+        for s in &snaps {
+            for c in &s.connections {
+                for sub in &c.subs {
+                    if let Some(test) = q.get("test") {
+                        if !strait_shards::subject::matches(sub.subject.as_bytes(), test.as_bytes())
+                        {
+                            continue;
+                        }
+                    }
+                    list.push(json!({
+                        "account": "$G",
+                        "subject": sub.subject,
+                        "sid": sub.sid,
+                        "msgs": sub.msgs,
+                        "cid": sub.cid,
+                    }));
+                }
+            }
+        }
+        let offset = q
+            .get("offset")
+            .map(|v| parse_int("offset", v))
+            .transpose()?
+            .unwrap_or(0)
+            .max(0) as usize;
+        let limit = q
+            .get("limit")
+            .map(|v| parse_int("limit", v))
+            .transpose()?
+            .unwrap_or(1024)
+            .max(1) as usize;
+        let total = list.len();
+        let page: Vec<Value> = list.into_iter().skip(offset).take(limit).collect();
+        out["total"] = json!(total);
+        out["offset"] = json!(offset);
+        out["limit"] = json!(limit);
+        out["subscriptions_list"] = json!(page);
+    } else {
+        out["total"] = json!(0);
+        out["offset"] = json!(0);
+        out["limit"] = json!(1024);
+    }
+    Ok(out)
+}
+
+fn jsz_disabled(ctx: &MonitorContext) -> Value {
+    json!({
+        "memory": 0, "storage": 0, "reserved_memory": 0, "reserved_storage": 0,
+        "accounts": 0, "ha_assets": 0,
+        "api": {"level": 0, "total": 0, "errors": 0},
+        "server_id": ctx.opts.borrow().server_id,
+        "now": rfc3339(SystemTime::now()),
+        "disabled": true,
+        "config": {"max_memory": 0, "max_storage": 0},
+        "streams": 0, "consumers": 0, "messages": 0, "bytes": 0, "total": 0,
+    })
+}
+
+async fn accstatz(ctx: &MonitorContext) -> Value {
+    let snaps = ctx.gather(false).await;
+    let t = totals(&snaps);
+    let zero = json!({"msgs": 0, "bytes": 0});
+    json!({
+        "server_id": ctx.opts.borrow().server_id,
+        "now": rfc3339(SystemTime::now()),
+        "account_statz": [{
+            "acc": "$G", "name": "$G",
+            "conns": t.connections, "leafnodes": 0,
+            "total_conns": t.connections,
+            "num_subscriptions": t.subscriptions,
+            "sent": {"msgs": t.out_msgs, "bytes": t.out_bytes, "gateways": zero, "routes": zero, "leafs": zero},
+            "received": {"msgs": t.in_msgs, "bytes": t.in_bytes, "gateways": zero, "routes": zero, "leafs": zero},
+            "slow_consumers": t.slow_consumers,
+        }],
+    })
+}
+
+/// Prometheus exposition, with prometheus-nats-exporter's metric names.
+async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
+    let v = varz(ctx).await;
+    let snaps = ctx.gather(false).await;
+    let id = ctx.opts.borrow().server_id.clone();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, value: f64, labels: &str| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        out.push_str(&format!("{name}{{server_id=\"{id}\"{labels}}} {value}\n"));
+    };
+    let varz_fields: [(&str, &str, &str); 20] = [
+        (
+            "connections",
+            "gauge",
+            "Current number of client connections",
+        ),
+        (
+            "total_connections",
+            "counter",
+            "Connections accepted since start",
+        ),
+        ("in_msgs", "counter", "Messages received from clients"),
+        ("out_msgs", "counter", "Messages sent to clients"),
+        ("in_bytes", "counter", "Bytes received from clients"),
+        ("out_bytes", "counter", "Bytes sent to clients"),
+        ("slow_consumers", "counter", "Slow consumers disconnected"),
+        ("stale_connections", "counter", "Stale connections closed"),
+        ("subscriptions", "gauge", "Current subscriptions"),
+        ("mem", "gauge", "Resident memory in bytes"),
+        ("cpu", "gauge", "CPU usage in percent"),
+        ("cores", "gauge", "CPU cores"),
+        ("max_connections", "gauge", "Configured maximum connections"),
+        ("max_payload", "gauge", "Configured maximum payload"),
+        ("max_pending", "gauge", "Configured maximum pending bytes"),
+        (
+            "max_control_line",
+            "gauge",
+            "Configured maximum control line",
+        ),
+        ("ping_max", "gauge", "Configured maximum outstanding pings"),
+        ("routes", "gauge", "Current routes"),
+        ("remotes", "gauge", "Current remote servers"),
+        ("leafnodes", "gauge", "Current leaf node connections"),
+    ];
+    for (field, kind, help) in varz_fields {
+        let value = v[field].as_f64().unwrap_or(0.0);
+        gauge(&format!("{prefix}_varz_{field}"), help, kind, value, "");
+    }
+    let t = totals(&snaps);
+    gauge(
+        &format!("{prefix}_connz_num_connections"),
+        "Open connections",
+        "gauge",
+        t.connections as f64,
+        "",
+    );
+    gauge(
+        &format!("{prefix}_subsz_num_subscriptions"),
+        "Subscriptions",
+        "gauge",
+        t.subscriptions as f64,
+        "",
+    );
+    gauge(
+        &format!("{prefix}_routez_num_routes"),
+        "Routes",
+        "gauge",
+        0.0,
+        "",
+    );
+    gauge(
+        &format!("{prefix}_healthz_status"),
+        "Health: 0 is ok",
+        "gauge",
+        0.0,
+        "",
+    );
+    // strait's own, per shard.
+    let per_shard: [(&str, &str, &str); 6] = [
+        (
+            "strait_shard_connections",
+            "gauge",
+            "Open connections on the shard",
+        ),
+        (
+            "strait_shard_in_msgs",
+            "counter",
+            "Messages published by the shard's clients",
+        ),
+        (
+            "strait_shard_out_msgs",
+            "counter",
+            "Messages delivered by the shard",
+        ),
+        (
+            "strait_shard_in_bytes",
+            "counter",
+            "Bytes published by the shard's clients",
+        ),
+        (
+            "strait_shard_out_bytes",
+            "counter",
+            "Bytes delivered by the shard",
+        ),
+        (
+            "strait_shard_loop_lag_max_seconds",
+            "gauge",
+            "Longest gap between two housekeeping ticks",
+        ),
+    ];
+    for (name, kind, help) in per_shard {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for s in &snaps {
+            let value = match name {
+                "strait_shard_connections" => s.connections.len() as f64,
+                "strait_shard_in_msgs" => s.in_msgs as f64,
+                "strait_shard_out_msgs" => s.out_msgs as f64,
+                "strait_shard_in_bytes" => s.in_bytes as f64,
+                "strait_shard_out_bytes" => s.out_bytes as f64,
+                _ => s.max_loop_lag_us as f64 / 1e6,
+            };
+            out.push_str(&format!(
+                "{name}{{server_id=\"{id}\",shard=\"{}\"}} {value}\n",
+                s.shard
+            ));
+        }
+    }
+    out
+}
+
+const INDEX: &str = r#"<html lang="en">
+<head><title>strait monitoring</title></head>
+<body>
+<h1>strait</h1>
+<a href=./varz>General /varz</a><br/>
+<a href=./jsz>JetStream /jsz</a><br/>
+<a href=./connz>Connections /connz</a><br/>
+<a href=./accountz>Accounts /accountz</a><br/>
+<a href=./accstatz>Account Stats /accstatz</a><br/>
+<a href=./subsz>Subscriptions /subsz</a><br/>
+<a href=./routez>Routes /routez</a><br/>
+<a href=./leafz>LeafNodes /leafz</a><br/>
+<a href=./gatewayz>Gateways /gatewayz</a><br/>
+<a href=./healthz>Health Probe /healthz</a><br/>
+<a href=./metrics>Prometheus /metrics</a><br/>
+</body>
+</html>
+"#;
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    if let Ok(v) = content_type.parse() {
+        h.insert(hyper::header::CONTENT_TYPE, v);
+    }
+    if content_type != "text/html; charset=utf-8" {
+        h.insert(
+            hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            hyper::header::HeaderValue::from_static("*"),
+        );
+    }
+    r
+}
+
+fn json_response(q: &Query, value: &Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_string_pretty(value).unwrap_or_default();
+    match q.get("callback") {
+        Some(cb) if !cb.is_empty() => respond(
+            StatusCode::OK,
+            "application/javascript",
+            format!("{cb}({body})"),
+        ),
+        _ => respond(StatusCode::OK, "application/json", body),
+    }
+}
+
+async fn handle(
+    ctx: Rc<MonitorContext>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let path = path
+        .strip_prefix(ctx.base_path.trim_end_matches('/'))
+        .unwrap_or(&path)
+        .to_string();
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else {
+        path
+    };
+    let q = parse_query(req.uri().query());
+    let known = [
+        "/",
+        "/varz",
+        "/connz",
+        "/routez",
+        "/gatewayz",
+        "/leafz",
+        "/subsz",
+        "/subscriptionsz",
+        "/accountz",
+        "/accstatz",
+        "/jsz",
+        "/healthz",
+        "/metrics",
+    ];
+    if known.contains(&path.as_str()) {
+        *ctx.req_stats.borrow_mut().entry(path.clone()).or_insert(0) += 1;
+    }
+    let now = rfc3339(SystemTime::now());
+    let id = ctx.opts.borrow().server_id.clone();
+    let result: Result<Value, String> = match path.as_str() {
+        "/" => {
+            return respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                INDEX.to_string(),
+            );
+        }
+        "/varz" => Ok(varz(&ctx).await),
+        "/connz" => connz(&ctx, &q).await,
+        "/subsz" | "/subscriptionsz" => subsz(&ctx, &q).await,
+        "/routez" => Ok(json!({
+            "server_id": id, "server_name": server_name(&ctx.opts.borrow()),
+            "now": now, "num_routes": 0, "routes": [],
+        })),
+        "/gatewayz" => Ok(json!({
+            "server_id": id, "now": now, "outbound_gateways": {}, "inbound_gateways": {},
+        })),
+        "/leafz" => Ok(json!({"server_id": id, "now": now, "leafnodes": 0, "leafs": []})),
+        "/accountz" => match q.get("acc") {
+            Some(acc) if acc == "$G" => Ok(json!({
+                "server_id": id, "now": now, "system_account": "",
+                "account_detail": {"account_name": "$G", "update_time": now, "expired": false,
+                    "complete": true, "jetstream_enabled": false, "leafnode_connections": 0,
+                    "client_connections": ctx.global.connections.load(Ordering::Relaxed),
+                    "subscriptions": 0, "decision_cache_size": 0},
+            })),
+            Some(acc) => Err(format!("Account {acc} does not exist")),
+            None => {
+                Ok(json!({"server_id": id, "now": now, "system_account": "", "accounts": ["$G"]}))
+            }
+        },
+        "/accstatz" => Ok(accstatz(&ctx).await),
+        "/jsz" => Ok(jsz_disabled(&ctx)),
+        "/healthz" => {
+            // JetStream is not there; `js-enabled-only` asks for it, as nats-server
+            // answers when JetStream is off.
+            if q.get("js-enabled-only")
+                .is_some_and(|v| v == "true" || v == "1")
+            {
+                Ok(
+                    json!({"status": "unavailable", "status_code": 503, "error": "JetStream is not enabled"}),
+                )
+            } else {
+                return respond(
+                    StatusCode::OK,
+                    "application/json",
+                    "{\"status\":\"ok\"}".into(),
+                );
+            }
+        }
+        "/metrics" => {
+            let prefix = q.get("prefix").cloned().unwrap_or_else(|| "gnatsd".into());
+            let body = metrics(&ctx, &prefix).await;
+            return respond(StatusCode::OK, "text/plain; version=0.0.4", body);
+        }
+        _ => {
+            return respond(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "404 page not found\n".into(),
+            )
+        }
+    };
+    match result {
+        Ok(v) => json_response(&q, &v),
+        Err(e) => respond(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", e),
+    }
+}
+
+/// Adapts a glommio socket to hyper's I/O traits.
+struct Io(glommio::net::TcpStream);
+
+impl hyper::rt::Read for Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        use futures_lite::AsyncRead;
+        let mut tmp = [0u8; 8192];
+        match Pin::new(&mut self.0).poll_read(cx, &mut tmp) {
+            Poll::Ready(Ok(n)) => {
+                buf.put_slice(&tmp[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Write for Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        use futures_lite::AsyncWrite;
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        use futures_lite::AsyncWrite;
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        use futures_lite::AsyncWrite;
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// Serves HTTP until the listener fails. Runs on the control executor.
+pub async fn serve(ctx: Rc<MonitorContext>, listener: glommio::net::TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("monitoring: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(Io(stream), service)
+                .await;
+        })
+        .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_format() {
+        assert_eq!(uptime(Duration::from_secs(27)), "27s");
+        assert_eq!(uptime(Duration::from_secs(65)), "1m5s");
+        assert_eq!(uptime(Duration::from_secs(7384)), "2h3m4s");
+        assert_eq!(uptime(Duration::from_secs(93784)), "1d2h3m4s");
+    }
+
+    #[test]
+    fn bools_like_go() {
+        assert!(parse_bool("subs", "1").unwrap());
+        assert!(!parse_bool("subs", "false").unwrap());
+        assert_eq!(
+            parse_bool("subs", "bogus").unwrap_err(),
+            "Error decoding boolean for 'subs': strconv.ParseBool: parsing \"bogus\": invalid syntax"
+        );
+    }
+}
