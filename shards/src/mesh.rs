@@ -52,6 +52,12 @@ pub enum MeshMsg {
 
 pub type Batch = Vec<MeshMsg>;
 
+/// One shard's unconnected lane ends: senders to each peer, receivers from each.
+pub type ShardLanes = (
+    Vec<Option<shared_channel::SharedSender<Batch>>>,
+    Vec<Option<shared_channel::SharedReceiver<Batch>>>,
+);
+
 /// The unconnected ends of every lane, created before the shards start.
 pub struct MeshEnds {
     /// `senders[from][to]`
@@ -81,14 +87,7 @@ impl MeshEnds {
     }
 
     /// Takes shard `id`'s ends: its senders to each peer and receivers from each peer.
-    #[allow(clippy::type_complexity)]
-    pub fn take(
-        &mut self,
-        id: usize,
-    ) -> (
-        Vec<Option<shared_channel::SharedSender<Batch>>>,
-        Vec<Option<shared_channel::SharedReceiver<Batch>>>,
-    ) {
+    pub fn take(&mut self, id: usize) -> ShardLanes {
         (
             std::mem::take(&mut self.senders[id]),
             std::mem::take(&mut self.receivers[id]),

@@ -149,10 +149,7 @@ async fn run_shard(
     opts: Arc<ServerOptions>,
     addr: SocketAddr,
     global: Arc<Global>,
-    (senders, receivers): (
-        Vec<Option<glommio::channels::shared_channel::SharedSender<Batch>>>,
-        Vec<Option<glommio::channels::shared_channel::SharedReceiver<Batch>>>,
-    ),
+    (senders, receivers): crate::mesh::ShardLanes,
     control: crate::control::ShardControlEnds,
     ready: mpsc::Sender<Result<(), String>>,
 ) {

@@ -67,7 +67,10 @@ fn kill9_never_loses_acked_messages() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut acked: Vec<(u64, String, String)> = Vec::new();
     let t0 = Instant::now();
-    let cycles = 60;
+    let cycles: usize = std::env::var("STRAIT_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
