@@ -22,7 +22,7 @@ Server Options:
     -t                               Test configuration and exit
     -sl,--signal <signal>[=<pid>]    Send signal to strait process (ldm, stop, quit, term, reopen, reload)
         --client_advertise <string>  Client URL to advertise to other servers
-        --ports_file_dir <dir>       Creates a ports file in the specified directory (not supported yet)
+        --ports_file_dir <dir>       Creates a ports file in the specified directory (<executable_name>_<pid>.ports)
 
 Logging Options:
     -l, --log <file>                 File to redirect log output
@@ -34,7 +34,7 @@ Logging Options:
     -VV                              Verbose trace (traces system account as well)
     -DV                              Debug and trace
     -DVV                             Debug and verbose trace (traces system account as well)
-        --log_size_limit <limit>     Logfile size limit (not supported yet)
+        --log_size_limit <limit>     Logfile size limit (default: no limit; e.g. 10MB)
         --max_traced_msg_len <len>   Maximum printable length for traced messages (default: unlimited)
 
 JetStream Options:
@@ -236,10 +236,8 @@ impl Cli {
                 self.https_port.is_some(),
                 "https_port (monitoring over TLS)",
             ),
-            (self.ports_file_dir.is_some(), "ports_file_dir"),
             (self.syslog, "syslog"),
             (self.remote_syslog.is_some(), "remote_syslog"),
-            (self.log_size_limit.is_some(), "log_size_limit"),
             (self.user.is_some(), "user (authentication)"),
             (self.pass.is_some(), "pass (authentication)"),
             (self.auth.is_some(), "auth (authentication)"),

@@ -47,6 +47,9 @@ pub struct ProcessOptions {
     pub http_host: Option<String>,
     pub http_port: Option<u16>,
     pub http_base_path: Option<String>,
+    pub log_size_limit: Option<u64>,
+    pub log_max_files: Option<usize>,
+    pub ports_file_dir: Option<String>,
 }
 
 /// Top-level keys of features strait does not have yet.
@@ -76,10 +79,6 @@ const UNSUPPORTED: &[&str] = &[
     "mappings",
     "syslog",
     "remote_syslog",
-    "logfile_size_limit",
-    "log_size_limit",
-    "logfile_max_num",
-    "ports_file_dir",
     "default_js_domain",
 ];
 
@@ -225,6 +224,11 @@ pub fn apply(
                 _ => return Err(invalid(entry, "expected host:port")),
             },
             "http_base_path" => process.http_base_path = Some(string(entry)?),
+            "logfile_size_limit" | "log_size_limit" => {
+                process.log_size_limit = Some(size(entry)? as u64)
+            }
+            "logfile_max_num" | "log_max_num" => process.log_max_files = Some(size(entry)?),
+            "ports_file_dir" => process.ports_file_dir = Some(string(entry)?),
             "shards" => {
                 let n = size(entry)?;
                 if n == 0 {

@@ -29,6 +29,10 @@ pub struct LogOptions {
     pub trace: bool,
     pub timestamps: bool,
     pub file: Option<String>,
+    /// Rotate the log file when it grows past this many bytes (0: never).
+    pub size_limit: u64,
+    /// Backups kept after rotation, counting the live file (0: keep all).
+    pub max_files: usize,
 }
 
 struct NatsFormat {
@@ -78,7 +82,77 @@ where
 /// so that logrotate can move it away.
 struct LogFile {
     path: std::path::PathBuf,
-    file: Mutex<std::fs::File>,
+    file: Mutex<OpenLog>,
+    size_limit: u64,
+    max_files: usize,
+}
+
+struct OpenLog {
+    file: std::fs::File,
+    written: u64,
+}
+
+impl LogFile {
+    /// nats-server's rotation: the full file is renamed to
+    /// `<name>.<YYYY.MM.DD.HH.MM.SS.nnnnnnnnn>`, a new one is started, and the
+    /// oldest backups beyond `logfile_max_num` are removed.
+    fn rotate(&self, log: &mut OpenLog) -> io::Result<()> {
+        let now = OffsetDateTime::now_utc();
+        let stamp = format!(
+            "{:04}.{:02}.{:02}.{:02}.{:02}.{:02}.{:09}",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second(),
+            now.nanosecond()
+        );
+        let backup = std::path::PathBuf::from(format!("{}.{stamp}", self.path.display()));
+        std::fs::rename(&self.path, &backup)?;
+        log.file = open_log_file(&self.path).map_err(io::Error::other)?;
+        log.written = 0;
+        let note = format!(
+            "[{}] Rotated log, backup saved as {}\n",
+            std::process::id(),
+            backup.display()
+        );
+        log.file.write_all(note.as_bytes())?;
+        log.written += note.len() as u64;
+        if self.max_files > 0 {
+            self.prune_backups();
+        }
+        Ok(())
+    }
+
+    fn prune_backups(&self) {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        let mut backups: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .collect();
+        // Timestamps sort chronologically as text.
+        backups.sort();
+        let keep = self.max_files.saturating_sub(1);
+        let excess = backups.len().saturating_sub(keep);
+        for old in backups.into_iter().take(excess) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
 }
 
 static LOG_FILE: std::sync::OnceLock<&'static LogFile> = std::sync::OnceLock::new();
@@ -89,18 +163,28 @@ pub fn reopen() -> anyhow::Result<bool> {
         return Ok(false);
     };
     let file = open_log_file(&log.path)?;
+    let written = file.metadata().map(|m| m.len()).unwrap_or(0);
     if let Ok(mut current) = log.file.lock() {
-        *current = file;
+        *current = OpenLog { file, written };
     }
     Ok(true)
 }
 
 impl Write for &LogFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.file.lock() {
-            Ok(mut f) => f.write(buf),
-            Err(_) => Ok(buf.len()),
+        let Ok(mut log) = self.file.lock() else {
+            return Ok(buf.len());
+        };
+        if self.size_limit > 0
+            && log.written + buf.len() as u64 > self.size_limit
+            && log.written > 0
+        {
+            // A failed rotation keeps logging to the current file.
+            let _ = self.rotate(&mut log);
         }
+        let n = log.file.write(buf)?;
+        log.written += n as u64;
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -144,9 +228,12 @@ pub fn init(opts: &LogOptions) -> anyhow::Result<()> {
     match &opts.file {
         Some(path) => {
             let file = open_log_file(Path::new(path))?;
+            let written = file.metadata().map(|m| m.len()).unwrap_or(0);
             let file: &'static LogFile = Box::leak(Box::new(LogFile {
                 path: Path::new(path).to_path_buf(),
-                file: Mutex::new(file),
+                file: Mutex::new(OpenLog { file, written }),
+                size_limit: opts.size_limit,
+                max_files: opts.max_files,
             }));
             let _ = LOG_FILE.set(file);
             registry

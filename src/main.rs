@@ -115,6 +115,12 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
     if let Some(d) = &cli.store_dir {
         process.store_dir = Some(d.clone());
     }
+    if let Some(limit) = &cli.log_size_limit {
+        process.log_size_limit = Some(parse_size(limit)?);
+    }
+    if let Some(dir) = &cli.ports_file_dir {
+        process.ports_file_dir = Some(dir.clone());
+    }
     if let Some(p) = cli.http_port {
         process.http_port = Some(match p {
             -1 | 0 => 0,
@@ -136,6 +142,17 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
     Ok((opts, process))
 }
 
+/// Parses a size from the command line with the configuration file's suffix rules
+/// (`10MB`, `512k`, `1GiB`).
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let map = conf::parse_str(&format!("size: {s}"), "", &conf::MemHost::new())
+        .map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))?;
+    map.get("size")
+        .and_then(|v| v.as_i64())
+        .and_then(|v| u64::try_from(v).ok())
+        .with_context(|| format!("invalid size {s:?}"))
+}
+
 /// Parses a Go duration from the command line (`50us`, `1ms`, `2s`).
 fn parse_go_duration(s: &str) -> anyhow::Result<Duration> {
     conf::parse_duration(s).map_err(|e| anyhow::anyhow!("invalid duration {s:?}: {e}"))
@@ -155,6 +172,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         trace: process.trace.unwrap_or(false),
         timestamps: process.logtime.unwrap_or(true),
         file: process.log_file.clone(),
+        size_limit: process.log_size_limit.unwrap_or(0),
+        max_files: process.log_max_files.unwrap_or(0),
     })?;
 
     tracing::info!("Starting strait");
@@ -189,6 +208,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         "Listening for client connections on {}",
         host_port(&host, handle.port)
     );
+    let ports_file = match &process.ports_file_dir {
+        Some(dir) => Some(write_ports_file(
+            dir,
+            &host,
+            handle.port,
+            process.http_port,
+        )?),
+        None => None,
+    };
     tracing::info!("Server is ready");
 
     let monitoring = process.http_port.map(|port| MonitorSetup {
@@ -211,8 +239,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     )?;
     handle.join();
     let _ = control.join();
+    if let Some(path) = ports_file {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("Server Exiting..");
     Ok(())
+}
+
+/// `<dir>/<executable>_<pid>.ports`, as nats-server writes it for test harnesses
+/// that start it on random ports.
+fn write_ports_file(
+    dir: &str,
+    host: &str,
+    port: u16,
+    http_port: Option<u16>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "strait".into());
+    let path = std::path::Path::new(dir).join(format!("{exe}_{}.ports", std::process::id()));
+    let advertised = if host == "0.0.0.0" || host == "::" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let mut ports = serde_json::Map::new();
+    ports.insert(
+        "nats".into(),
+        serde_json::json!([format!("nats://{}", host_port(advertised, port))]),
+    );
+    if let Some(http) = http_port.filter(|p| *p != 0 && *p != u16::MAX) {
+        ports.insert(
+            "monitoring".into(),
+            serde_json::json!([format!("http://{}", host_port(advertised, http))]),
+        );
+    }
+    std::fs::write(&path, serde_json::Value::Object(ports).to_string())
+        .with_context(|| format!("could not write ports file {}", path.display()))?;
+    Ok(path)
 }
 
 fn host_port(host: &str, port: u16) -> String {

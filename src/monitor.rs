@@ -377,6 +377,14 @@ async fn connz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         let cid = parse_int("cid", cid)? as u64;
         conns.retain(|c| c.cid == cid);
     }
+    if let Some(v) = q.get("auth") {
+        // No authentication yet: nobody has an authorized user to show.
+        parse_bool("auth", v)?;
+    }
+    // Every connection is in the global account and none is an MQTT client.
+    if q.get("acc").is_some_and(|a| !a.is_empty() && a != "$G") || q.contains_key("mqtt_client") {
+        conns.clear();
+    }
     let now = SystemTime::now();
     let key = |c: &ConnSnapshot| -> i128 {
         match sort {
@@ -462,6 +470,7 @@ async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         None => false,
     };
     let snaps = ctx.gather(want_subs || q.contains_key("test")).await;
+    let other_account = q.get("acc").is_some_and(|a| !a.is_empty() && a != "$G");
     let mut num_subs = 0;
     let mut cache = 0;
     let (mut inserts, mut removes, mut matches, mut hits) = (0u64, 0u64, 0u64, 0u64);
@@ -495,6 +504,9 @@ async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         for s in &snaps {
             for c in &s.connections {
                 for sub in &c.subs {
+                    if other_account {
+                        continue;
+                    }
                     if let Some(test) = q.get("test") {
                         if !strait_shards::subject::matches(sub.subject.as_bytes(), test.as_bytes())
                         {
@@ -816,21 +828,21 @@ async fn handle(
         "/accstatz" => Ok(accstatz(&ctx).await),
         "/jsz" => Ok(jsz_disabled(&ctx)),
         "/healthz" => {
-            // JetStream is not there; `js-enabled-only` asks for it, as nats-server
-            // answers when JetStream is off.
-            if q.get("js-enabled-only")
-                .is_some_and(|v| v == "true" || v == "1")
-            {
-                Ok(
-                    json!({"status": "unavailable", "status_code": 503, "error": "JetStream is not enabled"}),
-                )
-            } else {
-                return respond(
-                    StatusCode::OK,
-                    "application/json",
-                    "{\"status\":\"ok\"}".into(),
-                );
+            // Without JetStream every variant (js-enabled-only, js-server-only,
+            // details) is healthy, as nats-server answers; a named stream cannot exist.
+            if let Some(stream) = q.get("stream") {
+                let account = q.get("account").map(String::as_str).unwrap_or("$G");
+                let body = json!({
+                    "status": "unavailable",
+                    "error": format!("JetStream stream \"{stream}\" not found on account \"{account}\""),
+                });
+                return respond(StatusCode::NOT_FOUND, "application/json", body.to_string());
             }
+            return respond(
+                StatusCode::OK,
+                "application/json",
+                "{\"status\":\"ok\"}".into(),
+            );
         }
         "/metrics" => {
             let prefix = q.get("prefix").cloned().unwrap_or_else(|| "gnatsd".into());

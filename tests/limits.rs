@@ -275,3 +275,73 @@ fn refused_reload_keeps_running_config() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(max_payload_in_info(server.port), "1024");
 }
+
+#[test]
+fn ports_file_is_written_and_removed() {
+    let dir = std::env::temp_dir().join(format!("strait-ports-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&["--ports_file_dir", dir.to_str().unwrap()]);
+    let path = dir.join(format!("strait_{}.ports", server.pid()));
+    let ports: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        ports["nats"],
+        serde_json::json!([format!("nats://127.0.0.1:{}", server.port)])
+    );
+    assert!(server.terminate().success());
+    assert!(!path.exists(), "ports file left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn log_file_rotates_at_size_limit() {
+    let server = Server::start_with_config(
+        Some("logfile_size_limit: 2KB\nlogfile_max_num: 3\ntrace: true\n"),
+        &[],
+    );
+    let mut raw = Raw::connect(server.port);
+    raw.send(CONNECT);
+    for i in 0..200 {
+        raw.send(format!("PUB rotate.{i} 10\r\n0123456789\r\n").as_bytes());
+    }
+    raw.ping_sync();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let backups: Vec<_> = std::fs::read_dir(&server.dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("strait.log."))
+            .collect();
+        // At most logfile_max_num files in all: the live one plus two backups.
+        if backups.len() == 2 {
+            assert!(server.log_text().contains("Rotated log, backup saved as"));
+            assert!(std::fs::metadata(&server.log).unwrap().len() < 4096);
+            break;
+        }
+        assert!(backups.len() <= 2, "too many backups: {}", backups.len());
+        assert!(Instant::now() < deadline, "log never rotated");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn lame_duck_mode_ends_with_exit_zero() {
+    let mut server = Server::start_with_config(
+        Some("lame_duck_grace_period: \"200ms\"\nlame_duck_duration: \"1s\"\n"),
+        &[],
+    );
+    let mut raw = Raw::connect(server.port);
+    raw.send(CONNECT);
+    raw.ping_sync();
+    // SAFETY: kill(2) with the pid of the child we started.
+    unsafe {
+        libc::kill(server.pid() as i32, libc::SIGUSR2);
+    }
+    let (out, closed) = raw.read_until_close(Duration::from_secs(5));
+    assert!(closed, "client not closed during lame duck mode");
+    assert!(String::from_utf8_lossy(&out).contains("\"ldm\":true"));
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("server did not exit after lame duck mode");
+    assert!(status.success(), "{status}");
+}

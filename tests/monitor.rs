@@ -334,3 +334,33 @@ fn slow_consumers_are_counted() {
         "Slow Consumer (Pending Bytes)"
     );
 }
+
+#[test]
+fn healthz_variants_and_filters() {
+    let (server, http) = start();
+    let mut raw = Raw::connect(server.port);
+    raw.send(CONNECT);
+    raw.send(b"SUB f.x 1\r\n");
+    raw.ping_sync();
+    for q in [
+        "",
+        "?js-enabled-only=true",
+        "?js-server-only=true",
+        "?details=true",
+    ] {
+        let (status, _, body) = get(http, &format!("/healthz{q}"));
+        assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"), "{q}");
+    }
+    let (status, _, body) = get(http, "/healthz?stream=NOSUCH&account=$G");
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        r#"{"status":"unavailable","error":"JetStream stream \"NOSUCH\" not found on account \"$G\""}"#
+    );
+    assert_eq!(json(http, "/connz?acc=$G")["total"], 1);
+    assert_eq!(json(http, "/connz?acc=OTHER")["total"], 0);
+    assert_eq!(json(http, "/subsz?subs=1&test=f.x")["total"], 1);
+    assert_eq!(json(http, "/subsz?subs=1&test=f.y")["total"], 0);
+    let varz = json(http, "/varz");
+    assert!(varz["http_req_stats"]["/connz"].as_u64().unwrap() >= 2);
+}
