@@ -27,8 +27,8 @@ Server Options:
 Logging Options:
     -l, --log <file>                 File to redirect log output
     -T, --logtime                    Timestamp log entries (default: true)
-    -s, --syslog                     Log to syslog (not supported yet)
-    -r, --remote_syslog <addr>       Syslog server addr (not supported yet)
+    -s, --syslog                     Log to syslog
+    -r, --remote_syslog <addr>       Syslog server addr (udp://localhost:514)
     -D, --debug                      Enable debugging output
     -V, --trace                      Trace the raw protocol
     -VV                              Verbose trace (traces system account as well)
@@ -236,8 +236,6 @@ impl Cli {
                 self.https_port.is_some(),
                 "https_port (monitoring over TLS)",
             ),
-            (self.syslog, "syslog"),
-            (self.remote_syslog.is_some(), "remote_syslog"),
             (self.user.is_some(), "user (authentication)"),
             (self.pass.is_some(), "pass (authentication)"),
             (self.auth.is_some(), "auth (authentication)"),

@@ -50,6 +50,8 @@ pub struct ProcessOptions {
     pub log_size_limit: Option<u64>,
     pub log_max_files: Option<usize>,
     pub ports_file_dir: Option<String>,
+    pub syslog: Option<bool>,
+    pub remote_syslog: Option<String>,
 }
 
 /// Top-level keys of features strait does not have yet.
@@ -77,8 +79,6 @@ const UNSUPPORTED: &[&str] = &[
     "https",
     "https_port",
     "mappings",
-    "syslog",
-    "remote_syslog",
     "default_js_domain",
 ];
 
@@ -229,6 +229,8 @@ pub fn apply(
             }
             "logfile_max_num" | "log_max_num" => process.log_max_files = Some(size(entry)?),
             "ports_file_dir" => process.ports_file_dir = Some(string(entry)?),
+            "syslog" => process.syslog = Some(boolean(entry)?),
+            "remote_syslog" => process.remote_syslog = Some(string(entry)?),
             "shards" => {
                 let n = size(entry)?;
                 if n == 0 {

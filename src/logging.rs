@@ -33,10 +33,15 @@ pub struct LogOptions {
     pub size_limit: u64,
     /// Backups kept after rotation, counting the live file (0: keep all).
     pub max_files: usize,
+    /// Log to the local syslog (`-s`, `syslog: true`).
+    pub syslog: bool,
+    /// Log to a remote syslog (`-r udp://host:514`, `remote_syslog`).
+    pub remote_syslog: Option<String>,
 }
 
 struct NatsFormat {
-    pid: u32,
+    /// None for syslog, which adds its own pid and time.
+    pid: Option<u32>,
     timestamps: bool,
     offset: UtcOffset,
 }
@@ -65,7 +70,9 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "[{}] ", self.pid)?;
+        if let Some(pid) = self.pid {
+            write!(writer, "[{pid}] ")?;
+        }
         if self.timestamps {
             let now = OffsetDateTime::now_utc().to_offset(self.offset);
             if let Ok(ts) = now.format(TIMESTAMP) {
@@ -209,9 +216,10 @@ pub fn set_levels(debug: bool, trace: bool) {
 /// local UTC offset can only be read safely while the process is single-threaded.
 pub fn init(opts: &LogOptions) -> anyhow::Result<()> {
     let offset = UtcOffset::current_local_offset().unwrap_or(UtcOffset::UTC);
+    let to_syslog = opts.syslog || opts.remote_syslog.is_some();
     let format = NatsFormat {
-        pid: std::process::id(),
-        timestamps: opts.timestamps,
+        pid: (!to_syslog).then(std::process::id),
+        timestamps: opts.timestamps && !to_syslog,
         offset,
     };
     set_levels(opts.debug, opts.trace);
@@ -225,6 +233,15 @@ pub fn init(opts: &LogOptions) -> anyhow::Result<()> {
     });
     let layer = tracing_subscriber::fmt::layer().event_format(format);
     let registry = tracing_subscriber::registry();
+    if to_syslog {
+        let sink = Syslog::connect(opts.remote_syslog.as_deref())?;
+        let sink: &'static Syslog = Box::leak(Box::new(sink));
+        registry
+            .with(layer.with_writer(sink).with_filter(filter))
+            .try_init()?;
+        let _ = tracing_log::LogTracer::init();
+        return Ok(());
+    }
     match &opts.file {
         Some(path) => {
             let file = open_log_file(Path::new(path))?;
@@ -249,6 +266,118 @@ pub fn init(opts: &LogOptions) -> anyhow::Result<()> {
     // glommio reports through the `log` crate (io_uring memory warnings among them).
     let _ = tracing_log::LogTracer::init();
     Ok(())
+}
+
+/// A syslog destination: the local daemon (`/dev/log`) or a remote one over UDP.
+enum SyslogTarget {
+    Local(std::os::unix::net::UnixDatagram),
+    Remote(std::net::UdpSocket),
+}
+
+struct Syslog {
+    target: SyslogTarget,
+    pid: u32,
+}
+
+impl Syslog {
+    fn connect(remote: Option<&str>) -> anyhow::Result<Syslog> {
+        use anyhow::Context;
+        let target = match remote {
+            Some(url) => {
+                let addr = url
+                    .strip_prefix("udp://")
+                    .or_else(|| url.strip_prefix("udp4://"))
+                    .unwrap_or(url);
+                let addr = if addr.contains(':') {
+                    addr.to_string()
+                } else {
+                    format!("{addr}:514")
+                };
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0")
+                    .context("could not open a UDP socket for remote syslog")?;
+                socket
+                    .connect(&addr)
+                    .with_context(|| format!("could not reach remote syslog {addr}"))?;
+                SyslogTarget::Remote(socket)
+            }
+            None => {
+                let socket = std::os::unix::net::UnixDatagram::unbound()
+                    .context("could not open a socket for syslog")?;
+                socket
+                    .connect("/dev/log")
+                    .context("could not connect to the local syslog (/dev/log)")?;
+                SyslogTarget::Local(socket)
+            }
+        };
+        Ok(Syslog {
+            target,
+            pid: std::process::id(),
+        })
+    }
+}
+
+/// One event's writer: knows the priority from the event's level.
+struct SyslogLine<'a> {
+    sink: &'a Syslog,
+    priority: u8,
+    buf: Vec<u8>,
+}
+
+impl Write for SyslogLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogLine<'_> {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.buf);
+        let text = text.trim_end();
+        if text.is_empty() {
+            return;
+        }
+        // RFC 3164 framing, facility daemon (3).
+        let line = format!(
+            "<{}>strait[{}]: {}",
+            3 * 8 + self.priority,
+            self.sink.pid,
+            text
+        );
+        let _ = match &self.sink.target {
+            SyslogTarget::Local(s) => s.send(line.as_bytes()),
+            SyslogTarget::Remote(s) => s.send(line.as_bytes()),
+        };
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for &'static Syslog {
+    type Writer = SyslogLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SyslogLine {
+            sink: self,
+            priority: 6,
+            buf: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        let priority = match *meta.level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        };
+        SyslogLine {
+            sink: self,
+            priority,
+            buf: Vec::new(),
+        }
+    }
 }
 
 fn open_log_file(path: &Path) -> anyhow::Result<std::fs::File> {

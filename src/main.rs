@@ -121,6 +121,12 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
     if let Some(dir) = &cli.ports_file_dir {
         process.ports_file_dir = Some(dir.clone());
     }
+    if cli.syslog {
+        process.syslog = Some(true);
+    }
+    if let Some(remote) = &cli.remote_syslog {
+        process.remote_syslog = Some(remote.clone());
+    }
     if let Some(p) = cli.http_port {
         process.http_port = Some(match p {
             -1 | 0 => 0,
@@ -174,6 +180,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         file: process.log_file.clone(),
         size_limit: process.log_size_limit.unwrap_or(0),
         max_files: process.log_max_files.unwrap_or(0),
+        syslog: process.syslog.unwrap_or(false),
+        remote_syslog: process.remote_syslog.clone(),
     })?;
 
     tracing::info!("Starting strait");

@@ -345,3 +345,37 @@ fn lame_duck_mode_ends_with_exit_zero() {
         .expect("server did not exit after lame duck mode");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn remote_syslog() {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(["-a", "127.0.0.1", "-p", "-1", "--shards", "1", "-r"])
+        .arg(format!("udp://127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let Ok(n) = sink.recv(&mut buf) else { break };
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let ready = line.contains("Server is ready");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // Facility daemon, priority info; syslog adds time and pid, the text is nats-server's.
+    assert!(
+        lines.contains(&format!("<30>strait[{pid}]: [INF] Server is ready")),
+        "{lines:#?}"
+    );
+}
