@@ -175,6 +175,14 @@ fn server_name(opts: &ServerOptions) -> String {
 }
 
 async fn varz(ctx: &MonitorContext) -> Value {
+    let mut v = varz_full(ctx).await;
+    if let Some(obj) = v.as_object_mut() {
+        obj.retain(|_, value| !value.is_null());
+    }
+    v
+}
+
+async fn varz_full(ctx: &MonitorContext) -> Value {
     let snaps = ctx.gather(false).await;
     let t = totals(&snaps);
     let opts = ctx.opts.borrow().clone();
@@ -187,6 +195,8 @@ async fn varz(ctx: &MonitorContext) -> Value {
         0.0
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // nats-server shows max_subscriptions only when it is set.
+    let max_subscriptions = (opts.max_subscriptions > 0).then_some(opts.max_subscriptions);
     let req_stats: BTreeMap<String, u64> = ctx.req_stats.borrow().clone();
     json!({
         "server_id": opts.server_id,
@@ -197,6 +207,7 @@ async fn varz(ctx: &MonitorContext) -> Value {
         "host": opts.host,
         "port": ctx.client_port,
         "max_connections": opts.max_connections,
+        "max_subscriptions": max_subscriptions,
         "ping_interval": opts.ping_interval.as_nanos() as u64,
         "ping_max": opts.ping_max,
         "http_host": ctx.http_host,
@@ -238,6 +249,7 @@ async fn varz(ctx: &MonitorContext) -> Value {
         "http_req_stats": req_stats,
         "config_load_time": rfc3339(ctx.config_load_time.get()),
         "config_digest": "",
+        "feature_flags": {"js_ack_fc_v2": false, "js_raft_delete_range": false},
         "slow_consumer_stats": {"clients": t.slow_consumers, "routes": 0, "gateways": 0, "leafs": 0},
         "stale_connection_stats": {"clients": t.stale_connections, "routes": 0, "gateways": 0, "leafs": 0},
         "strait": {
@@ -473,10 +485,13 @@ async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
     let other_account = q.get("acc").is_some_and(|a| !a.is_empty() && a != "$G");
     let mut num_subs = 0;
     let mut cache = 0;
+    let (mut max_fanout, mut total_fanout) = (0usize, 0usize);
     let (mut inserts, mut removes, mut matches, mut hits) = (0u64, 0u64, 0u64, 0u64);
     for s in &snaps {
         num_subs += s.sublist.subscriptions;
         cache += s.sublist.cache_entries;
+        max_fanout = max_fanout.max(s.sublist.max_fanout);
+        total_fanout += s.sublist.total_fanout;
         inserts += s.sublist.inserts;
         removes += s.sublist.removes;
         matches += s.sublist.matches;
@@ -496,8 +511,8 @@ async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         "num_removes": removes,
         "num_matches": matches,
         "cache_hit_rate": hit_rate,
-        "max_fanout": 0,
-        "avg_fanout": 0.0,
+        "max_fanout": max_fanout,
+        "avg_fanout": if cache > 0 { total_fanout as f64 / cache as f64 } else { 0.0 },
     });
     if want_subs || q.contains_key("test") {
         let mut list: Vec<Value> = Vec::new();

@@ -360,6 +360,12 @@ fn healthz_variants_and_filters() {
     assert_eq!(json(http, "/connz?acc=$G")["total"], 1);
     assert_eq!(json(http, "/connz?acc=OTHER")["total"], 0);
     assert_eq!(json(http, "/subsz?subs=1&test=f.x")["total"], 1);
+    // A publish fills the match cache: one subscriber, fan-out 1.
+    raw.send(b"PUB f.x 1\r\na\r\n");
+    raw.ping_sync();
+    let subsz = json(http, "/subsz");
+    assert_eq!(subsz["max_fanout"], 1);
+    assert_eq!(subsz["avg_fanout"], 1.0);
     assert_eq!(json(http, "/subsz?subs=1&test=f.y")["total"], 0);
     let varz = json(http, "/varz");
     assert!(varz["http_req_stats"]["/connz"].as_u64().unwrap() >= 2);

@@ -57,6 +57,8 @@ pub struct ConnSnapshot {
 pub struct SublistSnapshot {
     pub subscriptions: usize,
     pub cache_entries: usize,
+    pub max_fanout: usize,
+    pub total_fanout: usize,
     pub inserts: u64,
     pub removes: u64,
     pub matches: u64,
@@ -222,6 +224,8 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
         let st = sl.stats();
         sublist.subscriptions += local;
         sublist.cache_entries += st.cache_entries;
+        sublist.max_fanout = sublist.max_fanout.max(st.max_fanout);
+        sublist.total_fanout += st.total_fanout;
         sublist.inserts += st.inserts;
         sublist.removes += st.removes;
         sublist.matches += st.matches;

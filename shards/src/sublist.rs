@@ -90,6 +90,9 @@ impl<T> Level<T> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SublistStats {
     pub cache_entries: usize,
+    /// Largest and summed fan-out (plain entries plus queue groups) of cached results.
+    pub max_fanout: usize,
+    pub total_fanout: usize,
     pub inserts: u64,
     pub removes: u64,
     pub matches: u64,
@@ -195,8 +198,13 @@ impl<T: Clone + PartialEq> Sublist<T> {
 
     /// Counters for monitoring.
     pub fn stats(&self) -> SublistStats {
+        let fanouts = self.cache.values().map(|m| m.plain.len() + m.queues.len());
+        let (max_fanout, total_fanout) =
+            fanouts.fold((0, 0), |(max, sum), f| (max.max(f), sum + f));
         SublistStats {
             cache_entries: self.cache.len(),
+            max_fanout,
+            total_fanout,
             ..self.stats
         }
     }
