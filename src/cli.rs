@@ -42,9 +42,9 @@ JetStream Options:
     -sd, --store_dir <dir>           Set the storage directory
 
 Authorization Options:
-        --user <user>                User required for connections (not supported yet)
-        --pass <password>            Password required for connections (not supported yet)
-        --auth <token>               Authorization token required for connections (not supported yet)
+        --user <user>                User required for connections
+        --pass <password>            Password required for connections
+        --auth <token>               Authorization token required for connections
 
 TLS Options:
         --tls, --tlscert, --tlskey, --tlsverify, --tlscacert   (not supported yet)
@@ -236,9 +236,6 @@ impl Cli {
                 self.https_port.is_some(),
                 "https_port (monitoring over TLS)",
             ),
-            (self.user.is_some(), "user (authentication)"),
-            (self.pass.is_some(), "pass (authentication)"),
-            (self.auth.is_some(), "auth (authentication)"),
             (self.tls || self.tlsverify, "tls"),
             (
                 self.tlscert.is_some() || self.tlskey.is_some(),

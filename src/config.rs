@@ -56,9 +56,7 @@ pub struct ProcessOptions {
 
 /// Top-level keys of features strait does not have yet.
 const UNSUPPORTED: &[&str] = &[
-    "authorization",
     "accounts",
-    "no_auth_user",
     "system_account",
     "operator",
     "operators",
@@ -168,6 +166,106 @@ fn listen(entry: &Entry, opts: &mut ServerOptions) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `authorization { user, password, token, timeout, users: [...] }`.
+fn authorization(entry: &Entry, opts: &mut ServerOptions) -> Result<(), ConfigError> {
+    use strait_shards::auth::User;
+    let map = entry
+        .value
+        .as_map()
+        .ok_or_else(|| invalid(entry, "expected a map"))?;
+    let mut single: (Option<String>, Option<String>) = (None, None);
+    for e in map.iter() {
+        match e.key.to_ascii_lowercase().as_str() {
+            "user" | "username" => single.0 = Some(string(e)?),
+            "password" | "pass" => single.1 = Some(string(e)?),
+            "token" => opts.auth.token = Some(string(e)?),
+            "timeout" => {
+                opts.auth.timeout = match &e.value.kind {
+                    Kind::Float(f) if *f >= 0.0 => Duration::from_secs_f64(*f),
+                    Kind::Int(i) if *i >= 0 => Duration::from_secs(*i as u64),
+                    _ => duration(e)?,
+                }
+            }
+            "users" => {
+                let list = e
+                    .value
+                    .as_array()
+                    .ok_or_else(|| invalid(e, "expected an array of users"))?;
+                for u in list {
+                    let um = u
+                        .as_map()
+                        .ok_or_else(|| invalid(e, "expected a user map"))?;
+                    let (mut name, mut password, mut nkey) = (None, None, None);
+                    for f in um.iter() {
+                        match f.key.to_ascii_lowercase().as_str() {
+                            "user" | "username" => name = Some(string(f)?),
+                            "password" | "pass" => password = Some(string(f)?),
+                            "nkey" => nkey = Some(string(f)?),
+                            "permissions" | "account" | "allowed_connection_types" => {
+                                return Err(ConfigError::Unsupported {
+                                    pos: f.key_pos.clone(),
+                                    key: f.key.clone(),
+                                })
+                            }
+                            _ => {
+                                return Err(ConfigError::Unknown {
+                                    pos: f.key_pos.clone(),
+                                    key: f.key.clone(),
+                                })
+                            }
+                        }
+                    }
+                    match (name, nkey) {
+                        (_, Some(key)) => {
+                            if !key.starts_with('U')
+                                || nkeys::KeyPair::from_public_key(&key).is_err()
+                            {
+                                return Err(invalid(
+                                    e,
+                                    format!("not a valid public user NKEY: {key}"),
+                                ));
+                            }
+                            opts.auth.nkeys.push(key);
+                        }
+                        (Some(name), None) => {
+                            opts.auth.users.insert(
+                                name.clone(),
+                                User {
+                                    name,
+                                    password: password.unwrap_or_default(),
+                                },
+                            );
+                        }
+                        (None, None) => return Err(invalid(e, "a user needs user or nkey")),
+                    }
+                }
+            }
+            "permissions" => {
+                return Err(ConfigError::Unsupported {
+                    pos: e.key_pos.clone(),
+                    key: e.key.clone(),
+                })
+            }
+            _ => {
+                return Err(ConfigError::Unknown {
+                    pos: e.key_pos.clone(),
+                    key: e.key.clone(),
+                })
+            }
+        }
+    }
+    if let (Some(name), password) = single {
+        opts.auth.users.insert(
+            name.clone(),
+            User {
+                name,
+                password: password.unwrap_or_default(),
+            },
+        );
+    }
+    Ok(())
+}
+
 /// Applies a parsed file to the options. Command-line flags are applied after this,
 /// so they win.
 pub fn apply(
@@ -231,6 +329,8 @@ pub fn apply(
             "ports_file_dir" => process.ports_file_dir = Some(string(entry)?),
             "syslog" => process.syslog = Some(boolean(entry)?),
             "remote_syslog" => process.remote_syslog = Some(string(entry)?),
+            "authorization" => authorization(entry, opts)?,
+            "no_auth_user" => opts.auth.no_auth_user = Some(string(entry)?),
             "shards" => {
                 let n = size(entry)?;
                 if n == 0 {
@@ -315,11 +415,19 @@ mod tests {
 
     #[test]
     fn refusals_name_key_and_position() {
-        let err = parse("port: 4222\nauthorization {\n  user: a\n}\n").unwrap_err();
+        let err = parse("port: 4222\naccounts {\n  A: {}\n}\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "test.conf:2:1: authorization: not supported by strait yet"
+            "test.conf:2:1: accounts: not supported by strait yet"
         );
+        let (o, _) =
+            parse("authorization {\n  user: derek\n  password: s3cr3t\n  timeout: 1\n}\n").unwrap();
+        assert!(o.auth.users.contains_key("derek"));
+        assert_eq!(o.auth.timeout, Duration::from_secs(1));
+        let (o, _) = parse("authorization { token: \"s3cr3t\", timeout: \"2s\" }").unwrap();
+        assert_eq!(o.auth.token.as_deref(), Some("s3cr3t"));
+        let (o, _) = parse("authorization: { users: [ { nkey: UAFHG6FUD2UU4SDFVAFUL5LDFO2XM4WYM76UNXTPJYJK7EEMYRBHT2VE } ] }").unwrap();
+        assert_eq!(o.auth.nkeys.len(), 1);
         let err = parse("bogus_key: 1").unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -92,6 +92,19 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
     if let Some(name) = &cli.name {
         opts.server_name = name.clone();
     }
+    if let Some(user) = &cli.user {
+        opts.auth.users.clear();
+        opts.auth.users.insert(
+            user.clone(),
+            strait_shards::auth::User {
+                name: user.clone(),
+                password: cli.pass.clone().unwrap_or_default(),
+            },
+        );
+    }
+    if let Some(token) = &cli.auth {
+        opts.auth.token = Some(token.clone());
+    }
     match cli.shards {
         Some(0) => bail!("--shards must be at least 1"),
         Some(n) => opts.shards = n,

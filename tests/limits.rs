@@ -182,17 +182,17 @@ fn config_errors_are_clear() {
         "{err}"
     );
 
-    let auth = dir.join("auth.conf");
+    let accounts = dir.join("accounts.conf");
     std::fs::write(
-        &auth,
-        "authorization {\n  user: derek\n  password: s3cr3t\n}\n",
+        &accounts,
+        "accounts {\n  A: { users: [ {user: a, password: a} ] }\n}\n",
     )
     .unwrap();
-    let out = run_strait(&["-c", auth.to_str().unwrap()]);
+    let out = run_strait(&["-c", accounts.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("authorization: not supported by strait yet"),
+        err.contains("accounts: not supported by strait yet"),
         "{err}"
     );
 

@@ -23,6 +23,8 @@ use crate::subject;
 pub enum CloseReason {
     ClientClosed,
     ServerShutdown,
+    AuthenticationTimeout,
+    AuthenticationViolation,
     SlowConsumerPendingBytes,
     SlowConsumerWriteDeadline,
     StaleConnection,
@@ -40,6 +42,8 @@ impl fmt::Display for CloseReason {
         f.write_str(match self {
             CloseReason::ClientClosed => "Client Closed",
             CloseReason::ServerShutdown => "Server Shutdown",
+            CloseReason::AuthenticationTimeout => "Authentication Timeout",
+            CloseReason::AuthenticationViolation => "Authentication Failure",
             CloseReason::SlowConsumerPendingBytes => "Slow Consumer (Pending Bytes)",
             CloseReason::SlowConsumerWriteDeadline => "Slow Consumer (Write Deadline)",
             CloseReason::StaleConnection => "Stale Connection",
@@ -110,6 +114,10 @@ pub struct Client {
     pings_out: Cell<u32>,
     next_ping_at: Cell<Instant>,
     last_activity: Cell<Instant>,
+    /// Set when authentication is required and CONNECT has not passed yet: the
+    /// nonce sent in INFO (empty without NKEY users) and the deadline.
+    pending_auth: RefCell<Option<(String, Instant)>>,
+    identity: RefCell<Option<crate::auth::Identity>>,
     counters: Counters,
 }
 
@@ -155,6 +163,8 @@ impl Client {
             pings_out: Cell::new(0),
             next_ping_at: Cell::new(first_ping),
             last_activity: Cell::new(Instant::now()),
+            pending_auth: RefCell::new(None),
+            identity: RefCell::new(None),
             counters: Counters::default(),
         }
     }
@@ -208,6 +218,20 @@ impl Client {
 
     pub fn subscriptions(&self) -> Vec<Rc<Subscription>> {
         self.subs.borrow().values().cloned().collect()
+    }
+
+    /// Requires CONNECT with valid credentials before anything else.
+    pub(crate) fn require_auth(&self, nonce: String, deadline: Instant) {
+        *self.pending_auth.borrow_mut() = Some((nonce, deadline));
+    }
+
+    /// The authentication deadline, while CONNECT has not passed.
+    pub(crate) fn auth_deadline(&self) -> Option<Instant> {
+        self.pending_auth.borrow().as_ref().map(|(_, d)| *d)
+    }
+
+    pub fn authenticated_as(&self) -> Option<crate::auth::Identity> {
+        self.identity.borrow().clone()
     }
 
     /// When the client last sent something.
@@ -565,6 +589,10 @@ fn protocol_error(client: &Client, e: ProtoError) -> CloseReason {
 
 fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &Bytes) -> Next {
     let verbose = || client.connect.borrow().verbose;
+    if client.pending_auth.borrow().is_some() && !matches!(op, ClientOp::Connect(_)) {
+        client.queue_err("Authorization Violation");
+        return Next::Close(CloseReason::AuthenticationViolation);
+    }
     match op {
         ClientOp::Ping => Next::Pong,
         ClientOp::Pong => {
@@ -587,6 +615,18 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             if info.no_responders && !info.headers {
                 client.queue_err("no responders requires headers support");
                 return Next::Close(CloseReason::ProtocolViolation);
+            }
+            let pending = client.pending_auth.borrow_mut().take();
+            if let Some((nonce, _)) = pending {
+                match shard.opts().auth.authenticate(&info, nonce.as_bytes()) {
+                    Ok(identity) => *client.identity.borrow_mut() = Some(identity),
+                    Err(failure) => {
+                        *client.connect.borrow_mut() = info;
+                        tracing::error!("{} - {}", client.log_prefix_short(), failure.detail);
+                        client.queue_err("Authorization Violation");
+                        return Next::Close(CloseReason::AuthenticationViolation);
+                    }
+                }
             }
             client.echo.set(info.echo);
             client.headers.set(info.headers);

@@ -29,6 +29,8 @@ pub struct ServerInfo {
     pub client_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
     #[serde(skip_serializing_if = "is_false")]
     pub ldm: bool,
     #[serde(skip_serializing_if = "is_false")]
@@ -56,11 +58,12 @@ impl ServerInfo {
             host: opts.host.clone(),
             port,
             headers: true,
-            auth_required: false,
+            auth_required: opts.auth.required(),
             max_payload: opts.max_payload,
             jetstream: false,
             client_id: None,
             client_ip: None,
+            nonce: None,
             ldm: false,
             connect_info: false,
             remote_account: None,

@@ -4,6 +4,7 @@
 //! no sockets, clocks or executors. `shard`, `client`, `mesh` and `server` wire them
 //! to glommio.
 
+pub mod auth;
 pub mod client;
 pub mod control;
 pub mod info;

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::auth::AuthConfig;
+
 /// The nats-server version whose behaviour strait matches; clients switch features by it.
 pub const NATS_VERSION: &str = "2.14.0";
 /// JetStream API level advertised in INFO (nats-server 2.14 sends it even without JetStream).
@@ -47,6 +49,8 @@ pub struct ServerOptions {
     pub lame_duck_duration: Duration,
     /// Lame duck mode: wait this long before closing the first client.
     pub lame_duck_grace_period: Duration,
+    /// Client authentication; empty means none is required.
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerOptions {
@@ -73,6 +77,10 @@ impl Default for ServerOptions {
             max_closed_clients: 10_000,
             lame_duck_duration: Duration::from_secs(120),
             lame_duck_grace_period: Duration::from_secs(10),
+            auth: AuthConfig {
+                timeout: Duration::from_secs(2),
+                ..AuthConfig::default()
+            },
         }
     }
 }

@@ -314,6 +314,20 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
         let mut info = shard.info();
         info.client_id = Some(cid);
         info.client_ip = Some(addr.ip().to_string());
+        {
+            let opts = shard.opts();
+            if opts.auth.required() {
+                let nonce = if opts.auth.needs_nonce() {
+                    crate::auth::new_nonce()
+                } else {
+                    String::new()
+                };
+                if !nonce.is_empty() {
+                    info.nonce = Some(nonce.clone());
+                }
+                client.require_auth(nonce, Instant::now() + opts.auth.timeout);
+            }
+        }
         client.queue_bytes(&info.to_line());
         let count = shard.global.connections.fetch_add(1, Ordering::Relaxed) + 1;
         shard

@@ -254,8 +254,22 @@ impl Shard {
         drop(current);
         let port = self.info.borrow().port;
         *self.info.borrow_mut() = ServerInfo::from_options(&opts, port);
-        *self.opts.borrow_mut() = opts;
+        let old = std::mem::replace(&mut *self.opts.borrow_mut(), opts.clone());
         self.options_generation.set(generation);
+        if old.auth != opts.auth {
+            // Connections whose credentials the new configuration no longer accepts go.
+            let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
+            for client in clients {
+                let allowed = match client.authenticated_as() {
+                    Some(who) => opts.auth.still_allows(&who, &old.auth),
+                    None => !opts.auth.required(),
+                };
+                if !allowed {
+                    client.queue_err("Authorization Violation");
+                    self.close_client(&client, CloseReason::AuthenticationViolation);
+                }
+            }
+        }
     }
 
     /// Connection ids are unique across shards without coordination:
@@ -845,6 +859,11 @@ impl Shard {
     pub(crate) fn sweep_clients(&self, now: Instant) {
         let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
         for client in clients {
+            if client.auth_deadline().is_some_and(|d| now >= d) {
+                client.queue_err("Authentication Timeout");
+                self.close_client(&client, CloseReason::AuthenticationTimeout);
+                continue;
+            }
             if let Some(started) = client.write_started() {
                 if now.duration_since(started) > self.opts().write_deadline {
                     self.slow_consumer(&client, CloseReason::SlowConsumerWriteDeadline);

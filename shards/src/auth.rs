@@ -1,0 +1,231 @@
+//! Client authentication, as nats-server checks CONNECT: a single user/password or
+//! token, a list of users (plain or bcrypt passwords), and NKEY users who sign the
+//! nonce sent in INFO. Sans-I/O: the connection hands in its CONNECT and nonce.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::info::ConnectInfo;
+
+/// One configured user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    /// Plain text, or a bcrypt hash (`$2a$...`).
+    pub password: String,
+}
+
+/// Authentication settings (`authorization {}` and `--user/--pass/--auth`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub users: HashMap<String, User>,
+    pub token: Option<String>,
+    /// Public NKEYs (starting with `U`) allowed to connect.
+    pub nkeys: Vec<String>,
+    /// A CONNECT without credentials is this user (`no_auth_user`).
+    pub no_auth_user: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Who a connection authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    User(String),
+    Token,
+    Nkey(String),
+}
+
+/// Why CONNECT was refused; the log line's detail, as nats-server writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    pub detail: String,
+}
+
+impl AuthConfig {
+    /// True when clients must authenticate.
+    pub fn required(&self) -> bool {
+        !self.users.is_empty() || self.token.is_some() || !self.nkeys.is_empty()
+    }
+
+    /// True when INFO must carry a nonce (NKEY users exist).
+    pub fn needs_nonce(&self) -> bool {
+        !self.nkeys.is_empty()
+    }
+
+    /// Checks CONNECT's credentials.
+    pub fn authenticate(&self, c: &ConnectInfo, nonce: &[u8]) -> Result<Identity, AuthFailure> {
+        if let Some(nkey) = &c.nkey {
+            if !self.nkeys.iter().any(|k| k == nkey) {
+                return Err(AuthFailure {
+                    detail: format!("authentication error - NKey \"{nkey}\""),
+                });
+            }
+            let sig = c.sig.as_deref().unwrap_or("");
+            return if verify_nkey(nkey, nonce, sig) {
+                Ok(Identity::Nkey(nkey.clone()))
+            } else {
+                Err(AuthFailure {
+                    detail: format!("authentication error - NKey \"{nkey}\""),
+                })
+            };
+        }
+        if let Some(token) = &c.auth_token {
+            return match &self.token {
+                Some(t) if password_matches(t, token) => Ok(Identity::Token),
+                _ => Err(AuthFailure {
+                    detail: "authentication error".into(),
+                }),
+            };
+        }
+        if let Some(name) = &c.user {
+            return match self.users.get(name) {
+                Some(u) if password_matches(&u.password, c.pass.as_deref().unwrap_or("")) => {
+                    Ok(Identity::User(name.clone()))
+                }
+                _ => Err(AuthFailure {
+                    detail: format!("authentication error - User \"{name}\""),
+                }),
+            };
+        }
+        match &self.no_auth_user {
+            Some(name) if self.users.contains_key(name) => Ok(Identity::User(name.clone())),
+            _ => Err(AuthFailure {
+                detail: "authentication error".into(),
+            }),
+        }
+    }
+
+    /// Whether a connection that authenticated as `who` may stay after a reload.
+    pub fn still_allows(&self, who: &Identity, old: &AuthConfig) -> bool {
+        match who {
+            Identity::User(name) => self.users.get(name) == old.users.get(name),
+            Identity::Token => self.token.is_some() && self.token == old.token,
+            Identity::Nkey(key) => self.nkeys.contains(key),
+        }
+    }
+}
+
+fn password_matches(configured: &str, given: &str) -> bool {
+    if configured.starts_with("$2a$")
+        || configured.starts_with("$2b$")
+        || configured.starts_with("$2y$")
+    {
+        bcrypt::verify(given, configured).unwrap_or(false)
+    } else {
+        // Constant time is not needed against a local comparison's timing on loopback,
+        // but costs nothing.
+        configured.len() == given.len()
+            && configured
+                .bytes()
+                .zip(given.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// Verifies an NKEY signature of the nonce (base64url, padded or not, as clients send).
+fn verify_nkey(public_key: &str, nonce: &[u8], sig: &str) -> bool {
+    let sig = sig.trim_end_matches('=');
+    let Ok(sig) = data_encoding::BASE64URL_NOPAD.decode(sig.as_bytes()) else {
+        return false;
+    };
+    match nkeys::KeyPair::from_public_key(public_key) {
+        Ok(kp) => kp.verify(nonce, &sig).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A fresh nonce for INFO: 11 random bytes, base64url without padding, as nats-server.
+pub fn new_nonce() -> String {
+    use rand::RngCore;
+    let mut raw = [0u8; 11];
+    rand::thread_rng().fill_bytes(&mut raw);
+    data_encoding::BASE64URL_NOPAD.encode(&raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(json: &str) -> ConnectInfo {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn config() -> AuthConfig {
+        let mut users = HashMap::new();
+        users.insert(
+            "derek".into(),
+            User {
+                name: "derek".into(),
+                password: "s3cr3t".into(),
+            },
+        );
+        users.insert(
+            "hashed".into(),
+            User {
+                name: "hashed".into(),
+                password: bcrypt::hash("pw", 4).unwrap(),
+            },
+        );
+        AuthConfig {
+            users,
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn users_and_passwords() {
+        let c = config();
+        assert!(c.required());
+        assert_eq!(
+            c.authenticate(&connect(r#"{"user":"derek","pass":"s3cr3t"}"#), b""),
+            Ok(Identity::User("derek".into()))
+        );
+        assert_eq!(
+            c.authenticate(&connect(r#"{"user":"derek","pass":"nope"}"#), b"")
+                .unwrap_err()
+                .detail,
+            "authentication error - User \"derek\""
+        );
+        assert!(c
+            .authenticate(&connect(r#"{"user":"hashed","pass":"pw"}"#), b"")
+            .is_ok());
+        assert!(c.authenticate(&connect("{}"), b"").is_err());
+        let mut with_default = config();
+        with_default.no_auth_user = Some("derek".into());
+        assert_eq!(
+            with_default.authenticate(&connect("{}"), b""),
+            Ok(Identity::User("derek".into()))
+        );
+    }
+
+    #[test]
+    fn tokens_and_nkeys() {
+        let token = AuthConfig {
+            token: Some("s3cr3t".into()),
+            ..Default::default()
+        };
+        assert!(token
+            .authenticate(&connect(r#"{"auth_token":"s3cr3t"}"#), b"")
+            .is_ok());
+        assert!(token
+            .authenticate(&connect(r#"{"auth_token":"bad"}"#), b"")
+            .is_err());
+        let user = nkeys::KeyPair::new_user();
+        let nkey_cfg = AuthConfig {
+            nkeys: vec![user.public_key()],
+            ..Default::default()
+        };
+        assert!(nkey_cfg.needs_nonce());
+        let nonce = new_nonce();
+        let sig = data_encoding::BASE64URL_NOPAD.encode(&user.sign(nonce.as_bytes()).unwrap());
+        let good = format!(r#"{{"nkey":"{}","sig":"{}"}}"#, user.public_key(), sig);
+        assert!(nkey_cfg
+            .authenticate(&connect(&good), nonce.as_bytes())
+            .is_ok());
+        assert!(nkey_cfg
+            .authenticate(&connect(&good), b"another nonce")
+            .is_err());
+    }
+}
