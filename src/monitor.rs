@@ -214,7 +214,7 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
         "http_port": ctx.http_port,
         "http_base_path": ctx.base_path,
         "https_port": 0,
-        "auth_timeout": 2,
+        "auth_timeout": opts.auth.timeout.as_secs_f64(),
         "max_control_line": opts.max_control_line,
         "max_payload": opts.max_payload,
         "max_pending": opts.max_pending,
