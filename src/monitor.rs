@@ -112,6 +112,15 @@ fn uptime(d: Duration) -> String {
     }
 }
 
+/// Seconds as Go marshals a float64: `2`, not `2.0`.
+fn go_seconds(d: Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        json!(d.as_secs())
+    } else {
+        json!(d.as_secs_f64())
+    }
+}
+
 fn since(a: SystemTime, b: SystemTime) -> Duration {
     b.duration_since(a).unwrap_or_default()
 }
@@ -214,7 +223,7 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
         "http_port": ctx.http_port,
         "http_base_path": ctx.base_path,
         "https_port": 0,
-        "auth_timeout": opts.auth.timeout.as_secs_f64(),
+        "auth_timeout": go_seconds(opts.auth.timeout),
         "max_control_line": opts.max_control_line,
         "max_payload": opts.max_payload,
         "max_pending": opts.max_pending,
