@@ -26,15 +26,18 @@ fn resolve_pids(target: Option<&str>) -> anyhow::Result<Vec<i32>> {
         Some(t) if t.chars().all(|c| c.is_ascii_digit()) => Ok(vec![t
             .parse()
             .with_context(|| format!("invalid pid {t}"))?]),
-        Some(path) => {
-            let text = std::fs::read_to_string(Path::new(path))
-                .with_context(|| format!("could not read pid file {path}"))?;
-            let pid = text
-                .trim()
-                .parse()
-                .with_context(|| format!("invalid pid in {path}: {:?}", text.trim()))?;
-            Ok(vec![pid])
+        Some(pattern) if pattern.contains(['*', '?', '[']) => {
+            let mut pids = Vec::new();
+            for path in glob::glob(pattern).with_context(|| format!("invalid pattern {pattern}"))? {
+                let path = path.with_context(|| format!("could not read {pattern}"))?;
+                pids.push(read_pid_file(&path)?);
+            }
+            if pids.is_empty() {
+                bail!("no pid file matches {pattern}");
+            }
+            Ok(pids)
         }
+        Some(path) => Ok(vec![read_pid_file(Path::new(path))?]),
         None => {
             let me = std::process::id() as i32;
             let mut pids = Vec::new();
@@ -63,7 +66,15 @@ fn resolve_pids(target: Option<&str>) -> anyhow::Result<Vec<i32>> {
     }
 }
 
-/// Handles `--signal <command>[=<pid|pidfile>]`.
+fn read_pid_file(path: &Path) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read pid file {}", path.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("invalid pid in {}: {:?}", path.display(), text.trim()))
+}
+
+/// Handles `--signal <command>[=<pid|pidfile|glob of pid files>]`.
 pub fn send(spec: &str) -> anyhow::Result<()> {
     let (command, target) = match spec.split_once('=') {
         Some((c, t)) => (c, Some(t)),
@@ -98,5 +109,13 @@ mod tests {
         assert!(signal_for("bogus").is_err());
         assert_eq!(resolve_pids(Some("42")).unwrap(), vec![42]);
         assert!(resolve_pids(Some("/nonexistent/pidfile")).is_err());
+        let dir = std::env::temp_dir().join(format!("strait-pids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.pid"), "101").unwrap();
+        std::fs::write(dir.join("b.pid"), "102\n").unwrap();
+        let mut pids = resolve_pids(Some(&format!("{}/*.pid", dir.display()))).unwrap();
+        pids.sort();
+        assert_eq!(pids, vec![101, 102]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
