@@ -161,15 +161,7 @@ fn reload_removing_a_user_closes_its_connections() {
         "authorization {\n  users: [ { user: a, password: a } ]\n}\n",
     )
     .unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
-        .arg("--signal")
-        .arg(format!(
-            "reload={}",
-            server.dir.join("strait.pid").display()
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.signal("reload");
     let (out, closed) = b.read_until_close(Duration::from_secs(5));
     assert!(closed, "removed user's connection survived the reload");
     assert!(common::strip_info(out).ends_with(b"-ERR 'Authorization Violation'\r\n"));

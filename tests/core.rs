@@ -421,13 +421,7 @@ async fn lame_duck_mode_via_signal_command() {
     let mut raw = Raw::connect(server.port);
     raw.send(CONNECT);
     raw.ping_sync();
-    let pid_file = server.dir.join("strait.pid");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
-        .arg("--signal")
-        .arg(format!("ldm={}", pid_file.display()))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.signal("ldm");
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("no lame duck event")

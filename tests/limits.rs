@@ -223,18 +223,6 @@ fn flags_override_config() {
     assert_ne!(server.port, 4999);
 }
 
-fn reload(server: &Server) {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
-        .arg("--signal")
-        .arg(format!(
-            "reload={}",
-            server.dir.join("strait.pid").display()
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 fn max_payload_in_info(port: u16) -> String {
     let raw = Raw::connect(port);
     let info: serde_json::Value = serde_json::from_str(raw.info[5..].trim()).unwrap();
@@ -247,7 +235,7 @@ fn reload_applies_new_limits_and_logging() {
     assert_eq!(max_payload_in_info(server.port), "1024");
     let conf = server.dir.join("strait.conf");
     std::fs::write(&conf, "max_payload: 2048\ndebug: true\n").unwrap();
-    reload(&server);
+    server.signal("reload");
     assert!(server.wait_for_log("Reloaded server configuration", Duration::from_secs(5)));
     // Shards pick the snapshot up on their next tick.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -264,13 +252,13 @@ fn refused_reload_keeps_running_config() {
     let server = Server::start_with_config(Some("max_payload: 1024\n"), &[]);
     let conf = server.dir.join("strait.conf");
     std::fs::write(&conf, "max_payload: 4096\nmax_pending: 1000\n").unwrap();
-    reload(&server);
+    server.signal("reload");
     assert!(server.wait_for_log(
         "Failed to reload server configuration: max_payload (4096) cannot be higher than max_pending (1000)",
         Duration::from_secs(5)
     ));
     std::fs::write(&conf, "max_payload: 2048\nbogus: 1\n").unwrap();
-    reload(&server);
+    server.signal("reload");
     assert!(server.wait_for_log("unknown field \"bogus\"", Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(max_payload_in_info(server.port), "1024");

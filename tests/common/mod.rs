@@ -108,6 +108,19 @@ impl Server {
         false
     }
 
+    /// Sends `strait --signal <command>=<pid file>`, as an operator would.
+    pub fn signal(&self, command: &str) {
+        let status = Command::new(env!("CARGO_BIN_EXE_strait"))
+            .arg("--signal")
+            .arg(format!(
+                "{command}={}",
+                self.dir.join("strait.pid").display()
+            ))
+            .status()
+            .expect("run strait --signal");
+        assert!(status.success(), "--signal {command} failed");
+    }
+
     /// Waits for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
