@@ -498,13 +498,13 @@ async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
     let (mut inserts, mut removes, mut matches, mut hits) = (0u64, 0u64, 0u64, 0u64);
     for s in &snaps {
         num_subs += s.sublist.subscriptions;
-        cache += s.sublist.cache_entries;
-        max_fanout = max_fanout.max(s.sublist.max_fanout);
-        total_fanout += s.sublist.total_fanout;
-        inserts += s.sublist.inserts;
-        removes += s.sublist.removes;
-        matches += s.sublist.matches;
-        hits += s.sublist.cache_hits;
+        cache += s.sublist.stats.cache_entries;
+        max_fanout = max_fanout.max(s.sublist.stats.max_fanout);
+        total_fanout += s.sublist.stats.total_fanout;
+        inserts += s.sublist.stats.inserts;
+        removes += s.sublist.stats.removes;
+        matches += s.sublist.stats.matches;
+        hits += s.sublist.stats.cache_hits;
     }
     let hit_rate = if matches > 0 {
         hits as f64 / matches as f64

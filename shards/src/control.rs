@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender};
 
 use crate::shard::{Interest, Shard};
+use crate::sublist::SublistStats;
 
 /// What the control executor can ask a shard.
 #[derive(Debug, Clone, Copy)]
@@ -52,17 +53,12 @@ pub struct ConnSnapshot {
     pub subs: Vec<SubSnapshot>,
 }
 
-/// Index statistics, summed over accounts.
+/// Index statistics, summed over accounts; `subscriptions` counts local ones only
+/// (the index also holds the other shards' interest).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SublistSnapshot {
     pub subscriptions: usize,
-    pub cache_entries: usize,
-    pub max_fanout: usize,
-    pub total_fanout: usize,
-    pub inserts: u64,
-    pub removes: u64,
-    pub matches: u64,
-    pub cache_hits: u64,
+    pub stats: SublistStats,
 }
 
 /// Everything one shard reports.
@@ -222,14 +218,15 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
             }
         });
         let st = sl.stats();
+        let sum = &mut sublist.stats;
         sublist.subscriptions += local;
-        sublist.cache_entries += st.cache_entries;
-        sublist.max_fanout = sublist.max_fanout.max(st.max_fanout);
-        sublist.total_fanout += st.total_fanout;
-        sublist.inserts += st.inserts;
-        sublist.removes += st.removes;
-        sublist.matches += st.matches;
-        sublist.cache_hits += st.cache_hits;
+        sum.cache_entries += st.cache_entries;
+        sum.max_fanout = sum.max_fanout.max(st.max_fanout);
+        sum.total_fanout += st.total_fanout;
+        sum.inserts += st.inserts;
+        sum.removes += st.removes;
+        sum.matches += st.matches;
+        sum.cache_hits += st.cache_hits;
     }
     let stats = &shard.stats;
     ShardSnapshot {
