@@ -27,6 +27,8 @@ pub enum ConfigError {
     Unsupported { pos: Pos, key: String },
     #[error("{pos}: unknown field \"{key}\"")]
     Unknown { pos: Pos, key: String },
+    #[error(transparent)]
+    Accounts(#[from] strait_shards::accounts::AccountError),
     #[error("max_payload ({max_payload}) cannot be higher than max_pending ({max_pending})")]
     PayloadAbovePending {
         max_payload: usize,
@@ -56,8 +58,6 @@ pub struct ProcessOptions {
 
 /// Top-level keys of features strait does not have yet.
 const UNSUPPORTED: &[&str] = &[
-    "accounts",
-    "system_account",
     "operator",
     "operators",
     "trusted",
@@ -80,11 +80,25 @@ const UNSUPPORTED: &[&str] = &[
     "default_js_domain",
 ];
 
-fn invalid(entry: &Entry, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(entry: &Entry, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         pos: entry.value.pos.clone(),
         key: entry.key.clone(),
         message: message.into(),
+    }
+}
+
+pub(crate) fn unknown(entry: &Entry) -> ConfigError {
+    ConfigError::Unknown {
+        pos: entry.key_pos.clone(),
+        key: entry.key.clone(),
+    }
+}
+
+pub(crate) fn unsupported(entry: &Entry) -> ConfigError {
+    ConfigError::Unsupported {
+        pos: entry.key_pos.clone(),
+        key: entry.key.clone(),
     }
 }
 
@@ -111,7 +125,7 @@ fn boolean(entry: &Entry) -> Result<bool, ConfigError> {
     })
 }
 
-fn string(entry: &Entry) -> Result<String, ConfigError> {
+pub(crate) fn string(entry: &Entry) -> Result<String, ConfigError> {
     match &entry.value.kind {
         Kind::String(s) => Ok(s.clone()),
         Kind::Int(i) => Ok(i.to_string()),
@@ -122,7 +136,7 @@ fn string(entry: &Entry) -> Result<String, ConfigError> {
     }
 }
 
-fn duration(entry: &Entry) -> Result<Duration, ConfigError> {
+pub(crate) fn duration(entry: &Entry) -> Result<Duration, ConfigError> {
     if entry.value.as_i64().is_some() {
         tracing::warn!(
             "{}: {} should be converted to a duration",
@@ -166,106 +180,6 @@ fn listen(entry: &Entry, opts: &mut ServerOptions) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `authorization { user, password, token, timeout, users: [...] }`.
-fn authorization(entry: &Entry, opts: &mut ServerOptions) -> Result<(), ConfigError> {
-    use strait_shards::auth::User;
-    let map = entry
-        .value
-        .as_map()
-        .ok_or_else(|| invalid(entry, "expected a map"))?;
-    let mut single: (Option<String>, Option<String>) = (None, None);
-    for e in map.iter() {
-        match e.key.to_ascii_lowercase().as_str() {
-            "user" | "username" => single.0 = Some(string(e)?),
-            "password" | "pass" => single.1 = Some(string(e)?),
-            "token" => opts.auth.token = Some(string(e)?),
-            "timeout" => {
-                opts.auth.timeout = match &e.value.kind {
-                    Kind::Float(f) if *f >= 0.0 => Duration::from_secs_f64(*f),
-                    Kind::Int(i) if *i >= 0 => Duration::from_secs(*i as u64),
-                    _ => duration(e)?,
-                }
-            }
-            "users" => {
-                let list = e
-                    .value
-                    .as_array()
-                    .ok_or_else(|| invalid(e, "expected an array of users"))?;
-                for u in list {
-                    let um = u
-                        .as_map()
-                        .ok_or_else(|| invalid(e, "expected a user map"))?;
-                    let (mut name, mut password, mut nkey) = (None, None, None);
-                    for f in um.iter() {
-                        match f.key.to_ascii_lowercase().as_str() {
-                            "user" | "username" => name = Some(string(f)?),
-                            "password" | "pass" => password = Some(string(f)?),
-                            "nkey" => nkey = Some(string(f)?),
-                            "permissions" | "account" | "allowed_connection_types" => {
-                                return Err(ConfigError::Unsupported {
-                                    pos: f.key_pos.clone(),
-                                    key: f.key.clone(),
-                                })
-                            }
-                            _ => {
-                                return Err(ConfigError::Unknown {
-                                    pos: f.key_pos.clone(),
-                                    key: f.key.clone(),
-                                })
-                            }
-                        }
-                    }
-                    match (name, nkey) {
-                        (_, Some(key)) => {
-                            if !key.starts_with('U')
-                                || nkeys::KeyPair::from_public_key(&key).is_err()
-                            {
-                                return Err(invalid(
-                                    e,
-                                    format!("not a valid public user NKEY: {key}"),
-                                ));
-                            }
-                            opts.auth.nkeys.push(key);
-                        }
-                        (Some(name), None) => {
-                            opts.auth.users.insert(
-                                name.clone(),
-                                User {
-                                    name,
-                                    password: password.unwrap_or_default(),
-                                },
-                            );
-                        }
-                        (None, None) => return Err(invalid(e, "a user needs user or nkey")),
-                    }
-                }
-            }
-            "permissions" => {
-                return Err(ConfigError::Unsupported {
-                    pos: e.key_pos.clone(),
-                    key: e.key.clone(),
-                })
-            }
-            _ => {
-                return Err(ConfigError::Unknown {
-                    pos: e.key_pos.clone(),
-                    key: e.key.clone(),
-                })
-            }
-        }
-    }
-    if let (Some(name), password) = single {
-        opts.auth.users.insert(
-            name.clone(),
-            User {
-                name,
-                password: password.unwrap_or_default(),
-            },
-        );
-    }
-    Ok(())
-}
-
 /// Applies a parsed file to the options. Command-line flags are applied after this,
 /// so they win.
 pub fn apply(
@@ -273,6 +187,7 @@ pub fn apply(
     opts: &mut ServerOptions,
     process: &mut ProcessOptions,
 ) -> Result<(), ConfigError> {
+    let mut auth = crate::auth_config::AuthEntries::default();
     for entry in map.iter() {
         let key = entry.key.to_ascii_lowercase();
         match key.as_str() {
@@ -329,7 +244,14 @@ pub fn apply(
             "ports_file_dir" => process.ports_file_dir = Some(string(entry)?),
             "syslog" => process.syslog = Some(boolean(entry)?),
             "remote_syslog" => process.remote_syslog = Some(string(entry)?),
-            "authorization" => authorization(entry, opts)?,
+            "authorization" => auth.authorization = Some(entry),
+            "accounts" => auth.accounts = Some(entry),
+            "system_account" => auth.system_account = Some(entry),
+            "no_system_account" => {
+                if boolean(entry)? {
+                    return Err(unsupported(entry));
+                }
+            }
             "no_auth_user" => opts.auth.no_auth_user = Some(string(entry)?),
             "shards" => {
                 let n = size(entry)?;
@@ -354,6 +276,7 @@ pub fn apply(
             }
         }
     }
+    crate::auth_config::apply(&auth, opts)?;
     if opts.max_payload > opts.max_pending {
         return Err(ConfigError::PayloadAbovePending {
             max_payload: opts.max_payload,
@@ -414,11 +337,79 @@ mod tests {
     }
 
     #[test]
+    fn accounts_users_and_permissions() {
+        let text = r#"
+accounts {
+  A: {
+    users: [ {user: a, password: a, permissions: {publish: {deny: "secret.>"}, subscribe: ["foo", "jobs v1"], allow_responses: {max: 2, expires: "1m"}}} ]
+    imports: [ {stream: {account: B, subject: foo}, prefix: from_b}, {service: {account: B, subject: "req.*"}, to: "b.req.*"} ]
+    limits: { max_connections: 2, max_payload: 100 }
+  }
+  B: {
+    users: [ {user: b, password: b} ]
+    exports: [ {stream: "foo"}, {service: "req.*", response_type: stream, accounts: [A]} ]
+  }
+  SYS: { users: [ {user: sys, password: sys} ] }
+}
+system_account: SYS
+authorization { users: [ {user: g, password: g, account: B} ] }
+"#;
+        let (o, _) = parse(text).unwrap();
+        let accounts = &o.accounts;
+        assert_eq!(accounts.name(0), "$G");
+        assert_eq!(accounts.name(accounts.system), "SYS");
+        let a = accounts.index("A").unwrap();
+        let b = accounts.index("B").unwrap();
+        assert_eq!(o.auth.users["a"].account, a);
+        assert_eq!(o.auth.users["g"].account, b);
+        let perms = o.auth.users["a"].permissions.clone().unwrap();
+        assert!(!perms.can_publish(b"secret.x"));
+        assert!(
+            !perms.can_publish(b"public"),
+            "allow_responses closes the blanket allow"
+        );
+        assert!(perms.can_subscribe(b"foo", None));
+        assert!(!perms.can_subscribe(b"jobs", Some(b"v2")));
+        assert_eq!(perms.responses.unwrap().max_msgs, Some(2));
+        let spec = &accounts.list[a as usize];
+        assert_eq!(spec.limits.max_connections, Some(2));
+        assert_eq!(spec.stream_imports.len(), 1);
+        assert_eq!(spec.service_imports[0].local, "b.req.*");
+
+        let err =
+            parse("accounts { A: { imports: [ {stream: {account: B, subject: foo}} ] }, B: {} }")
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("Error adding stream import \"foo\": stream import not authorized"),
+            "{err}"
+        );
+        let err = parse("accounts { A: { users: [ {user: x, password: y, account: NOPE} ] } }");
+        assert!(err.is_err());
+        let err = parse("accounts { $G: {} }").unwrap_err();
+        assert!(err.to_string().contains("Reserved Account"), "{err}");
+        let err = parse("authorization { user: u, password: p }\naccounts { A: { users: [ {user: a, password: a} ] } }")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Can not have a single user/pass and accounts"),
+            "{err}"
+        );
+        let err = parse(
+            "authorization { users: [ {user: a, permissions: {publish: {allow: [\"a..b\"]}}} ] }",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a valid subject"), "{err}");
+        let err = parse("system_account: NOPE").unwrap_err();
+        assert!(err.to_string().contains("system account"), "{err}");
+    }
+
+    #[test]
     fn refusals_name_key_and_position() {
-        let err = parse("port: 4222\naccounts {\n  A: {}\n}\n").unwrap_err();
+        let err = parse("port: 4222\ncluster {\n  port: 6222\n}\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "test.conf:2:1: accounts: not supported by strait yet"
+            "test.conf:2:1: cluster: not supported by strait yet"
         );
         let (o, _) =
             parse("authorization {\n  user: derek\n  password: s3cr3t\n  timeout: 1\n}\n").unwrap();

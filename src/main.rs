@@ -4,6 +4,7 @@
 //! This binary is the control plane: command line, configuration, logging, process
 //! lifecycle and the control executor. The data plane lives in `strait-shards`.
 
+mod auth_config;
 mod cli;
 mod conf;
 mod config;
@@ -96,10 +97,7 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
         opts.auth.users.clear();
         opts.auth.users.insert(
             user.clone(),
-            strait_shards::auth::User {
-                name: user.clone(),
-                password: cli.pass.clone().unwrap_or_default(),
-            },
+            strait_shards::auth::User::new(user, cli.pass.as_deref().unwrap_or_default()),
         );
     }
     if let Some(token) = &cli.auth {
@@ -487,6 +485,11 @@ impl Reloader {
             if was != now && !(name == "port" && was == "0") {
                 bail!("config reload not supported for {name}: old={was}, new={now}");
             }
+        }
+        if new.accounts != old.accounts {
+            bail!(
+                "config reload not supported for accounts: changing accounts, their exports, imports or limits needs a restart"
+            );
         }
         new.port = old.port;
         logging::set_levels(

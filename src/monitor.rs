@@ -19,7 +19,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
-use strait_shards::control::{ConnSnapshot, ControlRequest, ShardLink, ShardSnapshot};
+use strait_shards::control::{
+    AccountSnapshot, ConnSnapshot, ControlRequest, ShardLink, ShardSnapshot,
+};
 use strait_shards::options::{API_LEVEL, NATS_VERSION, STRAIT_VERSION};
 use strait_shards::shard::Global;
 use strait_shards::{format_duration, ServerOptions};
@@ -258,6 +260,7 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
         "http_req_stats": req_stats,
         "config_load_time": rfc3339(ctx.config_load_time.get()),
         "config_digest": "",
+        "system_account": opts.accounts.name(opts.accounts.system),
         "feature_flags": {"js_ack_fc_v2": false, "js_raft_delete_range": false},
         "slow_consumer_stats": {"clients": t.slow_consumers, "routes": 0, "gateways": 0, "leafs": 0},
         "stale_connection_stats": {"clients": t.stale_connections, "routes": 0, "gateways": 0, "leafs": 0},
@@ -297,7 +300,7 @@ fn parse_int(key: &str, v: &str) -> Result<i64, String> {
     })
 }
 
-fn conn_json(c: &ConnSnapshot, now: SystemTime, subs: u8) -> Value {
+fn conn_json(c: &ConnSnapshot, now: SystemTime, subs: u8, auth: bool) -> Value {
     let mut m = serde_json::Map::new();
     m.insert("cid".into(), json!(c.cid));
     m.insert("kind".into(), json!("Client"));
@@ -335,6 +338,15 @@ fn conn_json(c: &ConnSnapshot, now: SystemTime, subs: u8) -> Value {
     }
     if !c.version.is_empty() {
         m.insert("version".into(), json!(c.version));
+    }
+    if auth {
+        if let Some(user) = &c.user {
+            m.insert("authorized_user".into(), json!(user));
+        }
+        if c.account != strait_shards::accounts::GLOBAL_ACCOUNT_NAME {
+            m.insert("account".into(), json!(c.account));
+        }
+        m.insert("name_tag".into(), json!(c.account));
     }
     if subs == 1 && !c.subs.is_empty() {
         let list: Vec<&str> = c.subs.iter().map(|s| s.subject.as_str()).collect();
@@ -398,12 +410,15 @@ async fn connz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         let cid = parse_int("cid", cid)? as u64;
         conns.retain(|c| c.cid == cid);
     }
-    if let Some(v) = q.get("auth") {
-        // No authentication yet: nobody has an authorized user to show.
-        parse_bool("auth", v)?;
+    let auth = match q.get("auth") {
+        Some(v) => parse_bool("auth", v)?,
+        None => false,
+    };
+    if let Some(acc) = q.get("acc").filter(|a| !a.is_empty()) {
+        conns.retain(|c| c.account == *acc);
     }
-    // Every connection is in the global account and none is an MQTT client.
-    if q.get("acc").is_some_and(|a| !a.is_empty() && a != "$G") || q.contains_key("mqtt_client") {
+    // No connection is an MQTT client.
+    if q.contains_key("mqtt_client") {
         conns.clear();
     }
     let now = SystemTime::now();
@@ -472,7 +487,7 @@ async fn connz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|c| conn_json(c, now, subs))
+        .map(|c| conn_json(c, now, subs, auth))
         .collect();
     Ok(json!({
         "server_id": ctx.opts.borrow().server_id,
@@ -491,7 +506,7 @@ async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         None => false,
     };
     let snaps = ctx.gather(want_subs || q.contains_key("test")).await;
-    let other_account = q.get("acc").is_some_and(|a| !a.is_empty() && a != "$G");
+    let account = q.get("acc").filter(|a| !a.is_empty());
     let mut num_subs = 0;
     let mut cache = 0;
     let (mut max_fanout, mut total_fanout) = (0usize, 0usize);
@@ -528,7 +543,7 @@ async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         for s in &snaps {
             for c in &s.connections {
                 for sub in &c.subs {
-                    if other_account {
+                    if account.is_some_and(|a| *a != sub.account) {
                         continue;
                     }
                     if let Some(test) = q.get("test") {
@@ -538,7 +553,7 @@ async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
                         }
                     }
                     list.push(json!({
-                        "account": "$G",
+                        "account": sub.account,
                         "subject": sub.subject,
                         "sid": sub.sid,
                         "msgs": sub.msgs,
@@ -586,23 +601,154 @@ fn jsz_disabled(ctx: &MonitorContext) -> Value {
     })
 }
 
-async fn accstatz(ctx: &MonitorContext) -> Value {
+/// Per-account figures summed over shards, in the options' account order.
+async fn account_totals(ctx: &MonitorContext) -> Vec<AccountSnapshot> {
     let snaps = ctx.gather(false).await;
-    let t = totals(&snaps);
+    let mut sums: Vec<AccountSnapshot> = Vec::new();
+    for s in &snaps {
+        for (i, a) in s.accounts.iter().enumerate() {
+            if sums.len() <= i {
+                sums.push(AccountSnapshot {
+                    name: a.name.clone(),
+                    ..AccountSnapshot::default()
+                });
+            }
+            let sum = &mut sums[i];
+            sum.connections += a.connections;
+            sum.sublist.add(&a.sublist);
+            sum.sent_msgs += a.sent_msgs;
+            sum.sent_bytes += a.sent_bytes;
+            sum.received_msgs += a.received_msgs;
+            sum.received_bytes += a.received_bytes;
+        }
+    }
+    sums
+}
+
+/// `/accstatz`: accounts with connections (`unused=1`: all of them).
+async fn accstatz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
+    let unused = match q.get("unused") {
+        Some(v) => parse_bool("unused", v)?,
+        None => false,
+    };
+    let filter: Option<Vec<&str>> = q.get("accounts").map(|a| a.split(',').collect());
+    let sums = account_totals(ctx).await;
     let zero = json!({"msgs": 0, "bytes": 0});
-    json!({
+    let mut list = Vec::new();
+    for (i, a) in sums.iter().enumerate() {
+        if filter
+            .as_ref()
+            .is_some_and(|f| !f.contains(&a.name.as_str()))
+        {
+            continue;
+        }
+        if a.connections == 0 && !unused {
+            continue;
+        }
+        let total = ctx
+            .global
+            .account_total_connections
+            .get(i)
+            .map_or(0, |n| n.load(Ordering::Relaxed));
+        list.push(json!({
+            "acc": a.name, "name": a.name,
+            "conns": a.connections, "leafnodes": 0,
+            "total_conns": total,
+            "num_subscriptions": a.sublist.subscriptions,
+            "sent": {"msgs": a.sent_msgs, "bytes": a.sent_bytes, "gateways": zero, "routes": zero, "leafs": zero},
+            "received": {"msgs": a.received_msgs, "bytes": a.received_bytes, "gateways": zero, "routes": zero, "leafs": zero},
+            "slow_consumers": 0,
+        }));
+    }
+    Ok(json!({
         "server_id": ctx.opts.borrow().server_id,
         "now": rfc3339(SystemTime::now()),
-        "account_statz": [{
-            "acc": "$G", "name": "$G",
-            "conns": t.connections, "leafnodes": 0,
-            "total_conns": t.connections,
-            "num_subscriptions": t.subscriptions,
-            "sent": {"msgs": t.out_msgs, "bytes": t.out_bytes, "gateways": zero, "routes": zero, "leafs": zero},
-            "received": {"msgs": t.in_msgs, "bytes": t.in_bytes, "gateways": zero, "routes": zero, "leafs": zero},
-            "slow_consumers": t.slow_consumers,
-        }],
-    })
+        "account_statz": list,
+    }))
+}
+
+/// `/accountz`: the account names, or one account's detail with `acc=`.
+async fn accountz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
+    let (id, accounts) = {
+        let opts = ctx.opts.borrow();
+        (opts.server_id.clone(), opts.accounts.clone())
+    };
+    let now = rfc3339(SystemTime::now());
+    let system = accounts.name(accounts.system).to_string();
+    let Some(name) = q.get("acc").filter(|a| !a.is_empty()) else {
+        let names: Vec<&str> = accounts.list.iter().map(|a| a.name.as_str()).collect();
+        return Ok(
+            json!({"server_id": id, "now": now, "system_account": system, "accounts": names}),
+        );
+    };
+    let Some(index) = accounts.index(name) else {
+        return Err(format!("Account {name} does not exist"));
+    };
+    let spec = &accounts.list[index as usize];
+    let sums = account_totals(ctx).await;
+    let mine = sums.get(index as usize).cloned().unwrap_or_default();
+    let st = &mine.sublist.stats;
+    let mut imports: Vec<Value> = Vec::new();
+    for i in &spec.stream_imports {
+        let local =
+            i.to.as_ref()
+                .and_then(|t| t.apply(i.subject.as_bytes()))
+                .map(|s| String::from_utf8_lossy(&s).into_owned())
+                .unwrap_or_else(|| i.subject.clone());
+        imports.push(json!({
+            "subject": i.subject, "account": accounts.name(i.from), "local_subject": local,
+            "type": "stream", "invalid": false, "share": false, "tracking": false,
+        }));
+    }
+    for i in &spec.service_imports {
+        imports.push(json!({
+            "subject": i.local, "account": accounts.name(i.to_account), "to": i.subject,
+            "local_subject": i.local, "type": "service", "invalid": false, "share": false,
+            "tracking": false,
+        }));
+    }
+    let exports: Vec<Value> = spec
+        .exports
+        .iter()
+        .map(|e| {
+            let mut v = json!({
+                "subject": e.subject,
+                "type": if e.service { "service" } else { "stream" },
+            });
+            if let Some(accs) = &e.accounts {
+                v["approved_accounts"] = json!(accs);
+            }
+            if e.service {
+                v["response_type"] = json!(e.response_type.name());
+                v["response_threshold"] = json!(e.response_threshold.as_nanos() as u64);
+            }
+            v
+        })
+        .collect();
+    let mut detail = json!({
+        "account_name": spec.name, "update_time": now, "expired": false,
+        "complete": true, "jetstream_enabled": false, "leafnode_connections": 0,
+        "client_connections": mine.connections,
+        "subscriptions": mine.sublist.subscriptions,
+        "name_tag": spec.name,
+        "sublist_stats": {
+            "num_subscriptions": mine.sublist.subscriptions,
+            "num_cache": st.cache_entries,
+            "num_inserts": st.inserts,
+            "num_removes": st.removes,
+            "num_matches": st.matches,
+            "cache_hit_rate": if st.matches > 0 { st.cache_hits as f64 / st.matches as f64 } else { 0.0 },
+            "max_fanout": st.max_fanout,
+            "avg_fanout": if st.cache_entries > 0 { st.total_fanout as f64 / st.cache_entries as f64 } else { 0.0 },
+        },
+    });
+    if !imports.is_empty() {
+        detail["imports"] = json!(imports);
+    }
+    if !exports.is_empty() {
+        detail["exports"] = json!(exports);
+    }
+    Ok(json!({"server_id": id, "now": now, "system_account": system, "account_detail": detail}))
 }
 
 /// Prometheus exposition, with prometheus-nats-exporter's metric names.
@@ -836,20 +982,8 @@ async fn handle(
             "server_id": id, "now": now, "outbound_gateways": {}, "inbound_gateways": {},
         })),
         "/leafz" => Ok(json!({"server_id": id, "now": now, "leafnodes": 0, "leafs": []})),
-        "/accountz" => match q.get("acc") {
-            Some(acc) if acc == "$G" => Ok(json!({
-                "server_id": id, "now": now, "system_account": "",
-                "account_detail": {"account_name": "$G", "update_time": now, "expired": false,
-                    "complete": true, "jetstream_enabled": false, "leafnode_connections": 0,
-                    "client_connections": ctx.global.connections.load(Ordering::Relaxed),
-                    "subscriptions": 0, "decision_cache_size": 0},
-            })),
-            Some(acc) => Err(format!("Account {acc} does not exist")),
-            None => {
-                Ok(json!({"server_id": id, "now": now, "system_account": "", "accounts": ["$G"]}))
-            }
-        },
-        "/accstatz" => Ok(accstatz(&ctx).await),
+        "/accountz" => accountz(&ctx, &q).await,
+        "/accstatz" => accstatz(&ctx, &q).await,
         "/jsz" => Ok(jsz_disabled(&ctx)),
         "/healthz" => {
             // Without JetStream every variant (js-enabled-only, js-server-only,

@@ -182,17 +182,28 @@ fn config_errors_are_clear() {
         "{err}"
     );
 
-    let accounts = dir.join("accounts.conf");
-    std::fs::write(
-        &accounts,
-        "accounts {\n  A: { users: [ {user: a, password: a} ] }\n}\n",
-    )
-    .unwrap();
-    let out = run_strait(&["-c", accounts.to_str().unwrap()]);
+    let cluster = dir.join("cluster.conf");
+    std::fs::write(&cluster, "cluster {\n  port: 6222\n}\n").unwrap();
+    let out = run_strait(&["-c", cluster.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("accounts: not supported by strait yet"),
+        err.contains("cluster.conf:1:1: cluster: not supported by strait yet"),
+        "{err}"
+    );
+
+    // An import the exporter does not allow stops the server with nats-server's text.
+    let accounts = dir.join("accounts.conf");
+    std::fs::write(
+        &accounts,
+        "accounts {\n  A: { imports: [ {stream: {account: B, subject: foo}} ] }\n  B: { exports: [ {stream: bar} ] }\n}\n",
+    )
+    .unwrap();
+    let out = run_strait(&["-c", accounts.to_str().unwrap(), "-t"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Error adding stream import \"foo\": stream import not authorized"),
         "{err}"
     );
 

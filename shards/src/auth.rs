@@ -3,9 +3,12 @@
 //! nonce sent in INFO. Sans-I/O: the connection hands in its CONNECT and nonce.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::accounts::GLOBAL_ACCOUNT;
 use crate::info::ConnectInfo;
+use crate::permissions::Permissions;
 
 /// One configured user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,15 +16,40 @@ pub struct User {
     pub name: String,
     /// Plain text, or a bcrypt hash (`$2a$...`).
     pub password: String,
+    /// The account the user is bound to (an index into `ServerOptions::accounts`).
+    pub account: u32,
+    pub permissions: Option<Arc<Permissions>>,
 }
 
-/// Authentication settings (`authorization {}` and `--user/--pass/--auth`).
+impl User {
+    pub fn new(name: &str, password: &str) -> User {
+        User {
+            name: name.to_string(),
+            password: password.to_string(),
+            account: GLOBAL_ACCOUNT,
+            permissions: None,
+        }
+    }
+}
+
+/// One configured NKEY user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NkeyUser {
+    /// The public key, starting with `U`.
+    pub key: String,
+    pub account: u32,
+    pub permissions: Option<Arc<Permissions>>,
+}
+
+/// Authentication settings (`authorization {}`, `accounts {}` users and
+/// `--user/--pass/--auth`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthConfig {
     pub users: HashMap<String, User>,
     pub token: Option<String>,
-    /// Public NKEYs (starting with `U`) allowed to connect.
-    pub nkeys: Vec<String>,
+    /// `authorization { permissions }`: what a token client may do.
+    pub token_permissions: Option<Arc<Permissions>>,
+    pub nkeys: Vec<NkeyUser>,
     /// A CONNECT without credentials is this user (`no_auth_user`).
     pub no_auth_user: Option<String>,
     pub timeout: Duration,
@@ -33,6 +61,43 @@ pub enum Identity {
     User(String),
     Token,
     Nkey(String),
+}
+
+impl Identity {
+    /// nats-server's `getAuthUserLabel`, shown in client log lines.
+    pub fn label(&self) -> String {
+        match self {
+            Identity::User(name) => format!("user:{name}"),
+            Identity::Token => "token".to_string(),
+            Identity::Nkey(key) => format!("nkey:{key}"),
+        }
+    }
+
+    /// nats-server's `getRawAuthUser`: /connz's `authorized_user`.
+    pub fn raw(&self) -> String {
+        match self {
+            Identity::User(name) => name.clone(),
+            Identity::Token => "[REDACTED]".to_string(),
+            Identity::Nkey(key) => key.clone(),
+        }
+    }
+
+    /// nats-server's `getAuthUser`, for violation logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Identity::User(name) => format!("User {name:?}"),
+            Identity::Token => "Token \"[REDACTED]\"".to_string(),
+            Identity::Nkey(key) => format!("Nkey {key:?}"),
+        }
+    }
+}
+
+/// A connection's standing after CONNECT: who, in which account, allowed what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub identity: Identity,
+    pub account: u32,
+    pub permissions: Option<Arc<Permissions>>,
 }
 
 /// Why CONNECT was refused; the log line's detail, as nats-server writes it.
@@ -53,9 +118,47 @@ impl AuthConfig {
     }
 
     /// Checks CONNECT's credentials.
-    pub fn authenticate(&self, c: &ConnectInfo, nonce: &[u8]) -> Result<Identity, AuthFailure> {
+    pub fn authenticate(
+        &self,
+        c: &ConnectInfo,
+        nonce: &[u8],
+    ) -> Result<Authenticated, AuthFailure> {
+        self.identify(c, nonce).map(|identity| {
+            self.standing(&identity).unwrap_or(Authenticated {
+                identity,
+                account: GLOBAL_ACCOUNT,
+                permissions: None,
+            })
+        })
+    }
+
+    /// The account and permissions configured for `who`; None when the
+    /// configuration no longer has it.
+    pub fn standing(&self, who: &Identity) -> Option<Authenticated> {
+        let (account, permissions) = match who {
+            Identity::User(name) => {
+                let u = self.users.get(name)?;
+                (u.account, u.permissions.clone())
+            }
+            Identity::Token => {
+                self.token.as_ref()?;
+                (GLOBAL_ACCOUNT, self.token_permissions.clone())
+            }
+            Identity::Nkey(key) => {
+                let u = self.nkeys.iter().find(|u| u.key == *key)?;
+                (u.account, u.permissions.clone())
+            }
+        };
+        Some(Authenticated {
+            identity: who.clone(),
+            account,
+            permissions,
+        })
+    }
+
+    fn identify(&self, c: &ConnectInfo, nonce: &[u8]) -> Result<Identity, AuthFailure> {
         if let Some(nkey) = &c.nkey {
-            if !self.nkeys.iter().any(|k| k == nkey) {
+            if !self.nkeys.iter().any(|u| u.key == *nkey) {
                 return Err(AuthFailure {
                     detail: format!("authentication error - NKey \"{nkey}\""),
                 });
@@ -95,12 +198,16 @@ impl AuthConfig {
         }
     }
 
-    /// Whether a connection that authenticated as `who` may stay after a reload.
+    /// Whether a connection that authenticated as `who` may stay after a reload:
+    /// its credentials are unchanged (its permissions may have changed).
     pub fn still_allows(&self, who: &Identity, old: &AuthConfig) -> bool {
         match who {
-            Identity::User(name) => self.users.get(name) == old.users.get(name),
+            Identity::User(name) => match (self.users.get(name), old.users.get(name)) {
+                (Some(new), Some(old)) => new.password == old.password,
+                _ => false,
+            },
             Identity::Token => self.token.is_some() && self.token == old.token,
-            Identity::Nkey(key) => self.nkeys.contains(key),
+            Identity::Nkey(key) => self.nkeys.iter().any(|u| u.key == *key),
         }
     }
 }
@@ -153,19 +260,10 @@ mod tests {
 
     fn config() -> AuthConfig {
         let mut users = HashMap::new();
-        users.insert(
-            "derek".into(),
-            User {
-                name: "derek".into(),
-                password: "s3cr3t".into(),
-            },
-        );
+        users.insert("derek".into(), User::new("derek", "s3cr3t"));
         users.insert(
             "hashed".into(),
-            User {
-                name: "hashed".into(),
-                password: bcrypt::hash("pw", 4).unwrap(),
-            },
+            User::new("hashed", &bcrypt::hash("pw", 4).unwrap()),
         );
         AuthConfig {
             users,
@@ -179,7 +277,8 @@ mod tests {
         let c = config();
         assert!(c.required());
         assert_eq!(
-            c.authenticate(&connect(r#"{"user":"derek","pass":"s3cr3t"}"#), b""),
+            c.authenticate(&connect(r#"{"user":"derek","pass":"s3cr3t"}"#), b"")
+                .map(|a| a.identity),
             Ok(Identity::User("derek".into()))
         );
         assert_eq!(
@@ -195,7 +294,9 @@ mod tests {
         let mut with_default = config();
         with_default.no_auth_user = Some("derek".into());
         assert_eq!(
-            with_default.authenticate(&connect("{}"), b""),
+            with_default
+                .authenticate(&connect("{}"), b"")
+                .map(|a| a.identity),
             Ok(Identity::User("derek".into()))
         );
     }
@@ -214,16 +315,23 @@ mod tests {
             .is_err());
         let user = nkeys::KeyPair::new_user();
         let nkey_cfg = AuthConfig {
-            nkeys: vec![user.public_key()],
+            nkeys: vec![NkeyUser {
+                key: user.public_key(),
+                account: 3,
+                permissions: None,
+            }],
             ..Default::default()
         };
         assert!(nkey_cfg.needs_nonce());
         let nonce = new_nonce();
         let sig = data_encoding::BASE64URL_NOPAD.encode(&user.sign(nonce.as_bytes()).unwrap());
         let good = format!(r#"{{"nkey":"{}","sig":"{}"}}"#, user.public_key(), sig);
-        assert!(nkey_cfg
-            .authenticate(&connect(&good), nonce.as_bytes())
-            .is_ok());
+        assert_eq!(
+            nkey_cfg
+                .authenticate(&connect(&good), nonce.as_bytes())
+                .map(|a| a.account),
+            Ok(3)
+        );
         assert!(nkey_cfg
             .authenticate(&connect(&good), b"another nonce")
             .is_err());

@@ -8,12 +8,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::info::ConnectInfo;
+use crate::permissions::Permissions;
 use crate::proto::{self, ClientOp, ParseLimits, Parsed, ProtoError};
 use crate::shard::{Shard, Subscription};
 use crate::subject;
@@ -33,6 +35,7 @@ pub enum CloseReason {
     MaxPayloadExceeded,
     MaxControlLineExceeded,
     MaxConnectionsExceeded,
+    MaxAccountConnectionsExceeded,
     ReadError,
     WriteError,
 }
@@ -52,6 +55,7 @@ impl fmt::Display for CloseReason {
             CloseReason::MaxPayloadExceeded => "Maximum Message Payload Exceeded",
             CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
             CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            CloseReason::MaxAccountConnectionsExceeded => "Maximum Account Connections Exceeded",
             CloseReason::ReadError => "Read Error",
             CloseReason::WriteError => "Write Error",
         })
@@ -78,11 +82,16 @@ struct Counters {
     out_bytes: Cell<u64>,
 }
 
+/// Reply subjects a client may publish to (`allow_responses`): uses and since when.
+type ReplyPermits = HashMap<Bytes, (u32, Instant), ahash::RandomState>;
+
 /// One client connection, owned by one shard.
 pub struct Client {
     pub cid: u64,
     pub addr: SocketAddr,
-    pub account: u32,
+    account: Cell<u32>,
+    /// Counted among its account's connections.
+    in_account: Cell<bool>,
     pub start: SystemTime,
     fd: RawFd,
     connect: RefCell<ConnectInfo>,
@@ -118,6 +127,14 @@ pub struct Client {
     /// nonce sent in INFO (empty without NKEY users) and the deadline.
     pending_auth: RefCell<Option<(String, Instant)>>,
     identity: RefCell<Option<crate::auth::Identity>>,
+    /// `"ACC/user:name"`, which nats-server adds to client log lines after CONNECT.
+    auth_label: RefCell<Option<String>>,
+    permissions: RefCell<Option<Arc<Permissions>>>,
+    /// Reply subjects this client may answer (`allow_responses`): uses and when.
+    replies: RefCell<Option<ReplyPermits>>,
+    /// Limits of the connection, lowered by its account's.
+    max_payload: Cell<usize>,
+    max_subscriptions: Cell<usize>,
     counters: Counters,
 }
 
@@ -137,12 +154,14 @@ impl Client {
         fd: RawFd,
         account: u32,
         first_ping: Instant,
+        limits: (usize, usize),
     ) -> Self {
         let connect = ConnectInfo::implicit();
         Client {
             cid,
             addr,
-            account,
+            account: Cell::new(account),
+            in_account: Cell::new(false),
             start: SystemTime::now(),
             fd,
             echo: Cell::new(connect.echo),
@@ -165,8 +184,74 @@ impl Client {
             last_activity: Cell::new(Instant::now()),
             pending_auth: RefCell::new(None),
             identity: RefCell::new(None),
+            auth_label: RefCell::new(None),
+            permissions: RefCell::new(None),
+            replies: RefCell::new(None),
+            max_payload: Cell::new(limits.0),
+            max_subscriptions: Cell::new(limits.1),
             counters: Counters::default(),
         }
+    }
+
+    /// The account the connection is in (an index into the options' accounts).
+    pub fn account(&self) -> u32 {
+        self.account.get()
+    }
+
+    pub(crate) fn in_account(&self) -> bool {
+        self.in_account.get()
+    }
+
+    pub(crate) fn set_account(&self, account: u32, counted: bool) {
+        self.account.set(account);
+        self.in_account.set(counted);
+    }
+
+    pub fn permissions(&self) -> Option<Arc<Permissions>> {
+        self.permissions.borrow().clone()
+    }
+
+    pub(crate) fn set_permissions(&self, permissions: Option<Arc<Permissions>>) {
+        let tracks_replies = permissions.as_ref().is_some_and(|p| p.responses.is_some());
+        *self.replies.borrow_mut() = tracks_replies.then(HashMap::default);
+        *self.permissions.borrow_mut() = permissions;
+    }
+
+    /// Remembers a request's reply subject this client may then publish to.
+    pub(crate) fn note_request(&self, reply: &[u8]) {
+        if let Some(replies) = self.replies.borrow_mut().as_mut() {
+            replies.insert(Bytes::copy_from_slice(reply), (0, Instant::now()));
+        }
+    }
+
+    /// Whether a publish to `subject` answers a request within `allow_responses`.
+    fn response_allowed(&self, perms: &Permissions, subject: &[u8]) -> bool {
+        let Some(p) = perms.responses else {
+            return false;
+        };
+        let mut replies = self.replies.borrow_mut();
+        let Some(replies) = replies.as_mut() else {
+            return false;
+        };
+        let Some((uses, since)) = replies.get_mut(subject) else {
+            return false;
+        };
+        *uses += 1;
+        let over = p.max_msgs.is_some_and(|max| *uses > max);
+        let expired = p.expires.is_some_and(|ttl| since.elapsed() > ttl);
+        if over || expired {
+            replies.remove(subject);
+            return false;
+        }
+        true
+    }
+
+    /// The delivery-time deny check for subscriptions that overlap the deny list.
+    pub(crate) fn delivery_denied(&self, subject: &[u8]) -> bool {
+        self.permissions
+            .borrow()
+            .as_ref()
+            .is_some_and(|p| p.delivery_denied(subject))
     }
 
     pub fn is_closing(&self) -> bool {
@@ -186,17 +271,18 @@ impl Client {
         format!("{} - cid:{}", self.addr, self.cid)
     }
 
-    /// The short prefix plus `"v<version>:<lang>:<name>"` once CONNECT said who it is.
+    /// The short prefix plus `"v<version>:<lang>:<name>"` once CONNECT said who it
+    /// is, and `"ACCOUNT/user:name"` once it authenticated, as nats-server logs.
     pub fn log_prefix(&self) -> String {
         let c = self.connect.borrow();
-        if c.lang.is_empty() && c.name.is_empty() && c.version.is_empty() {
-            self.log_prefix_short()
-        } else {
-            format!(
-                "{} - cid:{} - \"v{}:{}:{}\"",
-                self.addr, self.cid, c.version, c.lang, c.name
-            )
+        let mut prefix = self.log_prefix_short();
+        if !(c.lang.is_empty() && c.name.is_empty() && c.version.is_empty()) {
+            prefix.push_str(&format!(" - \"v{}:{}:{}\"", c.version, c.lang, c.name));
         }
+        if let Some(label) = self.auth_label.borrow().as_ref() {
+            prefix.push_str(&format!(" - {label:?}"));
+        }
+        prefix
     }
 
     /// Name, language and version from CONNECT.
@@ -403,6 +489,8 @@ impl Client {
             out_msgs: self.counters.out_msgs.get(),
             in_bytes: self.counters.in_bytes.get(),
             out_bytes: self.counters.out_bytes.get(),
+            account: self.account(),
+            user: self.authenticated_as().map(|w| w.raw()),
         }
     }
 }
@@ -458,13 +546,7 @@ async fn read_loop(
     client: &Rc<Client>,
     stream: &RefCell<glommio::net::TcpStream>,
 ) -> CloseReason {
-    let limits = {
-        let opts = shard.opts();
-        ParseLimits {
-            max_control_line: opts.max_control_line,
-            max_payload: opts.max_payload,
-        }
-    };
+    let max_control_line = shard.opts().max_control_line;
     let mut buf = BytesMut::with_capacity(READ_ALLOC);
     let mut need = 0usize;
     loop {
@@ -495,6 +577,11 @@ async fn read_loop(
         let frame = buf.split().freeze();
         let mut pos = 0;
         need = 0;
+        // CONNECT may lower the payload limit to its account's.
+        let mut limits = ParseLimits {
+            max_control_line,
+            max_payload: client.max_payload.get(),
+        };
         while pos < frame.len() {
             let parsed = match proto::parse(&frame[pos..], &limits) {
                 Ok(p) => p,
@@ -515,7 +602,12 @@ async fn read_loop(
                 trace_op(client, &frame[pos..pos + n], max_traced);
             }
             pos += n;
-            match process_op(shard, client, op, &frame) {
+            let connect = matches!(op, ClientOp::Connect(_));
+            let next = process_op(shard, client, op, &frame);
+            if connect {
+                limits.max_payload = client.max_payload.get();
+            }
+            match next {
                 Next::Continue => {}
                 Next::Pong => {
                     if client.mesh_dirty.replace(false) {
@@ -529,7 +621,7 @@ async fn read_loop(
                         info.client_ip = Some(client.addr.ip().to_string());
                         info.connect_info = true;
                         info.remote_account =
-                            Some(shard.accounts[client.account as usize].name.clone());
+                            Some(shard.accounts[client.account() as usize].name.clone());
                         client.queue_bytes(&info.to_line());
                     }
                 }
@@ -618,8 +710,27 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             }
             let pending = client.pending_auth.borrow_mut().take();
             if let Some((nonce, _)) = pending {
-                match shard.opts().auth.authenticate(&info, nonce.as_bytes()) {
-                    Ok(identity) => *client.identity.borrow_mut() = Some(identity),
+                let result = shard.opts().auth.authenticate(&info, nonce.as_bytes());
+                match result {
+                    Ok(standing) => {
+                        if shard.bind_account(client, standing.account).is_err() {
+                            *client.connect.borrow_mut() = info;
+                            tracing::error!(
+                                "{} - maximum account active connections exceeded",
+                                client.log_prefix()
+                            );
+                            client.queue_err("maximum account active connections exceeded");
+                            return Next::Close(CloseReason::MaxAccountConnectionsExceeded);
+                        }
+                        apply_account_limits(shard, client);
+                        *client.auth_label.borrow_mut() = Some(format!(
+                            "{}/{}",
+                            shard.opts().accounts.name(standing.account),
+                            standing.identity.label()
+                        ));
+                        client.set_permissions(standing.permissions);
+                        *client.identity.borrow_mut() = Some(standing.identity);
+                    }
                     Err(failure) => {
                         *client.connect.borrow_mut() = info;
                         tracing::error!("{} - {}", client.log_prefix_short(), failure.detail);
@@ -674,18 +785,46 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 .stats
                 .in_bytes
                 .set(shard.stats.in_bytes.get() + message.len() as u64);
+            let account = client.account();
+            if let Some(acc) = shard.accounts.get(account as usize) {
+                acc.stats
+                    .received_msgs
+                    .set(acc.stats.received_msgs.get() + 1);
+                acc.stats
+                    .received_bytes
+                    .set(acc.stats.received_bytes.get() + message.len() as u64);
+            }
+            let denied = client.permissions.borrow().as_ref().is_some_and(|perms| {
+                perms.restricts_publish()
+                    && !perms.can_publish(subject)
+                    && !client.response_allowed(perms, subject)
+            });
+            if denied {
+                let subject = String::from_utf8_lossy(subject);
+                client.queue_err(&format!("Permissions Violation for Publish to {subject:?}"));
+                tracing::error!(
+                    "{} - Publish Violation - Subject {:?}",
+                    client.log_prefix(),
+                    subject
+                );
+                return Next::Continue;
+            }
+            if !reply.is_empty() && is_reserved_reply(reply) {
+                let reply = String::from_utf8_lossy(reply);
+                client.queue_err(&format!(
+                    "Permissions Violation for Publish with Reply of {reply:?}"
+                ));
+                tracing::error!(
+                    "{} - Publish Violation - Reply {:?}",
+                    client.log_prefix(),
+                    reply
+                );
+                return Next::Continue;
+            }
             if verbose() {
                 client.queue_bytes(proto::OK);
             }
-            let routed = shard.publish(
-                client,
-                client.account,
-                subject,
-                reply,
-                header_len,
-                message,
-                frame,
-            );
+            let routed = shard.publish(client, account, subject, reply, header_len, message, frame);
             if routed.remote {
                 client.mesh_dirty.set(true);
             }
@@ -705,7 +844,40 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 client.queue_err("Invalid Subject");
                 return Next::Continue;
             }
-            let max_subs = shard.opts().max_subscriptions;
+            let permissions = client.permissions();
+            if let Some(perms) = &permissions {
+                if !perms.can_subscribe(subj, queue) {
+                    let subject = String::from_utf8_lossy(subj);
+                    let sid = String::from_utf8_lossy(sid);
+                    match queue.map(String::from_utf8_lossy) {
+                        Some(queue) => {
+                            client.queue_err(&format!(
+                                "Permissions Violation for Subscription to {subject:?} using queue {queue:?}"
+                            ));
+                            tracing::error!(
+                                "{} - Subscription Violation - Subject {:?}, Queue: {:?}, SID {}",
+                                client.log_prefix(),
+                                subject,
+                                queue,
+                                sid
+                            );
+                        }
+                        None => {
+                            client.queue_err(&format!(
+                                "Permissions Violation for Subscription to {subject:?}"
+                            ));
+                            tracing::error!(
+                                "{} - Subscription Violation - Subject {:?}, SID {}",
+                                client.log_prefix(),
+                                subject,
+                                sid
+                            );
+                        }
+                    }
+                    return Next::Continue;
+                }
+            }
+            let max_subs = client.max_subscriptions.get();
             if max_subs > 0 && client.subs.borrow().len() >= max_subs {
                 client.queue_err("maximum subscriptions exceeded");
                 tracing::error!(
@@ -725,12 +897,15 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                     queue: queue.map(Bytes::copy_from_slice),
                     max: Cell::new(0),
                     delivered: Cell::new(0),
+                    delivery_filter: permissions
+                        .as_ref()
+                        .is_some_and(|p| p.needs_delivery_filter(subj, queue.is_some())),
                 });
                 client
                     .subs
                     .borrow_mut()
                     .insert(sub.sid.clone(), sub.clone());
-                if shard.add_subscription(client.account, sub) {
+                if shard.add_subscription(client.account(), sub) {
                     client.mesh_dirty.set(true);
                 }
             }
@@ -746,7 +921,7 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                     Some(max) if max > 0 && sub.delivered.get() < max => sub.max.set(max),
                     _ => {
                         client.forget_sub(sid);
-                        if shard.remove_subscription(client.account, &sub) {
+                        if shard.remove_subscription(client.account(), &sub) {
                             client.mesh_dirty.set(true);
                         }
                     }
@@ -757,6 +932,29 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             }
             Next::Continue
         }
+    }
+}
+
+/// Replies only the server may hand out: service-import routes back (`_R_.`),
+/// JetStream acks and gateway-routed replies.
+fn is_reserved_reply(reply: &[u8]) -> bool {
+    reply.starts_with(b"_R_.") || reply.starts_with(b"$JS.ACK.") || reply.starts_with(b"$GNR.")
+}
+
+/// Lowers the connection's payload and subscription limits to its account's.
+fn apply_account_limits(shard: &Shard, client: &Client) {
+    let opts = shard.opts();
+    let Some(spec) = opts.accounts.list.get(client.account() as usize) else {
+        return;
+    };
+    if let Some(max) = spec.limits.max_payload {
+        client.max_payload.set(client.max_payload.get().min(max));
+    }
+    if let Some(max) = spec.limits.max_subscriptions {
+        let current = client.max_subscriptions.get();
+        client
+            .max_subscriptions
+            .set(if current == 0 { max } else { current.min(max) });
     }
 }
 

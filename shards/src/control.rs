@@ -28,6 +28,7 @@ pub struct SubSnapshot {
     pub msgs: u64,
     pub max: u64,
     pub cid: u64,
+    pub account: String,
 }
 
 /// One connection, open or closed.
@@ -50,7 +51,22 @@ pub struct ConnSnapshot {
     pub name: String,
     pub lang: String,
     pub version: String,
+    pub account: String,
+    /// Who it authenticated as (user name, NKEY), when it did.
+    pub user: Option<String>,
     pub subs: Vec<SubSnapshot>,
+}
+
+/// One account on one shard.
+#[derive(Debug, Clone, Default)]
+pub struct AccountSnapshot {
+    pub name: String,
+    pub connections: usize,
+    pub sublist: SublistSnapshot,
+    pub sent_msgs: u64,
+    pub sent_bytes: u64,
+    pub received_msgs: u64,
+    pub received_bytes: u64,
 }
 
 /// Index statistics, summed over accounts; `subscriptions` counts local ones only
@@ -59,6 +75,21 @@ pub struct ConnSnapshot {
 pub struct SublistSnapshot {
     pub subscriptions: usize,
     pub stats: SublistStats,
+}
+
+impl SublistSnapshot {
+    /// Adds another index's figures (fan-out maximum is the larger one).
+    pub fn add(&mut self, other: &SublistSnapshot) {
+        let (sum, st) = (&mut self.stats, &other.stats);
+        self.subscriptions += other.subscriptions;
+        sum.cache_entries += st.cache_entries;
+        sum.max_fanout = sum.max_fanout.max(st.max_fanout);
+        sum.total_fanout += st.total_fanout;
+        sum.inserts += st.inserts;
+        sum.removes += st.removes;
+        sum.matches += st.matches;
+        sum.cache_hits += st.cache_hits;
+    }
 }
 
 /// Everything one shard reports.
@@ -73,6 +104,8 @@ pub struct ShardSnapshot {
     pub stale_connections: u64,
     pub max_loop_lag_us: u64,
     pub sublist: SublistSnapshot,
+    /// Per account, in the options' account order.
+    pub accounts: Vec<AccountSnapshot>,
     pub connections: Vec<ConnSnapshot>,
     pub closed: Vec<ConnSnapshot>,
 }
@@ -157,6 +190,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
                     msgs: s.delivered.get(),
                     max: s.max.get(),
                     cid: client.cid,
+                    account: shard.accounts[client.account() as usize].name.clone(),
                 })
                 .collect()
         } else {
@@ -180,6 +214,8 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
             name,
             lang,
             version,
+            account: shard.accounts[client.account() as usize].name.clone(),
+            user: client.authenticated_as().map(|w| w.raw()),
             subs: sub_list,
         });
     }
@@ -205,10 +241,16 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
             name: c.name.clone(),
             lang: c.lang.clone(),
             version: c.version.clone(),
+            account: shard
+                .accounts
+                .get(c.account as usize)
+                .map_or_else(String::new, |a| a.name.clone()),
+            user: c.user.clone(),
             subs: Vec::new(),
         })
         .collect();
     let mut sublist = SublistSnapshot::default();
+    let mut accounts = Vec::with_capacity(shard.accounts.len());
     for acc in &shard.accounts {
         let sl = acc.sublist.borrow();
         let mut local = 0;
@@ -217,16 +259,20 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
                 local += 1;
             }
         });
-        let st = sl.stats();
-        let sum = &mut sublist.stats;
-        sublist.subscriptions += local;
-        sum.cache_entries += st.cache_entries;
-        sum.max_fanout = sum.max_fanout.max(st.max_fanout);
-        sum.total_fanout += st.total_fanout;
-        sum.inserts += st.inserts;
-        sum.removes += st.removes;
-        sum.matches += st.matches;
-        sum.cache_hits += st.cache_hits;
+        let one = SublistSnapshot {
+            subscriptions: local,
+            stats: sl.stats(),
+        };
+        sublist.add(&one);
+        accounts.push(AccountSnapshot {
+            name: acc.name.clone(),
+            connections: acc.clients.get(),
+            sublist: one,
+            sent_msgs: acc.stats.sent_msgs.get(),
+            sent_bytes: acc.stats.sent_bytes.get(),
+            received_msgs: acc.stats.received_msgs.get(),
+            received_bytes: acc.stats.received_bytes.get(),
+        });
     }
     let stats = &shard.stats;
     ShardSnapshot {
@@ -239,6 +285,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
         stale_connections: stats.stale_connections.get(),
         max_loop_lag_us: stats.max_loop_lag_us.get(),
         sublist,
+        accounts,
         connections,
         closed,
     }

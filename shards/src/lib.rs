@@ -4,12 +4,14 @@
 //! no sockets, clocks or executors. `shard`, `client`, `mesh` and `server` wire them
 //! to glommio.
 
+pub mod accounts;
 pub mod auth;
 pub mod client;
 pub mod control;
 pub mod info;
 pub mod mesh;
 pub mod options;
+pub mod permissions;
 pub mod proto;
 pub mod server;
 pub mod shard;

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::accounts::Accounts;
 use crate::auth::AuthConfig;
 
 /// The nats-server version whose behaviour strait matches; clients switch features by it.
@@ -51,6 +54,9 @@ pub struct ServerOptions {
     pub lame_duck_grace_period: Duration,
     /// Client authentication; empty means none is required.
     pub auth: AuthConfig,
+    /// Accounts, their limits, exports and imports. Fixed for the life of the
+    /// process (a reload that changes them is refused).
+    pub accounts: Arc<Accounts>,
 }
 
 impl Default for ServerOptions {
@@ -81,6 +87,7 @@ impl Default for ServerOptions {
                 timeout: Duration::from_secs(2),
                 ..AuthConfig::default()
             },
+            accounts: Arc::new(Accounts::default()),
         }
     }
 }

@@ -86,7 +86,7 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
         shards: nshards,
         ..opts
     });
-    let global = Arc::new(Global::default());
+    let global = Arc::new(Global::new(opts.accounts.len()));
     let mut mesh = MeshEnds::new(nshards);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -310,6 +310,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
             fd,
             GLOBAL_ACCOUNT,
             Instant::now() + shard.opts().ping_interval,
+            (shard.opts().max_payload, shard.opts().max_subscriptions),
         ));
         let mut info = shard.info();
         info.client_id = Some(cid);

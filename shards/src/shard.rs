@@ -16,9 +16,10 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::accounts::{ResponseType, SubjectTransform};
 use crate::client::{Client, CloseReason};
 use crate::info::ServerInfo;
-use crate::mesh::{Lane, MeshMsg};
+use crate::mesh::{Envelope, Lane, MeshMsg};
 use crate::options::ServerOptions;
 use crate::proto;
 use crate::sublist::{Matches, Sublist};
@@ -36,9 +37,21 @@ pub struct Global {
     pub connections: AtomicUsize,
     pub total_connections: AtomicU64,
     pub slow_consumers: AtomicU64,
+    /// Open connections per account (index as in `ServerOptions::accounts`), for
+    /// account connection limits.
+    pub account_connections: Vec<AtomicUsize>,
+    pub account_total_connections: Vec<AtomicU64>,
 }
 
 impl Global {
+    pub fn new(accounts: usize) -> Self {
+        Global {
+            account_connections: (0..accounts).map(|_| AtomicUsize::new(0)).collect(),
+            account_total_connections: (0..accounts).map(|_| AtomicU64::new(0)).collect(),
+            ..Global::default()
+        }
+    }
+
     /// Publishes a new options snapshot (a reload); every shard applies it on its
     /// next tick. Options that cannot change at runtime are the caller's to refuse.
     pub fn publish_options(&self, opts: ServerOptions) {
@@ -59,6 +72,9 @@ pub struct Subscription {
     /// Auto-unsubscribe after this many deliveries; 0 = never.
     pub max: Cell<u64>,
     pub delivered: Cell<u64>,
+    /// The subscriber's deny list overlaps this wildcard or queue subscription, so
+    /// each delivery is checked against it.
+    pub delivery_filter: bool,
 }
 
 /// Another shard's interest in a subject: it has `members` local subscriptions on
@@ -69,11 +85,49 @@ pub struct RemoteInterest {
     pub members: Cell<u32>,
 }
 
+/// A stream import as the exporting account's index holds it: what matches goes
+/// on into `to_account`. Every shard holds the same entries, so the shard where a
+/// message is published applies them.
+#[derive(Debug)]
+pub struct StreamRoute {
+    pub to_account: u32,
+    pub transform: Option<SubjectTransform>,
+}
+
+/// A service import as the importing account's index holds it: requests go to
+/// `to_account`, with a route back for the responses.
+#[derive(Debug)]
+pub struct ServiceRoute {
+    /// The importing account, where responses go back to.
+    pub importer: u32,
+    pub to_account: u32,
+    pub transform: Option<SubjectTransform>,
+    pub response_type: ResponseType,
+    pub response_threshold: std::time::Duration,
+}
+
+/// The way back of one request sent through a service import: responses published
+/// in the exporting account on `subject` (a `_R_.` subject) reach the requester's
+/// reply subject in `to_account`. Lives on the shard that forwarded the request;
+/// the other shards see it as that shard's interest.
+#[derive(Debug)]
+pub struct ResponseRoute {
+    pub exporter: u32,
+    pub subject: Bytes,
+    pub to_account: u32,
+    pub reply: Bytes,
+    pub singleton: bool,
+    pub expires: Instant,
+}
+
 /// An entry of a shard's subscription index.
 #[derive(Debug, Clone)]
 pub enum Interest {
     Local(Rc<Subscription>),
     Remote(Rc<RemoteInterest>),
+    Stream(Rc<StreamRoute>),
+    Service(Rc<ServiceRoute>),
+    Response(Rc<ResponseRoute>),
 }
 
 impl PartialEq for Interest {
@@ -81,9 +135,36 @@ impl PartialEq for Interest {
         match (self, other) {
             (Interest::Local(a), Interest::Local(b)) => Rc::ptr_eq(a, b),
             (Interest::Remote(a), Interest::Remote(b)) => Rc::ptr_eq(a, b),
+            (Interest::Stream(a), Interest::Stream(b)) => Rc::ptr_eq(a, b),
+            (Interest::Service(a), Interest::Service(b)) => Rc::ptr_eq(a, b),
+            (Interest::Response(a), Interest::Response(b)) => Rc::ptr_eq(a, b),
             _ => false,
         }
     }
+}
+
+/// A message being routed. Its parts borrow from `owner` where they can, so other
+/// shards get them as one shared buffer without a copy.
+#[derive(Clone, Copy)]
+pub(crate) struct Message<'a> {
+    pub subject: &'a [u8],
+    pub reply: &'a [u8],
+    pub header_len: usize,
+    /// Headers and payload.
+    pub message: &'a [u8],
+    pub owner: &'a Bytes,
+}
+
+/// Imports that feed each other are cut off after this many hops.
+const MAX_IMPORT_HOPS: u8 = 8;
+
+/// Per-account message counters of one shard (/accstatz).
+#[derive(Debug, Default)]
+pub struct AccountStats {
+    pub received_msgs: Cell<u64>,
+    pub received_bytes: Cell<u64>,
+    pub sent_msgs: Cell<u64>,
+    pub sent_bytes: Cell<u64>,
 }
 
 type InterestKey = (Bytes, Option<Bytes>);
@@ -97,6 +178,9 @@ pub struct Account {
     local_counts: RefCell<HashMap<InterestKey, u32, ahash::RandomState>>,
     /// This shard's replica of the other shards' interest.
     remote: RefCell<HashMap<(InterestKey, usize), Rc<RemoteInterest>, ahash::RandomState>>,
+    pub stats: AccountStats,
+    /// Connections of this account on this shard.
+    pub clients: Cell<usize>,
 }
 
 impl Account {
@@ -106,6 +190,8 @@ impl Account {
             sublist: RefCell::new(Sublist::new()),
             local_counts: RefCell::default(),
             remote: RefCell::default(),
+            stats: AccountStats::default(),
+            clients: Cell::new(0),
         }
     }
 }
@@ -138,6 +224,8 @@ pub struct ClosedClient {
     pub out_msgs: u64,
     pub in_bytes: u64,
     pub out_bytes: u64,
+    pub account: u32,
+    pub user: Option<String>,
 }
 
 struct BarrierWait {
@@ -155,6 +243,11 @@ pub struct Routed {
 impl Routed {
     pub fn any(self) -> bool {
         self.local || self.remote
+    }
+
+    fn merge(&mut self, other: Routed) {
+        self.local |= other.local;
+        self.remote |= other.remote;
     }
 }
 
@@ -188,6 +281,8 @@ pub struct Shard {
     /// Subscribers over half their max_pending since the last check: whoever fed
     /// them waits for them before reading more (nats-server stalls producers too).
     stalled: RefCell<Vec<Rc<Client>>>,
+    /// Routes back of service-import requests forwarded from this shard.
+    responses: RefCell<HashMap<Bytes, Rc<ResponseRoute>, ahash::RandomState>>,
 }
 
 /// Longest a producer is held back for slow subscribers at a time.
@@ -195,8 +290,53 @@ const STALL_MAX: std::time::Duration = std::time::Duration::from_millis(1000);
 /// A subscriber that completed no write for this long is not waited for.
 const STALL_PROGRESS_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The global account every client lands in until accounts are configured.
-pub const GLOBAL_ACCOUNT: u32 = 0;
+pub use crate::accounts::GLOBAL_ACCOUNT;
+
+/// One shard's accounts, with the import routes every shard holds alike.
+fn build_accounts(spec: &crate::accounts::Accounts) -> Vec<Account> {
+    let accounts: Vec<Account> = spec.list.iter().map(|a| Account::new(&a.name)).collect();
+    for (importer, a) in spec.list.iter().enumerate() {
+        for import in &a.stream_imports {
+            let route = Interest::Stream(Rc::new(StreamRoute {
+                to_account: importer as u32,
+                transform: import.to.clone(),
+            }));
+            accounts[import.from as usize].sublist.borrow_mut().insert(
+                import.subject.as_bytes(),
+                None,
+                route,
+            );
+        }
+        for import in &a.service_imports {
+            let route = Interest::Service(Rc::new(ServiceRoute {
+                importer: importer as u32,
+                to_account: import.to_account,
+                transform: import.transform.clone(),
+                response_type: import.response_type,
+                response_threshold: import.response_threshold,
+            }));
+            accounts[importer]
+                .sublist
+                .borrow_mut()
+                .insert(import.local.as_bytes(), None, route);
+        }
+    }
+    accounts
+}
+
+/// A fresh reply subject for a request forwarded through a service import.
+fn response_subject(rng: &mut SmallRng) -> Bytes {
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut s = Vec::with_capacity(4 + 22);
+    s.extend_from_slice(b"_R_.");
+    for i in 0..21 {
+        if i == 10 {
+            s.push(b'.');
+        }
+        s.push(DIGITS[rng.gen_range(0..DIGITS.len())]);
+    }
+    Bytes::from(s)
+}
 
 impl Shard {
     pub(crate) fn new(
@@ -207,6 +347,7 @@ impl Shard {
         lanes: Vec<Option<Lane>>,
     ) -> Self {
         let nshards = opts.shards;
+        let accounts = build_accounts(&opts.accounts);
         Shard {
             id,
             nshards,
@@ -214,7 +355,7 @@ impl Shard {
             options_generation: Cell::new(0),
             info: RefCell::new(info),
             global,
-            accounts: vec![Account::new("$G")],
+            accounts,
             lanes,
             clients: RefCell::default(),
             closed: RefCell::new(VecDeque::new()),
@@ -226,6 +367,7 @@ impl Shard {
             targets: RefCell::new((0..nshards).map(|_| None).collect()),
             live: Cell::new(0),
             stalled: RefCell::new(Vec::new()),
+            responses: RefCell::default(),
         }
     }
 
@@ -260,13 +402,67 @@ impl Shard {
             // Connections whose credentials the new configuration no longer accepts go.
             let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
             for client in clients {
-                let allowed = match client.authenticated_as() {
-                    Some(who) => opts.auth.still_allows(&who, &old.auth),
-                    None => !opts.auth.required(),
+                let standing = match client.authenticated_as() {
+                    Some(who) if opts.auth.still_allows(&who, &old.auth) => {
+                        opts.auth.standing(&who)
+                    }
+                    Some(_) => None,
+                    None if !opts.auth.required() => continue,
+                    None => None,
                 };
-                if !allowed {
-                    client.queue_err("Authorization Violation");
-                    self.close_client(&client, CloseReason::AuthenticationViolation);
+                match standing {
+                    Some(s) if s.account == client.account() => {
+                        if s.permissions != client.permissions() {
+                            self.apply_permissions(&client, s.permissions);
+                        }
+                    }
+                    _ => {
+                        client.queue_err("Authorization Violation");
+                        self.close_client(&client, CloseReason::AuthenticationViolation);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives a connection new permissions (a reload) and drops the subscriptions they
+    /// no longer allow, telling the client as nats-server does.
+    fn apply_permissions(
+        &self,
+        client: &Rc<Client>,
+        permissions: Option<Arc<crate::permissions::Permissions>>,
+    ) {
+        client.set_permissions(permissions.clone());
+        let Some(perms) = permissions else {
+            return;
+        };
+        let who = client
+            .authenticated_as()
+            .map_or_else(|| "User \"N/A\"".to_string(), |w| w.describe());
+        for sub in client.subscriptions() {
+            if perms.can_subscribe(&sub.subject, sub.queue.as_deref()) {
+                continue;
+            }
+            client.forget_sub(&sub.sid);
+            self.remove_subscription(client.account(), &sub);
+            let subject = String::from_utf8_lossy(&sub.subject);
+            let sid = String::from_utf8_lossy(&sub.sid);
+            match sub.queue.as_deref().map(String::from_utf8_lossy) {
+                Some(queue) => {
+                    client.queue_err(&format!(
+                        "Permissions Violation for Subscription to {subject:?} using queue {queue:?} (sid {sid:?})"
+                    ));
+                    tracing::info!(
+                        "Removed sub {subject:?} using queue {queue:?} (sid {sid:?}) for {who} - not authorized"
+                    );
+                }
+                None => {
+                    client.queue_err(&format!(
+                        "Permissions Violation for Subscription to {subject:?} (sid {sid:?})"
+                    ));
+                    tracing::info!(
+                        "Removed sub {subject:?} (sid {sid:?}) for {who} - not authorized"
+                    );
                 }
             }
         }
@@ -433,22 +629,43 @@ impl Shard {
         message: &[u8],
         frame: &Bytes,
     ) -> Routed {
-        let Some(m) = self.matches(account, subject) else {
+        let msg = Message {
+            subject,
+            reply,
+            header_len,
+            message,
+            owner: frame,
+        };
+        self.route(Some(publisher), account, msg, 0)
+    }
+
+    /// Routes a message in `account`: to local subscribers, to the shards with
+    /// interest, and through the account's imports.
+    fn route(
+        &self,
+        publisher: Option<&Client>,
+        account: u32,
+        msg: Message<'_>,
+        hops: u8,
+    ) -> Routed {
+        let Some(m) = self.matches(account, msg.subject) else {
             return Routed::default();
         };
-        let no_echo = !publisher.echo();
+        let no_echo = publisher.is_some_and(|p| !p.echo());
         let mut any = false;
         let mut any_remote = false;
+        // Imports route on after this level is done (they reuse the scratch).
+        let mut onward: Vec<Interest> = Vec::new();
         {
             let mut targets = self.targets.borrow_mut();
             for entry in &m.plain {
                 match entry {
                     Interest::Local(sub) => {
-                        if no_echo && std::ptr::eq(&*sub.client, publisher) {
+                        if no_echo && publisher.is_some_and(|p| std::ptr::eq(&*sub.client, p)) {
                             continue;
                         }
                         any = true;
-                        self.deliver(sub, subject, reply, header_len, message);
+                        self.deliver(sub, msg.subject, msg.reply, msg.header_len, msg.message);
                     }
                     Interest::Remote(ri) => {
                         any_remote = true;
@@ -459,13 +676,14 @@ impl Shard {
                             })
                             .plain = true;
                     }
+                    other => onward.push(other.clone()),
                 }
             }
             for group in &m.queues {
                 match self.pick_member(&group.members) {
                     Some(Interest::Local(sub)) => {
                         any = true;
-                        self.deliver(sub, subject, reply, header_len, message);
+                        self.deliver(sub, msg.subject, msg.reply, msg.header_len, msg.message);
                     }
                     Some(Interest::Remote(ri)) => {
                         any_remote = true;
@@ -477,43 +695,150 @@ impl Shard {
                             .queues
                             .push(group.name.clone());
                     }
-                    None => {}
+                    _ => {}
                 }
             }
         }
         if any_remote {
-            let subject = frame.slice_ref(subject);
-            let reply = if reply.is_empty() {
-                Bytes::new()
-            } else {
-                frame.slice_ref(reply)
-            };
-            let message = if message.is_empty() {
-                Bytes::new()
-            } else {
-                frame.slice_ref(message)
-            };
-            let mut targets = self.targets.borrow_mut();
-            for (shard, target) in targets.iter_mut().enumerate() {
-                let Some(target) = target.take() else {
-                    continue;
-                };
-                if let Some(lane) = &self.lanes[shard] {
-                    lane.push(MeshMsg::Deliver {
-                        account,
-                        subject: subject.clone(),
-                        reply: reply.clone(),
-                        header_len: header_len as u32,
-                        message: message.clone(),
-                        plain: target.plain,
-                        queues: target.queues,
-                    });
-                }
-            }
+            self.send_to_targets(account, &msg);
         }
-        Routed {
+        let mut routed = Routed {
             local: any,
             remote: any_remote,
+        };
+        for entry in onward {
+            routed.merge(self.route_onward(&entry, msg, hops));
+        }
+        routed
+    }
+
+    /// Hands the message to every shard chosen in the scratch targets.
+    fn send_to_targets(&self, account: u32, msg: &Message<'_>) {
+        let envelope = Envelope::pack(
+            msg.owner,
+            msg.subject,
+            msg.reply,
+            msg.header_len,
+            msg.message,
+        );
+        let mut targets = self.targets.borrow_mut();
+        for (shard, target) in targets.iter_mut().enumerate() {
+            let Some(target) = target.take() else {
+                continue;
+            };
+            if let Some(lane) = &self.lanes[shard] {
+                lane.push(MeshMsg::Deliver {
+                    account,
+                    envelope: envelope.clone(),
+                    plain: target.plain,
+                    queues: target.queues,
+                });
+            }
+        }
+    }
+
+    /// Follows an import or a response route out of the account a message was
+    /// published in.
+    fn route_onward(&self, entry: &Interest, msg: Message<'_>, hops: u8) -> Routed {
+        if hops >= MAX_IMPORT_HOPS {
+            return Routed::default();
+        }
+        match entry {
+            Interest::Stream(route) => {
+                let mapped = route.transform.as_ref().and_then(|t| t.apply(msg.subject));
+                let subject = mapped.as_deref().unwrap_or(msg.subject);
+                self.route(None, route.to_account, Message { subject, ..msg }, hops + 1)
+            }
+            Interest::Service(route) => {
+                let mapped = route.transform.as_ref().and_then(|t| t.apply(msg.subject));
+                let subject = mapped.as_deref().unwrap_or(msg.subject);
+                if msg.reply.is_empty() {
+                    return self.route(
+                        None,
+                        route.to_account,
+                        Message { subject, ..msg },
+                        hops + 1,
+                    );
+                }
+                let back = self.open_response_route(route, msg);
+                let routed = self.route(
+                    None,
+                    route.to_account,
+                    Message {
+                        subject,
+                        reply: &back.subject,
+                        ..msg
+                    },
+                    hops + 1,
+                );
+                if !routed.any() {
+                    self.close_response_route(&back);
+                }
+                routed
+            }
+            Interest::Response(back) => {
+                if back.singleton {
+                    self.close_response_route(back);
+                }
+                self.route(
+                    None,
+                    back.to_account,
+                    Message {
+                        subject: &back.reply,
+                        ..msg
+                    },
+                    hops + 1,
+                )
+            }
+            Interest::Local(_) | Interest::Remote(_) => Routed::default(),
+        }
+    }
+
+    /// Registers the way back for one request: a `_R_.` subject in the exporting
+    /// account, announced to the other shards like a subscription.
+    fn open_response_route(&self, route: &ServiceRoute, msg: Message<'_>) -> Rc<ResponseRoute> {
+        let subject = response_subject(&mut self.rng.borrow_mut());
+        let back = Rc::new(ResponseRoute {
+            exporter: route.to_account,
+            subject: subject.clone(),
+            to_account: route.importer,
+            reply: Bytes::copy_from_slice(msg.reply),
+            singleton: route.response_type == ResponseType::Singleton,
+            expires: Instant::now() + route.response_threshold,
+        });
+        self.accounts[route.to_account as usize]
+            .sublist
+            .borrow_mut()
+            .insert(&subject, None, Interest::Response(back.clone()));
+        self.responses
+            .borrow_mut()
+            .insert(subject.clone(), back.clone());
+        self.broadcast_interest(route.to_account, &subject, None, 1);
+        back
+    }
+
+    fn close_response_route(&self, back: &Rc<ResponseRoute>) {
+        if self.responses.borrow_mut().remove(&back.subject).is_none() {
+            return;
+        }
+        self.accounts[back.exporter as usize]
+            .sublist
+            .borrow_mut()
+            .remove(&back.subject, None, &Interest::Response(back.clone()));
+        self.broadcast_interest(back.exporter, &back.subject, None, 0);
+    }
+
+    /// Forgets routes back whose responses did not come in time.
+    fn expire_response_routes(&self, now: Instant) {
+        let expired: Vec<Rc<ResponseRoute>> = self
+            .responses
+            .borrow()
+            .values()
+            .filter(|r| r.expires <= now)
+            .cloned()
+            .collect();
+        for back in expired {
+            self.close_response_route(&back);
         }
     }
 
@@ -524,6 +849,7 @@ impl Shard {
             Interest::Local(sub) if sub.client.is_closing() => 0,
             Interest::Local(_) => 1,
             Interest::Remote(ri) => ri.members.get() as u64,
+            _ => 0,
         };
         let total: u64 = members.iter().map(weight).sum();
         if total == 0 {
@@ -540,25 +866,31 @@ impl Shard {
         None
     }
 
-    /// Serves a message that another shard routed here.
-    #[allow(clippy::too_many_arguments)]
-    fn deliver_remote(
-        &self,
-        account: u32,
-        subject: &[u8],
-        reply: &[u8],
-        header_len: usize,
-        message: &[u8],
-        plain: bool,
-        queues: &[Bytes],
-    ) {
+    /// Serves a message that another shard routed here: local subscribers, and the
+    /// routes back that live here. Imports were applied where it was published.
+    fn deliver_remote(&self, account: u32, envelope: &Envelope, plain: bool, queues: &[Bytes]) {
+        let (subject, reply, message) = (envelope.subject(), envelope.reply(), envelope.message());
+        let header_len = envelope.header_len as usize;
         let Some(m) = self.matches(account, subject) else {
             return;
         };
         if plain {
             for entry in &m.plain {
-                if let Interest::Local(sub) = entry {
-                    self.deliver(sub, subject, reply, header_len, message);
+                match entry {
+                    Interest::Local(sub) => {
+                        self.deliver(sub, subject, reply, header_len, message);
+                    }
+                    Interest::Response(_) => {
+                        let msg = Message {
+                            subject,
+                            reply,
+                            header_len,
+                            message,
+                            owner: envelope.owner(),
+                        };
+                        self.route_onward(entry, msg, 1);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -591,6 +923,9 @@ impl Shard {
         if client.is_closing() {
             return;
         }
+        if sub.delivery_filter && client.delivery_denied(subject) {
+            return;
+        }
         let max = sub.max.get();
         let delivered = sub.delivered.get() + 1;
         if max > 0 && delivered > max {
@@ -603,14 +938,24 @@ impl Shard {
         } else {
             (header_len, message)
         };
+        if !reply.is_empty() {
+            client.note_request(reply);
+        }
         let pending = client.queue_msg(subject, &sub.sid, reply, header_len, message);
         self.stats.out_msgs.set(self.stats.out_msgs.get() + 1);
         self.stats
             .out_bytes
             .set(self.stats.out_bytes.get() + message.len() as u64);
+        let account = client.account();
+        if let Some(acc) = self.accounts.get(account as usize) {
+            acc.stats.sent_msgs.set(acc.stats.sent_msgs.get() + 1);
+            acc.stats
+                .sent_bytes
+                .set(acc.stats.sent_bytes.get() + message.len() as u64);
+        }
         if max > 0 && delivered >= max {
             client.forget_sub(&sub.sid);
-            self.remove_subscription(client.account, sub);
+            self.remove_subscription(account, sub);
         }
         let max_pending = self.opts().max_pending;
         if pending > max_pending {
@@ -626,7 +971,7 @@ impl Shard {
 
     /// Sends a no-responders status to the requester itself.
     pub(crate) fn no_responders(&self, publisher: &Rc<Client>, subject: &[u8], reply: &[u8]) {
-        let Some(m) = self.matches(publisher.account, reply) else {
+        let Some(m) = self.matches(publisher.account(), reply) else {
             return;
         };
         let header = proto::no_responders_header(subject);
@@ -670,8 +1015,65 @@ impl Shard {
     // -----------------------------------------------------------------------------
     // Connection lifecycle
 
+    /// Registers a new connection. One that must authenticate joins its account
+    /// at CONNECT (`bind_account`); the others are in the global account now.
     pub(crate) fn register_client(&self, client: Rc<Client>) {
+        if client.auth_deadline().is_none() {
+            self.enter_account(&client, client.account());
+        }
         self.clients.borrow_mut().insert(client.cid, client);
+    }
+
+    fn enter_account(&self, client: &Client, account: u32) {
+        let i = account as usize;
+        if let Some(acc) = self.accounts.get(i) {
+            acc.clients.set(acc.clients.get() + 1);
+        }
+        if let Some(n) = self.global.account_connections.get(i) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(n) = self.global.account_total_connections.get(i) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        client.set_account(account, true);
+    }
+
+    fn leave_account(&self, client: &Client) {
+        if !client.in_account() {
+            return;
+        }
+        let i = client.account() as usize;
+        client.set_account(client.account(), false);
+        if let Some(acc) = self.accounts.get(i) {
+            acc.clients.set(acc.clients.get().saturating_sub(1));
+        }
+        if let Some(n) = self.global.account_connections.get(i) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves an authenticated connection into its account. Fails, leaving it where it
+    /// was, when the account is at its connection limit.
+    pub(crate) fn bind_account(&self, client: &Client, account: u32) -> Result<(), ()> {
+        if client.in_account() && account == client.account() {
+            return Ok(());
+        }
+        let limit = self
+            .opts()
+            .accounts
+            .list
+            .get(account as usize)
+            .and_then(|a| a.limits.max_connections);
+        if let (Some(limit), Some(n)) =
+            (limit, self.global.account_connections.get(account as usize))
+        {
+            if n.load(Ordering::Relaxed) >= limit {
+                return Err(());
+            }
+        }
+        self.leave_account(client);
+        self.enter_account(client, account);
+        Ok(())
     }
 
     /// Closes a connection: its subscriptions go, the other shards are told, and
@@ -683,10 +1085,11 @@ impl Shard {
         }
         let reason = client.close_reason().unwrap_or(reason);
         for sub in client.take_subs() {
-            self.remove_subscription(client.account, &sub);
+            self.remove_subscription(client.account(), &sub);
         }
         if self.clients.borrow_mut().remove(&client.cid).is_some() {
             self.global.connections.fetch_sub(1, Ordering::Relaxed);
+            self.leave_account(client);
         }
         tracing::debug!(
             "{} - Client connection closed: {}",
@@ -812,21 +1215,10 @@ impl Shard {
             match msg {
                 MeshMsg::Deliver {
                     account,
-                    subject,
-                    reply,
-                    header_len,
-                    message,
+                    envelope,
                     plain,
                     queues,
-                } => self.deliver_remote(
-                    account,
-                    &subject,
-                    &reply,
-                    header_len as usize,
-                    &message,
-                    plain,
-                    &queues,
-                ),
+                } => self.deliver_remote(account, &envelope, plain, &queues),
                 MeshMsg::Interest {
                     account,
                     subject,
@@ -857,6 +1249,7 @@ impl Shard {
 
     /// Server PINGs, stale connections and write deadlines; run from the tick.
     pub(crate) fn sweep_clients(&self, now: Instant) {
+        self.expire_response_routes(now);
         let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
         for client in clients {
             if client.auth_deadline().is_some_and(|d| now >= d) {
