@@ -215,6 +215,9 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
         "go": format!("strait-{STRAIT_VERSION}"),
         "host": opts.host,
         "port": ctx.client_port,
+        // Omitted when false, as nats-server's omitempty does.
+        "tls_required": opts.tls_required().then_some(true),
+        "tls_verify": opts.tls.as_ref().is_some_and(|t| t.verify()).then_some(true),
         "max_connections": opts.max_connections,
         "max_subscriptions": max_subscriptions,
         "ping_interval": opts.ping_interval.as_nanos() as u64,
@@ -233,7 +236,7 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
         "mqtt": {},
         "websocket": {},
         "jetstream": {},
-        "tls_timeout": 2,
+        "tls_timeout": go_seconds(opts.tls.as_ref().map_or(strait_shards::tls::DEFAULT_TLS_TIMEOUT, |t| t.timeout())),
         "write_deadline": opts.write_deadline.as_nanos() as u64,
         "start": rfc3339(ctx.start),
         "now": rfc3339(now),

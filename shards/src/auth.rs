@@ -95,6 +95,21 @@ impl AuthConfig {
         }
     }
 
+    /// `verify_and_map`: the configured user a verified client certificate names
+    /// (no password needed).
+    pub fn authenticate_certificate(
+        &self,
+        cert: &crate::tls::PeerCert,
+    ) -> Result<(Identity, crate::tls::CertMatch), AuthFailure> {
+        let users = self.users.keys().map(String::as_str);
+        match cert.find_user(users, |name| self.users.contains_key(name)) {
+            Some((name, how)) => Ok((Identity::User(name), how)),
+            None => Err(AuthFailure {
+                detail: "authentication error".into(),
+            }),
+        }
+    }
+
     /// Whether a connection that authenticated as `who` may stay after a reload.
     pub fn still_allows(&self, who: &Identity, old: &AuthConfig) -> bool {
         match who {

@@ -1,9 +1,11 @@
 //! Typed options the data plane runs with. Built by the control plane (CLI and
 //! configuration file) and handed to every shard as an immutable snapshot.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::AuthConfig;
+use crate::tls::TlsSettings;
 
 /// The nats-server version whose behaviour strait matches; clients switch features by it.
 pub const NATS_VERSION: &str = "2.14.0";
@@ -51,6 +53,20 @@ pub struct ServerOptions {
     pub lame_duck_grace_period: Duration,
     /// Client authentication; empty means none is required.
     pub auth: AuthConfig,
+    /// TLS for client connections (`tls {}`, `--tls*`); `None` is plaintext only.
+    pub tls: Option<Arc<TlsSettings>>,
+    /// With TLS configured, still accept plaintext clients (`allow_non_tls`).
+    pub allow_non_tls: bool,
+}
+
+impl ServerOptions {
+    /// INFO's `tls_required`: TLS is configured and plaintext is not allowed (a
+    /// handshake-first-only server always requires it).
+    pub fn tls_required(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| !self.allow_non_tls || t.handshake_first_only())
+    }
 }
 
 impl Default for ServerOptions {
@@ -81,6 +97,8 @@ impl Default for ServerOptions {
                 timeout: Duration::from_secs(2),
                 ..AuthConfig::default()
             },
+            tls: None,
+            allow_non_tls: false,
         }
     }
 }
