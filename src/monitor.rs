@@ -339,6 +339,27 @@ fn conn_json(c: &ConnSnapshot, now: SystemTime, subs: u8) -> Value {
     if !c.version.is_empty() {
         m.insert("version".into(), json!(c.version));
     }
+    if let Some(tls) = &c.tls {
+        m.insert("tls_version".into(), json!(tls.version));
+        m.insert("tls_cipher_suite".into(), json!(tls.cipher));
+        if !tls.peer_certs.is_empty() {
+            let certs: Vec<Value> = tls
+                .peer_certs
+                .iter()
+                .map(|p| {
+                    json!({
+                        "subject": p.subject,
+                        "spki_sha256": p.spki_sha256,
+                        "cert_sha256": p.cert_sha256,
+                    })
+                })
+                .collect();
+            m.insert("tls_peer_certs".into(), json!(certs));
+        }
+        if tls.handshake_first {
+            m.insert("tls_first".into(), json!(true));
+        }
+    }
     if subs == 1 && !c.subs.is_empty() {
         let list: Vec<&str> = c.subs.iter().map(|s| s.subject.as_str()).collect();
         m.insert("subscriptions_list".into(), json!(list));

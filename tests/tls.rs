@@ -560,6 +560,77 @@ fn varz_reports_tls() {
     assert_eq!(v["auth_timeout"], 2.5);
 }
 
+fn http_get_json(port: u16, path: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn connz_shows_tls_and_pinned_certs_are_enforced() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server_cert("server", "localhost");
+    let pinned = pki.client_cert("pinned", &[(DnType::CommonName, "pinned")], vec![]);
+    let other = pki.client_cert("other", &[(DnType::CommonName, "other")], vec![]);
+    let config = |http: u16, extra: &str| {
+        format!(
+            "http_port: {http}\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n{extra}}}\n",
+            p(&cert),
+            p(&key),
+            p(&pki.ca_path())
+        )
+    };
+    let http = free_port();
+    let server = Server::start_with_config(Some(&config(http, "")), &[]);
+    let client = tls_client(&server, &pki.ca_path(), Some(&pinned))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let connz = http_get_json(http, "/connz");
+    let conn = &connz["connections"][0];
+    assert_eq!(conn["tls_version"], "1.3");
+    assert!(conn["tls_cipher_suite"]
+        .as_str()
+        .unwrap()
+        .starts_with("TLS_"));
+    let peer = &conn["tls_peer_certs"][0];
+    assert_eq!(peer["subject"], "CN=pinned");
+    let spki = peer["spki_sha256"].as_str().unwrap().to_string();
+    assert_eq!(spki.len(), 64);
+    drop(client);
+    drop(server);
+
+    let pin = format!("  pinned_certs: [\"{spki}\"]\n");
+    let server = Server::start_with_config(Some(&config(free_port(), &pin)), &[]);
+    let ok = tls_client(&server, &pki.ca_path(), Some(&pinned))
+        .await
+        .unwrap();
+    round_trip(&ok).await;
+    assert!(tls_client(&server, &pki.ca_path(), Some(&other))
+        .await
+        .is_err());
+    assert!(server.wait_for_log(
+        "TLS handshake error: certificate not pinned",
+        Duration::from_secs(5)
+    ));
+}
+
 fn strait(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
         .args(args)

@@ -864,7 +864,11 @@ async fn write_loop(client: Rc<Client>, stream: Rc<RefCell<Conn>>) {
     if tls {
         // Go's tls.Conn.Close sends close_notify; a peer that does not read loses it.
         stream.borrow_mut().send_close_notify();
-        let _ = futures_lite::future::poll_once(flush(&stream)).await;
+        let give_up = async {
+            glommio::timer::sleep(crate::tls::LAST_WORDS).await;
+            Ok(())
+        };
+        let _ = futures_lite::future::or(flush(&stream), give_up).await;
     }
     client.shutdown_socket();
 }

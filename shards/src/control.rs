@@ -51,6 +51,8 @@ pub struct ConnSnapshot {
     pub lang: String,
     pub version: String,
     pub subs: Vec<SubSnapshot>,
+    /// What TLS negotiated (open connections only).
+    pub tls: Option<crate::tls::TlsState>,
 }
 
 /// Index statistics, summed over accounts; `subscriptions` counts local ones only
@@ -181,6 +183,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
             lang,
             version,
             subs: sub_list,
+            tls: client.tls_state(),
         });
     }
     let closed = shard
@@ -206,6 +209,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
             lang: c.lang.clone(),
             version: c.version.clone(),
             subs: Vec::new(),
+            tls: None,
         })
         .collect();
     let mut sublist = SublistSnapshot::default();

@@ -197,27 +197,26 @@ impl TlsSettings {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        // nats-server reads ca_file even when it does not verify clients.
+        let mut roots = RootCertStore::empty();
+        if let Some(path) = &spec.ca_file {
+            let pem = read(path)?;
+            let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|_| TlsError::CaFile)?;
+            let (added, _) = roots.add_parsable_certificates(cas.iter().cloned());
+            if added == 0 {
+                return Err(TlsError::CaFile);
+            }
+            loaded.extend(cas.iter().map(|c| c.to_vec()));
+        }
         let builder = if spec.verify {
-            let mut roots = RootCertStore::empty();
-            match &spec.ca_file {
-                Some(path) => {
-                    let pem = read(path)?;
-                    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                        .collect::<Result<_, _>>()
-                        .map_err(|_| TlsError::CaFile)?;
-                    let (added, _) = roots.add_parsable_certificates(cas.iter().cloned());
-                    if added == 0 {
-                        return Err(TlsError::CaFile);
-                    }
-                    loaded.extend(cas.iter().map(|c| c.to_vec()));
-                }
-                None => {
-                    // Go verifies against the system roots when no CA file is given.
-                    let native = rustls_native_certs::load_native_certs();
-                    roots.add_parsable_certificates(native.certs);
-                    if roots.is_empty() {
-                        return Err(TlsError::NoRoots);
-                    }
+            if spec.ca_file.is_none() {
+                // Go verifies against the system roots when no CA file is given.
+                let native = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(native.certs);
+                if roots.is_empty() {
+                    return Err(TlsError::NoRoots);
                 }
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -454,6 +453,60 @@ pub struct TlsState {
     pub handshake_first: bool,
     /// The client's certificate, parsed for `verify_and_map`.
     pub peer: Option<Arc<PeerCert>>,
+    /// The certificates the client presented, as /connz shows them.
+    pub peer_certs: Arc<Vec<PeerCertInfo>>,
+}
+
+/// One presented certificate in /connz's `tls_peer_certs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertInfo {
+    pub subject: String,
+    /// Hex SHA-256 of the SubjectPublicKeyInfo.
+    pub spki_sha256: String,
+    /// Hex SHA-256 of the whole certificate.
+    pub cert_sha256: String,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn peer_cert_info(der: &[u8]) -> PeerCertInfo {
+    let (subject, spki) = match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => (
+            go_subject_string(&subject_rdns(&cert)),
+            sha256_hex(cert.public_key().raw),
+        ),
+        Err(_) => (String::new(), String::new()),
+    };
+    PeerCertInfo {
+        subject,
+        spki_sha256: spki,
+        cert_sha256: sha256_hex(der),
+    }
+}
+
+/// The subject's RDNs in certificate order: (oid, value) per attribute.
+fn subject_rdns(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Vec<Vec<(String, Option<String>)>> {
+    cert.subject()
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    (
+                        atv.attr_type().to_id_string(),
+                        atv.as_str().ok().map(str::to_string),
+                    )
+                })
+                .collect()
+        })
+        .collect()
 }
 
 enum Race<T> {
@@ -475,6 +528,9 @@ async fn race<T>(client: &Client, deadline: Instant, fut: impl Future<Output = T
     };
     futures_lite::future::or(work, futures_lite::future::or(closed, timer)).await
 }
+
+/// How long a closing connection may take to write its last bytes.
+pub(crate) const LAST_WORDS: Duration = Duration::from_millis(100);
 
 /// The first byte of every TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -521,8 +577,9 @@ pub(crate) async fn establish(
         Race::TimedOut => {
             tracing::debug!("{prefix} - TLS handshake timeout");
             if !handshake_first {
+                // Best effort, as nats-server's: the connection closes either way.
                 let err = b"-ERR 'Secure Connection - TLS Required'\r\n";
-                let _ = futures_lite::future::poll_once(stream.write_all(err)).await;
+                let _ = race(client, Instant::now() + LAST_WORDS, stream.write_all(err)).await;
             }
             return None;
         }
@@ -566,10 +623,9 @@ pub(crate) async fn establish(
         Race::Done(Ok(s)) => s,
     };
     let session = accepted.get_ref().1;
-    let leaf = session
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .map(|c| c.to_vec());
+    let presented = session.peer_certificates().unwrap_or_default();
+    let leaf = presented.first().map(|c| c.to_vec());
+    let peer_certs = Arc::new(presented.iter().map(|c| peer_cert_info(c)).collect());
     if !tls.spec.pinned_certs.is_empty() && !leaf.as_deref().is_some_and(|der| pinned(tls, der)) {
         tracing::error!("{prefix} - TLS handshake error: certificate not pinned");
         return None;
@@ -593,6 +649,7 @@ pub(crate) async fn establish(
         cipher,
         handshake_first,
         peer,
+        peer_certs,
     });
     // nats-server starts the authentication timer after the handshake.
     client.restart_auth_deadline(Instant::now() + auth_timeout);
@@ -603,9 +660,9 @@ fn pinned(tls: &TlsSettings, der: &[u8]) -> bool {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return false;
     };
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    tls.spec.pinned_certs.contains(&hex)
+    tls.spec
+        .pinned_certs
+        .contains(&sha256_hex(cert.public_key().raw))
 }
 
 // ---------------------------------------------------------------------------------
@@ -697,21 +754,7 @@ impl PeerCert {
                 }
             }
         }
-        // The subject's RDNs in certificate order: (oid, value) per attribute.
-        let rdns: Vec<Vec<(String, Option<String>)>> = cert
-            .subject()
-            .iter()
-            .map(|rdn| {
-                rdn.iter()
-                    .map(|atv| {
-                        (
-                            atv.attr_type().to_id_string(),
-                            atv.as_str().ok().map(str::to_string),
-                        )
-                    })
-                    .collect()
-            })
-            .collect();
+        let rdns = subject_rdns(&cert);
         let dn = dn_from_rdns(&rdns);
         let subject = go_subject_string(&rdns);
         let dcs: Vec<String> = rdns
