@@ -47,7 +47,12 @@ Authorization Options:
         --auth <token>               Authorization token required for connections
 
 TLS Options:
-        --tls, --tlscert, --tlskey, --tlsverify, --tlscacert   (not supported yet)
+        --tls                        Enable TLS, do not verify clients (default: false)
+        --tlscert <file>             Server certificate file
+        --tlskey <file>              Private key for server certificate
+        --tlsverify                  Enable TLS, verify client certificates
+        --tlscacert <file>           Client certificate CA for verification
+        --help_tls                   TLS help
 
 Cluster Options:
         --routes, --cluster, --cluster_name, --no_advertise,
@@ -126,14 +131,14 @@ pub struct Cli {
     #[arg(long = "auth")]
     pub auth: Option<String>,
 
-    #[arg(long = "tls")]
-    pub tls: bool,
+    #[arg(long = "tls", num_args = 0..=1, default_missing_value = "true")]
+    pub tls: Option<bool>,
     #[arg(long = "tlscert")]
     pub tlscert: Option<String>,
     #[arg(long = "tlskey")]
     pub tlskey: Option<String>,
-    #[arg(long = "tlsverify")]
-    pub tlsverify: bool,
+    #[arg(long = "tlsverify", num_args = 0..=1, default_missing_value = "true")]
+    pub tlsverify: Option<bool>,
     #[arg(long = "tlscacert")]
     pub tlscacert: Option<String>,
 
@@ -166,6 +171,47 @@ pub struct Cli {
     #[arg(short = 'v', long = "version")]
     pub version: bool,
 }
+
+pub const TLS_HELP: &str = "\
+TLS configuration is specified in the tls section of a configuration file:
+
+e.g.
+
+    tls {
+        cert_file:      \"./certs/server-cert.pem\"
+        key_file:       \"./certs/server-key.pem\"
+        ca_file:        \"./certs/ca.pem\"
+        verify:         true
+        verify_and_map: true
+
+        cipher_suites: [
+            \"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\",
+            \"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\"
+        ]
+        curve_preferences: [
+            \"CurveP256\",
+            \"CurveP384\"
+        ]
+    }
+
+Other keys: timeout (seconds or duration), handshake_first (true, auto or a
+fallback duration), min_version (\"1.2\", \"1.3\"), pinned_certs, insecure.
+Top level: allow_non_tls: true also accepts plaintext clients.
+
+Available cipher suites include:
+    TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+    TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+    TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+(TLS 1.3 suites are always enabled.)
+
+Available curve preferences include:
+    X25519
+    CurveP256
+    CurveP384
+";
 
 /// Go-style flags that have no single-letter form, and combined letter flags.
 fn rewrite_single_dash(name: &str) -> Option<&'static [&'static str]> {
@@ -236,12 +282,6 @@ impl Cli {
                 self.https_port.is_some(),
                 "https_port (monitoring over TLS)",
             ),
-            (self.tls || self.tlsverify, "tls"),
-            (
-                self.tlscert.is_some() || self.tlskey.is_some(),
-                "tlscert/tlskey",
-            ),
-            (self.tlscacert.is_some(), "tlscacert"),
             (self.routes.is_some(), "routes (clustering)"),
             (self.cluster.is_some(), "cluster (clustering)"),
             (self.cluster_name.is_some(), "cluster_name (clustering)"),
@@ -290,6 +330,10 @@ mod tests {
         assert_eq!(c.logtime, Some(true));
         let c = parse(&["-m", "8222"]);
         assert_eq!(c.http_port, Some(8222));
+        assert_eq!(c.unsupported(), None);
+        let c = parse(&["--tlsverify", "--tlscert", "c.pem", "-tls=false"]);
+        assert_eq!(c.tlsverify, Some(true));
+        assert_eq!(c.tls, Some(false));
         assert_eq!(c.unsupported(), None);
         let c = parse(&["-ms", "8443"]);
         assert_eq!(c.unsupported(), Some("https_port (monitoring over TLS)"));

@@ -54,6 +54,8 @@ pub struct ProcessOptions {
     pub ports_file_dir: Option<String>,
     pub syslog: Option<bool>,
     pub remote_syslog: Option<String>,
+    /// `authorization { timeout }` is set (otherwise TLS lengthens the default).
+    pub auth_timeout_configured: bool,
 }
 
 /// Top-level keys of features strait does not have yet.
@@ -65,7 +67,6 @@ const UNSUPPORTED: &[&str] = &[
     "resolver",
     "resolver_preload",
     "resolver_tls",
-    "tls",
     "jetstream",
     "cluster",
     "gateway",
@@ -253,6 +254,8 @@ pub fn apply(
                 }
             }
             "no_auth_user" => opts.auth.no_auth_user = Some(string(entry)?),
+            "tls" => crate::tls_config::apply(entry, opts)?,
+            "allow_non_tls" => crate::tls_config::apply_allow_non_tls(entry, opts)?,
             "shards" => {
                 let n = size(entry)?;
                 if n == 0 {
@@ -296,6 +299,7 @@ pub fn load(
     process: &mut ProcessOptions,
 ) -> Result<(), ConfigError> {
     let map = conf::parse_file(path)?;
+    process.auth_timeout_configured = crate::tls_config::auth_timeout_configured(&map);
     apply(&map, opts, process)
 }
 

@@ -11,6 +11,7 @@ mod config;
 mod logging;
 mod monitor;
 mod signals;
+mod tls_config;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,8 +34,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if cli.help || cli.help_tls {
+    if cli.help {
         print!("{}", cli::HELP);
+        return ExitCode::SUCCESS;
+    }
+    if cli.help_tls {
+        print!("{}", cli::TLS_HELP);
         return ExitCode::SUCCESS;
     }
     if cli.version {
@@ -102,6 +107,20 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
     }
     if let Some(token) = &cli.auth {
         opts.auth.token = Some(token.clone());
+    }
+    let tls_flags = tls_config::TlsFlags {
+        tls: cli.tls,
+        cert: cli.tlscert.clone(),
+        key: cli.tlskey.clone(),
+        verify: cli.tlsverify,
+        ca_cert: cli.tlscacert.clone(),
+    };
+    tls_flags.apply(&mut opts)?;
+    if let Some(tls) = &opts.tls {
+        if !process.auth_timeout_configured {
+            // nats-server: the TLS timeout plus a second, unless configured.
+            opts.auth.timeout = tls.timeout() + Duration::from_secs(1);
+        }
     }
     match cli.shards {
         Some(0) => bail!("--shards must be at least 1"),
@@ -227,6 +246,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         "Listening for client connections on {}",
         host_port(&host, handle.port)
     );
+    if let Some(tls) = &opts_snapshot.tls {
+        if opts_snapshot.allow_non_tls && !tls.handshake_first_only() {
+            tracing::info!("TLS available for client connections");
+        } else {
+            tracing::info!("TLS required for client connections");
+        }
+        if tls.handshake_first_only() {
+            tracing::warn!(
+                "Clients that are not using \"TLS Handshake First\" option will fail to connect"
+            );
+        }
+    }
     let ports_file = match &process.ports_file_dir {
         Some(dir) => Some(write_ports_file(
             dir,
@@ -496,8 +527,36 @@ impl Reloader {
             process.debug.unwrap_or(false),
             process.trace.unwrap_or(false),
         );
+        log_tls_reload(old.tls.as_deref(), new.tls.as_deref());
         global.publish_options(new.clone());
         self.running = new;
         Ok(())
+    }
+}
+
+/// nats-server's notices for TLS options a reload changed. New certificates apply
+/// to new connections; established ones keep their session.
+fn log_tls_reload(
+    old: Option<&strait_shards::tls::TlsSettings>,
+    new: Option<&strait_shards::tls::TlsSettings>,
+) {
+    match (old, new) {
+        (None, None) => {}
+        (Some(_), None) => tracing::info!("Reloaded: tls = disabled"),
+        (None, Some(_)) => tracing::info!("Reloaded: tls = enabled"),
+        (Some(o), Some(n)) => {
+            if !o.same_as(n) {
+                tracing::info!("Reloaded: tls = enabled");
+            }
+            if o.timeout() != n.timeout() {
+                tracing::info!("Reloaded: tls timeout = {}", n.timeout().as_secs_f64());
+            }
+            if o.spec.handshake_first != n.spec.handshake_first {
+                tracing::info!(
+                    "Reloaded: Client TLS handshake first: {}",
+                    n.spec.handshake_first
+                );
+            }
+        }
     }
 }

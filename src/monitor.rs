@@ -217,6 +217,9 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
         "go": format!("strait-{STRAIT_VERSION}"),
         "host": opts.host,
         "port": ctx.client_port,
+        // Omitted when false, as nats-server's omitempty does.
+        "tls_required": opts.tls_required().then_some(true),
+        "tls_verify": opts.tls.as_ref().is_some_and(|t| t.verify()).then_some(true),
         "max_connections": opts.max_connections,
         "max_subscriptions": max_subscriptions,
         "ping_interval": opts.ping_interval.as_nanos() as u64,
@@ -235,7 +238,7 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
         "mqtt": {},
         "websocket": {},
         "jetstream": {},
-        "tls_timeout": 2,
+        "tls_timeout": go_seconds(opts.tls.as_ref().map_or(strait_shards::tls::DEFAULT_TLS_TIMEOUT, |t| t.timeout())),
         "write_deadline": opts.write_deadline.as_nanos() as u64,
         "start": rfc3339(ctx.start),
         "now": rfc3339(now),
@@ -347,6 +350,27 @@ fn conn_json(c: &ConnSnapshot, now: SystemTime, subs: u8, auth: bool) -> Value {
             m.insert("account".into(), json!(c.account));
         }
         m.insert("name_tag".into(), json!(c.account));
+    }
+    if let Some(tls) = &c.tls {
+        m.insert("tls_version".into(), json!(tls.version));
+        m.insert("tls_cipher_suite".into(), json!(tls.cipher));
+        if !tls.peer_certs.is_empty() {
+            let certs: Vec<Value> = tls
+                .peer_certs
+                .iter()
+                .map(|p| {
+                    json!({
+                        "subject": p.subject,
+                        "spki_sha256": p.spki_sha256,
+                        "cert_sha256": p.cert_sha256,
+                    })
+                })
+                .collect();
+            m.insert("tls_peer_certs".into(), json!(certs));
+        }
+        if tls.handshake_first {
+            m.insert("tls_first".into(), json!(true));
+        }
     }
     if subs == 1 && !c.subs.is_empty() {
         let list: Vec<&str> = c.subs.iter().map(|s| s.subject.as_str()).collect();

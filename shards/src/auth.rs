@@ -123,12 +123,17 @@ impl AuthConfig {
         c: &ConnectInfo,
         nonce: &[u8],
     ) -> Result<Authenticated, AuthFailure> {
-        self.identify(c, nonce).map(|identity| {
-            self.standing(&identity).unwrap_or(Authenticated {
-                identity,
-                account: GLOBAL_ACCOUNT,
-                permissions: None,
-            })
+        self.identify(c, nonce)
+            .map(|identity| self.standing_or_global(identity))
+    }
+
+    /// `standing`, or the global account without permissions for an identity the
+    /// configuration does not list (a token).
+    pub fn standing_or_global(&self, identity: Identity) -> Authenticated {
+        self.standing(&identity).unwrap_or(Authenticated {
+            identity,
+            account: GLOBAL_ACCOUNT,
+            permissions: None,
         })
     }
 
@@ -193,6 +198,21 @@ impl AuthConfig {
         match &self.no_auth_user {
             Some(name) if self.users.contains_key(name) => Ok(Identity::User(name.clone())),
             _ => Err(AuthFailure {
+                detail: "authentication error".into(),
+            }),
+        }
+    }
+
+    /// `verify_and_map`: the configured user a verified client certificate names
+    /// (no password needed).
+    pub fn authenticate_certificate(
+        &self,
+        cert: &crate::tls::PeerCert,
+    ) -> Result<(Identity, crate::tls::CertMatch), AuthFailure> {
+        let users = self.users.keys().map(String::as_str);
+        match cert.find_user(users, |name| self.users.contains_key(name)) {
+            Some((name, how)) => Ok((Identity::User(name), how)),
+            None => Err(AuthFailure {
                 detail: "authentication error".into(),
             }),
         }

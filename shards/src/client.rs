@@ -19,6 +19,7 @@ use crate::permissions::Permissions;
 use crate::proto::{self, ClientOp, ParseLimits, Parsed, ProtoError};
 use crate::shard::{Shard, Subscription};
 use crate::subject;
+use crate::tls::Conn;
 
 /// Why a connection was closed, spelled as nats-server reports it in /connz.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,7 @@ pub enum CloseReason {
     MaxAccountConnectionsExceeded,
     ReadError,
     WriteError,
+    TlsHandshakeError,
 }
 
 impl fmt::Display for CloseReason {
@@ -58,6 +60,7 @@ impl fmt::Display for CloseReason {
             CloseReason::MaxAccountConnectionsExceeded => "Maximum Account Connections Exceeded",
             CloseReason::ReadError => "Read Error",
             CloseReason::WriteError => "Write Error",
+            CloseReason::TlsHandshakeError => "TLS Handshake Failure",
         })
     }
 }
@@ -135,6 +138,8 @@ pub struct Client {
     /// Limits of the connection, lowered by its account's.
     max_payload: Cell<usize>,
     max_subscriptions: Cell<usize>,
+    /// Set once a TLS handshake completed.
+    tls: RefCell<Option<crate::tls::TlsState>>,
     counters: Counters,
 }
 
@@ -189,6 +194,7 @@ impl Client {
             replies: RefCell::new(None),
             max_payload: Cell::new(limits.0),
             max_subscriptions: Cell::new(limits.1),
+            tls: RefCell::new(None),
             counters: Counters::default(),
         }
     }
@@ -314,6 +320,41 @@ impl Client {
     /// The authentication deadline, while CONNECT has not passed.
     pub(crate) fn auth_deadline(&self) -> Option<Instant> {
         self.pending_auth.borrow().as_ref().map(|(_, d)| *d)
+    }
+
+    /// Moves the authentication deadline (nats-server starts it after the TLS handshake).
+    pub(crate) fn restart_auth_deadline(&self, deadline: Instant) {
+        if let Some((_, d)) = self.pending_auth.borrow_mut().as_mut() {
+            *d = deadline;
+        }
+    }
+
+    /// What the TLS handshake negotiated; `None` for plaintext connections.
+    pub fn tls_state(&self) -> Option<crate::tls::TlsState> {
+        self.tls.borrow().clone()
+    }
+
+    pub(crate) fn set_tls_state(&self, state: crate::tls::TlsState) {
+        *self.tls.borrow_mut() = Some(state);
+    }
+
+    /// Takes what is queued, for writing before the writer runs (INFO before TLS).
+    pub(crate) fn take_output(&self) -> BytesMut {
+        self.out.borrow_mut().split()
+    }
+
+    /// Resolves when the connection starts closing. Only for use before the writer
+    /// task runs: it borrows the writer's wake-up slot.
+    pub(crate) async fn closing(&self) {
+        std::future::poll_fn(|cx| {
+            if self.is_closing() {
+                Poll::Ready(())
+            } else {
+                self.writer.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     pub fn authenticated_as(&self) -> Option<crate::auth::Identity> {
@@ -491,6 +532,7 @@ impl Client {
             out_bytes: self.counters.out_bytes.get(),
             account: self.account(),
             user: self.authenticated_as().map(|w| w.raw()),
+            tls: self.tls_state(),
         }
     }
 }
@@ -514,6 +556,23 @@ pub(crate) async fn run_client(
     stream: glommio::net::TcpStream,
 ) {
     shard.connection_started();
+    let (tls, allow_non_tls, auth_timeout) = {
+        let opts = shard.opts();
+        (opts.tls.clone(), opts.allow_non_tls, opts.auth.timeout)
+    };
+    let stream = match tls {
+        None => Conn::Plain(stream),
+        Some(tls) => {
+            match crate::tls::establish(&client, stream, &tls, allow_non_tls, auth_timeout).await {
+                Some(conn) => conn,
+                None => {
+                    shard.close_client(&client, CloseReason::TlsHandshakeError);
+                    shard.connection_ended();
+                    return;
+                }
+            }
+        }
+    };
     let stream = Rc::new(RefCell::new(stream));
     let writer = glommio::spawn_local(write_loop(client.clone(), stream.clone())).detach();
     let reason = read_loop(&shard, &client, &stream).await;
@@ -523,29 +582,19 @@ pub(crate) async fn run_client(
     shard.connection_ended();
 }
 
-async fn read_some(
-    stream: &RefCell<glommio::net::TcpStream>,
-    buf: &mut [u8],
-) -> std::io::Result<usize> {
-    use futures_lite::AsyncRead;
-    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf))
-        .await
+async fn read_some(stream: &RefCell<Conn>, buf: &mut [u8]) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| stream.borrow_mut().poll_read(cx, buf)).await
 }
 
-async fn write_some(
-    stream: &RefCell<glommio::net::TcpStream>,
-    buf: &[u8],
-) -> std::io::Result<usize> {
-    use futures_lite::AsyncWrite;
-    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf))
-        .await
+async fn write_some(stream: &RefCell<Conn>, buf: &[u8]) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| stream.borrow_mut().poll_write(cx, buf)).await
 }
 
-async fn read_loop(
-    shard: &Rc<Shard>,
-    client: &Rc<Client>,
-    stream: &RefCell<glommio::net::TcpStream>,
-) -> CloseReason {
+async fn flush(stream: &RefCell<Conn>) -> std::io::Result<()> {
+    std::future::poll_fn(|cx| stream.borrow_mut().poll_flush(cx)).await
+}
+
+async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn>) -> CloseReason {
     let max_control_line = shard.opts().max_control_line;
     let mut buf = BytesMut::with_capacity(READ_ALLOC);
     let mut need = 0usize;
@@ -710,7 +759,8 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             }
             let pending = client.pending_auth.borrow_mut().take();
             if let Some((nonce, _)) = pending {
-                let result = shard.opts().auth.authenticate(&info, nonce.as_bytes());
+                let result =
+                    crate::tls::authenticate(&shard.opts(), client, &info, nonce.as_bytes());
                 match result {
                     Ok(standing) => {
                         if shard.bind_account(client, standing.account).is_err() {
@@ -958,7 +1008,8 @@ fn apply_account_limits(shard: &Shard, client: &Client) {
     }
 }
 
-async fn write_loop(client: Rc<Client>, stream: Rc<RefCell<glommio::net::TcpStream>>) {
+async fn write_loop(client: Rc<Client>, stream: Rc<RefCell<Conn>>) {
+    let tls = stream.borrow().is_tls();
     let mut spare = BytesMut::with_capacity(4096);
     loop {
         std::future::poll_fn(|cx| {
@@ -992,6 +1043,10 @@ async fn write_loop(client: Rc<Client>, stream: Rc<RefCell<glommio::net::TcpStre
                 }
             }
         }
+        // TLS may hold the last records back until flushed.
+        if tls && !failed && flush(&stream).await.is_err() {
+            failed = true;
+        }
         client.write_started.set(None);
         client.in_flight.set(0);
         client.notify_drained();
@@ -1006,5 +1061,14 @@ async fn write_loop(client: Rc<Client>, stream: Rc<RefCell<glommio::net::TcpStre
         }
     }
     client.notify_drained();
+    if tls {
+        // Go's tls.Conn.Close sends close_notify; a peer that does not read loses it.
+        stream.borrow_mut().send_close_notify();
+        let give_up = async {
+            glommio::timer::sleep(crate::tls::LAST_WORDS).await;
+            Ok(())
+        };
+        let _ = futures_lite::future::or(flush(&stream), give_up).await;
+    }
     client.shutdown_socket();
 }

@@ -55,6 +55,8 @@ pub struct ConnSnapshot {
     /// Who it authenticated as (user name, NKEY), when it did.
     pub user: Option<String>,
     pub subs: Vec<SubSnapshot>,
+    /// What TLS negotiated (open connections only).
+    pub tls: Option<crate::tls::TlsState>,
 }
 
 /// One account on one shard.
@@ -217,6 +219,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
             account: shard.accounts[client.account() as usize].name.clone(),
             user: client.authenticated_as().map(|w| w.raw()),
             subs: sub_list,
+            tls: client.tls_state(),
         });
     }
     let closed = shard
@@ -247,6 +250,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
                 .map_or_else(String::new, |a| a.name.clone()),
             user: c.user.clone(),
             subs: Vec::new(),
+            tls: c.tls.clone(),
         })
         .collect();
     let mut sublist = SublistSnapshot::default();

@@ -22,6 +22,12 @@ pub struct ServerInfo {
     pub headers: bool,
     #[serde(skip_serializing_if = "is_false")]
     pub auth_required: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub tls_required: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub tls_verify: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub tls_available: bool,
     pub max_payload: usize,
     #[serde(skip_serializing_if = "is_false")]
     pub jetstream: bool,
@@ -59,6 +65,9 @@ impl ServerInfo {
             port,
             headers: true,
             auth_required: opts.auth.required(),
+            tls_required: opts.tls_required(),
+            tls_verify: opts.tls.as_ref().is_some_and(|t| t.verify()),
+            tls_available: opts.tls.is_some() && !opts.tls_required(),
             max_payload: opts.max_payload,
             jetstream: false,
             client_id: None,

@@ -17,6 +17,7 @@ pub mod server;
 pub mod shard;
 pub mod subject;
 pub mod sublist;
+pub mod tls;
 
 pub use options::ServerOptions;
 pub use server::{start, ServerHandle, StartError};

@@ -1,12 +1,12 @@
 //! Typed options the data plane runs with. Built by the control plane (CLI and
 //! configuration file) and handed to every shard as an immutable snapshot.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::accounts::Accounts;
 use crate::auth::AuthConfig;
+use crate::tls::TlsSettings;
 
 /// The nats-server version whose behaviour strait matches; clients switch features by it.
 pub const NATS_VERSION: &str = "2.14.0";
@@ -57,6 +57,20 @@ pub struct ServerOptions {
     /// Accounts, their limits, exports and imports. Fixed for the life of the
     /// process (a reload that changes them is refused).
     pub accounts: Arc<Accounts>,
+    /// TLS for client connections (`tls {}`, `--tls*`); `None` is plaintext only.
+    pub tls: Option<Arc<TlsSettings>>,
+    /// With TLS configured, still accept plaintext clients (`allow_non_tls`).
+    pub allow_non_tls: bool,
+}
+
+impl ServerOptions {
+    /// INFO's `tls_required`: TLS is configured and plaintext is not allowed (a
+    /// handshake-first-only server always requires it).
+    pub fn tls_required(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| !self.allow_non_tls || t.handshake_first_only())
+    }
 }
 
 impl Default for ServerOptions {
@@ -88,6 +102,8 @@ impl Default for ServerOptions {
                 ..AuthConfig::default()
             },
             accounts: Arc::new(Accounts::default()),
+            tls: None,
+            allow_non_tls: false,
         }
     }
 }

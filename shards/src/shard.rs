@@ -226,6 +226,7 @@ pub struct ClosedClient {
     pub out_bytes: u64,
     pub account: u32,
     pub user: Option<String>,
+    pub tls: Option<crate::tls::TlsState>,
 }
 
 struct BarrierWait {
