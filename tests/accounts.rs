@@ -457,3 +457,35 @@ fn reload_applies_new_permissions_in_place() {
         Duration::from_secs(5)
     ));
 }
+
+#[test]
+fn response_routes_expire_after_the_threshold() {
+    let config = r#"
+accounts: {
+  A: {
+    users: [{user: a, password: a}],
+    imports: [{service: {account: B, subject: "slow"}}]
+  },
+  B: {
+    users: [{user: b, password: b}],
+    exports: [{service: "slow", response_type: stream, threshold: "300ms"}]
+  }
+}
+"#;
+    let server = Server::start_with_config(Some(config), &[]);
+    let mut responder = login_on(server.port, "b", "b", 1);
+    responder.send(b"SUB slow 1\r\n");
+    responder.ping_sync();
+    let mut requester = login_on(server.port, "a", "a", 0);
+    requester.send(b"SUB _INBOX.s 1\r\nPUB slow _INBOX.s 0\r\n\r\n");
+    requester.ping_sync();
+    let reply = reply_of(&responder.ping_sync());
+    responder.send(format!("PUB {reply} 5\r\nearly\r\n").as_bytes());
+    responder.ping_sync();
+    assert_eq!(requester.ping_sync(), b"MSG _INBOX.s 1 5\r\nearly\r\n");
+    // Past the threshold (and a sweep), the route back is gone.
+    std::thread::sleep(Duration::from_millis(600));
+    responder.send(format!("PUB {reply} 4\r\nlate\r\n").as_bytes());
+    responder.ping_sync();
+    assert_eq!(requester.ping_sync(), b"");
+}

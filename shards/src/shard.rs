@@ -282,9 +282,15 @@ pub struct Shard {
     /// Subscribers over half their max_pending since the last check: whoever fed
     /// them waits for them before reading more (nats-server stalls producers too).
     stalled: RefCell<Vec<Rc<Client>>>,
-    /// Routes back of service-import requests forwarded from this shard.
+    /// Routes back of service-import requests forwarded from this shard, and the
+    /// same in the order they were opened (expiry and the cap go oldest first).
     responses: RefCell<HashMap<Bytes, Rc<ResponseRoute>, ahash::RandomState>>,
+    response_order: RefCell<VecDeque<Rc<ResponseRoute>>>,
 }
+
+/// Open routes back per shard: a client flooding requests that nobody answers
+/// cannot grow them without bound; past this the oldest go first.
+const MAX_RESPONSE_ROUTES: usize = 100_000;
 
 /// Longest a producer is held back for slow subscribers at a time.
 const STALL_MAX: std::time::Duration = std::time::Duration::from_millis(1000);
@@ -369,6 +375,7 @@ impl Shard {
             live: Cell::new(0),
             stalled: RefCell::new(Vec::new()),
             responses: RefCell::default(),
+            response_order: RefCell::default(),
         }
     }
 
@@ -814,13 +821,31 @@ impl Shard {
         self.responses
             .borrow_mut()
             .insert(subject.clone(), back.clone());
+        self.response_order.borrow_mut().push_back(back.clone());
         self.broadcast_interest(route.to_account, &subject, None, 1);
+        if self.responses.borrow().len() > MAX_RESPONSE_ROUTES {
+            tracing::warn!(
+                "More than {MAX_RESPONSE_ROUTES} service import responses pending on shard {}, dropping the oldest",
+                self.id
+            );
+            while self.responses.borrow().len() > MAX_RESPONSE_ROUTES {
+                let oldest = self.response_order.borrow_mut().pop_front();
+                match oldest {
+                    Some(oldest) => self.close_response_route(&oldest),
+                    None => break,
+                }
+            }
+        }
         back
     }
 
     fn close_response_route(&self, back: &Rc<ResponseRoute>) {
-        if self.responses.borrow_mut().remove(&back.subject).is_none() {
-            return;
+        {
+            let mut open = self.responses.borrow_mut();
+            if !open.get(&back.subject).is_some_and(|r| Rc::ptr_eq(r, back)) {
+                return;
+            }
+            open.remove(&back.subject);
         }
         self.accounts[back.exporter as usize]
             .sublist
@@ -829,17 +854,27 @@ impl Shard {
         self.broadcast_interest(back.exporter, &back.subject, None, 0);
     }
 
-    /// Forgets routes back whose responses did not come in time.
+    /// Forgets routes back whose responses did not come in time, oldest first (a
+    /// route with a longer threshold ahead in line may hold a few back a little).
     fn expire_response_routes(&self, now: Instant) {
-        let expired: Vec<Rc<ResponseRoute>> = self
-            .responses
-            .borrow()
-            .values()
-            .filter(|r| r.expires <= now)
-            .cloned()
-            .collect();
-        for back in expired {
+        loop {
+            let front = {
+                let mut order = self.response_order.borrow_mut();
+                match order.front() {
+                    Some(r) if r.expires <= now => order.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(back) = front else {
+                break;
+            };
             self.close_response_route(&back);
+        }
+        // Routes closed by their response leave their place in line behind.
+        let mut order = self.response_order.borrow_mut();
+        if order.len() > 2 * self.responses.borrow().len() + 64 {
+            let open = self.responses.borrow();
+            order.retain(|r| open.get(&r.subject).is_some_and(|o| Rc::ptr_eq(o, r)));
         }
     }
 
