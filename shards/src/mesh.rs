@@ -28,7 +28,7 @@ pub enum MeshMsg {
         account: u32,
         envelope: Envelope,
         plain: bool,
-        queues: Vec<Bytes>,
+        queues: QueueNames,
     },
     /// The sending shard now has `count` local subscriptions on (subject, queue)
     /// in `account`; 0 removes its interest. Absolute, so applying it is idempotent.
@@ -48,6 +48,10 @@ pub enum MeshMsg {
 }
 
 pub type Batch = Vec<MeshMsg>;
+
+/// The queue groups a receiving shard must serve for one message: nearly always
+/// one, kept inline so routing a queue message across shards allocates nothing.
+pub type QueueNames = smallvec::SmallVec<[Bytes; 2]>;
 
 /// A message crossing shards: subject, reply and message (headers included) as
 /// ranges of one shared buffer, usually a slice of the publisher's read buffer.

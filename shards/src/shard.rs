@@ -255,7 +255,7 @@ impl Routed {
 /// Which queue groups a remote shard must serve for one message.
 struct RemoteTarget {
     plain: bool,
-    queues: Vec<Bytes>,
+    queues: crate::mesh::QueueNames,
 }
 
 pub struct Shard {
@@ -680,7 +680,7 @@ impl Shard {
                         targets[ri.shard]
                             .get_or_insert_with(|| RemoteTarget {
                                 plain: false,
-                                queues: Vec::new(),
+                                queues: Default::default(),
                             })
                             .plain = true;
                     }
@@ -698,7 +698,7 @@ impl Shard {
                         targets[ri.shard]
                             .get_or_insert_with(|| RemoteTarget {
                                 plain: false,
-                                queues: Vec::new(),
+                                queues: Default::default(),
                             })
                             .queues
                             .push(group.name.clone());
