@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Profiles strait (2 shards) under 1 -> 1 1 KiB and request/reply; prints the top symbols.
+# Profiles strait (2 shards) under strait-bench runs; prints the top symbols.
+# Usage: profile.sh ["pubsub --size 1k" "reqrep --size 16" ...]   (those two by default)
 # Needs perf and a release build (cargo build --release -p strait -p strait-bench).
 set -u
 cd "$(dirname "$0")/../.."
-for scenario in "pubsub --size 1k" "reqrep --size 16"; do
+if [ $# -eq 0 ]; then set -- "pubsub --size 1k" "reqrep --size 16"; fi
+for scenario in "$@"; do
   ./target/release/strait -a 127.0.0.1 -p 14555 >/dev/null 2>&1 & SP=$!
   sleep 0.5
   perf record -F 2999 -g -p $SP -o /tmp/perf.data -- sleep 4 >/dev/null 2>&1 &

@@ -49,9 +49,13 @@ pub enum MeshMsg {
 
 pub type Batch = Vec<MeshMsg>;
 
+/// A queue group's name, copied inline: sharing the index's `Bytes` would put a
+/// reference count both shards write on every message.
+pub type QueueName = smallvec::SmallVec<[u8; 32]>;
+
 /// The queue groups a receiving shard must serve for one message: nearly always
 /// one, kept inline so routing a queue message across shards allocates nothing.
-pub type QueueNames = smallvec::SmallVec<[Bytes; 2]>;
+pub type QueueNames = smallvec::SmallVec<[QueueName; 1]>;
 
 /// A message crossing shards: subject, reply and message (headers included) as
 /// ranges of one shared buffer, usually a slice of the publisher's read buffer.

@@ -701,7 +701,7 @@ impl Shard {
                                 queues: Default::default(),
                             })
                             .queues
-                            .push(group.name.clone());
+                            .push(crate::mesh::QueueName::from_slice(&group.name));
                     }
                     _ => {}
                 }
@@ -722,22 +722,30 @@ impl Shard {
 
     /// Hands the message to every shard chosen in the scratch targets.
     fn send_to_targets(&self, account: u32, msg: &Message<'_>) {
-        let envelope = Envelope::pack(
+        let mut targets = self.targets.borrow_mut();
+        let last = targets.iter().rposition(Option::is_some);
+        // One reference per receiving shard: the last one takes the packed envelope
+        // itself (every extra count is an atomic on a line the receivers also write).
+        let mut envelope = Some(Envelope::pack(
             msg.owner,
             msg.subject,
             msg.reply,
             msg.header_len,
             msg.message,
-        );
-        let mut targets = self.targets.borrow_mut();
+        ));
         for (shard, target) in targets.iter_mut().enumerate() {
             let Some(target) = target.take() else {
                 continue;
             };
-            if let Some(lane) = &self.lanes[shard] {
+            let envelope = if Some(shard) == last {
+                envelope.take()
+            } else {
+                envelope.clone()
+            };
+            if let (Some(lane), Some(envelope)) = (&self.lanes[shard], envelope) {
                 lane.push(MeshMsg::Deliver {
                     account,
-                    envelope: envelope.clone(),
+                    envelope,
                     plain: target.plain,
                     queues: target.queues,
                 });
@@ -904,7 +912,13 @@ impl Shard {
 
     /// Serves a message that another shard routed here: local subscribers, and the
     /// routes back that live here. Imports were applied where it was published.
-    fn deliver_remote(&self, account: u32, envelope: &Envelope, plain: bool, queues: &[Bytes]) {
+    fn deliver_remote(
+        &self,
+        account: u32,
+        envelope: &Envelope,
+        plain: bool,
+        queues: &[crate::mesh::QueueName],
+    ) {
         let (subject, reply, message) = (envelope.subject(), envelope.reply(), envelope.message());
         let header_len = envelope.header_len as usize;
         let Some(m) = self.matches(account, subject) else {
@@ -931,7 +945,7 @@ impl Shard {
             }
         }
         for name in queues {
-            let Some(group) = m.queues.iter().find(|g| g.name == name) else {
+            let Some(group) = m.queues.iter().find(|g| g.name.as_ref() == name.as_slice()) else {
                 continue;
             };
             let live = |e: &&Interest| matches!(e, Interest::Local(s) if !s.client.is_closing());
