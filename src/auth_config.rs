@@ -106,6 +106,33 @@ pub fn apply(entries: &AuthEntries<'_>, opts: &mut ServerOptions) -> Result<(), 
     if opts.auth.users.values().any(|u| !is_bcrypt(&u.password)) {
         tracing::warn!("Plaintext passwords detected, use nkeys or bcrypt");
     }
+    // Users only in the system account: anonymous clients still land in `$G`
+    // through a made-up user, as nats-server arranges it.
+    if built.len() == 2
+        && entries.authorization.is_none()
+        && opts.auth.no_auth_user.is_none()
+        && (!opts.auth.users.is_empty() || !opts.auth.nkeys.is_empty())
+    {
+        let name = format!("nats-{}", &strait_shards::auth::new_nonce()[..8]);
+        let password = name[5..].to_string();
+        opts.auth
+            .users
+            .insert(name.clone(), User::new(&name, &password));
+        opts.auth.no_auth_user = Some(name);
+        opts.auth.no_auth_user_hidden = true;
+    }
+    if let Some(name) = &opts.auth.no_auth_user {
+        if opts.auth.users.is_empty() && opts.auth.nkeys.is_empty() {
+            return Err(ConfigError::NoAuthUser(format!(
+                "no_auth_user: {name:?} present, but users/nkeys are not defined"
+            )));
+        }
+        if !opts.auth.users.contains_key(name) && !opts.auth.nkeys.iter().any(|n| n.key == *name) {
+            return Err(ConfigError::NoAuthUser(format!(
+                "no_auth_user: {name:?} not present as user or nkey in authorization block or account configuration"
+            )));
+        }
+    }
     opts.accounts = Arc::new(built);
     Ok(())
 }

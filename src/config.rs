@@ -29,6 +29,8 @@ pub enum ConfigError {
     Unknown { pos: Pos, key: String },
     #[error(transparent)]
     Accounts(#[from] strait_shards::accounts::AccountError),
+    #[error("{0}")]
+    NoAuthUser(String),
     #[error("max_payload ({max_payload}) cannot be higher than max_pending ({max_pending})")]
     PayloadAbovePending {
         max_payload: usize,

@@ -489,3 +489,60 @@ accounts: {
     responder.ping_sync();
     assert_eq!(requester.ping_sync(), b"");
 }
+
+#[test]
+fn system_account_users_alone_keep_anonymous_clients_in_the_global_account() {
+    let config =
+        "accounts { SYS { users: [ {user: sys, password: sys} ] } }\nsystem_account: SYS\n";
+    let server = Server::start_with_config(Some(config), &[]);
+    let mut anonymous = Raw::connect(server.port);
+    let info: serde_json::Value = serde_json::from_str(anonymous.info[5..].trim()).unwrap();
+    assert_eq!(info["auth_required"], true);
+    anonymous
+        .send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB x 1\r\nPUB x 1\r\n!\r\n");
+    assert_eq!(anonymous.ping_sync(), b"MSG x 1 1\r\n!\r\n");
+    // The system user is in SYS: it does not see $G's traffic.
+    let mut sys = login_on(server.port, "sys", "sys", 0);
+    sys.send(b"SUB x 1\r\n");
+    sys.ping_sync();
+    anonymous.send(b"PUB x 1\r\n?\r\n");
+    assert_eq!(anonymous.ping_sync(), b"MSG x 1 1\r\n?\r\n");
+    assert_eq!(sys.ping_sync(), b"");
+    // A wrong password is still refused.
+    let mut wrong = Raw::connect(server.port);
+    wrong.send(&connect_line("sys", "nope"));
+    let (out, _) = wrong.read_until_close(Duration::from_secs(5));
+    assert_eq!(out, b"-ERR 'Authorization Violation'\r\n");
+}
+
+#[test]
+fn no_auth_user_clears_auth_required_in_info() {
+    let config = "accounts { A { users: [ {user: a, password: a} ] } }\nno_auth_user: a\n";
+    let server = Server::start_with_config(Some(config), &[]);
+    let mut raw = Raw::connect(server.port);
+    let info: serde_json::Value = serde_json::from_str(raw.info[5..].trim()).unwrap();
+    assert!(info.get("auth_required").is_none(), "{info}");
+    raw.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB y 1\r\nPUB y 0\r\n\r\n");
+    assert_eq!(raw.ping_sync(), b"MSG y 1 0\r\n\r\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(["-t", "-c"])
+        .arg({
+            let path = server.dir.join("bad.conf");
+            std::fs::write(
+                &path,
+                "authorization { users: [ {user: a, password: a} ] }\nno_auth_user: b\n",
+            )
+            .unwrap();
+            path
+        })
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "no_auth_user: \"b\" not present as user or nkey in authorization block or account configuration"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -52,6 +52,10 @@ pub struct AuthConfig {
     pub nkeys: Vec<NkeyUser>,
     /// A CONNECT without credentials is this user (`no_auth_user`).
     pub no_auth_user: Option<String>,
+    /// `no_auth_user` was made up so that configuring only the system account's
+    /// users keeps anonymous clients in `$G`, as nats-server does; INFO then still
+    /// says `auth_required`.
+    pub no_auth_user_hidden: bool,
     pub timeout: Duration,
 }
 
@@ -110,6 +114,12 @@ impl AuthConfig {
     /// True when clients must authenticate.
     pub fn required(&self) -> bool {
         !self.users.is_empty() || self.token.is_some() || !self.nkeys.is_empty()
+    }
+
+    /// INFO's `auth_required`: false when `no_auth_user` lets clients in without
+    /// credentials (CONNECT is still required first).
+    pub fn advertised(&self) -> bool {
+        self.required() && (self.no_auth_user.is_none() || self.no_auth_user_hidden)
     }
 
     /// True when INFO must carry a nonce (NKEY users exist).
@@ -197,6 +207,9 @@ impl AuthConfig {
         }
         match &self.no_auth_user {
             Some(name) if self.users.contains_key(name) => Ok(Identity::User(name.clone())),
+            Some(key) if self.nkeys.iter().any(|n| n.key == *key) => {
+                Ok(Identity::Nkey(key.clone()))
+            }
             _ => Err(AuthFailure {
                 detail: "authentication error".into(),
             }),

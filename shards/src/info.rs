@@ -64,7 +64,7 @@ impl ServerInfo {
             host: opts.host.clone(),
             port,
             headers: true,
-            auth_required: opts.auth.required(),
+            auth_required: opts.auth.advertised(),
             tls_required: opts.tls_required(),
             tls_verify: opts.tls.as_ref().is_some_and(|t| t.verify()),
             tls_available: opts.tls.is_some() && !opts.tls_required(),
