@@ -902,7 +902,51 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
             ));
         }
     }
+    // Per account, as prometheus-nats-exporter's `-accstatz` names them (every
+    // account, as its `/accstatz?unused=1` scrape sees them).
+    let accounts = account_totals(ctx).await;
+    let per_account: [(&str, &str); 8] = [
+        ("current_connections", "current_connections"),
+        ("total_connections", "total_connections"),
+        ("subscriptions", "subscriptions"),
+        ("leaf_nodes", "leaf_nodes"),
+        ("sent_messages", "sent_messages"),
+        ("sent_bytes", "sent_bytes"),
+        ("received_messages", "received_messages"),
+        ("received_bytes", "received_bytes"),
+    ];
+    for (field, help) in per_account {
+        let name = format!("{prefix}_accstatz_{field}");
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (i, a) in accounts.iter().enumerate() {
+            let value = match field {
+                "current_connections" => a.connections as u64,
+                "total_connections" => ctx
+                    .global
+                    .account_total_connections
+                    .get(i)
+                    .map_or(0, |n| n.load(Ordering::Relaxed)),
+                "subscriptions" => a.sublist.subscriptions as u64,
+                "sent_messages" => a.sent_msgs,
+                "sent_bytes" => a.sent_bytes,
+                "received_messages" => a.received_msgs,
+                "received_bytes" => a.received_bytes,
+                _ => 0,
+            };
+            let acc = label_value(&a.name);
+            out.push_str(&format!(
+                "{name}{{server_id=\"{id}\",account=\"{acc}\",account_id=\"{acc}\",account_name=\"{acc}\"}} {value}\n"
+            ));
+        }
+    }
     out
+}
+
+/// Escapes a Prometheus label value.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 const INDEX: &str = r#"<html lang="en">

@@ -416,6 +416,18 @@ fn monitoring_shows_accounts() {
     assert_eq!(http_json(http, "/varz")["system_account"], "SYS");
     let subsz = http_json(http, "/subsz?subs=1&acc=APP");
     assert_eq!(subsz["subscriptions_list"][0]["account"], "APP");
+    let (_, _, metrics) = common::http_get(http, "/metrics");
+    for line in [
+        ",account=\"APP\",account_id=\"APP\",account_name=\"APP\"} 1\n",
+        "gnatsd_accstatz_received_messages{server_id=",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in:\n{metrics}");
+    }
+    let app_connections = metrics
+        .lines()
+        .find(|l| l.starts_with("gnatsd_accstatz_current_connections{") && l.contains("\"APP\""))
+        .unwrap();
+    assert!(app_connections.ends_with(" 1"), "{app_connections}");
 }
 
 #[test]
