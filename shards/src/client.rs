@@ -85,6 +85,9 @@ struct Counters {
     out_bytes: Cell<u64>,
 }
 
+/// Reply permits kept before the expired ones are pruned.
+const REPLY_PERMITS_PRUNE_AT: usize = 4096;
+
 /// Reply subjects a client may publish to (`allow_responses`): uses and since when.
 type ReplyPermits = HashMap<Bytes, (u32, Instant), ahash::RandomState>;
 
@@ -225,8 +228,23 @@ impl Client {
 
     /// Remembers a request's reply subject this client may then publish to.
     pub(crate) fn note_request(&self, reply: &[u8]) {
-        if let Some(replies) = self.replies.borrow_mut().as_mut() {
-            replies.insert(Bytes::copy_from_slice(reply), (0, Instant::now()));
+        let mut replies = self.replies.borrow_mut();
+        let Some(replies) = replies.as_mut() else {
+            return;
+        };
+        replies.insert(Bytes::copy_from_slice(reply), (0, Instant::now()));
+        // Requests never answered would pile up: past a bound, the expired go (as
+        // nats-server prunes its reply permissions).
+        if replies.len() > REPLY_PERMITS_PRUNE_AT {
+            let expires = self
+                .permissions
+                .borrow()
+                .as_ref()
+                .and_then(|p| p.responses)
+                .and_then(|r| r.expires);
+            if let Some(ttl) = expires {
+                replies.retain(|_, (_, since)| since.elapsed() <= ttl);
+            }
         }
     }
 
