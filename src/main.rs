@@ -517,11 +517,8 @@ impl Reloader {
                 bail!("config reload not supported for {name}: old={was}, new={now}");
             }
         }
-        if new.accounts != old.accounts {
-            bail!(
-                "config reload not supported for accounts: changing accounts, their exports, imports or limits needs a restart"
-            );
-        }
+        stabilize_accounts(&mut new, old)?;
+        global.ensure_accounts(new.accounts.len());
         new.port = old.port;
         logging::set_levels(
             process.debug.unwrap_or(false),
@@ -532,6 +529,27 @@ impl Reloader {
         self.running = new;
         Ok(())
     }
+}
+
+/// Keeps every account of the running configuration at its index (shards and
+/// connections refer to accounts by index), and points the users at the new ones.
+fn stabilize_accounts(new: &mut ServerOptions, old: &ServerOptions) -> anyhow::Result<()> {
+    let mut accounts = (*new.accounts).clone();
+    let map = accounts
+        .stabilize(&old.accounts)
+        .map_err(|e| anyhow::anyhow!("config reload not supported for accounts: {e}"))?;
+    let moved = |index: u32| map.get(index as usize).copied().unwrap_or(index);
+    for user in new.auth.users.values_mut() {
+        user.account = moved(user.account);
+    }
+    for user in &mut new.auth.nkeys {
+        user.account = moved(user.account);
+    }
+    if accounts != *old.accounts {
+        tracing::info!("Reloaded: accounts");
+    }
+    new.accounts = Arc::new(accounts);
+    Ok(())
 }
 
 /// nats-server's notices for TLS options a reload changed. New certificates apply

@@ -625,19 +625,18 @@ fn jsz_disabled(ctx: &MonitorContext) -> Value {
     })
 }
 
-/// Per-account figures summed over shards, in the options' account order.
-async fn account_totals(ctx: &MonitorContext) -> Vec<AccountSnapshot> {
+/// Per-account figures summed over shards, with the account's index, for the
+/// accounts still configured (a reload may have removed some).
+async fn account_totals(ctx: &MonitorContext) -> Vec<(usize, AccountSnapshot)> {
     let snaps = ctx.gather(false).await;
     let mut sums: Vec<AccountSnapshot> = Vec::new();
     for s in &snaps {
         for (i, a) in s.accounts.iter().enumerate() {
             if sums.len() <= i {
-                sums.push(AccountSnapshot {
-                    name: a.name.clone(),
-                    ..AccountSnapshot::default()
-                });
+                sums.resize_with(i + 1, AccountSnapshot::default);
             }
             let sum = &mut sums[i];
+            sum.name.clone_from(&a.name);
             sum.connections += a.connections;
             sum.sublist.add(&a.sublist);
             sum.sent_msgs += a.sent_msgs;
@@ -646,7 +645,11 @@ async fn account_totals(ctx: &MonitorContext) -> Vec<AccountSnapshot> {
             sum.received_bytes += a.received_bytes;
         }
     }
-    sums
+    let opts = ctx.opts.borrow();
+    sums.into_iter()
+        .enumerate()
+        .filter(|(i, _)| opts.accounts.list.get(*i).is_some_and(|a| !a.removed))
+        .collect()
 }
 
 /// `/accstatz`: accounts with connections (`unused=1`: all of them).
@@ -659,7 +662,8 @@ async fn accstatz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
     let sums = account_totals(ctx).await;
     let zero = json!({"msgs": 0, "bytes": 0});
     let mut list = Vec::new();
-    for (i, a) in sums.iter().enumerate() {
+    for (i, a) in &sums {
+        let i = *i;
         if filter
             .as_ref()
             .is_some_and(|f| !f.contains(&a.name.as_str()))
@@ -671,9 +675,8 @@ async fn accstatz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         }
         let total = ctx
             .global
-            .account_total_connections
-            .get(i)
-            .map_or(0, |n| n.load(Ordering::Relaxed));
+            .account_counters(i as u32)
+            .map_or(0, |n| n.total.load(Ordering::Relaxed));
         list.push(json!({
             "acc": a.name, "name": a.name,
             "conns": a.connections, "leafnodes": 0,
@@ -700,17 +703,24 @@ async fn accountz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
     let now = rfc3339(SystemTime::now());
     let system = accounts.name(accounts.system).to_string();
     let Some(name) = q.get("acc").filter(|a| !a.is_empty()) else {
-        let names: Vec<&str> = accounts.list.iter().map(|a| a.name.as_str()).collect();
+        let names: Vec<&str> = accounts.active().map(|(_, a)| a.name.as_str()).collect();
         return Ok(
             json!({"server_id": id, "now": now, "system_account": system, "accounts": names}),
         );
     };
-    let Some(index) = accounts.index(name) else {
+    let Some(index) = accounts
+        .index(name)
+        .filter(|i| !accounts.list[*i as usize].removed)
+    else {
         return Err(format!("Account {name} does not exist"));
     };
     let spec = &accounts.list[index as usize];
     let sums = account_totals(ctx).await;
-    let mine = sums.get(index as usize).cloned().unwrap_or_default();
+    let mine = sums
+        .into_iter()
+        .find(|(i, _)| *i == index as usize)
+        .map(|(_, a)| a)
+        .unwrap_or_default();
     let st = &mine.sublist.stats;
     let mut imports: Vec<Value> = Vec::new();
     for i in &spec.stream_imports {
@@ -918,14 +928,14 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
     for (field, help) in per_account {
         let name = format!("{prefix}_accstatz_{field}");
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (i, a) in accounts.iter().enumerate() {
+        for (i, a) in &accounts {
+            let i = *i;
             let value = match field {
                 "current_connections" => a.connections as u64,
                 "total_connections" => ctx
                     .global
-                    .account_total_connections
-                    .get(i)
-                    .map_or(0, |n| n.load(Ordering::Relaxed)),
+                    .account_counters(i as u32)
+                    .map_or(0, |n| n.total.load(Ordering::Relaxed)),
                 "subscriptions" => a.sublist.subscriptions as u64,
                 "sent_messages" => a.sent_msgs,
                 "sent_bytes" => a.sent_bytes,

@@ -460,14 +460,6 @@ fn reload_applies_new_permissions_in_place() {
     // Still connected, and the allowed subscription still works.
     raw.send(b"PUB public.x 1\r\n1\r\nPUB secret.x 1\r\n2\r\n");
     assert_eq!(raw.ping_sync(), b"MSG public.x 2 1\r\n1\r\n");
-
-    // Changing the accounts themselves needs a restart.
-    std::fs::write(server.dir.join("strait.conf"), SEED_ACCOUNTS).unwrap();
-    server.signal("reload");
-    assert!(server.wait_for_log(
-        "config reload not supported for accounts",
-        Duration::from_secs(5)
-    ));
 }
 
 #[test]
@@ -557,4 +549,79 @@ fn no_auth_user_clears_auth_required_in_info() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn reload_adds_changes_and_removes_accounts() {
+    let http = free_port();
+    let server =
+        Server::start_with_config(Some(&format!("{SEED_ACCOUNTS}\nhttp_port: {http}\n")), &[]);
+    let mut a = login_on(server.port, "a", "a", 0);
+    a.send(b"SUB foo 1\r\n");
+    a.ping_sync();
+    let mut b = login_on(server.port, "b", "b", 1);
+    b.send(b"SUB b.local 1\r\n");
+    b.ping_sync();
+
+    // C is new and imports B's foo with a prefix; A is gone; B stays.
+    let after = r#"
+accounts: {
+  B: {
+    users: [{user: b, password: b}],
+    exports: [{stream: "foo"}]
+  },
+  C: {
+    users: [{user: c, password: c}],
+    imports: [{stream: {account: B, subject: "foo"}, prefix: "from_b"}]
+  }
+}
+"#;
+    std::fs::write(
+        server.dir.join("strait.conf"),
+        format!("{after}\nhttp_port: {http}\n"),
+    )
+    .unwrap();
+    server.signal("reload");
+    assert!(server.wait_for_log("Reloaded: accounts", Duration::from_secs(5)));
+    // A's user is gone: its connection is closed.
+    let (out, closed) = a.read_until_close(Duration::from_secs(5));
+    assert!(closed);
+    assert!(find(&out, b"-ERR 'Authorization Violation'").is_some());
+    // B's connection and subscriptions carry on.
+    b.send(b"PUB b.local 1\r\n1\r\n");
+    assert_eq!(b.ping_sync(), b"MSG b.local 1 1\r\n1\r\n");
+    // C works on both shards, with its import.
+    for shard in [0, 1] {
+        let mut c = login_on(server.port, "c", "c", shard);
+        c.send(b"SUB from_b.foo 1\r\n");
+        c.ping_sync();
+        let mut publisher = login_on(server.port, "b", "b", 1 - shard);
+        publisher.send(b"PUB foo 2\r\nhi\r\n");
+        publisher.ping_sync();
+        assert_eq!(
+            c.ping_sync(),
+            b"MSG from_b.foo 1 2\r\nhi\r\n",
+            "shard {shard}"
+        );
+    }
+    let accountz = http_json(http, "/accountz");
+    assert_eq!(
+        accountz["accounts"],
+        serde_json::json!(["$G", "$SYS", "B", "C"])
+    );
+    assert!(common::http_get(http, "/accountz?acc=A")
+        .2
+        .contains("does not exist"));
+
+    // Renaming the system account is refused, and the running configuration stays.
+    std::fs::write(
+        server.dir.join("strait.conf"),
+        format!("{after}\nsystem_account: C\n"),
+    )
+    .unwrap();
+    server.signal("reload");
+    assert!(server.wait_for_log("system_account cannot change", Duration::from_secs(5)));
+    let mut c = login_on(server.port, "c", "c", 0);
+    c.send(b"SUB x 1\r\nPUB x 0\r\n\r\n");
+    assert_eq!(c.ping_sync(), b"MSG x 1 0\r\n\r\n");
 }

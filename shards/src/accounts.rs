@@ -97,6 +97,9 @@ pub struct ServiceImport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountSpec {
     pub name: String,
+    /// Gone from the configuration after a reload; kept so that the indexes of
+    /// the others stay put.
+    pub removed: bool,
     pub limits: AccountLimits,
     pub exports: Vec<Export>,
     pub stream_imports: Vec<StreamImport>,
@@ -107,6 +110,7 @@ impl AccountSpec {
     fn new(name: &str) -> AccountSpec {
         AccountSpec {
             name: name.to_string(),
+            removed: false,
             limits: AccountLimits::default(),
             exports: Vec::new(),
             stream_imports: Vec::new(),
@@ -155,6 +159,64 @@ impl Accounts {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
+
+    /// The accounts still configured (not removed by a reload).
+    pub fn active(&self) -> impl Iterator<Item = (u32, &AccountSpec)> {
+        self.list
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !a.removed)
+            .map(|(i, a)| (i as u32, a))
+    }
+
+    /// Reorders a freshly built configuration (a reload) so that every account
+    /// `previous` has keeps its index: shards, connections and the mesh refer to
+    /// accounts by index. Accounts no longer configured stay as removed
+    /// placeholders; new ones go at the end. Returns, for each fresh index, the
+    /// stable one (to rewrite what refers to accounts, such as users).
+    pub fn stabilize(&mut self, previous: &Accounts) -> Result<Vec<u32>, AccountError> {
+        let system = self.name(self.system).to_string();
+        let was = previous.name(previous.system);
+        if system != was {
+            return Err(AccountError::SystemAccountChanged(was.to_string(), system));
+        }
+        let mut fresh: Vec<Option<AccountSpec>> = self.list.drain(..).map(Some).collect();
+        let mut map = vec![0u32; fresh.len()];
+        let mut list = Vec::with_capacity(previous.list.len() + fresh.len());
+        for old in &previous.list {
+            let found = fresh
+                .iter()
+                .position(|f| f.as_ref().is_some_and(|f| f.name == old.name));
+            match found.and_then(|i| fresh[i].take().map(|spec| (i, spec))) {
+                Some((i, spec)) => {
+                    map[i] = list.len() as u32;
+                    list.push(spec);
+                }
+                None => {
+                    let mut gone = AccountSpec::new(&old.name);
+                    gone.removed = true;
+                    list.push(gone);
+                }
+            }
+        }
+        for (i, spec) in fresh.into_iter().enumerate() {
+            if let Some(spec) = spec {
+                map[i] = list.len() as u32;
+                list.push(spec);
+            }
+        }
+        for spec in &mut list {
+            for import in &mut spec.stream_imports {
+                import.from = map[import.from as usize];
+            }
+            for import in &mut spec.service_imports {
+                import.to_account = map[import.to_account as usize];
+            }
+        }
+        self.list = list;
+        self.system = previous.system;
+        Ok(map)
+    }
 }
 
 /// Why the accounts configuration cannot be used; texts as nats-server reports them.
@@ -174,6 +236,8 @@ pub enum AccountError {
     },
     #[error("system account {0:?} not defined")]
     NoSystemAccount(String),
+    #[error("system_account cannot change from {0:?} to {1:?} at reload")]
+    SystemAccountChanged(String, String),
 }
 
 /// An import as written in the configuration, by account names.
@@ -567,6 +631,40 @@ mod tests {
             b.build().unwrap_err().to_string(),
             "\"C\" account not defined for stream import"
         );
+    }
+
+    #[test]
+    fn reload_keeps_indexes() {
+        let build = |names: &[&str], stream_import: Option<(&str, &str)>| {
+            let mut b = AccountsBuilder::new();
+            for n in names {
+                b.add_account(n).unwrap();
+            }
+            b.add_export("B", export("foo", false, None));
+            if let Some((importer, exporter)) = stream_import {
+                b.add_import(import(importer, exporter, "foo", false));
+            }
+            b.build().unwrap()
+        };
+        let before = build(&["A", "B", "C"], None);
+        let mut after = build(&["B", "D", "A"], Some(("D", "B")));
+        let map = after.stabilize(&before).unwrap();
+        for name in ["$G", "$SYS", "A", "B"] {
+            assert_eq!(after.index(name), before.index(name), "{name}");
+        }
+        let c = before.index("C").unwrap() as usize;
+        assert!(after.list[c].removed);
+        let d = after.index("D").unwrap();
+        assert_eq!(d as usize, before.len());
+        assert_eq!(
+            after.list[d as usize].stream_imports[0].from,
+            after.index("B").unwrap()
+        );
+        // Fresh order was $G, $SYS, B, D, A.
+        assert_eq!(map, vec![0, 1, 3, d, 2]);
+        let mut renamed = build(&["A"], None);
+        renamed.list[1].name = "OTHER".into();
+        assert!(renamed.stabilize(&before).is_err());
     }
 
     #[test]

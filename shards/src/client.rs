@@ -699,7 +699,7 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
                         info.client_ip = Some(client.addr.ip().to_string());
                         info.connect_info = true;
                         info.remote_account =
-                            Some(shard.accounts[client.account() as usize].name.clone());
+                            shard.account(client.account()).map(|a| a.name.clone());
                         client.queue_bytes(&info.to_line());
                     }
                 }
@@ -865,7 +865,7 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 .in_bytes
                 .set(shard.stats.in_bytes.get() + message.len() as u64);
             let account = client.account();
-            if let Some(acc) = shard.accounts.get(account as usize) {
+            if let Some(acc) = shard.accounts.borrow().get(account as usize) {
                 acc.stats
                     .received_msgs
                     .set(acc.stats.received_msgs.get() + 1);

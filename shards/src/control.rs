@@ -171,6 +171,12 @@ fn wall_clock(at: Instant, now: Instant, wall_now: SystemTime) -> SystemTime {
         .unwrap_or(wall_now)
 }
 
+fn account_name(shard: &Shard, account: u32) -> String {
+    shard
+        .account(account)
+        .map_or_else(String::new, |a| a.name.clone())
+}
+
 pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
     let now = Instant::now();
     let wall_now = SystemTime::now();
@@ -192,7 +198,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
                     msgs: s.delivered.get(),
                     max: s.max.get(),
                     cid: client.cid,
-                    account: shard.accounts[client.account() as usize].name.clone(),
+                    account: account_name(shard, client.account()),
                 })
                 .collect()
         } else {
@@ -216,7 +222,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
             name,
             lang,
             version,
-            account: shard.accounts[client.account() as usize].name.clone(),
+            account: account_name(shard, client.account()),
             user: client.authenticated_as().map(|w| w.raw()),
             subs: sub_list,
             tls: client.tls_state(),
@@ -244,18 +250,15 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
             name: c.name.clone(),
             lang: c.lang.clone(),
             version: c.version.clone(),
-            account: shard
-                .accounts
-                .get(c.account as usize)
-                .map_or_else(String::new, |a| a.name.clone()),
+            account: account_name(shard, c.account),
             user: c.user.clone(),
             subs: Vec::new(),
             tls: c.tls.clone(),
         })
         .collect();
     let mut sublist = SublistSnapshot::default();
-    let mut accounts = Vec::with_capacity(shard.accounts.len());
-    for acc in &shard.accounts {
+    let mut accounts = Vec::with_capacity(shard.accounts.borrow().len());
+    for acc in shard.accounts.borrow().iter() {
         let sl = acc.sublist.borrow();
         let mut local = 0;
         sl.for_each(|_, _, e| {

@@ -37,19 +37,36 @@ pub struct Global {
     pub connections: AtomicUsize,
     pub total_connections: AtomicU64,
     pub slow_consumers: AtomicU64,
-    /// Open connections per account (index as in `ServerOptions::accounts`), for
-    /// account connection limits.
-    pub account_connections: Vec<AtomicUsize>,
-    pub account_total_connections: Vec<AtomicU64>,
+    /// Connection counts per account (index as in `ServerOptions::accounts`), for
+    /// account connection limits; a reload may add accounts.
+    accounts: std::sync::RwLock<Vec<Arc<AccountCounters>>>,
+}
+
+/// One account's connections over all shards.
+#[derive(Debug, Default)]
+pub struct AccountCounters {
+    pub connections: AtomicUsize,
+    pub total: AtomicU64,
 }
 
 impl Global {
     pub fn new(accounts: usize) -> Self {
-        Global {
-            account_connections: (0..accounts).map(|_| AtomicUsize::new(0)).collect(),
-            account_total_connections: (0..accounts).map(|_| AtomicU64::new(0)).collect(),
-            ..Global::default()
+        let global = Global::default();
+        global.ensure_accounts(accounts);
+        global
+    }
+
+    /// Makes room for counters of `n` accounts (a reload added some).
+    pub fn ensure_accounts(&self, n: usize) {
+        if let Ok(mut list) = self.accounts.write() {
+            while list.len() < n {
+                list.push(Arc::default());
+            }
         }
+    }
+
+    pub fn account_counters(&self, account: u32) -> Option<Arc<AccountCounters>> {
+        self.accounts.read().ok()?.get(account as usize).cloned()
     }
 
     /// Publishes a new options snapshot (a reload); every shard applies it on its
@@ -181,6 +198,8 @@ pub struct Account {
     pub stats: AccountStats,
     /// Connections of this account on this shard.
     pub clients: Cell<usize>,
+    /// The import routes this index holds (replaced at reload).
+    imports: RefCell<Vec<(Bytes, Interest)>>,
 }
 
 impl Account {
@@ -192,6 +211,7 @@ impl Account {
             remote: RefCell::default(),
             stats: AccountStats::default(),
             clients: Cell::new(0),
+            imports: RefCell::default(),
         }
     }
 }
@@ -267,7 +287,8 @@ pub struct Shard {
     /// INFO template with the listen port filled in.
     info: RefCell<ServerInfo>,
     pub global: Arc<Global>,
-    pub accounts: Vec<Account>,
+    /// Indexed as `ServerOptions::accounts`; a reload only appends.
+    pub accounts: RefCell<Vec<Rc<Account>>>,
     pub(crate) lanes: Vec<Option<Lane>>,
     pub(crate) clients: RefCell<HashMap<u64, Rc<Client>, ahash::RandomState>>,
     pub closed: RefCell<VecDeque<ClosedClient>>,
@@ -300,35 +321,54 @@ const STALL_PROGRESS_WINDOW: std::time::Duration = std::time::Duration::from_mil
 pub use crate::accounts::GLOBAL_ACCOUNT;
 
 /// One shard's accounts, with the import routes every shard holds alike.
-fn build_accounts(spec: &crate::accounts::Accounts) -> Vec<Account> {
-    let accounts: Vec<Account> = spec.list.iter().map(|a| Account::new(&a.name)).collect();
+fn build_accounts(spec: &crate::accounts::Accounts) -> Vec<Rc<Account>> {
+    let accounts: Vec<Rc<Account>> = spec
+        .list
+        .iter()
+        .map(|a| Rc::new(Account::new(&a.name)))
+        .collect();
+    install_imports(&accounts, spec);
+    accounts
+}
+
+/// Replaces the import routes in every account's index with those of `spec`.
+fn install_imports(accounts: &[Rc<Account>], spec: &crate::accounts::Accounts) {
+    for acc in accounts {
+        let old = std::mem::take(&mut *acc.imports.borrow_mut());
+        let mut sublist = acc.sublist.borrow_mut();
+        for (subject, route) in old {
+            sublist.remove(&subject, None, &route);
+        }
+    }
+    let add = |account: u32, subject: &str, route: Interest| {
+        if let Some(acc) = accounts.get(account as usize) {
+            let subject = Bytes::copy_from_slice(subject.as_bytes());
+            acc.sublist
+                .borrow_mut()
+                .insert(&subject, None, route.clone());
+            acc.imports.borrow_mut().push((subject, route));
+        }
+    };
     for (importer, a) in spec.list.iter().enumerate() {
+        let importer = importer as u32;
         for import in &a.stream_imports {
             let route = Interest::Stream(Rc::new(StreamRoute {
-                to_account: importer as u32,
+                to_account: importer,
                 transform: import.to.clone(),
             }));
-            accounts[import.from as usize].sublist.borrow_mut().insert(
-                import.subject.as_bytes(),
-                None,
-                route,
-            );
+            add(import.from, &import.subject, route);
         }
         for import in &a.service_imports {
             let route = Interest::Service(Rc::new(ServiceRoute {
-                importer: importer as u32,
+                importer,
                 to_account: import.to_account,
                 transform: import.transform.clone(),
                 response_type: import.response_type,
                 response_threshold: import.response_threshold,
             }));
-            accounts[importer]
-                .sublist
-                .borrow_mut()
-                .insert(import.local.as_bytes(), None, route);
+            add(importer, &import.local, route);
         }
     }
-    accounts
 }
 
 /// A fresh reply subject for a request forwarded through a service import.
@@ -362,7 +402,7 @@ impl Shard {
             options_generation: Cell::new(0),
             info: RefCell::new(info),
             global,
-            accounts,
+            accounts: RefCell::new(accounts),
             lanes,
             clients: RefCell::default(),
             closed: RefCell::new(VecDeque::new()),
@@ -377,6 +417,11 @@ impl Shard {
             responses: RefCell::default(),
             response_order: RefCell::default(),
         }
+    }
+
+    /// An account of this shard by index.
+    pub fn account(&self, index: u32) -> Option<Rc<Account>> {
+        self.accounts.borrow().get(index as usize).cloned()
     }
 
     /// The options in force.
@@ -406,6 +451,9 @@ impl Shard {
         *self.info.borrow_mut() = ServerInfo::from_options(&opts, port);
         let old = std::mem::replace(&mut *self.opts.borrow_mut(), opts.clone());
         self.options_generation.set(generation);
+        if old.accounts != opts.accounts {
+            self.apply_accounts(&opts.accounts);
+        }
         if old.auth != opts.auth {
             // Connections whose credentials the new configuration no longer accepts go.
             let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
@@ -431,6 +479,18 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Takes a reloaded account configuration: accounts only ever get appended (the
+    /// control plane keeps indexes stable), and every import route is replaced.
+    fn apply_accounts(&self, spec: &crate::accounts::Accounts) {
+        {
+            let mut accounts = self.accounts.borrow_mut();
+            for a in spec.list.iter().skip(accounts.len()) {
+                accounts.push(Rc::new(Account::new(&a.name)));
+            }
+        }
+        install_imports(&self.accounts.borrow(), spec);
     }
 
     /// Gives a connection new permissions (a reload) and drops the subscriptions they
@@ -494,7 +554,9 @@ impl Shard {
     /// Registers `sub` in the index. Returns true when the other shards were told
     /// (the connection then owes a barrier before its next PONG).
     pub(crate) fn add_subscription(&self, account: u32, sub: Rc<Subscription>) -> bool {
-        let acc = &self.accounts[account as usize];
+        let Some(acc) = self.account(account) else {
+            return false;
+        };
         acc.sublist.borrow_mut().insert(
             &sub.subject,
             sub.queue.as_deref(),
@@ -517,7 +579,9 @@ impl Shard {
 
     /// Removes `sub` from the index; same return value as `add_subscription`.
     pub(crate) fn remove_subscription(&self, account: u32, sub: &Rc<Subscription>) -> bool {
-        let acc = &self.accounts[account as usize];
+        let Some(acc) = self.account(account) else {
+            return false;
+        };
         let removed = acc.sublist.borrow_mut().remove(
             &sub.subject,
             sub.queue.as_deref(),
@@ -575,7 +639,7 @@ impl Shard {
         queue: Option<Bytes>,
         count: u32,
     ) {
-        let Some(acc) = self.accounts.get(account as usize) else {
+        let Some(acc) = self.account(account) else {
             return;
         };
         let key = ((subject, queue), from);
@@ -619,8 +683,12 @@ impl Shard {
         {
             return None;
         }
-        let acc = self.accounts.get(account as usize)?;
-        let m = acc.sublist.borrow_mut().matches(subject);
+        let accounts = self.accounts.borrow();
+        let m = accounts
+            .get(account as usize)?
+            .sublist
+            .borrow_mut()
+            .matches(subject);
         Some(m)
     }
 
@@ -822,10 +890,11 @@ impl Shard {
             singleton: route.response_type == ResponseType::Singleton,
             expires: Instant::now() + route.response_threshold,
         });
-        self.accounts[route.to_account as usize]
-            .sublist
-            .borrow_mut()
-            .insert(&subject, None, Interest::Response(back.clone()));
+        if let Some(acc) = self.account(route.to_account) {
+            acc.sublist
+                .borrow_mut()
+                .insert(&subject, None, Interest::Response(back.clone()));
+        }
         self.responses
             .borrow_mut()
             .insert(subject.clone(), back.clone());
@@ -855,10 +924,11 @@ impl Shard {
             }
             open.remove(&back.subject);
         }
-        self.accounts[back.exporter as usize]
-            .sublist
-            .borrow_mut()
-            .remove(&back.subject, None, &Interest::Response(back.clone()));
+        if let Some(acc) = self.account(back.exporter) {
+            acc.sublist
+                .borrow_mut()
+                .remove(&back.subject, None, &Interest::Response(back.clone()));
+        }
         self.broadcast_interest(back.exporter, &back.subject, None, 0);
     }
 
@@ -997,7 +1067,7 @@ impl Shard {
             .out_bytes
             .set(self.stats.out_bytes.get() + message.len() as u64);
         let account = client.account();
-        if let Some(acc) = self.accounts.get(account as usize) {
+        if let Some(acc) = self.accounts.borrow().get(account as usize) {
             acc.stats.sent_msgs.set(acc.stats.sent_msgs.get() + 1);
             acc.stats
                 .sent_bytes
@@ -1075,15 +1145,12 @@ impl Shard {
     }
 
     fn enter_account(&self, client: &Client, account: u32) {
-        let i = account as usize;
-        if let Some(acc) = self.accounts.get(i) {
+        if let Some(acc) = self.accounts.borrow().get(account as usize) {
             acc.clients.set(acc.clients.get() + 1);
         }
-        if let Some(n) = self.global.account_connections.get(i) {
-            n.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(n) = self.global.account_total_connections.get(i) {
-            n.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.global.account_counters(account) {
+            n.connections.fetch_add(1, Ordering::Relaxed);
+            n.total.fetch_add(1, Ordering::Relaxed);
         }
         client.set_account(account, true);
     }
@@ -1092,13 +1159,13 @@ impl Shard {
         if !client.in_account() {
             return;
         }
-        let i = client.account() as usize;
-        client.set_account(client.account(), false);
-        if let Some(acc) = self.accounts.get(i) {
+        let account = client.account();
+        client.set_account(account, false);
+        if let Some(acc) = self.accounts.borrow().get(account as usize) {
             acc.clients.set(acc.clients.get().saturating_sub(1));
         }
-        if let Some(n) = self.global.account_connections.get(i) {
-            n.fetch_sub(1, Ordering::Relaxed);
+        if let Some(n) = self.global.account_counters(account) {
+            n.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -1114,10 +1181,8 @@ impl Shard {
             .list
             .get(account as usize)
             .and_then(|a| a.limits.max_connections);
-        if let (Some(limit), Some(n)) =
-            (limit, self.global.account_connections.get(account as usize))
-        {
-            if n.load(Ordering::Relaxed) >= limit {
+        if let (Some(limit), Some(n)) = (limit, self.global.account_counters(account)) {
+            if n.connections.load(Ordering::Relaxed) >= limit {
                 return Err(());
             }
         }
@@ -1262,6 +1327,12 @@ impl Shard {
     /// Applies one batch received from shard `from`.
     pub(crate) fn handle_batch(&self, from: usize, batch: Vec<MeshMsg>) {
         for msg in batch {
+            // Another shard already runs with accounts a reload added: catch up.
+            if let MeshMsg::Deliver { account, .. } | MeshMsg::Interest { account, .. } = &msg {
+                if *account as usize >= self.accounts.borrow().len() {
+                    self.refresh_options();
+                }
+            }
             match msg {
                 MeshMsg::Deliver {
                     account,
