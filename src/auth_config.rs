@@ -32,6 +32,7 @@ struct UserDecl {
     password: String,
     account: String,
     permissions: Option<Permissions>,
+    connection_types: Option<Vec<String>>,
     /// Where it was written, for errors.
     entry: Entry,
 }
@@ -86,6 +87,7 @@ pub fn apply(entries: &AuthEntries<'_>, opts: &mut ServerOptions) -> Result<(), 
                     key,
                     account,
                     permissions,
+                    connection_types: u.connection_types,
                 });
             }
             (Some(name), None) => {
@@ -98,6 +100,7 @@ pub fn apply(entries: &AuthEntries<'_>, opts: &mut ServerOptions) -> Result<(), 
                 let mut user = User::new(&name, &u.password);
                 user.account = account;
                 user.permissions = permissions;
+                user.connection_types = u.connection_types;
                 opts.auth.users.insert(name, user);
             }
             (None, None) => return Err(invalid(&u.entry, "a user needs user or nkey")),
@@ -214,6 +217,7 @@ fn authorization(
         password: password.unwrap_or_default(),
         account: GLOBAL_ACCOUNT_NAME.to_string(),
         permissions,
+        connection_types: None,
         entry: entry.clone(),
     }))
 }
@@ -236,6 +240,7 @@ fn user_list(entry: &Entry, account: &str) -> Result<Vec<UserDecl>, ConfigError>
             password: String::new(),
             account: account.to_string(),
             permissions: None,
+            connection_types: None,
             entry: at.clone(),
         };
         for f in map.iter() {
@@ -257,7 +262,7 @@ fn user_list(entry: &Entry, account: &str) -> Result<Vec<UserDecl>, ConfigError>
                 }
                 "account" => user.account = string(f)?,
                 "allowed_connection_types" | "connection_types" | "clients" => {
-                    return Err(unsupported(f))
+                    user.connection_types = Some(connection_types(f)?)
                 }
                 _ if f.used_as_variable => {}
                 _ => return Err(unknown(f)),
@@ -269,6 +274,29 @@ fn user_list(entry: &Entry, account: &str) -> Result<Vec<UserDecl>, ConfigError>
         out.push(user);
     }
     Ok(out)
+}
+
+/// `allowed_connection_types: ["STANDARD", "WEBSOCKET", ...]`, upper-cased.
+fn connection_types(entry: &Entry) -> Result<Vec<String>, ConfigError> {
+    let names = match &entry.value.kind {
+        Kind::String(s) => vec![s.clone()],
+        Kind::Array(items) => items
+            .iter()
+            .map(|v| string(&element(entry, v)))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(invalid(entry, "expected a list of connection types")),
+    };
+    names
+        .into_iter()
+        .map(|name| {
+            let upper = name.to_ascii_uppercase();
+            if strait_shards::auth::CONNECTION_TYPES.contains(&upper.as_str()) {
+                Ok(upper)
+            } else {
+                Err(invalid(entry, format!("unknown connection type {name:?}")))
+            }
+        })
+        .collect()
 }
 
 /// `permissions { publish, subscribe, allow_responses }`.

@@ -169,3 +169,35 @@ fn reload_removing_a_user_closes_its_connections() {
     a.send(b"SUB k 1\r\nPUB k 1\r\nx\r\n");
     assert_eq!(a.ping_sync(), b"MSG k 1 1\r\nx\r\n");
 }
+
+#[test]
+fn allowed_connection_types() {
+    let config = "authorization {\n  users: [\n    {user: web, password: w, allowed_connection_types: [\"WEBSOCKET\"]}\n    {user: app, password: a, allowed_connection_types: [\"standard\", \"mqtt\"]}\n  ]\n}\n";
+    let server = Server::start_with_config(Some(config), &[]);
+    let mut web = Raw::connect(server.port);
+    web.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"user\":\"web\",\"pass\":\"w\"}\r\n");
+    let (out, closed) = web.read_until_close(Duration::from_secs(5));
+    assert_eq!(out, b"-ERR 'Authorization Violation'\r\n");
+    assert!(closed);
+    let mut app = Raw::connect(server.port);
+    app.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"user\":\"app\",\"pass\":\"a\"}\r\n");
+    app.send(b"SUB a 1\r\nPUB a 1\r\nx\r\n");
+    assert_eq!(app.ping_sync(), b"MSG a 1 1\r\nx\r\n");
+
+    let bad = server.dir.join("bad.conf");
+    std::fs::write(
+        &bad,
+        "authorization { users: [ {user: x, password: y, allowed_connection_types: [\"CARRIER_PIGEON\"]} ] }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+        .arg("-t")
+        .arg("-c")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown connection type \"CARRIER_PIGEON\"")
+    );
+}

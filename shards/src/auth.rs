@@ -19,6 +19,8 @@ pub struct User {
     /// The account the user is bound to (an index into `ServerOptions::accounts`).
     pub account: u32,
     pub permissions: Option<Arc<Permissions>>,
+    /// `allowed_connection_types` (upper case); None allows every type.
+    pub connection_types: Option<Vec<String>>,
 }
 
 impl User {
@@ -28,8 +30,27 @@ impl User {
             password: password.to_string(),
             account: GLOBAL_ACCOUNT,
             permissions: None,
+            connection_types: None,
         }
     }
+}
+
+/// The connection types nats-server knows for `allowed_connection_types`.
+pub const CONNECTION_TYPES: &[&str] = &[
+    "STANDARD",
+    "WEBSOCKET",
+    "LEAFNODE",
+    "LEAFNODE_WS",
+    "MQTT",
+    "MQTT_WS",
+    "IN_PROCESS",
+];
+
+/// What a plain client connection is; strait's only listener serves these.
+const STANDARD: &str = "STANDARD";
+
+fn type_allowed(types: Option<&Vec<String>>) -> bool {
+    types.is_none_or(|t| t.is_empty() || t.iter().any(|t| t == STANDARD))
 }
 
 /// One configured NKEY user.
@@ -39,6 +60,7 @@ pub struct NkeyUser {
     pub key: String,
     pub account: u32,
     pub permissions: Option<Arc<Permissions>>,
+    pub connection_types: Option<Vec<String>>,
 }
 
 /// Authentication settings (`authorization {}`, `accounts {}` users and
@@ -179,7 +201,12 @@ impl AuthConfig {
                 });
             }
             let sig = c.sig.as_deref().unwrap_or("");
-            return if verify_nkey(nkey, nonce, sig) {
+            let allowed = self
+                .nkeys
+                .iter()
+                .find(|u| u.key == *nkey)
+                .is_some_and(|u| type_allowed(u.connection_types.as_ref()));
+            return if allowed && verify_nkey(nkey, nonce, sig) {
                 Ok(Identity::Nkey(nkey.clone()))
             } else {
                 Err(AuthFailure {
@@ -197,7 +224,10 @@ impl AuthConfig {
         }
         if let Some(name) = &c.user {
             return match self.users.get(name) {
-                Some(u) if password_matches(&u.password, c.pass.as_deref().unwrap_or("")) => {
+                Some(u)
+                    if password_matches(&u.password, c.pass.as_deref().unwrap_or(""))
+                        && type_allowed(u.connection_types.as_ref()) =>
+                {
                     Ok(Identity::User(name.clone()))
                 }
                 _ => Err(AuthFailure {
@@ -324,6 +354,13 @@ mod tests {
             .authenticate(&connect(r#"{"user":"hashed","pass":"pw"}"#), b"")
             .is_ok());
         assert!(c.authenticate(&connect("{}"), b"").is_err());
+        let mut websocket_only = config();
+        if let Some(u) = websocket_only.users.get_mut("derek") {
+            u.connection_types = Some(vec!["WEBSOCKET".into()]);
+        }
+        assert!(websocket_only
+            .authenticate(&connect(r#"{"user":"derek","pass":"s3cr3t"}"#), b"")
+            .is_err());
         let mut with_default = config();
         with_default.no_auth_user = Some("derek".into());
         assert_eq!(
@@ -352,6 +389,7 @@ mod tests {
                 key: user.public_key(),
                 account: 3,
                 permissions: None,
+                connection_types: None,
             }],
             ..Default::default()
         };
