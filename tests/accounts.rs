@@ -161,8 +161,15 @@ fn service_import_request_reply_across_accounts_and_shards() {
         requester.send(b"PUB b.help _INBOX.r.1 3\r\nhi?\r\n");
         requester.ping_sync();
         let request = responder.ping_sync();
-        assert!(request.starts_with(b"MSG help 1 _R_."), "{request:?}");
-        assert!(request.ends_with(b" 3\r\nhi?\r\n"));
+        // The responder learns the requester's account, as from nats-server.
+        assert!(request.starts_with(b"HMSG help 1 _R_."), "{request:?}");
+        assert!(
+            request.ends_with(
+                b" 44 47\r\nNATS/1.0\r\nNats-Request-Info: {\"acc\":\"A\"}\r\n\r\nhi?\r\n"
+            ),
+            "{}",
+            String::from_utf8_lossy(&request)
+        );
         let reply = reply_of(&request);
         responder.send(format!("PUB {reply} 2\r\nok\r\nPUB {reply} 4\r\nmore\r\n").as_bytes());
         responder.ping_sync();
@@ -184,6 +191,21 @@ fn service_import_request_reply_across_accounts_and_shards() {
             b"MSG _INBOX.r.2 9 1\r\n1\r\nMSG _INBOX.r.2 9 1\r\n2\r\n"
         );
     }
+
+    // A requester cannot pass itself off as another account.
+    let mut responder = login_on(server.port, "b", "b", 0);
+    responder.send(b"SUB help 1\r\n");
+    responder.ping_sync();
+    let mut requester = login_on(server.port, "a", "a", 1);
+    requester.send(b"HPUB b.help _INBOX.x 47 48\r\nNATS/1.0\r\nNats-Request-Info: {\"acc\":\"EVIL\"}\r\n\r\n!\r\n");
+    requester.ping_sync();
+    let request = responder.ping_sync();
+    assert!(
+        find(&request, b"Nats-Request-Info: {\"acc\":\"A\"}\r\n").is_some()
+            && find(&request, b"EVIL").is_none(),
+        "{}",
+        String::from_utf8_lossy(&request)
+    );
 
     // No responder in the exporting account: the requester hears 503.
     let mut requester = login_on(server.port, "a", "a", 0);

@@ -390,9 +390,69 @@ pub fn no_responders_header(subject: &[u8]) -> Vec<u8> {
     h
 }
 
+/// A message (headers and payload) with header `key` set to `value`: the existing
+/// header block without any `key` line, then `key: value`, as nats-server's
+/// `setHeader` writes it. Returns the message and its new header length.
+pub fn set_header(message: &[u8], header_len: usize, key: &str, value: &str) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(message.len() + key.len() + value.len() + 16);
+    if header_len > 2 && header_len <= message.len() {
+        let block = &message[..header_len - 2];
+        let mut lines = block.split_inclusive(|&b| b == b'\n');
+        if let Some(status) = lines.next() {
+            out.extend_from_slice(status);
+        }
+        for line in lines {
+            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+            if !name.eq_ignore_ascii_case(key.as_bytes()) {
+                out.extend_from_slice(line);
+            }
+        }
+    } else {
+        out.extend_from_slice(b"NATS/1.0\r\n");
+    }
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    let new_header_len = out.len();
+    out.extend_from_slice(&message[header_len.min(message.len())..]);
+    (out, new_header_len)
+}
+
+/// The value of header `key` in a header block, if present.
+pub fn header_value<'a>(headers: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    headers.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(key.as_bytes())
+            .then(|| line[colon + 1..].trim_ascii_start())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_are_set_and_replaced() {
+        let (m, n) = set_header(b"payload", 0, "Nats-Request-Info", "{\"acc\":\"A\"}");
+        assert_eq!(
+            m,
+            b"NATS/1.0\r\nNats-Request-Info: {\"acc\":\"A\"}\r\n\r\npayload"
+        );
+        assert_eq!(&m[n..], b"payload");
+        let existing = b"NATS/1.0\r\nNats-Request-Info: old\r\nX: 1\r\n\r\nbody";
+        let (m, n) = set_header(existing, existing.len() - 4, "Nats-Request-Info", "new");
+        assert_eq!(m, b"NATS/1.0\r\nX: 1\r\nNats-Request-Info: new\r\n\r\nbody");
+        assert_eq!(&m[n..], b"body");
+        assert_eq!(header_value(&m[..n], "x"), Some(&b"1"[..]));
+        assert_eq!(
+            header_value(&m[..n], "nats-request-info"),
+            Some(&b"new"[..])
+        );
+        assert_eq!(header_value(&m[..n], "missing"), None);
+    }
 
     fn lim() -> ParseLimits {
         ParseLimits::default()

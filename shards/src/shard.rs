@@ -836,6 +836,12 @@ impl Shard {
             Interest::Service(route) => {
                 let mapped = route.transform.as_ref().and_then(|t| t.apply(msg.subject));
                 let subject = mapped.as_deref().unwrap_or(msg.subject);
+                let (message, header_len) = self.request_info(route.importer, msg, hops);
+                let msg = Message {
+                    message: &message,
+                    header_len,
+                    ..msg
+                };
                 if msg.reply.is_empty() {
                     return self.route(
                         None,
@@ -876,6 +882,33 @@ impl Shard {
             }
             Interest::Local(_) | Interest::Remote(_) => Routed::default(),
         }
+    }
+
+    /// The request with nats-server's `Nats-Request-Info` header: the requester's
+    /// account, or, for a request already forwarded by another service import,
+    /// that header with the forwarding account as `svc`. A client cannot set it.
+    fn request_info(&self, importer: u32, msg: Message<'_>, hops: u8) -> (Vec<u8>, usize) {
+        const KEY: &str = "Nats-Request-Info";
+        let account = self.opts().accounts.name(importer).to_string();
+        let previous = (hops > 0)
+            .then(|| proto::header_value(&msg.message[..msg.header_len], KEY))
+            .flatten()
+            .and_then(|v| {
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(v).ok()
+            });
+        let info = match previous {
+            Some(mut info) => {
+                info.insert("svc".into(), serde_json::Value::String(account));
+                info
+            }
+            None => {
+                let mut info = serde_json::Map::new();
+                info.insert("acc".into(), serde_json::Value::String(account));
+                info
+            }
+        };
+        let value = serde_json::Value::Object(info).to_string();
+        proto::set_header(msg.message, msg.header_len, KEY, &value)
     }
 
     /// Registers the way back for one request: a `_R_.` subject in the exporting
