@@ -626,6 +626,7 @@ fn imports(entry: &Entry, account: &str, builder: &mut AccountsBuilder) -> Resul
             service: false,
             prefix: None,
             to: None,
+            share: false,
         };
         let (mut stream, mut service) = (false, false);
         for e in map.iter() {
@@ -663,12 +664,21 @@ fn imports(entry: &Entry, account: &str, builder: &mut AccountsBuilder) -> Resul
                 }
                 "prefix" => decl.prefix = Some(string(e)?),
                 "to" => decl.to = Some(string(e)?),
-                "share" | "allow_trace" => return Err(unsupported(e)),
+                "share" => {
+                    decl.share = e
+                        .value
+                        .as_bool()
+                        .ok_or_else(|| invalid(e, "expected a boolean"))?
+                }
+                "allow_trace" => return Err(unsupported(e)),
                 _ => return Err(unknown(e)),
             }
         }
         if !stream && !service {
             return Err(invalid(&at, "Import needs a stream or a service"));
+        }
+        if decl.share && !service {
+            return Err(invalid(&at, "Detected share on a non-service import"));
         }
         if service && decl.prefix.is_some() {
             return Err(invalid(&at, "Detected prefix on a service import"));

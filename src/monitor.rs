@@ -24,7 +24,7 @@ use strait_shards::control::{
 };
 use strait_shards::options::{API_LEVEL, NATS_VERSION, STRAIT_VERSION};
 use strait_shards::shard::Global;
-use strait_shards::{format_duration, ServerOptions};
+use strait_shards::{format_duration, rfc3339, ServerOptions};
 
 /// What the monitor needs to know about the server.
 pub struct MonitorContext {
@@ -81,13 +81,6 @@ impl MonitorContext {
         }
         out
     }
-}
-
-/// RFC 3339 with nanoseconds in UTC, as Go's time.Time marshals.
-fn rfc3339(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    dt.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// nats-server's compact uptime: `27s`, `1m5s`, `2h3m4s`, `1d2h3m4s`, `1y2d...`.

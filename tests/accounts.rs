@@ -123,7 +123,8 @@ accounts: {
       {stream: {account: B, subject: "events.>"}, prefix: "b"},
       {service: {account: B, subject: "help"}, to: "b.help"},
       {service: {account: B, subject: "feed"}, to: "b.feed"},
-      {service: {account: B, subject: "quiet"}}
+      {service: {account: B, subject: "quiet"}},
+      {service: {account: B, subject: "who"}, to: "b.who", share: true}
     ]
   },
   B: {
@@ -132,7 +133,8 @@ accounts: {
       {stream: "events.>"},
       {service: "help", accounts: [A]},
       {service: "feed", response_type: stream},
-      {service: "quiet"}
+      {service: "quiet"},
+      {service: "who"}
     ]
   }
 }
@@ -205,6 +207,31 @@ fn service_import_request_reply_across_accounts_and_shards() {
             && find(&request, b"EVIL").is_none(),
         "{}",
         String::from_utf8_lossy(&request)
+    );
+
+    // `share`: the exporter learns who asked.
+    responder.send(b"SUB who 2\r\n");
+    responder.ping_sync();
+    requester.send(b"PUB b.who _INBOX.x 0\r\n\r\n");
+    requester.ping_sync();
+    let request = responder.ping_sync();
+    let text = String::from_utf8_lossy(&request).into_owned();
+    let json = text
+        .split("Nats-Request-Info: ")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n").next())
+        .unwrap_or_else(|| panic!("{text}"));
+    let info: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(info["acc"], "A");
+    assert_eq!(info["user"], "a");
+    assert_eq!(info["name"], "a-client");
+    assert_eq!(info["lang"], "raw");
+    assert_eq!(info["host"], "127.0.0.1");
+    assert_eq!(info["id"], requester.cid());
+    assert_eq!(info["kind"], "Client");
+    assert!(
+        info["start"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{info}"
     );
 
     // No responder in the exporting account: the requester hears 503.

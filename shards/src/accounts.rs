@@ -91,6 +91,9 @@ pub struct ServiceImport {
     pub transform: Option<SubjectTransform>,
     pub response_type: ResponseType,
     pub response_threshold: Duration,
+    /// `share`: the exporter learns who the requester is (`Nats-Request-Info` in
+    /// detail), not only its account.
+    pub share: bool,
 }
 
 /// One account's resolved configuration.
@@ -252,6 +255,8 @@ pub struct ImportDecl {
     /// Stream imports: the local subject; service imports: the local subject
     /// requests are published on (defaults to `subject`).
     pub to: Option<String>,
+    /// Service imports: share the requester's details with the exporter.
+    pub share: bool,
 }
 
 /// Collects the configuration's accounts, then resolves and checks it.
@@ -394,6 +399,7 @@ impl AccountsBuilder {
                         transform,
                         response_type: export.response_type,
                         response_threshold: export.response_threshold,
+                        share: decl.share,
                     });
             } else {
                 let to = match (&decl.prefix, &decl.to) {
@@ -552,6 +558,7 @@ mod tests {
             service,
             prefix: None,
             to: None,
+            share: false,
         }
     }
 

@@ -60,6 +60,13 @@ fn trim_fraction(v: f64) -> String {
     s.to_string()
 }
 
+/// RFC 3339 with nanoseconds in UTC, as Go's `time.Time` marshals to JSON.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::format_duration;

@@ -121,6 +121,7 @@ pub struct ServiceRoute {
     pub transform: Option<SubjectTransform>,
     pub response_type: ResponseType,
     pub response_threshold: std::time::Duration,
+    pub share: bool,
 }
 
 /// The way back of one request sent through a service import: responses published
@@ -365,6 +366,7 @@ fn install_imports(accounts: &[Rc<Account>], spec: &crate::accounts::Accounts) {
                 transform: import.transform.clone(),
                 response_type: import.response_type,
                 response_threshold: import.response_threshold,
+                share: import.share,
             }));
             add(importer, &import.local, route);
         }
@@ -783,7 +785,7 @@ impl Shard {
             remote: any_remote,
         };
         for entry in onward {
-            routed.merge(self.route_onward(&entry, msg, hops));
+            routed.merge(self.route_onward(publisher, &entry, msg, hops));
         }
         routed
     }
@@ -823,7 +825,13 @@ impl Shard {
 
     /// Follows an import or a response route out of the account a message was
     /// published in.
-    fn route_onward(&self, entry: &Interest, msg: Message<'_>, hops: u8) -> Routed {
+    fn route_onward(
+        &self,
+        publisher: Option<&Client>,
+        entry: &Interest,
+        msg: Message<'_>,
+        hops: u8,
+    ) -> Routed {
         if hops >= MAX_IMPORT_HOPS {
             return Routed::default();
         }
@@ -836,7 +844,8 @@ impl Shard {
             Interest::Service(route) => {
                 let mapped = route.transform.as_ref().and_then(|t| t.apply(msg.subject));
                 let subject = mapped.as_deref().unwrap_or(msg.subject);
-                let (message, header_len) = self.request_info(route.importer, msg, hops);
+                let requester = publisher.filter(|_| route.share);
+                let (message, header_len) = self.request_info(route.importer, requester, msg, hops);
                 let msg = Message {
                     message: &message,
                     header_len,
@@ -887,27 +896,57 @@ impl Shard {
     /// The request with nats-server's `Nats-Request-Info` header: the requester's
     /// account, or, for a request already forwarded by another service import,
     /// that header with the forwarding account as `svc`. A client cannot set it.
-    fn request_info(&self, importer: u32, msg: Message<'_>, hops: u8) -> (Vec<u8>, usize) {
+    fn request_info(
+        &self,
+        importer: u32,
+        shared: Option<&Client>,
+        msg: Message<'_>,
+        hops: u8,
+    ) -> (Vec<u8>, usize) {
+        use serde_json::Value;
         const KEY: &str = "Nats-Request-Info";
         let account = self.opts().accounts.name(importer).to_string();
         let previous = (hops > 0)
             .then(|| proto::header_value(&msg.message[..msg.header_len], KEY))
             .flatten()
-            .and_then(|v| {
-                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(v).ok()
-            });
-        let info = match previous {
-            Some(mut info) => {
-                info.insert("svc".into(), serde_json::Value::String(account));
+            .and_then(|v| serde_json::from_slice::<serde_json::Map<String, Value>>(v).ok());
+        let info = match (previous, shared) {
+            (Some(mut info), _) => {
+                info.insert("svc".into(), Value::String(account));
                 info
             }
-            None => {
+            // `share`: nats-server's detailed client info, in its field order.
+            (None, Some(client)) => {
+                let (name, lang, version) = client.identity();
+                let start = crate::rfc3339(client.start);
                 let mut info = serde_json::Map::new();
-                info.insert("acc".into(), serde_json::Value::String(account));
+                info.insert("start".into(), Value::String(start));
+                info.insert("host".into(), Value::String(client.addr.ip().to_string()));
+                info.insert("id".into(), Value::from(client.cid));
+                info.insert("acc".into(), Value::String(account));
+                let optional = [
+                    ("user", client.authenticated_as().map(|w| w.raw())),
+                    ("name", Some(name)),
+                    ("lang", Some(lang)),
+                    ("ver", Some(version)),
+                    ("server", Some(self.info.borrow().server_name.clone())),
+                ];
+                for (key, value) in optional {
+                    if let Some(v) = value.filter(|v| !v.is_empty()) {
+                        info.insert(key.into(), Value::String(v));
+                    }
+                }
+                info.insert("kind".into(), Value::String("Client".into()));
+                info.insert("client_type".into(), Value::String("nats".into()));
+                info
+            }
+            (None, None) => {
+                let mut info = serde_json::Map::new();
+                info.insert("acc".into(), Value::String(account));
                 info
             }
         };
-        let value = serde_json::Value::Object(info).to_string();
+        let value = Value::Object(info).to_string();
         proto::set_header(msg.message, msg.header_len, KEY, &value)
     }
 
@@ -1041,7 +1080,7 @@ impl Shard {
                             message,
                             owner: envelope.owner(),
                         };
-                        self.route_onward(entry, msg, 1);
+                        self.route_onward(None, entry, msg, 1);
                     }
                     _ => {}
                 }
