@@ -1,0 +1,205 @@
+//! Differential tests: the same byte stream sent to strait and to the reference
+//! nats-server (`../shared/tools/reference-server.sh`) must get the same answers.
+//! Skipped, with a message, when the reference server cannot be installed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, Server};
+
+fn reference_server() -> Option<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/reference-server.sh");
+    let out = Command::new("bash").arg(&script).output().ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "SKIPPED: reference-server.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    path.exists().then_some(path)
+}
+
+struct Reference {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_reference(binary: &Path, config: &Path) -> Reference {
+    let port = free_port();
+    let child = Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-c"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Reference { child, port }
+}
+
+/// A connection that sends a batch then PING and returns everything before PONG.
+struct Session {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Session {
+    fn open(port: u16, connect: &[u8]) -> Session {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut s = Session {
+            stream,
+            buf: Vec::new(),
+        };
+        s.exchange(connect);
+        s
+    }
+
+    fn exchange(&mut self, batch: &[u8]) -> Vec<u8> {
+        self.stream.write_all(batch).unwrap();
+        self.stream.write_all(b"PING\r\n").unwrap();
+        loop {
+            if let Some(pos) = common::find(&self.buf, b"PONG\r\n") {
+                let out: Vec<u8> = self.buf.drain(..pos + 6).collect();
+                return common::strip_info(out[..out.len() - 6].to_vec());
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// The answers as events: `-ERR` lines in order, and the messages between two of
+/// them as a sorted run without their sids (the order in which one message
+/// reaches several subscriptions, and which member of a queue group gets it, are
+/// not part of the protocol; how many get it is).
+fn events(out: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(out);
+    let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+    let mut events = Vec::new();
+    let mut run: Vec<String> = Vec::new();
+    while let Some(line) = lines.next() {
+        if let Some(rest) = line.strip_prefix("MSG ") {
+            let payload = lines.next().unwrap_or("");
+            let subject = rest.split(' ').next().unwrap_or("");
+            run.push(format!("MSG {subject} | {payload}"));
+        } else {
+            run.sort();
+            events.append(&mut run);
+            events.push(line.to_string());
+        }
+    }
+    run.sort();
+    events.append(&mut run);
+    events
+}
+
+/// xorshift64*: a fixed sequence, so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+const PERMISSIONS: &str = r#"
+authorization {
+  users: [
+    {user: p, password: p, permissions: {
+      publish: {allow: ["a.>", "b.*", "c", "q.*"], deny: ["a.secret", "b.x", "a.deny.>"]}
+      subscribe: {allow: ["a.>", "b.*", "q.* v1", "q.* v.*", "r", "c"], deny: ["a.deny.>", "b.y", "q.z v1", "a.*.x"]}
+    }}
+  ]
+}
+"#;
+
+#[test]
+fn permissions_match_nats_server() {
+    let Some(nats) = reference_server() else {
+        return;
+    };
+    let strait = Server::start_with_config(Some(PERMISSIONS), &["--shards", "1"]);
+    let config = strait.dir.join("strait.conf");
+    let reference = start_reference(&nats, &config);
+    let connect = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":true,\"no_responders\":false,\"user\":\"p\",\"pass\":\"p\"}\r\n";
+    for seed in [0x5eed_cafe_f00d_0001u64, 42, 0xdead_beef] {
+        compare_permission_traffic(strait.port, reference.port, connect, seed);
+    }
+}
+
+fn compare_permission_traffic(ours: u16, theirs: u16, connect: &[u8], seed: u64) {
+    let mut ours = Session::open(ours, connect);
+    let mut theirs = Session::open(theirs, connect);
+
+    let tokens = ["a", "b", "c", "q", "r", "x", "y", "z", "secret", "deny"];
+    let wild = ["a", "b", "q", "x", "y", "z", "deny", "*", ">"];
+    let queues = ["v1", "v2", "v.1", "w"];
+    let mut rng = Rng(seed);
+    let mut sid = 0;
+    for round in 0..200 {
+        let mut batch = Vec::new();
+        for _ in 0..8 {
+            let depth = 1 + rng.next() % 3;
+            if rng.next() % 2 == 0 {
+                let mut subject: Vec<&str> = Vec::new();
+                for i in 0..depth {
+                    let t = rng.pick(&wild);
+                    // '>' only last.
+                    let t = if t == ">" && i + 1 < depth { "*" } else { t };
+                    subject.push(t);
+                }
+                sid += 1;
+                let queue = (rng.next() % 3 == 0).then(|| rng.pick(&queues));
+                match queue {
+                    Some(q) => batch.extend_from_slice(
+                        format!("SUB {} {q} {sid}\r\n", subject.join(".")).as_bytes(),
+                    ),
+                    None => batch.extend_from_slice(
+                        format!("SUB {} {sid}\r\n", subject.join(".")).as_bytes(),
+                    ),
+                }
+            } else {
+                let subject: Vec<&str> = (0..depth).map(|_| rng.pick(&tokens)).collect();
+                batch.extend_from_slice(format!("PUB {} 1\r\n.\r\n", subject.join(".")).as_bytes());
+            }
+        }
+        let a = ours.exchange(&batch);
+        let b = theirs.exchange(&batch);
+        assert_eq!(
+            events(&a),
+            events(&b),
+            "seed {seed}, round {round}, batch:\n{}",
+            String::from_utf8_lossy(&batch)
+        );
+    }
+}
