@@ -390,6 +390,12 @@ authorization { users: [ {user: g, password: g, account: B} ] }
                 .ends_with("Error adding stream import \"foo\": stream import not authorized"),
             "{err}"
         );
+        let err = parse("accounts { A: { imports: [ {stream: {account: B, subject: \"orders.*\"}, to: \"incoming.orders\"} ] }, B: { exports: [ {stream: \"orders.*\"} ] } }")
+            .unwrap_err();
+        assert!(
+            err.to_string().ends_with("Error adding stream import \"orders.*\": failed to create mapping transform for stream import subject from \"orders.*\" to \"incoming.orders\": invalid mapping destination: not using all of the token wildcard(s) in incoming.orders"),
+            "{err}"
+        );
         let err = parse("accounts { A: { users: [ {user: x, password: y, account: NOPE} ] } }");
         assert!(err.is_err());
         let err = parse("accounts { $G: {} }").unwrap_err();

@@ -10,20 +10,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Server};
+use common::Server;
 
+/// The reference binary, installed once per test process (the install script is
+/// not meant to run twice at the same time).
 fn reference_server() -> Option<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/reference-server.sh");
-    let out = Command::new("bash").arg(&script).output().ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "SKIPPED: reference-server.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    path.exists().then_some(path)
+    static BINARY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/reference-server.sh");
+            let out = Command::new("bash").arg(&script).output().ok()?;
+            if !out.status.success() {
+                eprintln!(
+                    "SKIPPED: reference-server.sh failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return None;
+            }
+            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            path.exists().then_some(path)
+        })
+        .clone()
 }
 
 struct Reference {
@@ -38,21 +46,38 @@ impl Drop for Reference {
     }
 }
 
+/// Starts nats-server on a port of its choosing (`-p -1`) and reads the port from
+/// its log, so that concurrent tests cannot race for a port.
 fn start_reference(binary: &Path, config: &Path) -> Reference {
-    let port = free_port();
+    let log = config.with_extension("nats.log");
     let child = Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-c"])
+        .args(["-a", "127.0.0.1", "-p", "-1", "-l"])
+        .arg(&log)
+        .arg("-c")
         .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start nats-server");
+    // Killed and reaped on drop, also when the start fails below.
+    let mut reference = Reference { child, port: 0 };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not start");
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let port = text
+            .lines()
+            .find_map(|l| l.split("Listening for client connections on ").nth(1))
+            .and_then(|addr| addr.trim().rsplit(':').next()?.parse().ok());
+        if let Some(port) = port {
+            reference.port = port;
+            return reference;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not start: {text}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Reference { child, port }
 }
 
 /// A connection that sends a batch then PING and returns everything before PONG.
@@ -64,6 +89,7 @@ struct Session {
 impl Session {
     fn open(port: u16, connect: &[u8]) -> Session {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
@@ -105,7 +131,8 @@ fn events(out: &[u8]) -> Vec<String> {
             let payload = lines.next().unwrap_or("");
             let subject = rest.split(' ').next().unwrap_or("");
             run.push(format!("MSG {subject} | {payload}"));
-        } else {
+        } else if line != "PING" {
+            // (nats-server also PINGs new clients to measure their RTT; strait does not.)
             run.sort();
             events.append(&mut run);
             events.push(line.to_string());
@@ -199,6 +226,94 @@ fn compare_permission_traffic(ours: u16, theirs: u16, connect: &[u8], seed: u64)
             events(&a),
             events(&b),
             "seed {seed}, round {round}, batch:\n{}",
+            String::from_utf8_lossy(&batch)
+        );
+    }
+}
+
+const ACCOUNTS: &str = r#"
+accounts: {
+  A: {
+    users: [{user: a, password: a}]
+    imports: [
+      {stream: {account: B, subject: "events.>"}, prefix: "b"}
+      {stream: {account: B, subject: "orders.*"}, to: "incoming.*"}
+      {stream: {account: B, subject: "alerts"}}
+    ]
+  }
+  B: {
+    users: [{user: b, password: b}]
+    exports: [{stream: "events.>"}, {stream: "orders.*"}, {stream: "alerts"}, {stream: "private.>", accounts: [C]}]
+  }
+  C: {
+    users: [{user: c, password: c}]
+    imports: [{stream: {account: B, subject: "private.>"}}]
+  }
+}
+"#;
+
+fn login(port: u16, user: &str) -> Session {
+    let connect = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"user\":\"{user}\",\"pass\":\"{user}\"}}\r\n"
+    );
+    Session::open(port, connect.as_bytes())
+}
+
+#[test]
+fn stream_imports_match_nats_server() {
+    let Some(nats) = reference_server() else {
+        return;
+    };
+    let strait = Server::start_with_config(Some(ACCOUNTS), &["--shards", "1"]);
+    let reference = start_reference(&nats, &strait.dir.join("strait.conf"));
+    let mut sessions: Vec<[Session; 4]> = [strait.port, reference.port]
+        .into_iter()
+        .map(|port| {
+            [
+                login(port, "a"),
+                login(port, "b"),
+                login(port, "c"),
+                login(port, "b"),
+            ]
+        })
+        .collect();
+    for s in &mut sessions {
+        for (i, watcher) in s.iter_mut().enumerate().filter(|(i, _)| *i != 1) {
+            watcher.exchange(format!("SUB > {i}\r\n").as_bytes());
+        }
+    }
+    let subjects = [
+        "events.x",
+        "events.x.y",
+        "events",
+        "orders.new",
+        "orders.new.eu",
+        "alerts",
+        "private.k",
+        "private",
+        "other",
+        "b.events.x",
+    ];
+    let mut rng = Rng(7);
+    for round in 0..100 {
+        let mut batch = Vec::new();
+        for _ in 0..6 {
+            let subject = rng.pick(&subjects);
+            batch.extend_from_slice(format!("PUB {subject} 1\r\n.\r\n").as_bytes());
+        }
+        let mut seen = Vec::new();
+        for s in &mut sessions {
+            s[1].exchange(&batch);
+            let received: Vec<Vec<String>> = [0usize, 2, 3]
+                .iter()
+                .map(|&i| events(&s[i].exchange(b"")))
+                .collect();
+            seen.push(received);
+        }
+        assert_eq!(
+            seen[0],
+            seen[1],
+            "round {round} (A, C, B's own subscriber), batch:\n{}",
             String::from_utf8_lossy(&batch)
         );
     }

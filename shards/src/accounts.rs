@@ -388,7 +388,12 @@ impl AccountsBuilder {
                 let transform = if local == decl.subject {
                     None
                 } else {
-                    Some(SubjectTransform::new(&local, &decl.subject).map_err(|e| fail(&e))?)
+                    Some(SubjectTransform::new(&local, &decl.subject).map_err(|e| {
+                        fail(&format!(
+                            "failed to create mapping transform for service import subject from {:?} to {:?}: {e}",
+                            local, decl.subject
+                        ))
+                    })?)
                 };
                 accounts.list[importer as usize]
                     .service_imports
@@ -409,7 +414,12 @@ impl AccountsBuilder {
                 };
                 let to = match to {
                     Some(to) if to != decl.subject => {
-                        Some(SubjectTransform::new(&decl.subject, &to).map_err(|e| fail(&e))?)
+                        Some(SubjectTransform::new(&decl.subject, &to).map_err(|e| {
+                            fail(&format!(
+                                "failed to create mapping transform for stream import subject from {:?} to {:?}: {e}",
+                                decl.subject, to
+                            ))
+                        })?)
                     }
                     _ => None,
                 };
@@ -445,11 +455,18 @@ enum DestToken {
 }
 
 impl SubjectTransform {
+    /// Builds an import's transform with nats-server's rules for imports: `>` on
+    /// both sides or neither, and every `*` of the source used in the destination.
+    /// Errors read as nats-server's.
     pub fn new(source: &str, destination: &str) -> Result<SubjectTransform, String> {
         let source: Vec<String> = source.split('.').map(str::to_string).collect();
         let wildcards = source.iter().filter(|t| *t == "*").count();
         let has_tail = source.last().is_some_and(|t| t == ">");
+        if has_tail != destination.split('.').any(|t| t == ">") {
+            return Err("invalid subject".into());
+        }
         let mut next_wildcard = 0;
+        let mut used = 0;
         let mut dest = Vec::new();
         for token in destination.split('.') {
             let reference = token
@@ -462,29 +479,37 @@ impl SubjectTransform {
                 .map(|n| n.trim().parse::<usize>());
             let t = match (token, reference) {
                 (_, Some(Ok(n))) if n >= 1 && n <= wildcards => DestToken::Wildcard(n - 1),
-                (_, Some(_)) => {
+                (_, Some(Ok(n))) => {
                     return Err(format!(
-                        "invalid wildcard reference {token:?} in {destination:?}"
+                        "invalid mapping destination: wildcard index out of range in {token}: [{n}]"
+                    ))
+                }
+                (_, Some(Err(_))) => {
+                    return Err(format!(
+                        "invalid mapping destination: wildcard index out of range in {token}"
                     ))
                 }
                 ("*", None) => {
-                    if next_wildcard >= wildcards {
+                    next_wildcard += 1;
+                    if next_wildcard > wildcards {
                         return Err(format!(
-                            "{destination:?} has more wildcards than the source"
+                            "invalid mapping destination: wildcard index out of range in $${next_wildcard}: [{next_wildcard}]"
                         ));
                     }
-                    next_wildcard += 1;
                     DestToken::Wildcard(next_wildcard - 1)
                 }
-                (">", None) => {
-                    if !has_tail {
-                        return Err(format!("{destination:?} has a '>' the source lacks"));
-                    }
-                    DestToken::Tail
-                }
+                (">", None) => DestToken::Tail,
                 (t, None) => DestToken::Literal(t.to_string()),
             };
+            if matches!(t, DestToken::Wildcard(_)) {
+                used += 1;
+            }
             dest.push(t);
+        }
+        if used < wildcards {
+            return Err(format!(
+                "invalid mapping destination: not using all of the token wildcard(s) in {destination}"
+            ));
         }
         Ok(SubjectTransform {
             source,
@@ -577,6 +602,14 @@ mod tests {
         assert!(t.apply(b"foo.bar").is_none());
         assert!(SubjectTransform::new("a.*", "b.$2").is_err());
         assert!(SubjectTransform::new("a", "b.>").is_err());
+        assert_eq!(
+            SubjectTransform::new("orders.*", "incoming.orders").unwrap_err(),
+            "invalid mapping destination: not using all of the token wildcard(s) in incoming.orders"
+        );
+        assert_eq!(
+            SubjectTransform::new("a.>", "b").unwrap_err(),
+            "invalid subject"
+        );
     }
 
     #[test]
