@@ -509,27 +509,41 @@ fn limits(entry: &Entry) -> Result<AccountLimits, ConfigError> {
     Ok(limits)
 }
 
-fn exports(entry: &Entry, account: &str, builder: &mut AccountsBuilder) -> Result<(), ConfigError> {
+/// The maps of an `exports`/`imports` array, each with an entry that points at it
+/// for errors; nats-server's texts when the shape is wrong.
+fn entries_of<'a>(
+    entry: &'a Entry,
+    list_name: &str,
+    item_name: &str,
+) -> Result<Vec<(Entry, &'a Map)>, ConfigError> {
     let list = entry.value.as_array().ok_or_else(|| {
         invalid(
             entry,
             format!(
-                "Exports should be an array, got {}",
+                "{list_name} should be an array, got {}",
                 entry.value.type_name()
             ),
         )
     })?;
-    for v in list {
-        let at = element(entry, v);
-        let map = v.as_map().ok_or_else(|| {
-            invalid(
-                &at,
-                format!(
-                    "Export Items should be a map with type entry, got {}",
-                    v.type_name()
-                ),
-            )
-        })?;
+    list.iter()
+        .map(|v| {
+            let at = element(entry, v);
+            let map = v.as_map().ok_or_else(|| {
+                invalid(
+                    &at,
+                    format!(
+                        "{item_name} Items should be a map with type entry, got {}",
+                        v.type_name()
+                    ),
+                )
+            })?;
+            Ok((at, map))
+        })
+        .collect()
+}
+
+fn exports(entry: &Entry, account: &str, builder: &mut AccountsBuilder) -> Result<(), ConfigError> {
+    for (at, map) in entries_of(entry, "Exports", "Export")? {
         let mut export = Export {
             subject: String::new(),
             service: false,
@@ -599,26 +613,7 @@ fn exports(entry: &Entry, account: &str, builder: &mut AccountsBuilder) -> Resul
 }
 
 fn imports(entry: &Entry, account: &str, builder: &mut AccountsBuilder) -> Result<(), ConfigError> {
-    let list = entry.value.as_array().ok_or_else(|| {
-        invalid(
-            entry,
-            format!(
-                "Imports should be an array, got {}",
-                entry.value.type_name()
-            ),
-        )
-    })?;
-    for v in list {
-        let at = element(entry, v);
-        let map = v.as_map().ok_or_else(|| {
-            invalid(
-                &at,
-                format!(
-                    "Import Items should be a map with type entry, got {}",
-                    v.type_name()
-                ),
-            )
-        })?;
+    for (at, map) in entries_of(entry, "Imports", "Import")? {
         let mut decl = ImportDecl {
             importer: account.to_string(),
             exporter: String::new(),
