@@ -148,8 +148,11 @@ impl LogFile {
             .flatten()
             .map(|e| e.path())
             .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                p.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .strip_prefix(&prefix)
+                        .is_some_and(is_rotation_stamp)
+                })
             })
             .collect();
         // Timestamps sort chronologically as text.
@@ -160,6 +163,19 @@ impl LogFile {
             let _ = std::fs::remove_file(old);
         }
     }
+}
+
+/// True for the suffix [`LogFile::rotate`] writes (`YYYY.MM.DD.HH.MM.SS.nnnnnnnnn`):
+/// pruning must leave alone what others put beside the log (logrotate's `.gz`
+/// archives, an operator's copies).
+fn is_rotation_stamp(suffix: &str) -> bool {
+    let widths = [4, 2, 2, 2, 2, 2, 9];
+    let parts: Vec<&str> = suffix.split('.').collect();
+    parts.len() == widths.len()
+        && parts
+            .iter()
+            .zip(widths)
+            .all(|(p, w)| p.len() == w && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 static LOG_FILE: std::sync::OnceLock<&'static LogFile> = std::sync::OnceLock::new();

@@ -10,6 +10,7 @@ mod conf;
 mod config;
 mod logging;
 mod monitor;
+mod rlimit;
 mod signals;
 mod tls_config;
 
@@ -24,6 +25,13 @@ use strait_shards::options::{NATS_VERSION, STRAIT_VERSION};
 use strait_shards::ServerOptions;
 
 use crate::cli::Cli;
+
+/// What `-v` prints. Tools parse the first ` v<major.minor.patch>` as the server
+/// version (the nats.c test harness, install scripts), so the compatible
+/// nats-server version comes first and strait's own follows it.
+fn version_line() -> String {
+    format!("nats-server: v{NATS_VERSION} (strait v{STRAIT_VERSION})")
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::parse_args(std::env::args()) {
@@ -43,7 +51,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if cli.version {
-        println!("strait: v{STRAIT_VERSION} (nats-server: v{NATS_VERSION} compatible)");
+        println!("{}", version_line());
         return ExitCode::SUCCESS;
     }
     if let Some(spec) = &cli.signal {
@@ -215,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
 
     tracing::info!("Starting strait");
-    tracing::info!("  Version:  {STRAIT_VERSION} (nats-server {NATS_VERSION} compatible)");
+    tracing::info!("  Version:  {NATS_VERSION} (strait {STRAIT_VERSION})");
     tracing::info!(
         "  Name:     {}",
         if opts.server_name.is_empty() {
@@ -237,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let opts_snapshot = opts.clone();
     let start_time = std::time::SystemTime::now();
     let lame_duck = (opts.lame_duck_duration, opts.lame_duck_grace_period);
+    rlimit::apply(opts.max_connections);
     let mut handle = strait_shards::start(opts)?;
     if let Some(pid_file) = &process.pid_file {
         std::fs::write(pid_file, std::process::id().to_string())
@@ -258,17 +267,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
-    let ports_file = match &process.ports_file_dir {
-        Some(dir) => Some(write_ports_file(
-            dir,
-            &host,
-            handle.port,
-            process.http_port,
-        )?),
-        None => None,
-    };
-    tracing::info!("Server is ready");
-
     let monitoring = process.http_port.map(|port| MonitorSetup {
         host: process.http_host.clone().unwrap_or_else(|| host.clone()),
         port: if port == u16::MAX { 0 } else { port },
@@ -280,13 +278,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cli: cli.clone(),
         running: opts_snapshot,
     };
-    let control = spawn_control(
+    let (control, http_port) = spawn_control(
         handle.global.clone(),
         lame_duck,
         reloader,
         std::mem::take(&mut handle.control),
         monitoring,
     )?;
+    // After every listener is up, so that a random monitoring port (-m -1) is in it.
+    let ports_file = match &process.ports_file_dir {
+        Some(dir) => Some(write_ports_file(dir, &host, handle.port, http_port)?),
+        None => None,
+    };
+    tracing::info!("Server is ready");
     handle.join();
     let _ = control.join();
     if let Some(path) = ports_file {
@@ -319,7 +323,7 @@ fn write_ports_file(
         "nats".into(),
         serde_json::json!([format!("nats://{}", host_port(advertised, port))]),
     );
-    if let Some(http) = http_port.filter(|p| *p != 0 && *p != u16::MAX) {
+    if let Some(http) = http_port {
         ports.insert(
             "monitoring".into(),
             serde_json::json!([format!("http://{}", host_port(advertised, http))]),
@@ -355,8 +359,9 @@ fn spawn_control(
     mut reloader: Reloader,
     control_lanes: Vec<strait_shards::control::ControlEnds>,
     monitoring: Option<MonitorSetup>,
-) -> anyhow::Result<glommio::ExecutorJoinHandle<()>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+) -> anyhow::Result<(glommio::ExecutorJoinHandle<()>, Option<u16>)> {
+    // Answers the monitoring port once it listens.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<Option<u16>>>();
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     let flags: Vec<(i32, Arc<AtomicBool>)> = [SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2]
         .into_iter()
@@ -384,7 +389,7 @@ fn spawn_control(
                 },
                 None => None,
             };
-            let _ = ready_tx.send(Ok(()));
+            let _ = ready_tx.send(Ok(monitor_ctx.as_ref().map(|ctx| ctx.http_port)));
             let mut lame_duck_since: Option<std::time::Instant> = None;
             loop {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -414,7 +419,7 @@ fn spawn_control(
         })
         .map_err(|e| anyhow::anyhow!("could not start the control executor: {e}"))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(handle),
+        Ok(Ok(http_port)) => Ok((handle, http_port)),
         Ok(Err(e)) => {
             let _ = handle.join();
             Err(e)
@@ -429,15 +434,25 @@ fn start_monitoring(
     global: Arc<strait_shards::shard::Global>,
     links: Vec<strait_shards::control::ShardLink>,
 ) -> anyhow::Result<std::rc::Rc<monitor::MonitorContext>> {
-    let addr = format!("{}:{}", setup.host, setup.port);
-    // Exclusive probe first: glommio listeners share ports silently (SO_REUSEPORT).
-    let port = std::net::TcpListener::bind(&addr)
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .with_context(|| format!("can't listen to the monitor port {addr}"))?;
-    let addr = format!("{}:{}", setup.host, port);
-    let listener = glommio::net::TcpListener::bind(&addr)
-        .map_err(|e| anyhow::anyhow!("can't listen to the monitor port {addr}: {e}"))?;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    use strait_shards::listen;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(setup.host.as_str(), setup.port))
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("invalid monitoring address {}:{}", setup.host, setup.port))?;
+    let cannot = |addr, e: std::io::Error| {
+        anyhow::anyhow!(
+            "Can't start monitoring: can't listen to the monitor port: {}",
+            listen::go_listen_error(addr, &e)
+        )
+    };
+    // Exclusive first: the shared listener below would share a port silently.
+    let port = listen::claim_port(addr).map_err(|e| cannot(addr, e))?;
+    let addr = std::net::SocketAddr::new(addr.ip(), port);
+    let listener = listen::shared_listener(addr).map_err(|e| cannot(addr, e))?;
+    // SAFETY: the descriptor comes from a listening socket we own and hand over
+    // whole (into_raw_fd), so glommio's listener is its only owner.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
     tracing::info!("Starting http monitor on {}", host_port(&setup.host, port));
     let ctx = std::rc::Rc::new(monitor::MonitorContext::new(
         reloader.running.clone(),

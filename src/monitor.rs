@@ -210,7 +210,8 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
         "go": format!("strait-{STRAIT_VERSION}"),
         "host": opts.host,
         "port": ctx.client_port,
-        // Omitted when false, as nats-server's omitempty does.
+        // Omitted when false, as nats-server's omitempty does; INFO's rule.
+        "auth_required": opts.auth.advertised().then_some(true),
         "tls_required": opts.tls_required().then_some(true),
         "tls_verify": opts.tls.as_ref().is_some_and(|t| t.verify()).then_some(true),
         "max_connections": opts.max_connections,

@@ -66,6 +66,35 @@ fn resolve_pids(target: Option<&str>) -> anyhow::Result<Vec<i32>> {
     }
 }
 
+/// Refuses any pid but that of a running strait process (as nats-server refuses
+/// pids that are not nats-server's).
+fn check_target(pid: i32) -> anyhow::Result<()> {
+    if pid <= 1 {
+        bail!("invalid pid {pid}: not a strait process");
+    }
+    if !is_strait(pid) {
+        bail!("pid {pid} is not a running strait process");
+    }
+    Ok(())
+}
+
+/// True when `pid` runs the strait binary: its command name, or its executable
+/// being the one this process runs (a renamed copy of strait).
+fn is_strait(pid: i32) -> bool {
+    let proc_dir = Path::new("/proc").join(pid.to_string());
+    let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+    if comm.trim() == "strait" {
+        return true;
+    }
+    match (
+        std::fs::read_link(proc_dir.join("exe")),
+        std::env::current_exe(),
+    ) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => false,
+    }
+}
+
 fn read_pid_file(path: &Path) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("could not read pid file {}", path.display()))?;
@@ -81,7 +110,14 @@ pub fn send(spec: &str) -> anyhow::Result<()> {
         None => (spec, None),
     };
     let signal = signal_for(command)?;
-    for pid in resolve_pids(target)? {
+    let pids = resolve_pids(target)?;
+    // Check every target before signalling any: 0 and -1 would reach a process
+    // group or every process we may signal, and a stale pid file may name a
+    // process that is not strait any more.
+    for &pid in &pids {
+        check_target(pid)?;
+    }
+    for pid in pids {
         // SAFETY: kill(2) takes plain integers and touches no memory of ours.
         let rc = unsafe { libc::kill(pid, signal) };
         if rc != 0 {
@@ -116,6 +152,29 @@ mod tests {
         let mut pids = resolve_pids(Some(&format!("{}/*.pid", dir.display()))).unwrap();
         pids.sort();
         assert_eq!(pids, vec![101, 102]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_strait_processes_are_signalled() {
+        for pid in [0, 1, -1, -42] {
+            assert!(check_target(pid).is_err(), "{pid}");
+        }
+        // A process running something else is refused.
+        let mut other = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("spawn sleep");
+        let refused = check_target(other.id() as i32);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(refused.is_err());
+        let dir = std::env::temp_dir().join(format!("strait-badpids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("x.pid"), "-1").unwrap();
+        let err = send(&format!("reload={}/x.pid", dir.display())).unwrap_err();
+        assert!(err.to_string().contains("invalid pid"), "{err}");
+        assert!(send("reload=0").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

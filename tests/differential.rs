@@ -1,84 +1,14 @@
 //! Differential tests: the same byte stream sent to strait and to the reference
-//! nats-server (`../shared/tools/reference-server.sh`) must get the same answers.
-//! Skipped, with a message, when the reference server cannot be installed.
+//! nats-server (see `common::reference`) must get the same answers.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::reference::{Reference, Rng};
 use common::Server;
-
-/// The reference binary, installed once per test process (the install script is
-/// not meant to run twice at the same time).
-fn reference_server() -> Option<PathBuf> {
-    static BINARY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/reference-server.sh");
-            let out = Command::new("bash").arg(&script).output().ok()?;
-            if !out.status.success() {
-                eprintln!(
-                    "SKIPPED: reference-server.sh failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                return None;
-            }
-            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            path.exists().then_some(path)
-        })
-        .clone()
-}
-
-struct Reference {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Reference {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts nats-server on a port of its choosing (`-p -1`) and reads the port from
-/// its log, so that concurrent tests cannot race for a port.
-fn start_reference(binary: &Path, config: &Path) -> Reference {
-    let log = config.with_extension("nats.log");
-    let child = Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", "-1", "-l"])
-        .arg(&log)
-        .arg("-c")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    // Killed and reaped on drop, also when the start fails below.
-    let mut reference = Reference { child, port: 0 };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let port = text
-            .lines()
-            .find_map(|l| l.split("Listening for client connections on ").nth(1))
-            .and_then(|addr| addr.trim().rsplit(':').next()?.parse().ok());
-        if let Some(port) = port {
-            reference.port = port;
-            return reference;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nats-server did not start: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A connection that sends a batch then PING and returns everything before PONG.
 struct Session {
@@ -143,22 +73,6 @@ fn events(out: &[u8]) -> Vec<String> {
     events
 }
 
-/// xorshift64*: a fixed sequence, so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-}
-
 const PERMISSIONS: &str = r#"
 authorization {
   users: [
@@ -171,13 +85,10 @@ authorization {
 "#;
 
 #[test]
-fn permissions_match_nats_server() {
-    let Some(nats) = reference_server() else {
-        return;
-    };
+fn permissions_vs_nats_server() {
     let strait = Server::start_with_config(Some(PERMISSIONS), &["--shards", "1"]);
     let config = strait.dir.join("strait.conf");
-    let reference = start_reference(&nats, &config);
+    let reference = Reference::start(&config);
     let connect = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":true,\"no_responders\":false,\"user\":\"p\",\"pass\":\"p\"}\r\n";
     for seed in [0x5eed_cafe_f00d_0001u64, 42, 0xdead_beef] {
         compare_permission_traffic(strait.port, reference.port, connect, seed);
@@ -260,12 +171,9 @@ fn login(port: u16, user: &str) -> Session {
 }
 
 #[test]
-fn stream_imports_match_nats_server() {
-    let Some(nats) = reference_server() else {
-        return;
-    };
+fn stream_imports_vs_nats_server() {
     let strait = Server::start_with_config(Some(ACCOUNTS), &["--shards", "1"]);
-    let reference = start_reference(&nats, &strait.dir.join("strait.conf"));
+    let reference = Reference::start(&strait.dir.join("strait.conf"));
     let mut sessions: Vec<[Session; 4]> = [strait.port, reference.port]
         .into_iter()
         .map(|port| {

@@ -1,18 +1,17 @@
 //! Monitoring endpoints, compared with nats-server's captures by shape
-//! (`../shared/reference/captures/monitor/`), and their counters with the traffic.
+//! (`tests/fixtures/reference/monitor/`), and their counters with the traffic.
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{free_port, http_get as get, http_json as json, Raw, Server, CONNECT};
+use common::{http_get as get, http_json as json, Raw, Server, CONNECT};
 use serde_json::Value;
 
 fn capture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/reference/captures/monitor")
+        .join("tests/fixtures/reference/monitor")
         .join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -31,9 +30,12 @@ fn kind(v: &Value) -> &'static str {
 /// Every key of the reference is present with the same JSON type (keys of
 /// features strait does not have are listed in `skip`).
 fn same_shape(ours: &Value, reference: &Value, skip: &[&str], path: &str) {
-    let (Some(o), Some(r)) = (ours.as_object(), reference.as_object()) else {
-        return;
-    };
+    let r = reference
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: the reference is not an object: {reference}"));
+    let o = ours
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: not an object: {ours}"));
     for (k, rv) in r {
         if skip.contains(&k.as_str()) {
             continue;
@@ -49,13 +51,7 @@ fn same_shape(ours: &Value, reference: &Value, skip: &[&str], path: &str) {
 }
 
 fn start() -> (Server, u16) {
-    let http = free_port();
-    let server = Server::start(&["-m", &http.to_string()]);
-    assert!(server.wait_for_log(
-        &format!("Starting http monitor on 127.0.0.1:{http}"),
-        Duration::from_secs(5)
-    ));
-    (server, http)
+    Server::start_monitored(None, &[])
 }
 
 #[test]
@@ -118,7 +114,7 @@ fn endpoints_have_reference_shape() {
     let reference_jsz: Value = serde_json::from_str(
         &std::fs::read_to_string(
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/reference/captures/limits/d_jsz_without_js.json"),
+                .join("tests/fixtures/reference/limits/d_jsz_without_js.json"),
         )
         .unwrap(),
     )
@@ -241,17 +237,14 @@ fn connz_paging_sorting_closed_and_jsonp() {
 
 #[test]
 fn slow_consumers_are_counted() {
-    let http = free_port();
-    let server = Server::start_with_config(
-        Some(&format!(
-            "max_pending: 262144\nmax_payload: 65536\nhttp_port: {http}\n"
-        )),
+    let (server, http) = Server::start_monitored(
+        Some("max_pending: 262144\nmax_payload: 65536\n"),
         &["--shards", "1"],
     );
-    let mut slow = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    slow.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB big.> 1\r\nPING\r\n")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Subscribes, waits for its PONG, then never reads again.
+    let mut slow = Raw::connect(server.port);
+    slow.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB big.> 1\r\n");
+    slow.ping_sync();
     let mut publisher = Raw::connect(server.port);
     publisher.send(CONNECT);
     let mut frame = b"PUB big.x 60000\r\n".to_vec();

@@ -1,5 +1,5 @@
 //! A real Prometheus scrapes strait's /metrics; `promtool check metrics` accepts it.
-//! Needs Debian's `prometheus` package (scripts/test.sh installs it).
+//! Needs Debian's `prometheus` package (scripts/test.sh unpacks it under target/).
 
 mod common;
 
@@ -13,14 +13,18 @@ fn http_get(port: u16, path: &str) -> String {
     common::http_get(port, path).2
 }
 
+/// Where scripts/test.sh unpacked Prometheus (`STRAIT_PROMETHEUS_BIN`), else the
+/// system's.
 fn tool(name: &str) -> std::path::PathBuf {
-    for dir in ["/usr/bin", "/usr/local/bin"] {
-        let p = std::path::Path::new(dir).join(name);
+    let unpacked = std::env::var_os("STRAIT_PROMETHEUS_BIN").map(std::path::PathBuf::from);
+    let system = ["/usr/bin", "/usr/local/bin"].map(std::path::PathBuf::from);
+    for dir in unpacked.into_iter().chain(system) {
+        let p = dir.join(name);
         if p.exists() {
             return p;
         }
     }
-    panic!("{name} not found: install Debian's prometheus package (scripts/test.sh does)");
+    panic!("{name} not found: run scripts/test.sh, which fetches Debian's prometheus package");
 }
 
 struct Kill(std::process::Child);
@@ -33,9 +37,7 @@ impl Drop for Kill {
 
 #[test]
 fn prometheus_scrapes_metrics() {
-    let http = free_port();
-    let server = Server::start(&["-m", &http.to_string()]);
-    assert!(server.wait_for_log("Starting http monitor", Duration::from_secs(5)));
+    let (server, http) = Server::start_monitored(None, &[]);
     let mut publ = Raw::connect(server.port);
     publ.send(CONNECT);
     for _ in 0..7 {

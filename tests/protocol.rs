@@ -1,5 +1,5 @@
 //! Byte-for-byte protocol behaviour, replayed from the nats-server v2.14 captures in
-//! `../shared/reference/captures/protocol/`: the client's bytes are sent as captured
+//! `tests/fixtures/reference/protocol/`: the client's bytes are sent as captured
 //! and strait's answer must equal the reference server's (INFO lines compared by
 //! shape, since ids and ports differ).
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{Raw, Server};
 
 fn captures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/captures/protocol")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference/protocol")
 }
 
 fn unescape(s: &str) -> Vec<u8> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Server};
+use common::Server;
 use futures::StreamExt;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
@@ -574,16 +574,15 @@ async fn connz_shows_tls_and_pinned_certs_are_enforced() {
     let (cert, key) = pki.server_cert("server", "localhost");
     let pinned = pki.client_cert("pinned", &[(DnType::CommonName, "pinned")], vec![]);
     let other = pki.client_cert("other", &[(DnType::CommonName, "other")], vec![]);
-    let config = |http: u16, extra: &str| {
+    let config = |extra: &str| {
         format!(
-            "http_port: {http}\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n{extra}}}\n",
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n{extra}}}\n",
             p(&cert),
             p(&key),
             p(&pki.ca_path())
         )
     };
-    let http = free_port();
-    let server = Server::start_with_config(Some(&config(http, "")), &[]);
+    let (server, http) = Server::start_monitored(Some(&config("")), &[]);
     let client = tls_client(&server, &pki.ca_path(), Some(&pinned))
         .await
         .unwrap();
@@ -625,7 +624,7 @@ async fn connz_shows_tls_and_pinned_certs_are_enforced() {
     drop(server);
 
     let pin = format!("  pinned_certs: [\"{spki}\"]\n");
-    let server = Server::start_with_config(Some(&config(free_port(), &pin)), &[]);
+    let server = Server::start_with_config(Some(&config(&pin)), &[]);
     let ok = tls_client(&server, &pki.ca_path(), Some(&pinned))
         .await
         .unwrap();

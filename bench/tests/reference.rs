@@ -1,5 +1,5 @@
-//! Runs the harness against the reference nats-server when it can be installed
-//! (../shared/tools/reference-server.sh); skips with a message otherwise.
+//! Runs the harness against the reference nats-server
+//! (scripts/reference-server.sh installs it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,33 +9,29 @@ use strait_bench::run::{self, Progress, Target};
 use strait_bench::scenario::{JsAck, Kind, Limit, Scenario};
 use strait_bench::server::{ServerProc, ServerSpec};
 
-fn reference_server() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("STRAIT_BENCH_REFERENCE") {
-        return Some(PathBuf::from(p));
-    }
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/reference-server.sh");
-    if !script.exists() {
-        eprintln!("SKIPPED: {} not found", script.display());
-        return None;
-    }
-    match Command::new("bash").arg(&script).output() {
-        Ok(o) if o.status.success() => {
-            let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            Some(PathBuf::from(path))
-        }
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED: reference-server.sh failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: cannot run reference-server.sh: {e}");
-            None
+/// The reference binary: `STRAIT_REFERENCE_SERVER` (scripts/test.sh sets it),
+/// `STRAIT_BENCH_REFERENCE`, or what `scripts/reference-server.sh` installs. A test
+/// that cannot have it fails with the reason; scripts/test.sh skips it only when
+/// `STRAIT_SKIP_REFERENCE=1` asks, and says so.
+fn reference_server() -> PathBuf {
+    for var in ["STRAIT_REFERENCE_SERVER", "STRAIT_BENCH_REFERENCE"] {
+        if let Some(p) = std::env::var_os(var) {
+            return PathBuf::from(p);
         }
     }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference-server.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "the reference nats-server could not be installed ({}): {}\n\
+         (STRAIT_SKIP_REFERENCE=1 scripts/test.sh skips the *_vs_nats_server tests)",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn scenario(kind: Kind, publishers: usize, subs: usize, queue: bool, limit: Limit) -> Scenario {
@@ -52,10 +48,8 @@ fn scenario(kind: Kind, publishers: usize, subs: usize, queue: bool, limit: Limi
 }
 
 #[test]
-fn scenarios_against_reference_server() {
-    let Some(bin) = reference_server() else {
-        return;
-    };
+fn harness_vs_nats_server() {
+    let bin = reference_server();
     let spec = ServerSpec {
         name: "ref".into(),
         command: vec![bin.to_string_lossy().into_owned()],
@@ -135,10 +129,8 @@ fn scenarios_against_reference_server() {
 }
 
 #[test]
-fn compare_cli_reference_against_itself() {
-    let Some(bin) = reference_server() else {
-        return;
-    };
+fn compare_cli_vs_nats_server() {
+    let bin = reference_server();
     let dir = std::env::temp_dir().join(format!("strait-bench-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let (json, csv, svg) = (

@@ -293,10 +293,11 @@ fn password_matches(configured: &str, given: &str) -> bool {
     }
 }
 
-/// Verifies an NKEY signature of the nonce (base64url, padded or not, as clients send).
+/// Verifies an NKEY signature of the nonce. Clients send it in base64url (most) or
+/// in standard padded base64 (nats.py); nats-server tries the first, then the second.
 fn verify_nkey(public_key: &str, nonce: &[u8], sig: &str) -> bool {
-    let sig = sig.trim_end_matches('=');
-    let Ok(sig) = data_encoding::BASE64URL_NOPAD.decode(sig.as_bytes()) else {
+    let url = data_encoding::BASE64URL_NOPAD.decode(sig.trim_end_matches('=').as_bytes());
+    let Ok(sig) = url.or_else(|_| data_encoding::BASE64.decode(sig.as_bytes())) else {
         return false;
     };
     match nkeys::KeyPair::from_public_key(public_key) {
@@ -405,6 +406,27 @@ mod tests {
         );
         assert!(nkey_cfg
             .authenticate(&connect(&good), b"another nonce")
+            .is_err());
+        // nats.py signs in standard base64 with padding; the signature's 64 bytes
+        // encode with '+' or '/' for most nonces, so try until one does.
+        let (nonce, standard) = (0..64)
+            .map(|_| {
+                let nonce = new_nonce();
+                let sig = user.sign(nonce.as_bytes()).unwrap();
+                (nonce, data_encoding::BASE64.encode(&sig))
+            })
+            .find(|(_, s)| s.contains(['+', '/']))
+            .expect("a signature with '+' or '/'");
+        let python = format!(r#"{{"nkey":"{}","sig":"{}"}}"#, user.public_key(), standard);
+        assert_eq!(
+            nkey_cfg
+                .authenticate(&connect(&python), nonce.as_bytes())
+                .map(|a| a.account),
+            Ok(3)
+        );
+        let garbled = format!(r#"{{"nkey":"{}","sig":"%%%"}}"#, user.public_key());
+        assert!(nkey_cfg
+            .authenticate(&connect(&garbled), nonce.as_bytes())
             .is_err());
     }
 }

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::info::ConnectInfo;
 use crate::permissions::Permissions;
-use crate::proto::{self, ClientOp, ParseLimits, Parsed, ProtoError};
+use crate::proto::{self, ClientOp, ParseContext, ParseLimits, Parsed, Parser, ProtoError};
 use crate::shard::{Shard, Subscription};
 use crate::subject;
 use crate::tls::Conn;
@@ -124,14 +124,20 @@ pub struct Client {
     /// Something went to other shards (interest changes or messages) since the
     /// last PONG; the next PONG waits for them to be applied.
     mesh_dirty: Cell<bool>,
-    /// A second INFO (connect_info) follows the first PONG for protocol >= 1 clients.
-    info_after_pong: Cell<bool>,
+    /// The first PONG after CONNECT went out (with the connect_info INFO for
+    /// protocol 1 clients).
+    first_pong_sent: Cell<bool>,
     pings_out: Cell<u32>,
     next_ping_at: Cell<Instant>,
     last_activity: Cell<Instant>,
-    /// Set when authentication is required and CONNECT has not passed yet: the
-    /// nonce sent in INFO (empty without NKEY users) and the deadline.
-    pending_auth: RefCell<Option<(String, Instant)>>,
+    /// The authentication deadline, while authentication is required and no
+    /// CONNECT has passed yet.
+    pending_auth: Cell<Option<Instant>>,
+    /// The nonce sent in INFO (empty without NKEY users); every CONNECT signs it.
+    nonce: RefCell<String>,
+    /// A CONNECT was processed (a later one replaces the options and, as in
+    /// nats-server, drops the subscriptions).
+    connect_seen: Cell<bool>,
     identity: RefCell<Option<crate::auth::Identity>>,
     /// `"ACC/user:name"`, which nats-server adds to client log lines after CONNECT.
     auth_label: RefCell<Option<String>>,
@@ -186,11 +192,13 @@ impl Client {
             closing: Cell::new(None),
             cleaned_up: Cell::new(false),
             mesh_dirty: Cell::new(false),
-            info_after_pong: Cell::new(false),
+            first_pong_sent: Cell::new(false),
             pings_out: Cell::new(0),
             next_ping_at: Cell::new(first_ping),
             last_activity: Cell::new(Instant::now()),
-            pending_auth: RefCell::new(None),
+            pending_auth: Cell::new(None),
+            nonce: RefCell::new(String::new()),
+            connect_seen: Cell::new(false),
             identity: RefCell::new(None),
             auth_label: RefCell::new(None),
             permissions: RefCell::new(None),
@@ -332,18 +340,19 @@ impl Client {
 
     /// Requires CONNECT with valid credentials before anything else.
     pub(crate) fn require_auth(&self, nonce: String, deadline: Instant) {
-        *self.pending_auth.borrow_mut() = Some((nonce, deadline));
+        *self.nonce.borrow_mut() = nonce;
+        self.pending_auth.set(Some(deadline));
     }
 
     /// The authentication deadline, while CONNECT has not passed.
     pub(crate) fn auth_deadline(&self) -> Option<Instant> {
-        self.pending_auth.borrow().as_ref().map(|(_, d)| *d)
+        self.pending_auth.get()
     }
 
     /// Moves the authentication deadline (nats-server starts it after the TLS handshake).
     pub(crate) fn restart_auth_deadline(&self, deadline: Instant) {
-        if let Some((_, d)) = self.pending_auth.borrow_mut().as_mut() {
-            *d = deadline;
+        if self.pending_auth.get().is_some() {
+            self.pending_auth.set(Some(deadline));
         }
     }
 
@@ -396,9 +405,10 @@ impl Client {
         reply: &[u8],
         header_len: usize,
         message: &[u8],
+        zeros: proto::SizeZeros,
     ) -> usize {
         let mut out = self.out.borrow_mut();
-        proto::write_msg(&mut out, subject, sid, reply, header_len, message);
+        proto::write_msg(&mut out, subject, sid, reply, header_len, message, zeros);
         self.counters.out_msgs.set(self.counters.out_msgs.get() + 1);
         self.counters
             .out_bytes
@@ -616,6 +626,7 @@ async fn flush(stream: &RefCell<Conn>) -> std::io::Result<()> {
 
 async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn>) -> CloseReason {
     let max_control_line = shard.opts().max_control_line;
+    let mut parser = Parser::new();
     let mut buf = BytesMut::with_capacity(READ_ALLOC);
     let mut need = 0usize;
     // The room offered to a read is zeroed first, so it follows what reads return:
@@ -655,14 +666,30 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
         let frame = buf.split().freeze();
         let mut pos = 0;
         need = 0;
-        // CONNECT may lower the payload limit to its account's.
-        let mut limits = ParseLimits {
-            max_control_line,
-            max_payload: client.max_payload.get(),
+        // CONNECT may lower the payload limit to its account's and turn headers
+        // on; authentication ends the CONNECT-only phase.
+        let context = |client: &Client| ParseContext {
+            limits: ParseLimits {
+                max_control_line,
+                max_payload: client.max_payload.get(),
+            },
+            awaiting_auth: client.pending_auth.get().is_some(),
+            headers: client.headers(),
         };
+        let mut cx = context(client);
         while pos < frame.len() {
-            let parsed = match proto::parse(&frame[pos..], &limits) {
+            let parsed = match parser.parse(&frame[pos..], &cx) {
                 Ok(p) => p,
+                Err(ProtoError::Authorization) if shard.opts().auth.no_auth_user.is_some() => {
+                    // nats-server lets such a client in as the no_auth_user.
+                    if let Next::Close(reason) =
+                        authenticate(shard, client, &ConnectInfo::implicit())
+                    {
+                        return reason;
+                    }
+                    cx = context(client);
+                    continue;
+                }
                 Err(e) => return protocol_error(client, e),
             };
             let (op, n) = match parsed {
@@ -670,6 +697,14 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
                 Parsed::Incomplete { need: more } => {
                     need = more;
                     break;
+                }
+                Parsed::Skipped(n) => {
+                    pos += n;
+                    continue;
+                }
+                Parsed::PubHead { subject, .. } => {
+                    check_publish_subject(client, subject);
+                    continue;
                 }
             };
             let (trace, max_traced) = {
@@ -683,7 +718,7 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
             let connect = matches!(op, ClientOp::Connect(_));
             let next = process_op(shard, client, op, &frame);
             if connect {
-                limits.max_payload = client.max_payload.get();
+                cx = context(client);
             }
             match next {
                 Next::Continue => {}
@@ -693,7 +728,12 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
                     }
                     client.pings_out.set(0);
                     client.queue_bytes(proto::PONG);
-                    if client.info_after_pong.replace(false) {
+                    // nats-server: the first PING after CONNECT, from a client of
+                    // protocol 1, also gets the INFO with connect_info.
+                    let connect_info = client.connect_seen.get()
+                        && !client.first_pong_sent.replace(true)
+                        && client.connect.borrow().protocol >= 1;
+                    if connect_info {
                         let mut info = shard.info();
                         info.client_id = Some(client.cid);
                         info.client_ip = Some(client.addr.ip().to_string());
@@ -749,35 +789,132 @@ fn protocol_error(client: &Client, e: ProtoError) -> CloseReason {
     if let Some(text) = e.client_text() {
         client.queue_err(text);
     }
-    tracing::error!("{} - Client parser ERROR: {}", client.log_prefix(), e);
     match e {
-        ProtoError::MaxPayload => CloseReason::MaxPayloadExceeded,
-        ProtoError::MaxControlLine => CloseReason::MaxControlLineExceeded,
-        _ => CloseReason::ParseError,
+        ProtoError::Authorization => {
+            tracing::error!("{} - authentication error", client.log_prefix_short());
+            CloseReason::AuthenticationViolation
+        }
+        ProtoError::MaxPayload { .. } => {
+            tracing::error!("{} - {}", client.log_prefix(), e);
+            CloseReason::MaxPayloadExceeded
+        }
+        ProtoError::MaxControlLine => {
+            tracing::error!("{} - Client parser ERROR: {}", client.log_prefix(), e);
+            CloseReason::MaxControlLineExceeded
+        }
+        _ => {
+            tracing::error!("{} - Client parser ERROR: {}", client.log_prefix(), e);
+            CloseReason::ProtocolViolation
+        }
     }
+}
+
+/// In pedantic mode a PUB's subject must be a valid literal one. nats-server
+/// reports it and still delivers the message.
+fn check_publish_subject(client: &Client, subject: &[u8]) {
+    if client.connect.borrow().pedantic && !subject::is_valid_literal_subject(subject) {
+        client.queue_err("Invalid Publish Subject");
+    }
+}
+
+/// Authenticates `info`'s credentials when the server requires any and binds the
+/// client to the account they belong to; nats-server runs this on every CONNECT.
+fn authenticate(shard: &Rc<Shard>, client: &Rc<Client>, info: &ConnectInfo) -> Next {
+    let opts = shard.opts();
+    if opts.auth.required() {
+        let nonce = client.nonce.borrow().clone();
+        match crate::tls::authenticate(&opts, client, info, nonce.as_bytes()) {
+            Ok(standing) => {
+                if shard.bind_account(client, standing.account).is_err() {
+                    tracing::error!(
+                        "{} - maximum account active connections exceeded",
+                        client.log_prefix()
+                    );
+                    client.queue_err("maximum account active connections exceeded");
+                    return Next::Close(CloseReason::MaxAccountConnectionsExceeded);
+                }
+                apply_account_limits(shard, client);
+                *client.auth_label.borrow_mut() = Some(format!(
+                    "{}/{}",
+                    opts.accounts.name(standing.account),
+                    standing.identity.label()
+                ));
+                client.set_permissions(standing.permissions);
+                *client.identity.borrow_mut() = Some(standing.identity);
+            }
+            Err(failure) => {
+                tracing::error!("{} - {}", client.log_prefix_short(), failure.detail);
+                client.queue_err("Authorization Violation");
+                return Next::Close(CloseReason::AuthenticationViolation);
+            }
+        }
+    }
+    client.pending_auth.set(None);
+    Next::Continue
 }
 
 fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &Bytes) -> Next {
     let verbose = || client.connect.borrow().verbose;
-    if client.pending_auth.borrow().is_some() && !matches!(op, ClientOp::Connect(_)) {
-        client.queue_err("Authorization Violation");
-        return Next::Close(CloseReason::AuthenticationViolation);
-    }
     match op {
         ClientOp::Ping => Next::Pong,
         ClientOp::Pong => {
             client.pings_out.set(0);
             Next::Continue
         }
-        ClientOp::Info => Next::Continue,
+        ClientOp::Ok => Next::Continue,
+        ClientOp::Info(json) => {
+            // nats-server decodes it into its INFO type: null or an object.
+            match serde_json::from_slice::<serde_json::Value>(json) {
+                Ok(serde_json::Value::Null | serde_json::Value::Object(_)) => Next::Continue,
+                Ok(_) => {
+                    tracing::error!(
+                        "{} - Client parser ERROR: INFO is not an object",
+                        client.log_prefix()
+                    );
+                    Next::Close(CloseReason::ProtocolViolation)
+                }
+                Err(e) => {
+                    tracing::error!("{} - Client parser ERROR: {}", client.log_prefix(), e);
+                    Next::Close(CloseReason::ProtocolViolation)
+                }
+            }
+        }
+        ClientOp::Err(text) => {
+            tracing::error!(
+                "{} - Client Error {}",
+                client.log_prefix(),
+                String::from_utf8_lossy(text)
+            );
+            Next::Close(CloseReason::ParseError)
+        }
         ClientOp::Connect(json) => {
-            let info: ConnectInfo = match serde_json::from_slice(json) {
+            let decoded = client.connect.borrow().decode_over(json);
+            let info = match decoded {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::error!("{} - Client parser ERROR: {}", client.log_prefix(), e);
-                    return Next::Close(CloseReason::ParseError);
+                    return Next::Close(CloseReason::ProtocolViolation);
                 }
             };
+            // A later CONNECT starts over: nats-server drops the subscriptions
+            // registered so far (they could belong to another account).
+            let first_connect = !client.connect_seen.replace(true);
+            if !first_connect {
+                for sub in client.take_subs() {
+                    if shard.remove_subscription(client.account(), &sub) {
+                        client.mesh_dirty.set(true);
+                    }
+                }
+            }
+            *client.connect.borrow_mut() = info.clone();
+            if let Next::Close(reason) = authenticate(shard, client, &info) {
+                return Next::Close(reason);
+            }
+            if info.account.as_deref().is_some_and(|a| !a.is_empty()) || info.new_account {
+                tracing::error!("{} - authentication error", client.log_prefix_short());
+                client.queue_err("Authorization Violation");
+                return Next::Close(CloseReason::AuthenticationViolation);
+            }
             if info.protocol < 0 || info.protocol > 1 {
                 client.queue_err("invalid client protocol");
                 return Next::Close(CloseReason::ProtocolViolation);
@@ -786,44 +923,9 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 client.queue_err("no responders requires headers support");
                 return Next::Close(CloseReason::ProtocolViolation);
             }
-            let pending = client.pending_auth.borrow_mut().take();
-            if let Some((nonce, _)) = pending {
-                let result =
-                    crate::tls::authenticate(&shard.opts(), client, &info, nonce.as_bytes());
-                match result {
-                    Ok(standing) => {
-                        if shard.bind_account(client, standing.account).is_err() {
-                            *client.connect.borrow_mut() = info;
-                            tracing::error!(
-                                "{} - maximum account active connections exceeded",
-                                client.log_prefix()
-                            );
-                            client.queue_err("maximum account active connections exceeded");
-                            return Next::Close(CloseReason::MaxAccountConnectionsExceeded);
-                        }
-                        apply_account_limits(shard, client);
-                        *client.auth_label.borrow_mut() = Some(format!(
-                            "{}/{}",
-                            shard.opts().accounts.name(standing.account),
-                            standing.identity.label()
-                        ));
-                        client.set_permissions(standing.permissions);
-                        *client.identity.borrow_mut() = Some(standing.identity);
-                    }
-                    Err(failure) => {
-                        *client.connect.borrow_mut() = info;
-                        tracing::error!("{} - {}", client.log_prefix_short(), failure.detail);
-                        client.queue_err("Authorization Violation");
-                        return Next::Close(CloseReason::AuthenticationViolation);
-                    }
-                }
-            }
             client.echo.set(info.echo);
             client.headers.set(info.headers);
-            client.info_after_pong.set(info.protocol >= 1);
-            let verbose = info.verbose;
-            *client.connect.borrow_mut() = info;
-            if verbose {
+            if info.verbose {
                 client.queue_bytes(proto::OK);
             }
             Next::Continue
@@ -833,24 +935,14 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             reply,
             header_len,
             message,
-            hpub,
+            head_checked,
+            zeros,
+            ..
         } => {
-            if hpub && !client.headers() {
-                tracing::error!("{} - message headers not supported", client.log_prefix());
-                return Next::Close(CloseReason::ProtocolViolation);
+            if !head_checked {
+                check_publish_subject(client, subject);
             }
-            let (pedantic, no_responders) = {
-                let c = client.connect.borrow();
-                (c.pedantic, c.no_responders)
-            };
-            if pedantic && !subject::is_valid_literal_subject(subject) {
-                // nats-server still acknowledges the rejected PUB in verbose mode.
-                client.queue_err("Invalid Publish Subject");
-                if verbose() {
-                    client.queue_bytes(proto::OK);
-                }
-                return Next::Continue;
-            }
+            let no_responders = client.connect.borrow().no_responders;
             client
                 .counters
                 .in_msgs
@@ -873,28 +965,32 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                     .received_bytes
                     .set(acc.stats.received_bytes.get() + message.len() as u64);
             }
-            let denied = client.permissions.borrow().as_ref().is_some_and(|perms| {
-                perms.restricts_publish()
-                    && !perms.can_publish(subject)
-                    && !client.response_allowed(perms, subject)
-            });
+            // nats-server's order: gateway-routed subjects, permissions, Raft
+            // subjects outside the system account, reserved replies.
+            let denied = is_gateway_routed(subject)
+                || client.permissions.borrow().as_ref().is_some_and(|perms| {
+                    perms.restricts_publish()
+                        && !perms.can_publish(subject)
+                        && !client.response_allowed(perms, subject)
+                })
+                || (subject.starts_with(b"$NRG.") && account != shard.opts().accounts.system);
             if denied {
-                let subject = String::from_utf8_lossy(subject);
-                client.queue_err(&format!("Permissions Violation for Publish to {subject:?}"));
+                let subject = proto::go_quote(subject);
+                client.queue_err(&format!("Permissions Violation for Publish to {subject}"));
                 tracing::error!(
-                    "{} - Publish Violation - Subject {:?}",
+                    "{} - Publish Violation - Subject {}",
                     client.log_prefix(),
                     subject
                 );
                 return Next::Continue;
             }
             if !reply.is_empty() && is_reserved_reply(reply) {
-                let reply = String::from_utf8_lossy(reply);
+                let reply = proto::go_quote(reply);
                 client.queue_err(&format!(
-                    "Permissions Violation for Publish with Reply of {reply:?}"
+                    "Permissions Violation for Publish with Reply of {reply}"
                 ));
                 tracing::error!(
-                    "{} - Publish Violation - Reply {:?}",
+                    "{} - Publish Violation - Reply {}",
                     client.log_prefix(),
                     reply
                 );
@@ -903,7 +999,15 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             if verbose() {
                 client.queue_bytes(proto::OK);
             }
-            let routed = shard.publish(client, account, subject, reply, header_len, message, frame);
+            let routed = shard.publish(
+                client,
+                account,
+                subject,
+                reply,
+                (header_len, zeros),
+                message,
+                frame,
+            );
             if routed.remote {
                 client.mesh_dirty.set(true);
             }
@@ -917,44 +1021,42 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             queue,
             sid,
         } => {
-            if !subject::is_valid_subject(subj)
-                || queue.is_some_and(|q| !subject::is_valid_queue(q))
-            {
-                client.queue_err("Invalid Subject");
-                return Next::Continue;
-            }
+            // nats-server's order: permissions (and the reserved `_sys_` queue), the
+            // subscription limit, a repeated sid (ignored), then the subject.
             let permissions = client.permissions();
-            if let Some(perms) = &permissions {
-                if !perms.can_subscribe(subj, queue) {
-                    let subject = String::from_utf8_lossy(subj);
-                    let sid = String::from_utf8_lossy(sid);
-                    match queue.map(String::from_utf8_lossy) {
-                        Some(queue) => {
-                            client.queue_err(&format!(
-                                "Permissions Violation for Subscription to {subject:?} using queue {queue:?}"
-                            ));
-                            tracing::error!(
-                                "{} - Subscription Violation - Subject {:?}, Queue: {:?}, SID {}",
-                                client.log_prefix(),
-                                subject,
-                                queue,
-                                sid
-                            );
-                        }
-                        None => {
-                            client.queue_err(&format!(
-                                "Permissions Violation for Subscription to {subject:?}"
-                            ));
-                            tracing::error!(
-                                "{} - Subscription Violation - Subject {:?}, SID {}",
-                                client.log_prefix(),
-                                subject,
-                                sid
-                            );
-                        }
+            let allowed = queue != Some(SYSTEM_QUEUE)
+                && permissions
+                    .as_ref()
+                    .is_none_or(|perms| perms.can_subscribe(subj, queue));
+            if !allowed {
+                let subject = proto::go_quote(subj);
+                let sid = String::from_utf8_lossy(sid);
+                match queue.map(proto::go_quote) {
+                    Some(queue) => {
+                        client.queue_err(&format!(
+                            "Permissions Violation for Subscription to {subject} using queue {queue}"
+                        ));
+                        tracing::error!(
+                            "{} - Subscription Violation - Subject {}, Queue: {}, SID {}",
+                            client.log_prefix(),
+                            subject,
+                            queue,
+                            sid
+                        );
                     }
-                    return Next::Continue;
+                    None => {
+                        client.queue_err(&format!(
+                            "Permissions Violation for Subscription to {subject}"
+                        ));
+                        tracing::error!(
+                            "{} - Subscription Violation - Subject {}, SID {}",
+                            client.log_prefix(),
+                            subject,
+                            sid
+                        );
+                    }
                 }
+                return Next::Continue;
             }
             let max_subs = client.max_subscriptions.get();
             if max_subs > 0 && client.subs.borrow().len() >= max_subs {
@@ -968,6 +1070,10 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             }
             // A repeated sid is ignored, as nats-server ignores it.
             if !client.subs.borrow().contains_key(sid) {
+                if !subject::is_valid_subscription_subject(subj) {
+                    client.queue_err("Invalid Subject");
+                    return Next::Continue;
+                }
                 // Copied so the subscription does not pin the whole read buffer.
                 let sub = Rc::new(Subscription {
                     client: client.clone(),
@@ -1014,10 +1120,21 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
     }
 }
 
+/// The queue group nats-server reserves for itself.
+const SYSTEM_QUEUE: &[u8] = b"_sys_";
+
+/// The prefix of replies routed through gateways (`_GR_.<cluster>.<server>.`).
+const GATEWAY_REPLY_PREFIX: &[u8] = b"_GR_.";
+
 /// Replies only the server may hand out: service-import routes back (`_R_.`),
 /// JetStream acks and gateway-routed replies.
 fn is_reserved_reply(reply: &[u8]) -> bool {
-    reply.starts_with(b"_R_.") || reply.starts_with(b"$JS.ACK.") || reply.starts_with(b"$GNR.")
+    reply.starts_with(b"_R_.") || reply.starts_with(b"$JS.ACK.") || is_gateway_routed(reply)
+}
+
+/// A subject in the gateways' reply space, which clients may not publish to.
+fn is_gateway_routed(subject: &[u8]) -> bool {
+    subject.len() > GATEWAY_REPLY_PREFIX.len() && subject.starts_with(GATEWAY_REPLY_PREFIX)
 }
 
 /// Lowers the connection's payload and subscription limits to its account's.

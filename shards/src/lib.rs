@@ -9,6 +9,7 @@ pub mod auth;
 pub mod client;
 pub mod control;
 pub mod info;
+pub mod listen;
 pub mod mesh;
 pub mod options;
 pub mod permissions;

@@ -67,6 +67,7 @@ pub struct Envelope {
     reply: (u32, u32),
     message: (u32, u32),
     pub header_len: u32,
+    pub zeros: crate::proto::SizeZeros,
 }
 
 /// Where `part` lies in `owner`, if it does.
@@ -84,6 +85,7 @@ impl Envelope {
         reply: &[u8],
         header_len: usize,
         message: &[u8],
+        zeros: crate::proto::SizeZeros,
     ) -> Envelope {
         let at = |part: &[u8]| {
             if part.is_empty() {
@@ -104,6 +106,7 @@ impl Envelope {
                     reply: ((r - start) as u32, reply.len() as u32),
                     message: ((m - start) as u32, message.len() as u32),
                     header_len: header_len as u32,
+                    zeros,
                 };
             }
         }
@@ -117,6 +120,7 @@ impl Envelope {
             reply: (subject.len() as u32, reply.len() as u32),
             message: ((subject.len() + reply.len()) as u32, message.len() as u32),
             header_len: header_len as u32,
+            zeros,
         }
     }
 
@@ -255,15 +259,29 @@ mod tests {
     #[test]
     fn envelope_shares_the_frame_or_copies() {
         let frame = Bytes::from_static(b"PUB foo.bar _INBOX.1 5\r\nhello\r\n");
-        let envelope = Envelope::pack(&frame, &frame[4..11], &frame[12..20], 0, &frame[24..29]);
+        let envelope = Envelope::pack(
+            &frame,
+            &frame[4..11],
+            &frame[12..20],
+            0,
+            &frame[24..29],
+            Default::default(),
+        );
         assert_eq!(envelope.subject(), b"foo.bar");
         assert_eq!(envelope.reply(), b"_INBOX.1");
         assert_eq!(envelope.message(), b"hello");
         assert_eq!(envelope.owner().as_ptr(), frame[4..].as_ptr());
-        let none = Envelope::pack(&frame, &frame[4..11], b"", 0, b"");
+        let none = Envelope::pack(&frame, &frame[4..11], b"", 0, b"", Default::default());
         assert_eq!(none.subject(), b"foo.bar");
         assert!(none.reply().is_empty() && none.message().is_empty());
-        let mapped = Envelope::pack(&frame, b"imported.foo", &frame[12..20], 0, &frame[24..29]);
+        let mapped = Envelope::pack(
+            &frame,
+            b"imported.foo",
+            &frame[12..20],
+            0,
+            &frame[24..29],
+            Default::default(),
+        );
         assert_eq!(mapped.subject(), b"imported.foo");
         assert_eq!(mapped.reply(), b"_INBOX.1");
         assert_eq!(mapped.message(), b"hello");

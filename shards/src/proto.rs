@@ -1,10 +1,14 @@
 //! The NATS client protocol: a sans-I/O, zero-copy parser for what clients send and
 //! the encoder for what the server sends. Byte-exact with nats-server v2.14.
 //!
-//! The parser works on whole frames: `parse` either returns one complete operation
-//! borrowing from the input, or says how many bytes it needs before it is worth
-//! calling again. A frame split across reads is therefore never copied piecemeal:
-//! the caller accumulates bytes until `need` is met.
+//! nats-server parses byte by byte with a state machine; this parser works on whole
+//! lines and frames (so that a message is handed on as one slice of the read
+//! buffer, never copied piecemeal) but decides every case as that state machine
+//! does: which op names exist, which byte after a name is an error, where an
+//! argument starts and ends, which limits apply to what, and which errors are
+//! reported before a payload arrives. The little state it keeps between calls
+//! ([`Parser`]) is what lets it consume input that nats-server consumes without
+//! buffering it (spaces after an op name, the tail of a PING line).
 
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
@@ -14,27 +18,53 @@ use thiserror::Error;
 pub enum ClientOp<'a> {
     Connect(&'a [u8]),
     /// PUB or HPUB. `message` is the header block followed by the payload;
-    /// `header_len` is 0 for PUB.
+    /// `header_len` is 0 for PUB. `head_checked` says that [`Parsed::PubHead`] was
+    /// already returned for this message, so its control-line checks are done.
     Pub {
         subject: &'a [u8],
         reply: &'a [u8],
         header_len: usize,
         message: &'a [u8],
         hpub: bool,
+        head_checked: bool,
+        zeros: SizeZeros,
     },
     Sub {
         subject: &'a [u8],
         queue: Option<&'a [u8]>,
         sid: &'a [u8],
     },
+    /// `max` is `None` when absent or not a number: nats-server then removes the
+    /// subscription at once.
     Unsub {
         sid: &'a [u8],
         max: Option<u64>,
     },
     Ping,
     Pong,
-    /// INFO from a client is accepted and ignored, as nats-server does.
-    Info,
+    /// INFO from a client: its JSON must decode, then it is ignored.
+    Info(&'a [u8]),
+    /// `+OK` from a client, ignored.
+    Ok,
+    /// `-ERR` from a client: nats-server logs it and closes the connection.
+    Err(&'a [u8]),
+}
+
+/// Leading zeros a publisher wrote before its sizes (`PUB s 05`): nats-server
+/// copies the size fields into MSG as they were sent, so they come back so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SizeZeros {
+    pub header: u8,
+    pub total: u8,
+}
+
+impl SizeZeros {
+    /// Leading zeros of a size field that [`parse_size`] accepted.
+    fn of(digits: &[u8]) -> u8 {
+        let zeros = digits.iter().take_while(|&&d| d == b'0').count();
+        // "0" itself, or "000" for 0, keeps one digit.
+        zeros.min(digits.len() - 1) as u8
+    }
 }
 
 /// Protocol violations. Each one closes the connection; `client_text` says whether
@@ -43,16 +73,21 @@ pub enum ClientOp<'a> {
 pub enum ProtoError {
     #[error("maximum control line exceeded")]
     MaxControlLine,
-    #[error("maximum payload violation")]
-    MaxPayload,
+    #[error("maximum payload exceeded: {size} vs {max}")]
+    MaxPayload { size: usize, max: usize },
     #[error("unknown protocol operation")]
     UnknownOp,
+    /// An op other than CONNECT from a client that has not authenticated.
+    #[error("authorization violation")]
+    Authorization,
     #[error("processPub Bad or Missing Size")]
     BadPubSize,
     #[error("processPub Parse Error")]
     BadPubArgs,
     #[error("processHeaderPub Parse Error")]
     BadHpubArgs,
+    #[error("message headers not supported")]
+    HeadersNotSupported,
     #[error("processSub Parse Error")]
     BadSubArgs,
     #[error("processUnsub Parse Error")]
@@ -64,8 +99,9 @@ impl ProtoError {
     pub fn client_text(self) -> Option<&'static str> {
         match self {
             ProtoError::MaxControlLine => Some("maximum control line exceeded"),
-            ProtoError::MaxPayload => Some("Maximum Payload Violation"),
+            ProtoError::MaxPayload { .. } => Some("Maximum Payload Violation"),
             ProtoError::UnknownOp => Some("Unknown Protocol Operation"),
+            ProtoError::Authorization => Some("Authorization Violation"),
             _ => None,
         }
     }
@@ -76,11 +112,19 @@ impl ProtoError {
 pub enum Parsed<'a> {
     /// A complete operation and the number of input bytes it used.
     Op(ClientOp<'a>, usize),
+    /// A PUB or HPUB control line is complete but its message is not, or is
+    /// malformed. nats-server checks the control line (the subject in pedantic
+    /// mode) before the payload arrives, so the connection does that now; nothing
+    /// is consumed, and the next call goes on with the same input.
+    PubHead { subject: &'a [u8], hpub: bool },
     /// More input is needed; at least `need` bytes in total (0 when unknown).
     Incomplete { need: usize },
+    /// Input consumed without completing an op (spaces after an op name, the
+    /// tail of a PING, PONG or +OK line).
+    Skipped(usize),
 }
 
-/// Limits the parser enforces while framing.
+/// What the parser must know of the connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLimits {
     pub max_control_line: usize,
@@ -96,37 +140,180 @@ impl Default for ParseLimits {
     }
 }
 
+/// The connection's state that decides how input parses.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseContext {
+    pub limits: ParseLimits,
+    /// No CONNECT has authenticated the client yet: any other op is a violation.
+    pub awaiting_auth: bool,
+    /// The client's CONNECT asked for headers (HPUB is refused otherwise).
+    pub headers: bool,
+}
+
+impl Default for ParseContext {
+    fn default() -> Self {
+        ParseContext {
+            limits: ParseLimits::default(),
+            awaiting_auth: false,
+            headers: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Pub,
+    Hpub,
+    Sub,
+    Unsub,
+    Ping,
+    Pong,
+    Connect,
+    Info,
+    Ok,
+    Err,
+}
+
+impl Op {
+    fn name(self) -> &'static [u8] {
+        match self {
+            Op::Pub => b"PUB",
+            Op::Hpub => b"HPUB",
+            Op::Sub => b"SUB",
+            Op::Unsub => b"UNSUB",
+            Op::Ping => b"PING",
+            Op::Pong => b"PONG",
+            Op::Connect => b"CONNECT",
+            Op::Info => b"INFO",
+            Op::Ok => b"+OK",
+            Op::Err => b"-ERR",
+        }
+    }
+
+    /// Ops whose name must be followed by a space or tab (nats-server's `OP_PUB`
+    /// and the like); CONNECT and INFO may be followed by their argument at once.
+    fn needs_space(self) -> bool {
+        matches!(self, Op::Pub | Op::Hpub | Op::Sub | Op::Unsub | Op::Err)
+    }
+
+    /// Ops that ignore everything up to the end of their line.
+    fn takes_rest_of_line(self) -> bool {
+        matches!(self, Op::Ping | Op::Pong | Op::Ok)
+    }
+}
+
+/// Where a parse resumes: at an op, after an op name whose argument has not
+/// started, or inside a line whose bytes are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Resume {
+    #[default]
+    Start,
+    /// The name (and the space it needs) was consumed; spaces and tabs follow.
+    BeforeArg(Op),
+    /// A PING/PONG/+OK whose line has not ended yet.
+    RestOfLine(Op),
+}
+
+/// The protocol parser of one connection.
+#[derive(Debug, Default)]
+pub struct Parser {
+    resume: Resume,
+    /// [`Parsed::PubHead`] was returned for the PUB at the start of the input.
+    head_reported: bool,
+}
+
 fn is_ws(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-/// Splits a control line's arguments on runs of spaces and tabs. Returns the
-/// number of arguments; more than `args.len()` yields `args.len() + 1`.
-fn split_args<'a>(mut line: &'a [u8], args: &mut [&'a [u8]; 4]) -> usize {
-    let mut n = 0;
-    loop {
-        while let [b, rest @ ..] = line {
-            if !is_ws(*b) {
-                break;
+/// Which op a name starts, from its first bytes; `Ok(None)` when more bytes are
+/// needed to know, `Err` when no op starts so.
+fn op_for(buf: &[u8]) -> Result<Option<Op>, ()> {
+    let upper = |i: usize| buf.get(i).map(u8::to_ascii_uppercase);
+    let op = match upper(0) {
+        Some(b'P') => match upper(1) {
+            None => return Ok(None),
+            Some(b'U') => Op::Pub,
+            Some(b'I') => Op::Ping,
+            Some(b'O') => Op::Pong,
+            Some(_) => return Err(()),
+        },
+        Some(b'H') => Op::Hpub,
+        Some(b'S') => Op::Sub,
+        Some(b'U') => Op::Unsub,
+        Some(b'C') => Op::Connect,
+        Some(b'I') => Op::Info,
+        Some(b'+') => Op::Ok,
+        Some(b'-') => Op::Err,
+        Some(_) => return Err(()),
+        None => return Ok(None),
+    };
+    Ok(Some(op))
+}
+
+/// The argument of a control line that starts at `start`: `Ok(Some((end, next)))`
+/// with the argument in `buf[start..end]` and the line's end before `next`;
+/// `Ok(None)` when the line has not ended. As in nats-server, the byte at
+/// `start` is never the line's end, and a CR anywhere in the argument drops the
+/// argument's last byte (normally that CR itself).
+fn control_arg(
+    buf: &[u8],
+    start: usize,
+    max_control_line: usize,
+) -> Result<Option<(usize, usize)>, ProtoError> {
+    let after = start + 1;
+    let tail = buf.get(after..).unwrap_or(&[]);
+    match memchr::memchr(b'\n', tail) {
+        Some(i) => {
+            let nl = after + i;
+            let drop = usize::from(memchr::memchr(b'\r', &buf[after..nl]).is_some());
+            let end = nl - drop;
+            if end - start > max_control_line {
+                return Err(ProtoError::MaxControlLine);
             }
-            line = rest;
+            Ok(Some((end, nl + 1)))
         }
-        if line.is_empty() {
-            return n;
+        None => {
+            let drop = usize::from(memchr::memchr(b'\r', tail).is_some());
+            if buf.len().saturating_sub(start + drop) > max_control_line {
+                return Err(ProtoError::MaxControlLine);
+            }
+            Ok(None)
         }
-        let end = line.iter().position(|&b| is_ws(b)).unwrap_or(line.len());
-        if n == args.len() {
-            return n + 1;
-        }
-        args[n] = &line[..end];
-        n += 1;
-        line = &line[end..];
     }
 }
 
-/// Parses a decimal size as nats-server does: digits only, no sign, no overflow.
+/// Splits an argument on runs of the given separators into `args`; returns the
+/// count, or `args.len() + 1` when there are more.
+fn split_on<'a, const N: usize>(
+    arg: &'a [u8],
+    args: &mut [&'a [u8]; N],
+    is_sep: impl Fn(u8) -> bool,
+) -> usize {
+    let mut n = 0;
+    for part in arg.split(|&b| is_sep(b)).filter(|p| !p.is_empty()) {
+        if n == N {
+            return N + 1;
+        }
+        args[n] = part;
+        n += 1;
+    }
+    n
+}
+
+/// PUB and HPUB arguments split on spaces and tabs only.
+fn split_pub_args<'a>(arg: &'a [u8], args: &mut [&'a [u8]; 4]) -> usize {
+    split_on(arg, args, is_ws)
+}
+
+/// SUB and UNSUB arguments also split on CR and LF (nats-server's `splitArg`).
+fn split_sub_args<'a>(arg: &'a [u8], args: &mut [&'a [u8]; 3]) -> usize {
+    split_on(arg, args, |b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+/// Parses a decimal size as nats-server does: 1 to 9 digits, nothing else.
 pub fn parse_size(digits: &[u8]) -> Option<usize> {
-    if digits.is_empty() || digits.len() > 18 {
+    if digits.is_empty() || digits.len() > 9 {
         return None;
     }
     let mut n: usize = 0;
@@ -139,75 +326,145 @@ pub fn parse_size(digits: &[u8]) -> Option<usize> {
     Some(n)
 }
 
-/// Parses one operation from the start of `buf`.
-pub fn parse<'a>(buf: &'a [u8], limits: &ParseLimits) -> Result<Parsed<'a>, ProtoError> {
-    let Some(nl) = memchr::memchr(b'\n', buf) else {
-        // CONNECT may carry a JWT longer than a control line; bound it by max_payload.
-        let limit = if buf.len() >= 7 && buf[..7].eq_ignore_ascii_case(b"CONNECT") {
-            limits.max_payload.max(limits.max_control_line)
-        } else {
-            limits.max_control_line
-        };
-        if buf.len() > limit {
-            return Err(ProtoError::MaxControlLine);
-        }
-        return Ok(Parsed::Incomplete { need: 0 });
-    };
-    let mut line = &buf[..nl];
-    if let [head @ .., b'\r'] = line {
-        line = head;
+impl Parser {
+    pub fn new() -> Parser {
+        Parser::default()
     }
-    let op_end = line.iter().position(|&b| is_ws(b)).unwrap_or(line.len());
-    let (op, rest) = line.split_at(op_end);
-    let after_line = nl + 1;
 
-    // Op names are case-insensitive; compare on an upper-cased copy of at most 7 bytes.
-    let mut name = [0u8; 7];
-    if op.len() > name.len() {
-        return Err(unknown_or_long(line, limits));
-    }
-    for (d, s) in name.iter_mut().zip(op) {
-        *d = s.to_ascii_uppercase();
-    }
-    let name = &name[..op.len()];
-
-    if name != b"CONNECT" && name != b"INFO" && line.len() > limits.max_control_line {
-        return Err(ProtoError::MaxControlLine);
-    }
-    let mut args: [&[u8]; 4] = [&[]; 4];
-    match name {
-        b"PUB" => {
-            let n = split_args(rest, &mut args);
-            let (subject, reply, size) = match n {
-                2 => (args[0], &[][..], args[1]),
-                3 => (args[0], args[1], args[2]),
-                _ => return Err(ProtoError::BadPubArgs),
-            };
-            let size = parse_size(size).ok_or(ProtoError::BadPubSize)?;
-            if size > limits.max_payload {
-                return Err(ProtoError::MaxPayload);
+    /// Parses one operation from the start of `buf`.
+    pub fn parse<'a>(
+        &mut self,
+        buf: &'a [u8],
+        cx: &ParseContext,
+    ) -> Result<Parsed<'a>, ProtoError> {
+        let (op, arg_from) = match self.resume {
+            Resume::RestOfLine(op) => {
+                return Ok(match memchr::memchr(b'\n', buf) {
+                    Some(nl) => {
+                        self.resume = Resume::Start;
+                        Parsed::Op(line_op(op), nl + 1)
+                    }
+                    None => Parsed::Skipped(buf.len()),
+                });
             }
-            let message = match payload(buf, after_line, size)? {
-                Some(m) => m,
-                None => {
-                    return Ok(Parsed::Incomplete {
-                        need: after_line + size + 2,
-                    })
+            Resume::BeforeArg(op) => (op, 0),
+            Resume::Start => {
+                let Some(&first) = buf.first() else {
+                    return Ok(Parsed::Incomplete { need: 0 });
+                };
+                if cx.awaiting_auth && first != b'C' && first != b'c' {
+                    return Err(ProtoError::Authorization);
                 }
-            };
-            Ok(Parsed::Op(
-                ClientOp::Pub {
-                    subject,
-                    reply,
-                    header_len: 0,
-                    message,
-                    hpub: false,
-                },
-                after_line + size + 2,
-            ))
+                let op = match op_for(buf) {
+                    Ok(Some(op)) => op,
+                    Ok(None) => return Ok(Parsed::Incomplete { need: 0 }),
+                    Err(()) => return Err(ProtoError::UnknownOp),
+                };
+                let name = op.name();
+                let seen = buf.len().min(name.len());
+                if !buf[..seen].eq_ignore_ascii_case(&name[..seen]) {
+                    return Err(ProtoError::UnknownOp);
+                }
+                if buf.len() < name.len() {
+                    return Ok(Parsed::Incomplete { need: 0 });
+                }
+                if op.takes_rest_of_line() {
+                    return Ok(match memchr::memchr(b'\n', &buf[name.len()..]) {
+                        Some(i) => Parsed::Op(line_op(op), name.len() + i + 1),
+                        None => {
+                            self.resume = Resume::RestOfLine(op);
+                            Parsed::Skipped(buf.len())
+                        }
+                    });
+                }
+                if op.needs_space() {
+                    match buf.get(name.len()) {
+                        None => return Ok(Parsed::Incomplete { need: 0 }),
+                        Some(&b) if is_ws(b) => (op, name.len() + 1),
+                        Some(_) => return Err(ProtoError::UnknownOp),
+                    }
+                } else {
+                    (op, name.len())
+                }
+            }
+        };
+        // Spaces and tabs before the argument.
+        let Some(start) = buf[arg_from..]
+            .iter()
+            .position(|&b| !is_ws(b))
+            .map(|i| arg_from + i)
+        else {
+            self.resume = Resume::BeforeArg(op);
+            return Ok(Parsed::Skipped(buf.len()));
+        };
+        let Some((end, next)) = control_arg(buf, start, cx.limits.max_control_line)? else {
+            return Ok(Parsed::Incomplete { need: 0 });
+        };
+        let arg = &buf[start..end];
+        if matches!(op, Op::Pub | Op::Hpub) {
+            return self.message(buf, op, arg, next, cx);
         }
-        b"HPUB" => {
-            let n = split_args(rest, &mut args);
+        self.resume = Resume::Start;
+        match op {
+            Op::Sub => {
+                let mut args: [&[u8]; 3] = [&[]; 3];
+                let sub = match split_sub_args(arg, &mut args) {
+                    2 => ClientOp::Sub {
+                        subject: args[0],
+                        queue: None,
+                        sid: args[1],
+                    },
+                    3 => ClientOp::Sub {
+                        subject: args[0],
+                        queue: Some(args[1]),
+                        sid: args[2],
+                    },
+                    _ => return Err(ProtoError::BadSubArgs),
+                };
+                Ok(Parsed::Op(sub, next))
+            }
+            Op::Unsub => {
+                let mut args: [&[u8]; 3] = [&[]; 3];
+                let unsub = match split_sub_args(arg, &mut args) {
+                    1 => ClientOp::Unsub {
+                        sid: args[0],
+                        max: None,
+                    },
+                    2 => ClientOp::Unsub {
+                        sid: args[0],
+                        max: parse_size(args[1]).map(|n| n as u64),
+                    },
+                    _ => return Err(ProtoError::BadUnsubArgs),
+                };
+                Ok(Parsed::Op(unsub, next))
+            }
+            Op::Connect => Ok(Parsed::Op(ClientOp::Connect(arg), next)),
+            Op::Info => Ok(Parsed::Op(ClientOp::Info(arg), next)),
+            Op::Err => Ok(Parsed::Op(ClientOp::Err(arg), next)),
+            Op::Pub | Op::Hpub | Op::Ping | Op::Pong | Op::Ok => {
+                unreachable!("handled above")
+            }
+        }
+    }
+
+    /// A PUB or HPUB whose control line ends before `body`: checks the arguments
+    /// as nats-server's `processPub`/`processHeaderPub` do, then frames the
+    /// message.
+    fn message<'a>(
+        &mut self,
+        buf: &'a [u8],
+        op: Op,
+        arg: &'a [u8],
+        body: usize,
+        cx: &ParseContext,
+    ) -> Result<Parsed<'a>, ProtoError> {
+        let hpub = op == Op::Hpub;
+        if hpub && !cx.headers {
+            return Err(ProtoError::HeadersNotSupported);
+        }
+        let mut args: [&[u8]; 4] = [&[]; 4];
+        let n = split_pub_args(arg, &mut args);
+        let (subject, reply, header_len, size, zeros) = if hpub {
             let (subject, reply, hsize, tsize) = match n {
                 3 => (args[0], &[][..], args[1], args[2]),
                 4 => (args[0], args[1], args[2], args[3]),
@@ -218,112 +475,112 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ParseLimits) -> Result<Parsed<'a>, Prot
             if header_len > size {
                 return Err(ProtoError::BadHpubArgs);
             }
-            if size > limits.max_payload {
-                return Err(ProtoError::MaxPayload);
-            }
-            let message = match payload(buf, after_line, size)? {
-                Some(m) => m,
-                None => {
-                    return Ok(Parsed::Incomplete {
-                        need: after_line + size + 2,
-                    })
-                }
+            let zeros = SizeZeros {
+                header: SizeZeros::of(hsize),
+                total: SizeZeros::of(tsize),
             };
-            Ok(Parsed::Op(
-                ClientOp::Pub {
-                    subject,
-                    reply,
-                    header_len,
-                    message,
-                    hpub: true,
-                },
-                after_line + size + 2,
-            ))
-        }
-        b"SUB" => {
-            let n = split_args(rest, &mut args);
-            let op = match n {
-                2 => ClientOp::Sub {
-                    subject: args[0],
-                    queue: None,
-                    sid: args[1],
-                },
-                3 => ClientOp::Sub {
-                    subject: args[0],
-                    queue: Some(args[1]),
-                    sid: args[2],
-                },
-                _ => return Err(ProtoError::BadSubArgs),
+            (subject, reply, header_len, size, zeros)
+        } else {
+            let (subject, reply, tsize) = match n {
+                2 => (args[0], &[][..], args[1]),
+                3 => (args[0], args[1], args[2]),
+                _ => return Err(ProtoError::BadPubArgs),
             };
-            Ok(Parsed::Op(op, after_line))
-        }
-        b"UNSUB" => {
-            let n = split_args(rest, &mut args);
-            let op = match n {
-                1 => ClientOp::Unsub {
-                    sid: args[0],
-                    max: None,
-                },
-                2 => ClientOp::Unsub {
-                    sid: args[0],
-                    max: Some(parse_size(args[1]).ok_or(ProtoError::BadUnsubArgs)? as u64),
-                },
-                _ => return Err(ProtoError::BadUnsubArgs),
+            let size = parse_size(tsize).ok_or(ProtoError::BadPubSize)?;
+            let zeros = SizeZeros {
+                header: 0,
+                total: SizeZeros::of(tsize),
             };
-            Ok(Parsed::Op(op, after_line))
+            (subject, reply, 0, size, zeros)
+        };
+        if size > cx.limits.max_payload {
+            return Err(ProtoError::MaxPayload {
+                size,
+                max: cx.limits.max_payload,
+            });
         }
-        b"PING" | b"PONG" if rest.iter().all(|&b| is_ws(b)) => {
-            let op = if name == b"PING" {
-                ClientOp::Ping
-            } else {
-                ClientOp::Pong
-            };
-            Ok(Parsed::Op(op, after_line))
-        }
-        b"CONNECT" => Ok(Parsed::Op(ClientOp::Connect(trim(rest)), after_line)),
-        b"INFO" => Ok(Parsed::Op(ClientOp::Info, after_line)),
-        _ => Err(unknown_or_long(line, limits)),
-    }
-}
-
-fn unknown_or_long(line: &[u8], limits: &ParseLimits) -> ProtoError {
-    if line.len() > limits.max_control_line {
-        ProtoError::MaxControlLine
-    } else {
-        ProtoError::UnknownOp
-    }
-}
-
-/// The `size` bytes after the control line, if they and their `\r\n` have arrived.
-fn payload(buf: &[u8], start: usize, size: usize) -> Result<Option<&[u8]>, ProtoError> {
-    let end = start + size;
-    match buf.get(end..end + 2) {
-        Some(b"\r\n") => Ok(Some(&buf[start..end])),
-        Some(_) => Err(ProtoError::UnknownOp),
-        None => {
+        let end = body + size;
+        let framed = match buf.get(end..end + 2) {
+            Some(b"\r\n") => Some(true),
+            Some(_) => Some(false),
             // A wrong byte where CR belongs is already a framing error.
-            if buf.len() > end && buf[end] != b'\r' {
-                return Err(ProtoError::UnknownOp);
+            None if buf.len() > end && buf[end] != b'\r' => Some(false),
+            None => None,
+        };
+        let head_checked = self.head_reported;
+        if framed != Some(true) && !head_checked {
+            // Nothing consumed: the same input comes back next time.
+            self.head_reported = true;
+            return Ok(Parsed::PubHead { subject, hpub });
+        }
+        match framed {
+            Some(true) => {
+                self.head_reported = false;
+                self.resume = Resume::Start;
+                Ok(Parsed::Op(
+                    ClientOp::Pub {
+                        subject,
+                        reply,
+                        header_len,
+                        message: &buf[body..end],
+                        hpub,
+                        head_checked,
+                        zeros,
+                    },
+                    end + 2,
+                ))
             }
-            Ok(None)
+            Some(false) => Err(ProtoError::UnknownOp),
+            None => Ok(Parsed::Incomplete { need: end + 2 }),
         }
     }
 }
 
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b, rest @ ..] = s {
-        if !is_ws(*b) {
-            break;
-        }
-        s = rest;
+fn line_op(op: Op) -> ClientOp<'static> {
+    match op {
+        Op::Ping => ClientOp::Ping,
+        Op::Pong => ClientOp::Pong,
+        _ => ClientOp::Ok,
     }
-    while let [rest @ .., b] = s {
-        if !is_ws(*b) {
-            break;
+}
+
+/// Bytes quoted as Go's `%q` quotes them, which nats-server uses for subjects in
+/// its errors: printable characters as they are, invalid UTF-8 as `\xNN`, control
+/// characters as Go escapes them.
+pub fn go_quote(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() + 2);
+    out.push('"');
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{7}' => out.push_str("\\a"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{b}' => out.push_str("\\v"),
+                c if c == ' ' || !(c.is_control() || c.is_whitespace()) => out.push(c),
+                c if (c as u32) < 0x80 => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c if (c as u32) < 0x10000 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => {
+                    let _ = write!(out, "\\U{:08x}", c as u32);
+                }
+            }
         }
-        s = rest;
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
     }
-    s
+    out.push('"');
+    out
 }
 
 // ---------------------------------------------------------------------------------
@@ -348,6 +605,7 @@ pub fn msg_frame_len(subject: &[u8], sid: &[u8], reply: &[u8], message: &[u8]) -
 }
 
 /// `MSG <subject> <sid> [reply] <n>\r\n<payload>\r\n`, or `HMSG` when `header_len > 0`.
+/// Sizes carry the publisher's leading zeros.
 pub fn write_msg(
     out: &mut BytesMut,
     subject: &[u8],
@@ -355,8 +613,10 @@ pub fn write_msg(
     reply: &[u8],
     header_len: usize,
     message: &[u8],
+    zeros: SizeZeros,
 ) {
-    out.reserve(msg_frame_len(subject, sid, reply, message));
+    const ZEROS: &[u8; 9] = b"000000000";
+    out.reserve(msg_frame_len(subject, sid, reply, message) + 18);
     let mut num = itoa::Buffer::new();
     if header_len > 0 {
         out.put_slice(b"HMSG ");
@@ -372,9 +632,11 @@ pub fn write_msg(
         out.put_u8(b' ');
     }
     if header_len > 0 {
+        out.put_slice(&ZEROS[..zeros.header as usize]);
         out.put_slice(num.format(header_len).as_bytes());
         out.put_u8(b' ');
     }
+    out.put_slice(&ZEROS[..zeros.total as usize]);
     out.put_slice(num.format(message.len()).as_bytes());
     out.put_slice(b"\r\n");
     out.put_slice(message);
@@ -454,14 +716,39 @@ mod tests {
         assert_eq!(header_value(&m[..n], "missing"), None);
     }
 
-    fn lim() -> ParseLimits {
-        ParseLimits::default()
+    /// Parses one op from `input` as a connection does: a PubHead is answered by
+    /// parsing again.
+    fn one_with<'a>(
+        input: &'a [u8],
+        cx: &ParseContext,
+    ) -> Result<(ClientOp<'a>, usize), ProtoError> {
+        let mut parser = Parser::new();
+        let mut heads = 0;
+        loop {
+            match parser.parse(input, cx)? {
+                Parsed::Op(op, n) => return Ok((op, n)),
+                Parsed::PubHead { .. } => {
+                    heads += 1;
+                    assert_eq!(heads, 1, "PubHead twice");
+                }
+                other => panic!("not one op: {other:?}"),
+            }
+        }
     }
 
     fn one(input: &[u8]) -> Result<(ClientOp<'_>, usize), ProtoError> {
-        match parse(input, &lim())? {
-            Parsed::Op(op, n) => Ok((op, n)),
-            Parsed::Incomplete { need } => panic!("incomplete, need {need}"),
+        one_with(input, &ParseContext::default())
+    }
+
+    fn publish<'a>(subject: &'a [u8], reply: &'a [u8], message: &'a [u8]) -> ClientOp<'a> {
+        ClientOp::Pub {
+            subject,
+            reply,
+            header_len: 0,
+            message,
+            hpub: false,
+            head_checked: false,
+            zeros: SizeZeros::default(),
         }
     }
 
@@ -499,26 +786,11 @@ mod tests {
         );
         assert_eq!(
             one(b"PUB foo.bar reply.x 5\r\nhello\r\n").unwrap(),
-            (
-                ClientOp::Pub {
-                    subject: b"foo.bar",
-                    reply: b"reply.x",
-                    header_len: 0,
-                    message: b"hello",
-                    hpub: false
-                },
-                30
-            )
+            (publish(b"foo.bar", b"reply.x", b"hello"), 30)
         );
         assert_eq!(
             one(b"PUB foo 0\r\n\r\n").unwrap().0,
-            ClientOp::Pub {
-                subject: b"foo",
-                reply: b"",
-                header_len: 0,
-                message: b"",
-                hpub: false
-            }
+            publish(b"foo", b"", b"")
         );
         let h = b"HPUB h.a 12 14\r\nNATS/1.0\r\n\r\nhi\r\n";
         assert_eq!(
@@ -529,31 +801,131 @@ mod tests {
                     reply: b"",
                     header_len: 12,
                     message: b"NATS/1.0\r\n\r\nhi",
-                    hpub: true
+                    hpub: true,
+                    head_checked: false,
+                    zeros: SizeZeros::default(),
                 },
                 h.len()
             )
         );
+        assert_eq!(one(b"+OK\r\n").unwrap(), (ClientOp::Ok, 5));
+        assert_eq!(one(b"-ERR 'x'\r\n").unwrap().0, ClientOp::Err(b"'x'"));
+        assert_eq!(one(b"INFO {}\r\n").unwrap().0, ClientOp::Info(b"{}"));
+        // CONNECT and INFO need no space before their argument.
+        assert_eq!(one(b"CONNECT{}\r\n").unwrap().0, ClientOp::Connect(b"{}"));
+    }
+
+    #[test]
+    fn lines_as_nats_server_reads_them() {
+        // PING, PONG and +OK ignore the rest of their line, however long.
+        assert_eq!(one(b"PINGX\r\n").unwrap().0, ClientOp::Ping);
+        assert_eq!(one(b"PING foo bar\r\n").unwrap().0, ClientOp::Ping);
+        assert_eq!(one(b"+OKAY\r\n").unwrap().0, ClientOp::Ok);
+        let mut long = b"PING ".to_vec();
+        long.extend(std::iter::repeat_n(b'z', 10_000));
+        long.extend_from_slice(b"\r\n");
+        assert_eq!(one(&long).unwrap(), (ClientOp::Ping, long.len()));
+        // A bad UNSUB max means none: nats-server unsubscribes at once.
+        assert_eq!(
+            one(b"UNSUB 1 x\r\n").unwrap().0,
+            ClientOp::Unsub {
+                sid: b"1",
+                max: None
+            }
+        );
+        // The first byte of an argument is never its line's end.
+        assert_eq!(
+            one(b"CONNECT\n{}\r\n").unwrap().0,
+            ClientOp::Connect(b"\n{}")
+        );
+        // A CR inside the argument drops its last byte.
+        assert_eq!(one(b"PUB a\rb 1\n"), Err(ProtoError::BadPubArgs));
+        // SUB splits on CR too; PUB does not.
+        assert_eq!(
+            one(b"SUB a\rb 1\r\n").unwrap().0,
+            ClientOp::Sub {
+                subject: b"a",
+                queue: Some(b"b"),
+                sid: b"1"
+            }
+        );
+        assert_eq!(
+            one(b"PUB a\x00\xff 1\r\nx\r\n").unwrap().0,
+            publish(b"a\x00\xff", b"", b"x")
+        );
+        // Leading zeros of a size are kept for the MSG lines.
+        assert!(matches!(
+            one(b"HPUB a 02 0004\r\n\r\nhi\r\n").unwrap().0,
+            ClientOp::Pub {
+                zeros: SizeZeros {
+                    header: 1,
+                    total: 3
+                },
+                ..
+            }
+        ));
+        assert!(matches!(
+            one(b"PUB a 000\r\n\r\n").unwrap().0,
+            ClientOp::Pub {
+                zeros: SizeZeros {
+                    header: 0,
+                    total: 2
+                },
+                ..
+            }
+        ));
     }
 
     #[test]
     fn errors_match_reference() {
         assert_eq!(one(b"FOO bar\r\n"), Err(ProtoError::UnknownOp));
+        assert_eq!(one(b"PUX"), Err(ProtoError::UnknownOp));
+        assert_eq!(one(b" PING\r\n"), Err(ProtoError::UnknownOp));
+        assert_eq!(one(b"MSG a 1 1\r\n"), Err(ProtoError::UnknownOp));
+        assert_eq!(one(b"PUB\r\n"), Err(ProtoError::UnknownOp));
+        assert_eq!(one(b"SUB\r\n"), Err(ProtoError::UnknownOp));
+        assert_eq!(one(b"PUB \r\n"), Err(ProtoError::BadPubArgs));
+        assert_eq!(one(b"SUB \r\n"), Err(ProtoError::BadSubArgs));
+        assert_eq!(one(b"UNSUB \r\n"), Err(ProtoError::BadUnsubArgs));
         assert_eq!(one(b"PUB foo abc\r\n"), Err(ProtoError::BadPubSize));
+        assert_eq!(one(b"PUB foo 1234567890\r\n"), Err(ProtoError::BadPubSize));
         assert_eq!(one(b"PUB foo 3\r\nabcdef\r\n"), Err(ProtoError::UnknownOp));
         assert_eq!(one(b"SUB foo\r\n"), Err(ProtoError::BadSubArgs));
-        assert_eq!(one(b"PUB foo 2000000\r\n"), Err(ProtoError::MaxPayload));
-        assert_eq!(one(b"HPUB foo 12 1048600\r\n"), Err(ProtoError::MaxPayload));
+        assert_eq!(
+            one(b"PUB foo 2000000\r\n"),
+            Err(ProtoError::MaxPayload {
+                size: 2_000_000,
+                max: 1_048_576
+            })
+        );
+        assert_eq!(
+            one(b"HPUB foo 12 1048600\r\n").unwrap_err().to_string(),
+            "maximum payload exceeded: 1048600 vs 1048576"
+        );
         assert_eq!(one(b"HPUB foo 14 12\r\n"), Err(ProtoError::BadHpubArgs));
-        assert_eq!(one(b"PINGX\r\n"), Err(ProtoError::UnknownOp));
+        let no_headers = ParseContext {
+            headers: false,
+            ..ParseContext::default()
+        };
+        assert_eq!(
+            one_with(b"HPUB foo 12 1048600\r\n", &no_headers),
+            Err(ProtoError::HeadersNotSupported)
+        );
         let mut long = b"PUB ".to_vec();
         long.extend(std::iter::repeat_n(b'a', 5000));
         assert_eq!(
-            parse(&long, &lim()).unwrap_err(),
+            Parser::new()
+                .parse(&long, &ParseContext::default())
+                .unwrap_err(),
             ProtoError::MaxControlLine
         );
         long.extend_from_slice(b" 1\r\nx\r\n");
         assert_eq!(one(&long), Err(ProtoError::MaxControlLine));
+        // The limit is on the argument, not on the op name before it.
+        let mut at_limit = b"SUB ".to_vec();
+        at_limit.extend(std::iter::repeat_n(b'a', 4094));
+        at_limit.extend_from_slice(b" 1\r\n");
+        assert!(one(&at_limit).is_ok());
         assert_eq!(
             ProtoError::MaxControlLine.client_text(),
             Some("maximum control line exceeded")
@@ -563,35 +935,125 @@ mod tests {
     }
 
     #[test]
-    fn incomplete_reports_need() {
+    fn only_connect_before_authentication() {
+        let awaiting = ParseContext {
+            awaiting_auth: true,
+            ..ParseContext::default()
+        };
+        for input in [
+            &b"PING\r\n"[..],
+            b"\x16\x03\x01",
+            b"GET / HTTP/1.1\r\n",
+            b"+OK\r\n",
+            b"\r\n",
+        ] {
+            assert_eq!(
+                one_with(input, &awaiting),
+                Err(ProtoError::Authorization),
+                "{input:?}"
+            );
+        }
         assert_eq!(
-            parse(b"PUB foo 5\r\nhel", &lim()).unwrap(),
+            one_with(b"connect {}\r\n", &awaiting).unwrap().0,
+            ClientOp::Connect(b"{}")
+        );
+        // Any op that starts with C goes on to be parsed as CONNECT.
+        assert_eq!(one_with(b"CX\r\n", &awaiting), Err(ProtoError::UnknownOp));
+    }
+
+    #[test]
+    fn control_line_checks_come_before_the_payload() {
+        let cx = ParseContext::default();
+        let mut parser = Parser::new();
+        assert_eq!(
+            parser.parse(b"PUB a.* 5\r\nhel", &cx).unwrap(),
+            Parsed::PubHead {
+                subject: b"a.*",
+                hpub: false
+            }
+        );
+        assert_eq!(
+            parser.parse(b"PUB a.* 5\r\nhel", &cx).unwrap(),
             Parsed::Incomplete { need: 18 }
         );
+        let (op, n) = match parser.parse(b"PUB a.* 5\r\nhello\r\n", &cx).unwrap() {
+            Parsed::Op(op, n) => (op, n),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(n, 18);
+        assert!(matches!(
+            op,
+            ClientOp::Pub {
+                head_checked: true,
+                ..
+            }
+        ));
+        // The next message starts over.
+        assert!(matches!(
+            parser.parse(b"PUB b 1\r\nx\r\n", &cx).unwrap(),
+            Parsed::Op(
+                ClientOp::Pub {
+                    head_checked: false,
+                    ..
+                },
+                12
+            )
+        ));
+        // A framing error still reports the head first.
+        let mut parser = Parser::new();
+        assert!(matches!(
+            parser.parse(b"PUB a 1\r\nxYZ", &cx).unwrap(),
+            Parsed::PubHead { .. }
+        ));
         assert_eq!(
-            parse(b"PUB foo", &lim()).unwrap(),
-            Parsed::Incomplete { need: 0 }
-        );
-        assert_eq!(
-            parse(b"PUB foo 5\r\nhello\r", &lim()).unwrap(),
-            Parsed::Incomplete { need: 18 }
-        );
-        assert_eq!(
-            parse(b"PUB foo 5\r\nhellox", &lim()),
+            parser.parse(b"PUB a 1\r\nxYZ", &cx),
             Err(ProtoError::UnknownOp)
         );
     }
 
     /// Parses a whole stream the way a connection does: accumulate, parse, consume.
     fn parse_stream(chunks: &[&[u8]]) -> Result<Vec<String>, ProtoError> {
+        let cx = ParseContext::default();
+        let mut parser = Parser::new();
         let mut buf = Vec::new();
         let mut out = Vec::new();
         for chunk in chunks {
             buf.extend_from_slice(chunk);
             let mut pos = 0;
-            while let Parsed::Op(op, n) = parse(&buf[pos..], &lim())? {
-                out.push(format!("{op:?}"));
-                pos += n;
+            loop {
+                match parser.parse(&buf[pos..], &cx)? {
+                    Parsed::Op(op, n) => {
+                        // Whether the head was seen first depends on the split.
+                        let op = match op {
+                            ClientOp::Pub {
+                                subject,
+                                reply,
+                                header_len,
+                                message,
+                                hpub,
+                                zeros,
+                                ..
+                            } => ClientOp::Pub {
+                                subject,
+                                reply,
+                                header_len,
+                                message,
+                                hpub,
+                                head_checked: false,
+                                zeros,
+                            },
+                            op => op,
+                        };
+                        out.push(format!("{op:?}"));
+                        pos += n;
+                    }
+                    Parsed::Skipped(n) => pos += n,
+                    Parsed::PubHead { .. } => {}
+                    Parsed::Incomplete { .. } => break,
+                }
+                if pos == buf.len() {
+                    break;
+                }
             }
             buf.drain(..pos);
         }
@@ -602,9 +1064,9 @@ mod tests {
     fn every_split_point() {
         let stream: &[u8] = b"CONNECT {\"verbose\":false,\"headers\":true}\r\nSUB foo.* q 1\r\n\
             PUB foo.bar reply 5\r\nhello\r\nHPUB h.a 38 43\r\nNATS/1.0\r\nX-A: 1\r\nX-A: 2\r\nX-Bb: hi\r\n\r\nhello\r\n\
-            PUB foo 0\r\n\r\nUNSUB 1 10\r\nPING\r\npong\r\n";
+            PUB foo 0\r\n\r\nUNSUB 1 10\r\nPING junk\r\npong\r\nSUB    \t  spaced 2\r\n+OK\r\n";
         let whole = parse_stream(&[stream]).unwrap();
-        assert_eq!(whole.len(), 8);
+        assert_eq!(whole.len(), 10);
         for i in 0..=stream.len() {
             let split = parse_stream(&[&stream[..i], &stream[i..]]).unwrap();
             assert_eq!(split, whole, "split at {i}");
@@ -618,19 +1080,81 @@ mod tests {
     }
 
     #[test]
+    fn quotes_as_go() {
+        assert_eq!(go_quote(b"a.b"), "\"a.b\"");
+        assert_eq!(go_quote(b"t.\x00"), "\"t.\\x00\"");
+        assert_eq!(go_quote(b"t.\xff\xfe"), "\"t.\\xff\\xfe\"");
+        assert_eq!(go_quote("t.é".as_bytes()), "\"t.é\"");
+        assert_eq!(
+            go_quote(b"a\"b\\c\r\n\t\x7f"),
+            "\"a\\\"b\\\\c\\r\\n\\t\\x7f\""
+        );
+    }
+
+    #[test]
     fn encode_msg() {
         let mut out = BytesMut::new();
-        write_msg(&mut out, b"orders.new", b"1", b"", 0, b"order-1");
+        write_msg(
+            &mut out,
+            b"orders.new",
+            b"1",
+            b"",
+            0,
+            b"order-1",
+            SizeZeros::default(),
+        );
         assert_eq!(&out[..], b"MSG orders.new 1 7\r\norder-1\r\n");
         out.clear();
-        write_msg(&mut out, b"foo.baz", b"1", b"reply.x", 0, b"");
+        write_msg(
+            &mut out,
+            b"foo.baz",
+            b"1",
+            b"reply.x",
+            0,
+            b"",
+            SizeZeros::default(),
+        );
         assert_eq!(&out[..], b"MSG foo.baz 1 reply.x 0\r\n\r\n");
         out.clear();
-        write_msg(&mut out, b"h.b", b"1", b"", 12, b"NATS/1.0\r\n\r\n");
+        let zeros = SizeZeros {
+            header: 1,
+            total: 2,
+        };
+        write_msg(&mut out, b"z", b"1", b"", 2, b"\r\nhi", zeros);
+        assert_eq!(&out[..], b"HMSG z 1 02 004\r\n\r\nhi\r\n");
+        out.clear();
+        write_msg(
+            &mut out,
+            b"foo.baz",
+            b"1",
+            b"reply.x",
+            0,
+            b"",
+            SizeZeros::default(),
+        );
+        assert_eq!(&out[..], b"MSG foo.baz 1 reply.x 0\r\n\r\n");
+        out.clear();
+        write_msg(
+            &mut out,
+            b"h.b",
+            b"1",
+            b"",
+            12,
+            b"NATS/1.0\r\n\r\n",
+            SizeZeros::default(),
+        );
         assert_eq!(&out[..], b"HMSG h.b 1 12 12\r\nNATS/1.0\r\n\r\n\r\n");
         out.clear();
         let hdr = no_responders_header(b"nobody.home");
-        write_msg(&mut out, b"_INBOX.nr.1", b"1", b"", hdr.len(), &hdr);
+        write_msg(
+            &mut out,
+            b"_INBOX.nr.1",
+            b"1",
+            b"",
+            hdr.len(),
+            &hdr,
+            SizeZeros::default(),
+        );
         assert_eq!(
             &out[..],
             &b"HMSG _INBOX.nr.1 1 43 43\r\nNATS/1.0 503\r\nNats-Subject: nobody.home\r\n\r\n\r\n"[..]

@@ -3,6 +3,7 @@
 //! own SO_REUSEPORT listener.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -21,10 +22,17 @@ use crate::shard::{Global, Shard, GLOBAL_ACCOUNT};
 pub enum StartError {
     #[error("invalid listen address {0}: {1}")]
     Address(String, std::io::Error),
+    /// The address and Go's text of the failure (`listen tcp ...: bind: ...`).
     #[error("Error listening on port: {0}, \"{1}\"")]
-    Bind(String, std::io::Error),
+    Bind(String, String),
     #[error("could not start shard {0}: {1}")]
     Executor(usize, String),
+}
+
+impl StartError {
+    fn bind(addr: SocketAddr, e: &std::io::Error) -> StartError {
+        StartError::Bind(addr.to_string(), crate::listen::go_listen_error(addr, e))
+    }
 }
 
 /// A running set of shards.
@@ -72,14 +80,7 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
     let addr = resolve(&opts.host, opts.port)?;
     // glommio listeners always set SO_REUSEPORT, so a second broker on the same port
     // would silently share its traffic. An exclusive bind first fails as it should.
-    let port = {
-        let probe =
-            std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind(addr.to_string(), e))?;
-        probe
-            .local_addr()
-            .map_err(|e| StartError::Bind(addr.to_string(), e))?
-            .port()
-    };
+    let port = crate::listen::claim_port(addr).map_err(|e| StartError::bind(addr, &e))?;
     let addr = SocketAddr::new(addr.ip(), port);
     let nshards = opts.shards.max(1);
     let opts = Arc::new(ServerOptions {
@@ -132,7 +133,7 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
             for j in joins {
                 let _ = j.join();
             }
-            return Err(StartError::Bind(addr.to_string(), std::io::Error::other(e)));
+            return Err(StartError::Bind(addr.to_string(), e));
         }
     }
     Ok(ServerHandle {
@@ -153,10 +154,12 @@ async fn run_shard(
     control: crate::control::ShardControlEnds,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
-    let listener = match glommio::net::TcpListener::bind(addr) {
-        Ok(l) => l,
+    let listener = match crate::listen::shared_listener(addr) {
+        // SAFETY: the descriptor comes from a listening socket we own and hand over
+        // whole (into_raw_fd), so glommio's listener is its only owner.
+        Ok(l) => unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) },
         Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
+            let _ = ready.send(Err(crate::listen::go_listen_error(addr, &e)));
             return;
         }
     };
@@ -240,14 +243,19 @@ async fn housekeeping(shard: &Rc<Shard>, acceptor: glommio::Task<()>) {
 /// A shard's progress through lame duck mode.
 struct LameDuck {
     started: Instant,
-    /// Connections when the grace period ended; the pace is set from it.
-    clients_at_start: Option<usize>,
+    /// This shard's and the whole server's connections when the grace period
+    /// ended; the pace is set from them.
+    clients_at_start: Option<(usize, usize)>,
     closed: usize,
 }
 
+/// nats-server never waits more than this between two closes in lame duck mode,
+/// so a lightly used server empties in seconds whatever the duration.
+const LAME_DUCK_MAX_CLOSE_INTERVAL: Duration = Duration::from_secs(1);
+
 impl LameDuck {
-    /// After the grace period, closes clients at a steady pace so the last one goes
-    /// when `lame_duck_duration` ends.
+    /// After the grace period, closes clients at a steady pace: the server's
+    /// closes are spread over `lame_duck_duration`, at most a second apart.
     fn close_due(&mut self, shard: &Shard, now: Instant) {
         let grace = shard.opts().lame_duck_grace_period;
         let duration = shard.opts().lame_duck_duration.max(grace);
@@ -255,10 +263,13 @@ impl LameDuck {
         if since < grace {
             return;
         }
-        let total = *self
-            .clients_at_start
-            .get_or_insert_with(|| shard.client_count());
-        let window = (duration - grace).as_secs_f64();
+        let (total, server_total) = *self.clients_at_start.get_or_insert_with(|| {
+            (
+                shard.client_count(),
+                shard.global.connections.load(Ordering::Relaxed),
+            )
+        });
+        let window = lame_duck_window(duration - grace, server_total).as_secs_f64();
         let elapsed = (since - grace).as_secs_f64();
         let due = if window <= 0.0 || elapsed >= window {
             total
@@ -270,6 +281,14 @@ impl LameDuck {
             self.closed = due;
         }
     }
+}
+
+/// The time over which every shard spreads its closes: each shard closes its
+/// share at the same rate, so the server as a whole closes one client every
+/// `window / server_clients`, which nats-server caps at a second.
+fn lame_duck_window(window: Duration, server_clients: usize) -> Duration {
+    let capped = LAME_DUCK_MAX_CLOSE_INTERVAL.saturating_mul(server_clients.max(1) as u32);
+    window.min(capped)
 }
 
 async fn mesh_receiver(
@@ -288,13 +307,37 @@ async fn mesh_receiver(
     }
 }
 
+/// nats-server's back-off after a failed accept (EMFILE, ENFILE, ENOBUFS...):
+/// 10 ms, doubled each time up to a second, back to 10 ms after a success.
+const ACCEPT_MIN_SLEEP: Duration = Duration::from_millis(10);
+const ACCEPT_MAX_SLEEP: Duration = Duration::from_secs(1);
+
 async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
+    let local = listener.local_addr().ok();
+    let mut delay = ACCEPT_MIN_SLEEP;
     loop {
         let stream = match listener.accept().await {
-            Ok(s) => s,
+            Ok(s) => {
+                delay = ACCEPT_MIN_SLEEP;
+                s
+            }
             Err(e) => {
-                tracing::error!("Error accepting client connection: {}", e);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                let e = std::io::Error::from(e);
+                // Every shard backs off; the log line is written by whichever shard
+                // is due, so the server logs about once per back-off period.
+                if shard.global.accept_error_log_due(delay) {
+                    let text = match local {
+                        Some(addr) => crate::listen::go_accept_error(addr, &e),
+                        None => e.to_string(),
+                    };
+                    tracing::error!(
+                        "Temporary Client Accept Error({}), sleeping {}ms",
+                        text,
+                        delay.as_millis()
+                    );
+                }
+                glommio::timer::sleep(delay).await;
+                delay = (delay * 2).min(ACCEPT_MAX_SLEEP);
                 continue;
             }
         };
@@ -352,5 +395,20 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
             shard.register_client(client.clone());
         }
         glommio::spawn_local(run_client(shard.clone(), client, stream)).detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lame_duck_closes_at_most_a_second_apart() {
+        let thirty = Duration::from_secs(30);
+        assert_eq!(lame_duck_window(thirty, 2), Duration::from_secs(2));
+        assert_eq!(lame_duck_window(thirty, 0), Duration::from_secs(1));
+        // Many clients: spread over the whole duration.
+        assert_eq!(lame_duck_window(thirty, 10_000), thirty);
+        assert_eq!(lame_duck_window(Duration::ZERO, 5), Duration::ZERO);
     }
 }

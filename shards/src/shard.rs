@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -40,6 +40,9 @@ pub struct Global {
     /// Connection counts per account (index as in `ServerOptions::accounts`), for
     /// account connection limits; a reload may add accounts.
     accounts: std::sync::RwLock<Vec<Arc<AccountCounters>>>,
+    /// When the next accept error may be logged (microseconds since `epoch`).
+    next_accept_error_log: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
 }
 
 /// One account's connections over all shards.
@@ -54,6 +57,24 @@ impl Global {
         let global = Global::default();
         global.ensure_accounts(accounts);
         global
+    }
+
+    /// True when a failed accept should be logged now: at most once per `delay`
+    /// for the whole server, whichever shard sees it.
+    pub fn accept_error_log_due(&self, delay: Duration) -> bool {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        let now = epoch.elapsed().as_micros() as u64;
+        let next = self.next_accept_error_log.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_accept_error_log
+                .compare_exchange(
+                    next,
+                    now + delay.as_micros() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     /// Makes room for counters of `n` accounts (a reload added some).
@@ -171,6 +192,8 @@ pub(crate) struct Message<'a> {
     /// Headers and payload.
     pub message: &'a [u8],
     pub owner: &'a Bytes,
+    /// The publisher's leading zeros on the sizes, echoed in MSG lines.
+    pub zeros: proto::SizeZeros,
 }
 
 /// Imports that feed each other are cut off after this many hops.
@@ -703,7 +726,7 @@ impl Shard {
         account: u32,
         subject: &[u8],
         reply: &[u8],
-        header_len: usize,
+        (header_len, zeros): (usize, proto::SizeZeros),
         message: &[u8],
         frame: &Bytes,
     ) -> Routed {
@@ -713,6 +736,7 @@ impl Shard {
             header_len,
             message,
             owner: frame,
+            zeros,
         };
         self.route(Some(publisher), account, msg, 0)
     }
@@ -743,7 +767,13 @@ impl Shard {
                             continue;
                         }
                         any = true;
-                        self.deliver(sub, msg.subject, msg.reply, msg.header_len, msg.message);
+                        self.deliver(
+                            sub,
+                            msg.subject,
+                            msg.reply,
+                            (msg.header_len, msg.zeros),
+                            msg.message,
+                        );
                     }
                     Interest::Remote(ri) => {
                         any_remote = true;
@@ -761,7 +791,13 @@ impl Shard {
                 match self.pick_member(&group.members) {
                     Some(Interest::Local(sub)) => {
                         any = true;
-                        self.deliver(sub, msg.subject, msg.reply, msg.header_len, msg.message);
+                        self.deliver(
+                            sub,
+                            msg.subject,
+                            msg.reply,
+                            (msg.header_len, msg.zeros),
+                            msg.message,
+                        );
                     }
                     Some(Interest::Remote(ri)) => {
                         any_remote = true;
@@ -802,6 +838,7 @@ impl Shard {
             msg.reply,
             msg.header_len,
             msg.message,
+            msg.zeros,
         ));
         for (shard, target) in targets.iter_mut().enumerate() {
             let Some(target) = target.take() else {
@@ -846,9 +883,11 @@ impl Shard {
                 let subject = mapped.as_deref().unwrap_or(msg.subject);
                 let requester = publisher.filter(|_| route.share);
                 let (message, header_len) = self.request_info(route.importer, requester, msg, hops);
+                // The header changed the sizes: they are written plainly now.
                 let msg = Message {
                     message: &message,
                     header_len,
+                    zeros: proto::SizeZeros::default(),
                     ..msg
                 };
                 if msg.reply.is_empty() {
@@ -1063,6 +1102,7 @@ impl Shard {
     ) {
         let (subject, reply, message) = (envelope.subject(), envelope.reply(), envelope.message());
         let header_len = envelope.header_len as usize;
+        let sizes = (header_len, envelope.zeros);
         let Some(m) = self.matches(account, subject) else {
             return;
         };
@@ -1070,7 +1110,7 @@ impl Shard {
             for entry in &m.plain {
                 match entry {
                     Interest::Local(sub) => {
-                        self.deliver(sub, subject, reply, header_len, message);
+                        self.deliver(sub, subject, reply, sizes, message);
                     }
                     Interest::Response(_) => {
                         let msg = Message {
@@ -1079,6 +1119,7 @@ impl Shard {
                             header_len,
                             message,
                             owner: envelope.owner(),
+                            zeros: envelope.zeros,
                         };
                         self.route_onward(None, entry, msg, 1);
                     }
@@ -1097,7 +1138,7 @@ impl Shard {
             }
             let pick = self.rng.borrow_mut().gen_range(0..n);
             if let Some(Interest::Local(sub)) = group.members.iter().filter(live).nth(pick) {
-                self.deliver(sub, subject, reply, header_len, message);
+                self.deliver(sub, subject, reply, sizes, message);
             }
         }
     }
@@ -1108,7 +1149,7 @@ impl Shard {
         sub: &Rc<Subscription>,
         subject: &[u8],
         reply: &[u8],
-        header_len: usize,
+        (header_len, zeros): (usize, proto::SizeZeros),
         message: &[u8],
     ) {
         let client = &sub.client;
@@ -1124,16 +1165,17 @@ impl Shard {
             return;
         }
         sub.delivered.set(delivered);
-        // Clients that did not ask for headers get the payload alone.
-        let (header_len, message) = if header_len > 0 && !client.headers() {
-            (0, &message[header_len..])
+        // Clients that did not ask for headers get the payload alone, with its
+        // size as nats-server computes it.
+        let (header_len, message, zeros) = if header_len > 0 && !client.headers() {
+            (0, &message[header_len..], proto::SizeZeros::default())
         } else {
-            (header_len, message)
+            (header_len, message, zeros)
         };
         if !reply.is_empty() {
             client.note_request(reply);
         }
-        let pending = client.queue_msg(subject, &sub.sid, reply, header_len, message);
+        let pending = client.queue_msg(subject, &sub.sid, reply, header_len, message, zeros);
         self.stats.out_msgs.set(self.stats.out_msgs.get() + 1);
         self.stats
             .out_bytes
@@ -1166,13 +1208,15 @@ impl Shard {
         let Some(m) = self.matches(publisher.account(), reply) else {
             return;
         };
-        let header = proto::no_responders_header(subject);
-        for entry in &m.plain {
-            if let Interest::Local(sub) = entry {
-                if Rc::ptr_eq(&sub.client, publisher) {
-                    self.deliver(sub, reply, b"", header.len(), &header);
-                }
-            }
+        // One status, on the first of the publisher's subscriptions the reply
+        // matches (nats-server's `subForReply`).
+        let first = m.plain.iter().find_map(|entry| match entry {
+            Interest::Local(sub) if Rc::ptr_eq(&sub.client, publisher) => Some(sub),
+            _ => None,
+        });
+        if let Some(sub) = first {
+            let header = proto::no_responders_header(subject);
+            self.deliver(sub, reply, b"", (header.len(), Default::default()), &header);
         }
     }
 

@@ -20,9 +20,25 @@ pub fn is_valid_subject(subject: &[u8]) -> bool {
     validate(subject, true)
 }
 
-/// A subject without wildcard tokens (what pedantic publishers must use).
+/// A subject without empty or wildcard tokens: nats-server's check of what
+/// pedantic clients publish to (it looks at nothing else).
 pub fn is_valid_literal_subject(subject: &[u8]) -> bool {
-    validate(subject, false)
+    subject
+        .split(|&b| b == SEP)
+        .all(|t| !t.is_empty() && !(t.len() == 1 && (t[0] == PWC || t[0] == FWC)))
+}
+
+/// What nats-server's sublist accepts from a client's SUB: no empty token and
+/// nothing after `>`. Any other byte is part of a token (the protocol parser has
+/// already split the arguments on whitespace).
+pub fn is_valid_subscription_subject(subject: &[u8]) -> bool {
+    let mut tokens = subject.split(|&b| b == SEP).peekable();
+    while let Some(token) = tokens.next() {
+        if token.is_empty() || (token == [FWC] && tokens.peek().is_some()) {
+            return false;
+        }
+    }
+    true
 }
 
 fn validate(subject: &[u8], allow_wildcards: bool) -> bool {
@@ -75,11 +91,6 @@ pub fn matches(filter: &[u8], subject: &[u8]) -> bool {
     }
 }
 
-/// A queue group name: one token, no whitespace.
-pub fn is_valid_queue(queue: &[u8]) -> bool {
-    !queue.is_empty() && !queue.iter().any(|&b| is_space(b)) && std::str::from_utf8(queue).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,8 +125,16 @@ mod tests {
         }
         assert!(is_valid_literal_subject(b"foo.bar"));
         assert!(is_valid_literal_subject(b"a*.b>"));
+        assert!(is_valid_literal_subject(b"t.\x00\xff"));
         assert!(!is_valid_literal_subject(b"foo.*"));
         assert!(!is_valid_literal_subject(b"foo.>"));
+        assert!(!is_valid_literal_subject(b"foo..bar"));
+        for ok in [&b"a.\x00"[..], b"\xff.b", b">", b"a.*.>", b"a\rb"] {
+            assert!(is_valid_subscription_subject(ok), "{ok:?}");
+        }
+        for bad in [&b""[..], b".a", b"a.", b"a..b", b"a.>.b", b">.a"] {
+            assert!(!is_valid_subscription_subject(bad), "{bad:?}");
+        }
         assert!(!is_valid_subject(&[0xff, 0xfe]));
     }
 

@@ -187,7 +187,10 @@ impl<T: Clone + PartialEq> Sublist<T> {
             queues: Vec::new(),
         };
         let tokens: Vec<&[u8]> = subject.split(|&b| b == SEP).collect();
-        collect(&self.root, &tokens, &mut result);
+        // A subject with an empty token matches nothing, as in nats-server.
+        if tokens.iter().all(|t| !t.is_empty()) {
+            collect(&self.root, &tokens, &mut result);
+        }
         let result = Rc::new(result);
         if self.cache.len() >= CACHE_LIMIT {
             self.cache.clear();
@@ -229,25 +232,33 @@ fn add_node<T: Clone>(node: &Node<T>, result: &mut Matches<T>) {
     }
 }
 
-fn collect<T: Clone>(level: &Level<T>, tokens: &[&[u8]], result: &mut Matches<T>) {
-    let Some((first, rest)) = tokens.split_first() else {
-        return;
-    };
-    if let Some(fwc) = &level.fwc {
-        add_node(fwc, result);
-    }
-    let mut visit = |node: &Node<T>| {
-        if rest.is_empty() {
-            add_node(node, result);
-        } else if let Some(next) = &node.next {
-            collect(next, rest, result);
+/// Walks the levels as nats-server's `matchLevel` does, so that results come in
+/// its order: at each level the `>` node, then what lies under `*`, then the
+/// literal path; at the last level the literal node before the `*` node.
+fn collect<T: Clone>(mut level: &Level<T>, tokens: &[&[u8]], result: &mut Matches<T>) {
+    let mut literal = None;
+    let mut pwc = None;
+    for (i, token) in tokens.iter().enumerate() {
+        if let Some(fwc) = &level.fwc {
+            add_node(fwc, result);
         }
-    };
-    if let Some(pwc) = &level.pwc {
-        visit(pwc);
+        pwc = level.pwc.as_deref();
+        if let Some(next) = pwc.and_then(|p| p.next.as_deref()) {
+            collect(next, &tokens[i + 1..], result);
+        }
+        literal = level.literal.get(*token);
+        let last = i + 1 == tokens.len();
+        match literal.and_then(|n| n.next.as_deref()) {
+            Some(next) if !last => level = next,
+            _ if !last => return,
+            _ => {}
+        }
     }
-    if let Some(node) = level.literal.get(*first) {
-        visit(node);
+    if let Some(node) = literal {
+        add_node(node, result);
+    }
+    if let Some(node) = pwc {
+        add_node(node, result);
     }
 }
 

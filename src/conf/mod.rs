@@ -392,10 +392,15 @@ impl Map {
     }
 }
 
-/// Errors from parsing a configuration. Display gives `file:line:col: message`.
+/// Errors from parsing a configuration. Display gives `file:line:col: message`,
+/// except for the lexer's errors, which keep nats-server's wording (tools and
+/// test harnesses look for it) with the position after it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A lexical or structural error (nats-server's wording where it has one).
+    /// A lexical error, worded as nats-server's lexer words it.
+    #[error("Parse error on line {}: '{message}' ({pos})", pos.line)]
+    Lex { pos: Pos, message: String },
+    /// A structural error (nats-server's wording where it has one).
     #[error("{pos}: {message}")]
     Syntax { pos: Pos, message: String },
     /// A `$variable` that is undefined, cyclic, or whose environment value does not parse.
@@ -429,7 +434,8 @@ impl Error {
     /// Where the error was detected, if it is tied to a position.
     pub fn pos(&self) -> Option<&Pos> {
         match self {
-            Error::Syntax { pos, .. }
+            Error::Lex { pos, .. }
+            | Error::Syntax { pos, .. }
             | Error::Variable { pos, .. }
             | Error::Include { pos, .. }
             | Error::IncludeCycle { pos, .. } => Some(pos),

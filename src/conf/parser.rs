@@ -112,7 +112,7 @@ impl<'a, 's, 'h> Parser<'a, 's, 'h> {
             let pos = self.pos(&t);
             match t.tok {
                 Tok::Eof => return self.finish(pos),
-                Tok::Error(message) => return Err(self.syntax(pos, message)),
+                Tok::Error(message) => return Err(Error::Lex { pos, message }),
                 Tok::Key(key) => match self.frames.last_mut() {
                     Some(Frame::Map { pending, .. }) if pending.is_none() => {
                         *pending = Some((key, pos));

@@ -34,7 +34,9 @@ fn err_of(text: &str) -> Error {
 #[track_caller]
 fn syntax_err(text: &str) -> (String, u32, u32) {
     match err_of(text) {
-        Error::Syntax { pos, message } => (message, pos.line, pos.col),
+        Error::Syntax { pos, message } | Error::Lex { pos, message } => {
+            (message, pos.line, pos.col)
+        }
         e => panic!("expected a syntax error for {text:?}, got {e:?}"),
     }
 }
@@ -534,11 +536,11 @@ fn top_level_errors_and_positions() {
     assert_eq!((line, col), (1, 7));
     let (msg, ..) = syntax_err("a =\n1");
     assert_eq!(msg, "Expected value but found new line");
-    // Error Display: file:line:col: message.
+    // A lexer error reads as nats-server's, with the position after it.
     let e = err_of("ok = 1\n  bad = 2 x");
     assert_eq!(
         e.to_string(),
-        "test.conf:2:11: Expected a top-level value to end with a new line, comment or EOF, but got 'x' instead."
+        "Parse error on line 2: 'Expected a top-level value to end with a new line, comment or EOF, but got 'x' instead.' (test.conf:2:11)"
     );
     assert_eq!(e.pos().map(|p| (p.line, p.col)), Some((2, 11)));
 }
@@ -1147,7 +1149,7 @@ fn include_errors() {
     let e = parse_inc("\n\nx { include bad.conf }").unwrap_err();
     assert_eq!(
         e.to_string(),
-        "/etc/nats/main.conf:3:13: error parsing include file 'bad.conf', /etc/nats/bad.conf:3:13: Unexpected array value terminator ','."
+        "/etc/nats/main.conf:3:13: error parsing include file 'bad.conf', Parse error on line 3: 'Unexpected array value terminator ','.' (/etc/nats/bad.conf:3:13)"
     );
     let e = parse_inc("accounts {\n  bar { include 'novalue.conf'}\n}").unwrap_err();
     let s = e.to_string();

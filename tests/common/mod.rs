@@ -1,5 +1,8 @@
 //! Test support: start the real `strait` binary on a free port and talk to it.
+// Each test binary uses a different part of this module.
 #![allow(dead_code)]
+
+pub mod reference;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,6 +14,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// The monitoring port, when monitoring is on (`-m -1` picks a free one).
+    pub http: Option<u16>,
     pub dir: PathBuf,
     pub log: PathBuf,
 }
@@ -52,25 +57,38 @@ impl Server {
         let mut server = Server {
             child,
             port: 0,
+            http: None,
             dir,
             log,
         };
-        server.port = server.wait_for_port();
+        server.wait_until_ready();
         server
     }
 
-    fn wait_for_port(&mut self) -> u16 {
+    /// Starts strait with monitoring on a port of its choosing (`-m -1`), so that
+    /// tests running in parallel cannot race for a free port.
+    pub fn start_monitored(config: Option<&str>, args: &[&str]) -> (Server, u16) {
+        let mut all = vec!["-m", "-1"];
+        all.extend_from_slice(args);
+        let server = Self::start_with_config(config, &all);
+        let http = server.http.expect("monitoring port in the log");
+        (server, http)
+    }
+
+    /// Waits for "Server is ready" and reads the ports from the log lines before it.
+    fn wait_until_ready(&mut self) {
+        fn port_after(text: &str, needle: &str) -> Option<u16> {
+            let line = text.lines().find(|l| l.contains(needle))?;
+            line.rsplit(':').next()?.trim().parse().ok()
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(line) = text
-                .lines()
-                .find(|l| l.contains("Listening for client connections on"))
-            {
-                let port = line.rsplit(':').next().and_then(|p| p.trim().parse().ok());
-                if let Some(port) = port {
-                    return port;
-                }
+            if text.contains("Server is ready") {
+                self.port = port_after(&text, "Listening for client connections on")
+                    .expect("client port in the log");
+                self.http = port_after(&text, "Starting http monitor on");
+                return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 let mut err = String::new();
