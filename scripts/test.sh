@@ -8,6 +8,7 @@
 #     package, unpacked with dpkg-deb (no maintainer scripts run, so no daemon);
 #   - the reference nats-server v2.14 (differential tests), by
 #     scripts/reference-server.sh.
+# Tests that cannot run here are skipped by name, and the reason printed.
 # Without them the tests that need them fail, unless STRAIT_SKIP_REFERENCE=1 says
 # to skip the differential tests, which is then printed.
 set -euo pipefail
@@ -52,6 +53,13 @@ elif reference=$(scripts/reference-server.sh); then
   export STRAIT_REFERENCE_SERVER=$reference
 else
   echo "test.sh: the reference nats-server could not be installed (see above); the *_vs_nats_server tests will fail. Set STRAIT_SKIP_REFERENCE=1 to skip them." >&2
+fi
+
+# --- tests/connections.rs holds 10 000 clients: it needs that many descriptors ----
+hard_files=$(ulimit -Hn)
+if [[ $hard_files != unlimited && $hard_files -lt 10200 ]]; then
+  echo "test.sh: SKIPPED: many_connections_10k needs a hard open-files limit of 10200; this machine's is $hard_files" >&2
+  skip+=(--skip many_connections_10k)
 fi
 
 cargo build --workspace --all-targets

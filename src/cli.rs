@@ -58,6 +58,9 @@ Cluster Options:
         --routes, --cluster, --cluster_name, --no_advertise,
         --cluster_advertise, --connect_retries, --cluster_listen  (not supported yet)
 
+Profiling Options:
+        --profile <port>             Profiling HTTP port
+
 strait Options:
         --shards <n>                 Number of shards, one per core (default: number of cores)
         --spin_before_park <dur>     Busy-poll this long before an idle shard sleeps (e.g. 50us)
@@ -156,8 +159,8 @@ pub struct Cli {
     pub connect_retries: Option<String>,
     #[arg(long = "cluster_listen")]
     pub cluster_listen: Option<String>,
-    #[arg(long = "profile")]
-    pub profile: Option<String>,
+    #[arg(long = "profile", allow_hyphen_values = true)]
+    pub profile: Option<i32>,
 
     #[arg(long = "shards")]
     pub shards: Option<usize>,
@@ -294,7 +297,6 @@ impl Cli {
                 self.connect_retries.is_some(),
                 "connect_retries (clustering)",
             ),
-            (self.profile.is_some(), "profile"),
         ];
         checks.iter().find(|(set, _)| *set).map(|(_, name)| *name)
     }

@@ -56,6 +56,10 @@ pub struct ProcessOptions {
     pub ports_file_dir: Option<String>,
     pub syslog: Option<bool>,
     pub remote_syslog: Option<String>,
+    /// The profiling endpoint's port (`prof_port`): -1 a free one, 0 off.
+    pub prof_port: Option<i32>,
+    /// strait's `prof_cpu_rate`: CPU samples per second per thread in a profile.
+    pub prof_cpu_rate: Option<u32>,
     /// `authorization { timeout }` is set (otherwise TLS lengthens the default).
     pub auth_timeout_configured: bool,
 }
@@ -240,6 +244,23 @@ pub fn apply(
                 _ => return Err(invalid(entry, "expected host:port")),
             },
             "http_base_path" => process.http_base_path = Some(string(entry)?),
+            "prof_port" => {
+                let p = int(entry)?;
+                if !(-1..=65535).contains(&p) {
+                    return Err(invalid(entry, format!("invalid port {p}")));
+                }
+                process.prof_port = Some(p as i32);
+            }
+            "prof_cpu_rate" => {
+                let rate = int(entry)?;
+                if !(1..=10_000).contains(&rate) {
+                    return Err(invalid(
+                        entry,
+                        format!("prof_cpu_rate must be 1 to 10000 Hz, got {rate}"),
+                    ));
+                }
+                process.prof_cpu_rate = Some(rate as u32);
+            }
             "logfile_size_limit" | "log_size_limit" => {
                 process.log_size_limit = Some(size(entry)? as u64)
             }

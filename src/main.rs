@@ -10,6 +10,8 @@ mod conf;
 mod config;
 mod logging;
 mod monitor;
+mod profile_proto;
+mod profiling;
 mod rlimit;
 mod signals;
 mod tls_config;
@@ -25,6 +27,23 @@ use strait_shards::options::{NATS_VERSION, STRAIT_VERSION};
 use strait_shards::ServerOptions;
 
 use crate::cli::Cli;
+
+/// jemalloc, for its allocation sampling (heap profiles); measured against the
+/// system allocator in BENCHMARKS.md.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read when it starts: sampling is built in but inactive
+/// (it costs nothing then) until the profiling endpoint turns it on; a sample
+/// every 512 KiB on average, as Go's heap profiles.
+// SAFETY: jemalloc reads this symbol by name as a NUL-terminated C string before
+// the first allocation; the static is immutable and NUL-terminated.
+#[cfg(feature = "jemalloc")]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "malloc_conf")]
+pub static malloc_conf: &[u8] =
+    b"prof:true,prof_active:false,lg_prof_sample:19,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// What `-v` prints. Tools parse the first ` v<major.minor.patch>` as the server
 /// version (the nats.c test harness, install scripts), so the compatible
@@ -165,6 +184,12 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
     if let Some(remote) = &cli.remote_syslog {
         process.remote_syslog = Some(remote.clone());
     }
+    if let Some(p) = cli.profile {
+        if !(-1..=65535).contains(&p) {
+            bail!("invalid profiling port {p}");
+        }
+        process.prof_port = Some(p);
+    }
     if let Some(p) = cli.http_port {
         process.http_port = Some(match p {
             -1 | 0 => 0,
@@ -274,20 +299,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         client_port: handle.port,
         start: start_time,
     });
+    let profiling = process
+        .prof_port
+        .filter(|&p| p != 0)
+        .map(|p| profiling::ProfilingSetup {
+            host: host.clone(),
+            port: if p < 0 { 0 } else { p as u16 },
+            cpu_rate_hz: process
+                .prof_cpu_rate
+                .unwrap_or(profiling::DEFAULT_CPU_RATE_HZ),
+        });
     let reloader = Reloader {
         cli: cli.clone(),
         running: opts_snapshot,
+        prof_port: process.prof_port,
     };
-    let (control, http_port) = spawn_control(
+    let (control, ports) = spawn_control(
         handle.global.clone(),
         lame_duck,
         reloader,
         std::mem::take(&mut handle.control),
-        monitoring,
+        (monitoring, profiling),
     )?;
-    // After every listener is up, so that a random monitoring port (-m -1) is in it.
+    // After every listener is up, so that random ports (-m -1, --profile -1) are in it.
     let ports_file = match &process.ports_file_dir {
-        Some(dir) => Some(write_ports_file(dir, &host, handle.port, http_port)?),
+        Some(dir) => Some(write_ports_file(dir, &host, handle.port, ports)?),
         None => None,
     };
     tracing::info!("Server is ready");
@@ -306,7 +342,7 @@ fn write_ports_file(
     dir: &str,
     host: &str,
     port: u16,
-    http_port: Option<u16>,
+    ports: ControlPorts,
 ) -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()
         .ok()
@@ -318,18 +354,24 @@ fn write_ports_file(
     } else {
         host
     };
-    let mut ports = serde_json::Map::new();
-    ports.insert(
+    let mut listed = serde_json::Map::new();
+    listed.insert(
         "nats".into(),
         serde_json::json!([format!("nats://{}", host_port(advertised, port))]),
     );
-    if let Some(http) = http_port {
-        ports.insert(
+    if let Some(http) = ports.monitoring {
+        listed.insert(
             "monitoring".into(),
             serde_json::json!([format!("http://{}", host_port(advertised, http))]),
         );
     }
-    std::fs::write(&path, serde_json::Value::Object(ports).to_string())
+    if let Some(prof) = ports.profiling {
+        listed.insert(
+            "profile".into(),
+            serde_json::json!([format!("http://{}", host_port(advertised, prof))]),
+        );
+    }
+    std::fs::write(&path, serde_json::Value::Object(listed).to_string())
         .with_context(|| format!("could not write ports file {}", path.display()))?;
     Ok(path)
 }
@@ -358,10 +400,10 @@ fn spawn_control(
     (ldm_duration, ldm_grace): (Duration, Duration),
     mut reloader: Reloader,
     control_lanes: Vec<strait_shards::control::ControlEnds>,
-    monitoring: Option<MonitorSetup>,
-) -> anyhow::Result<(glommio::ExecutorJoinHandle<()>, Option<u16>)> {
-    // Answers the monitoring port once it listens.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<Option<u16>>>();
+    (monitoring, profiling): (Option<MonitorSetup>, Option<profiling::ProfilingSetup>),
+) -> anyhow::Result<(glommio::ExecutorJoinHandle<()>, ControlPorts)> {
+    // Answers the ports once they listen.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<ControlPorts>>();
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     let flags: Vec<(i32, Arc<AtomicBool>)> = [SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2]
         .into_iter()
@@ -389,7 +431,21 @@ fn spawn_control(
                 },
                 None => None,
             };
-            let _ = ready_tx.send(Ok(monitor_ctx.as_ref().map(|ctx| ctx.http_port)));
+            let profiling_port = match profiling.map(profiling::start).transpose() {
+                Ok(port) => port,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    global.shutdown.store(true, Ordering::Release);
+                    return;
+                }
+            };
+            if let Some(ctx) = &monitor_ctx {
+                ctx.profiling_port.set(profiling_port);
+            }
+            let _ = ready_tx.send(Ok(ControlPorts {
+                monitoring: monitor_ctx.as_ref().map(|ctx| ctx.http_port),
+                profiling: profiling_port,
+            }));
             let mut lame_duck_since: Option<std::time::Instant> = None;
             loop {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -419,7 +475,7 @@ fn spawn_control(
         })
         .map_err(|e| anyhow::anyhow!("could not start the control executor: {e}"))?;
     match ready_rx.recv() {
-        Ok(Ok(http_port)) => Ok((handle, http_port)),
+        Ok(Ok(ports)) => Ok((handle, ports)),
         Ok(Err(e)) => {
             let _ = handle.join();
             Err(e)
@@ -434,25 +490,13 @@ fn start_monitoring(
     global: Arc<strait_shards::shard::Global>,
     links: Vec<strait_shards::control::ShardLink>,
 ) -> anyhow::Result<std::rc::Rc<monitor::MonitorContext>> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    use strait_shards::listen;
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(setup.host.as_str(), setup.port))
         .ok()
         .and_then(|mut a| a.next())
         .with_context(|| format!("invalid monitoring address {}:{}", setup.host, setup.port))?;
-    let cannot = |addr, e: std::io::Error| {
-        anyhow::anyhow!(
-            "Can't start monitoring: can't listen to the monitor port: {}",
-            listen::go_listen_error(addr, &e)
-        )
-    };
-    // Exclusive first: the shared listener below would share a port silently.
-    let port = listen::claim_port(addr).map_err(|e| cannot(addr, e))?;
-    let addr = std::net::SocketAddr::new(addr.ip(), port);
-    let listener = listen::shared_listener(addr).map_err(|e| cannot(addr, e))?;
-    // SAFETY: the descriptor comes from a listening socket we own and hand over
-    // whole (into_raw_fd), so glommio's listener is its only owner.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let (listener, port) = monitor::exclusive_listener(addr).map_err(|e| {
+        anyhow::anyhow!("Can't start monitoring: can't listen to the monitor port: {e}")
+    })?;
     tracing::info!("Starting http monitor on {}", host_port(&setup.host, port));
     let ctx = std::rc::Rc::new(monitor::MonitorContext::new(
         reloader.running.clone(),
@@ -504,11 +548,20 @@ fn handle_signal(
     }
 }
 
+/// The ports the control executor listens on.
+#[derive(Debug, Clone, Copy, Default)]
+struct ControlPorts {
+    monitoring: Option<u16>,
+    profiling: Option<u16>,
+}
+
 /// Configuration reload: re-reads the file, refuses what cannot change while
 /// running (the old configuration stays in force), and publishes the rest.
 struct Reloader {
     cli: Cli,
     running: ServerOptions,
+    /// As configured (nats-server cannot change it on reload either).
+    prof_port: Option<i32>,
 }
 
 impl Reloader {
@@ -526,6 +579,14 @@ impl Reloader {
             ("port", old.port.to_string(), new.port.to_string()),
             ("shards", old.shards.to_string(), new.shards.to_string()),
         ];
+        if process.prof_port != self.prof_port {
+            let show = |p: Option<i32>| p.unwrap_or(0).to_string();
+            bail!(
+                "config reload not supported for ProfPort: old={}, new={}",
+                show(self.prof_port),
+                show(process.prof_port)
+            );
+        }
         for (name, was, now) in fixed {
             // A random port (-p -1) stays whatever was picked.
             if was != now && !(name == "port" && was == "0") {

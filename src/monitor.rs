@@ -32,6 +32,8 @@ pub struct MonitorContext {
     pub client_port: u16,
     pub http_host: String,
     pub http_port: u16,
+    /// The profiling endpoint's port, when it is on (for /varz).
+    pub profiling_port: Cell<Option<u16>>,
     pub base_path: String,
     pub start: SystemTime,
     pub config_load_time: Cell<SystemTime>,
@@ -59,6 +61,7 @@ impl MonitorContext {
             client_port,
             http_host,
             http_port,
+            profiling_port: Cell::new(None),
             base_path,
             start,
             config_load_time: Cell::new(start),
@@ -265,6 +268,7 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
             "version": STRAIT_VERSION,
             "shards": snaps.len(),
             "api_level": API_LEVEL,
+            "profile_port": ctx.profiling_port.get(),
         },
     })
 }
@@ -1136,20 +1140,33 @@ impl hyper::rt::Write for Io {
 
 /// Serves HTTP until the listener fails. Runs on the control executor.
 pub async fn serve(ctx: Rc<MonitorContext>, listener: glommio::net::TcpListener) {
+    serve_http(listener, "monitoring", move |req| handle(ctx.clone(), req)).await
+}
+
+/// An HTTP/1 server on the control executor: one task per connection, each
+/// request answered by `handler`.
+pub(crate) async fn serve_http<H, F>(
+    listener: glommio::net::TcpListener,
+    what: &'static str,
+    handler: H,
+) where
+    H: Fn(Request<hyper::body::Incoming>) -> F + Clone + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + 'static,
+{
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!("monitoring: accept failed: {e}");
+                tracing::error!("{what}: accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let ctx = ctx.clone();
+        let handler = handler.clone();
         glommio::spawn_local(async move {
             let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+                let answer = handler(req);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
@@ -1158,6 +1175,23 @@ pub async fn serve(ctx: Rc<MonitorContext>, listener: glommio::net::TcpListener)
         })
         .detach();
     }
+}
+
+/// Listens on `addr` as nats-server does: refused at once when another process
+/// holds the port (Go's error text in the result), at once after a restart.
+/// Returns the listener and its port (the chosen one for port 0).
+pub(crate) fn exclusive_listener(
+    addr: std::net::SocketAddr,
+) -> Result<(glommio::net::TcpListener, u16), String> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    use strait_shards::listen;
+    let port = listen::claim_port(addr).map_err(|e| listen::go_listen_error(addr, &e))?;
+    let addr = std::net::SocketAddr::new(addr.ip(), port);
+    let listener = listen::shared_listener(addr).map_err(|e| listen::go_listen_error(addr, &e))?;
+    // SAFETY: the descriptor comes from a listening socket we own and hand over
+    // whole (into_raw_fd), so glommio's listener is its only owner.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    Ok((listener, port))
 }
 
 #[cfg(test)]

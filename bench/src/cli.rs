@@ -34,6 +34,9 @@ pub enum Cmd {
     JsFetch(JsFetchArgs),
     /// Start two servers and run named scenarios on both, interleaved; print ratios A/B
     Compare(CompareArgs),
+    /// Connection storms on two servers: connects/s and RSS with N idle clients
+    /// (plain, TLS, NKEY), ratios A/B
+    Conns(ConnsArgs),
     /// List the named scenarios and their goals
     Scenarios,
 }
@@ -139,6 +142,30 @@ pub struct JsFetchArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ConnsArgs {
+    /// NAME=COMMAND, exactly twice: A (under test) then B (reference)
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Clients per run
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+    /// Threads opening them
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Comma-separated: plain, tls, nkey
+    #[arg(long, value_delimiter = ',', default_value = "plain,tls,nkey")]
+    pub modes: Vec<crate::conns::Mode>,
+    /// Wait before reading RSS (idle, and with the clients connected)
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct CompareArgs {
     /// NAME=COMMAND, exactly twice: A (under test) then B (reference). The command is
     /// split on whitespace; -a 127.0.0.1 -p PORT -P PIDFILE are appended.
@@ -234,7 +261,7 @@ impl Cmd {
                 a.common
                     .scenario("js-fetch", Kind::JsFetch { batch: a.batch }, 1, 1, false),
             ),
-            Cmd::Compare(_) | Cmd::Scenarios => return None,
+            Cmd::Compare(_) | Cmd::Conns(_) | Cmd::Scenarios => return None,
         })
     }
 }

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod compare;
 pub mod conn;
+pub mod conns;
 pub mod plot;
 pub mod procstat;
 pub mod report;

@@ -26,6 +26,25 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match &cli.cmd {
         Cmd::Compare(args) => run_compare(args),
+        Cmd::Conns(args) => {
+            if args.servers.len() != 2 {
+                anyhow::bail!("conns needs exactly two --server");
+            }
+            let opts = strait_bench::conns::ConnsOptions {
+                servers: args.servers.clone(),
+                count: args.count,
+                threads: args.threads.max(1),
+                reps: args.reps.max(1),
+                modes: args.modes.clone(),
+                settle: args.settle,
+            };
+            let runs = strait_bench::conns::run(&opts)?;
+            println!("{}", strait_bench::conns::table(&opts, &runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Scenarios => {
             list_scenarios();
             Ok(ExitCode::SUCCESS)

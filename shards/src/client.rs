@@ -939,10 +939,13 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             zeros,
             ..
         } => {
-            if !head_checked {
-                check_publish_subject(client, subject);
+            let (pedantic, no_responders, verbose) = {
+                let c = client.connect.borrow();
+                (c.pedantic, c.no_responders, c.verbose)
+            };
+            if pedantic && !head_checked && !subject::is_valid_literal_subject(subject) {
+                client.queue_err("Invalid Publish Subject");
             }
-            let no_responders = client.connect.borrow().no_responders;
             client
                 .counters
                 .in_msgs
@@ -996,7 +999,7 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 );
                 return Next::Continue;
             }
-            if verbose() {
+            if verbose {
                 client.queue_bytes(proto::OK);
             }
             let routed = shard.publish(

@@ -222,12 +222,14 @@ pub struct Parser {
     head_reported: bool,
 }
 
+#[inline(always)]
 fn is_ws(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
 /// Which op a name starts, from its first bytes; `Ok(None)` when more bytes are
 /// needed to know, `Err` when no op starts so.
+#[inline]
 fn op_for(buf: &[u8]) -> Result<Option<Op>, ()> {
     let upper = |i: usize| buf.get(i).map(u8::to_ascii_uppercase);
     let op = match upper(0) {
@@ -266,7 +268,12 @@ fn control_arg(
     match memchr::memchr(b'\n', tail) {
         Some(i) => {
             let nl = after + i;
-            let drop = usize::from(memchr::memchr(b'\r', &buf[after..nl]).is_some());
+            // Nearly always the line ends in CRLF: no need to look further.
+            let drop = if nl > after && buf[nl - 1] == b'\r' {
+                1
+            } else {
+                usize::from(memchr::memchr(b'\r', &buf[after..nl]).is_some())
+            };
             let end = nl - drop;
             if end - start > max_control_line {
                 return Err(ProtoError::MaxControlLine);
@@ -285,23 +292,30 @@ fn control_arg(
 
 /// Splits an argument on runs of the given separators into `args`; returns the
 /// count, or `args.len() + 1` when there are more.
+#[inline(always)]
 fn split_on<'a, const N: usize>(
-    arg: &'a [u8],
+    mut arg: &'a [u8],
     args: &mut [&'a [u8]; N],
     is_sep: impl Fn(u8) -> bool,
 ) -> usize {
     let mut n = 0;
-    for part in arg.split(|&b| is_sep(b)).filter(|p| !p.is_empty()) {
+    loop {
+        let Some(start) = arg.iter().position(|&b| !is_sep(b)) else {
+            return n;
+        };
+        arg = &arg[start..];
+        let end = arg.iter().position(|&b| is_sep(b)).unwrap_or(arg.len());
         if n == N {
             return N + 1;
         }
-        args[n] = part;
+        args[n] = &arg[..end];
         n += 1;
+        arg = &arg[end..];
     }
-    n
 }
 
 /// PUB and HPUB arguments split on spaces and tabs only.
+#[inline]
 fn split_pub_args<'a>(arg: &'a [u8], args: &mut [&'a [u8]; 4]) -> usize {
     split_on(arg, args, is_ws)
 }
