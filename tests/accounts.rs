@@ -460,7 +460,10 @@ fn monitoring_shows_accounts() {
     assert_eq!(list[0]["conns"], 1);
     assert_eq!(list[0]["received"]["msgs"], 1);
     assert_eq!(list[0]["sent"]["msgs"], 1);
-    assert_eq!(http_json(http, "/varz")["system_account"], "SYS");
+    let varz = http_json(http, "/varz");
+    assert_eq!(varz["system_account"], "SYS");
+    // Users only inside accounts {}: authentication is still required, as INFO says.
+    assert_eq!(varz["auth_required"], true, "{varz}");
     let subsz = http_json(http, "/subsz?subs=1&acc=APP");
     assert_eq!(subsz["subscriptions_list"][0]["account"], "APP");
     let (_, _, metrics) = common::http_get(http, "/metrics");

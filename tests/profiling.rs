@@ -190,7 +190,7 @@ fn cpu_and_heap_profiles_under_load() {
 fn prof_port_in_the_ports_file_and_not_reloadable() {
     let dir = std::env::temp_dir().join(format!("strait-prof-ports-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let server = Server::start_with_config(
+    let (server, http) = Server::start_monitored(
         Some("prof_port: -1\n"),
         &["--ports_file_dir", dir.to_str().unwrap()],
     );
@@ -199,6 +199,12 @@ fn prof_port_in_the_ports_file_and_not_reloadable() {
     let ports: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ports_file).unwrap()).unwrap();
     assert_eq!(ports["profile"][0], format!("http://127.0.0.1:{prof}"));
+    // A monitoring port picked at start (-m -1) is listed too, as nats-server lists it.
+    assert_eq!(ports["monitoring"][0], format!("http://127.0.0.1:{http}"));
+    assert_eq!(
+        common::http_json(http, "/varz")["strait"]["profile_port"],
+        prof
+    );
     std::fs::write(server.dir.join("strait.conf"), "prof_port: 1\n").unwrap();
     server.signal("reload");
     assert!(server.wait_for_log(
