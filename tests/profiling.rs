@@ -8,8 +8,7 @@ mod common;
 #[path = "../src/profile_proto.rs"]
 mod profile_proto;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,38 +16,8 @@ use std::time::{Duration, Instant};
 use common::{Raw, Server, CONNECT};
 use prost::Message;
 
-/// A GET returning (status, body bytes); bodies may be binary.
 fn get(port: u16, path: &str) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let head_end = common::find(&raw, b"\r\n\r\n").expect("HTTP head");
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut body = raw[head_end + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        while let Some(nl) = common::find(rest, b"\r\n") {
-            let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
-            rest = &rest[nl + 4 + n..];
-        }
-        body = out;
-    }
+    let (status, _, body) = common::http_get_bytes(port, path, Duration::from_secs(30));
     (status, body)
 }
 

@@ -69,6 +69,20 @@ fn ready(p: &mut Proc) -> (u16, u16) {
     }
 }
 
+/// Waits for a server that must fail to start and returns what it printed.
+fn refusal(mut p: Proc) -> String {
+    let status = p.child.wait().unwrap();
+    assert!(!status.success(), "a second server started");
+    let mut err = String::new();
+    p.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
 /// Clients and a scrape, so that the stop leaves connections in TIME_WAIT on the
 /// server's ports.
 fn use_server(port: u16, http: u16) -> Vec<Raw> {
@@ -133,17 +147,7 @@ fn restarts_at_once_on_the_same_ports_after_stop_and_crash() {
 
     // A second live server on the client port: refused at once, nats-server's words.
     let started = Instant::now();
-    let mut second = spawn(&dir, "second", port as i32, None);
-    let status = second.child.wait().unwrap();
-    assert!(!status.success());
-    let mut err = String::new();
-    second
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = refusal(spawn(&dir, "second", port as i32, None));
     let expected = format!(
         "Error listening on port: 127.0.0.1:{port}, \"listen tcp 127.0.0.1:{port}: bind: address already in use\""
     );
@@ -155,17 +159,7 @@ fn restarts_at_once_on_the_same_ports_after_stop_and_crash() {
     );
 
     // And on the monitoring port.
-    let mut third = spawn(&dir, "third", -1, Some(http as i32));
-    let status = third.child.wait().unwrap();
-    assert!(!status.success());
-    let mut err = String::new();
-    third
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = refusal(spawn(&dir, "third", -1, Some(http as i32)));
     let expected = format!(
         "Can't start monitoring: can't listen to the monitor port: listen tcp 127.0.0.1:{http}: bind: address already in use"
     );

@@ -378,10 +378,16 @@ pub fn free_port() -> u16 {
 
 /// A plain HTTP/1.1 GET; returns (status, content type, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String, String) {
+    let (status, ctype, body) = http_get_bytes(port, path, Duration::from_secs(5));
+    (status, ctype, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The same with the body as bytes (profiles are binary) and a read timeout.
+pub fn http_get_bytes(port: u16, path: &str, timeout: Duration) -> (u16, String, Vec<u8>) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new(), String::new());
+        return (0, String::new(), Vec::new());
     };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -389,8 +395,9 @@ pub fn http_get(port: u16, path: &str) -> (u16, String, String) {
     .unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let head_end = find(&raw, b"\r\n\r\n").unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let body = raw.get(head_end + 4..).unwrap_or(&[]);
     let status: u16 = head
         .split_whitespace()
         .nth(1)
@@ -409,19 +416,20 @@ pub fn http_get(port: u16, path: &str) -> (u16, String, String) {
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        let mut out = String::new();
+        let mut out = Vec::new();
         let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
+        while let Some(nl) = find(rest, b"\r\n") {
+            let size = String::from_utf8_lossy(&rest[..nl]);
             let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
+            if n == 0 || rest.len() < nl + 2 + n {
                 break;
             }
-            out.push_str(&after[..n]);
-            rest = &after[n + 2..];
+            out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
+            rest = rest.get(nl + 4 + n..).unwrap_or(&[]);
         }
         out
     } else {
-        body.to_string()
+        body.to_vec()
     };
     (status, ctype, body)
 }
