@@ -130,7 +130,22 @@ fn unique_dir() -> Result<PathBuf> {
 }
 
 impl ServerProc {
+    /// Starts the server on a free port. The port is free when picked but can be
+    /// taken (by another test's client, as its ephemeral port) before the server
+    /// binds it; then the start is tried again on another port.
     pub fn start(spec: &ServerSpec) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_once(spec) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(spec: &ServerSpec) -> Result<Self> {
         install_panic_hook();
         let dir = unique_dir()?;
         let port = free_port()?;
