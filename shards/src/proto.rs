@@ -1139,17 +1139,6 @@ mod tests {
         out.clear();
         write_msg(
             &mut out,
-            b"foo.baz",
-            b"1",
-            b"reply.x",
-            0,
-            b"",
-            SizeZeros::default(),
-        );
-        assert_eq!(&out[..], b"MSG foo.baz 1 reply.x 0\r\n\r\n");
-        out.clear();
-        write_msg(
-            &mut out,
             b"h.b",
             b"1",
             b"",

@@ -767,13 +767,7 @@ impl Shard {
                             continue;
                         }
                         any = true;
-                        self.deliver(
-                            sub,
-                            msg.subject,
-                            msg.reply,
-                            (msg.header_len, msg.zeros),
-                            msg.message,
-                        );
+                        self.deliver_message(sub, &msg);
                     }
                     Interest::Remote(ri) => {
                         any_remote = true;
@@ -791,13 +785,7 @@ impl Shard {
                 match self.pick_member(&group.members) {
                     Some(Interest::Local(sub)) => {
                         any = true;
-                        self.deliver(
-                            sub,
-                            msg.subject,
-                            msg.reply,
-                            (msg.header_len, msg.zeros),
-                            msg.message,
-                        );
+                        self.deliver_message(sub, &msg);
                     }
                     Some(Interest::Remote(ri)) => {
                         any_remote = true;
@@ -1141,6 +1129,17 @@ impl Shard {
                 self.deliver(sub, subject, reply, sizes, message);
             }
         }
+    }
+
+    /// Delivers a routed message to a local subscriber.
+    fn deliver_message(&self, sub: &Rc<Subscription>, msg: &Message<'_>) {
+        self.deliver(
+            sub,
+            msg.subject,
+            msg.reply,
+            (msg.header_len, msg.zeros),
+            msg.message,
+        );
     }
 
     /// Writes one MSG/HMSG to a local subscriber.
