@@ -17,12 +17,13 @@ mod signals;
 mod tls_config;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use glommio::{LocalExecutorBuilder, Placement};
+use strait_shards::control::{Command, Commander};
 use strait_shards::options::{NATS_VERSION, STRAIT_VERSION};
 use strait_shards::ServerOptions;
 
@@ -271,7 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let start_time = std::time::SystemTime::now();
     let lame_duck = (opts.lame_duck_duration, opts.lame_duck_grace_period);
     rlimit::apply(opts.max_connections);
-    let mut handle = strait_shards::start(opts)?;
+    let handle = strait_shards::start(opts)?;
     if let Some(pid_file) = &process.pid_file {
         std::fs::write(pid_file, std::process::id().to_string())
             .with_context(|| format!("could not write pid file {pid_file}"))?;
@@ -315,10 +316,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         prof_port: process.prof_port,
     };
     let (control, ports) = spawn_control(
+        handle.commander.clone(),
         handle.global.clone(),
         lame_duck,
         reloader,
-        std::mem::take(&mut handle.control),
         (monitoring, profiling),
     )?;
     // After every listener is up, so that random ports (-m -1, --profile -1) are in it.
@@ -396,46 +397,37 @@ struct MonitorSetup {
 }
 
 fn spawn_control(
-    global: Arc<strait_shards::shard::Global>,
+    commander: Commander,
+    global: Arc<strait_shards::global::Global>,
     (ldm_duration, ldm_grace): (Duration, Duration),
     mut reloader: Reloader,
-    control_lanes: Vec<strait_shards::control::ControlEnds>,
     (monitoring, profiling): (Option<MonitorSetup>, Option<profiling::ProfilingSetup>),
 ) -> anyhow::Result<(glommio::ExecutorJoinHandle<()>, ControlPorts)> {
     // Answers the ports once they listen.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<ControlPorts>>();
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let flags: Vec<(i32, Arc<AtomicBool>)> = [SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2]
-        .into_iter()
-        .map(|sig| (sig, Arc::new(AtomicBool::new(false))))
-        .collect();
-    for (sig, flag) in &flags {
-        signal_hook::flag::register(*sig, flag.clone())?;
-    }
+    let signals = forward_signals()?;
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("control")
         .io_memory(64 * 1024)
         .spawn(move || async move {
-            let mut links = Vec::with_capacity(control_lanes.len());
-            for ends in control_lanes {
-                links.push(ends.connect().await);
-            }
             let monitor_ctx = match monitoring {
-                Some(setup) => match start_monitoring(setup, &reloader, global.clone(), links) {
-                    Ok(ctx) => Some(ctx),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        global.shutdown.store(true, Ordering::Release);
-                        return;
+                Some(setup) => {
+                    match start_monitoring(setup, &reloader, global.clone(), commander.clone()) {
+                        Ok(ctx) => Some(ctx),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            commander.broadcast(|| Command::Shutdown);
+                            return;
+                        }
                     }
-                },
+                }
                 None => None,
             };
             let profiling_port = match profiling.map(profiling::start).transpose() {
                 Ok(port) => port,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
-                    global.shutdown.store(true, Ordering::Release);
+                    commander.broadcast(|| Command::Shutdown);
                     return;
                 }
             };
@@ -448,15 +440,37 @@ fn spawn_control(
             }));
             let mut lame_duck_since: Option<std::time::Instant> = None;
             loop {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-                for (sig, flag) in &flags {
-                    if flag.swap(false, Ordering::AcqRel) {
-                        handle_signal(*sig, &global, &mut lame_duck_since, &mut reloader);
-                        if *sig == SIGHUP {
-                            if let Some(ctx) = &monitor_ctx {
-                                *ctx.opts.borrow_mut() = reloader.running.clone();
-                                ctx.config_load_time.set(std::time::SystemTime::now());
-                            }
+                // Signals arrive as they are trapped; in lame duck mode the loop also
+                // wakes to see whether the clients are gone.
+                let next = async { signals.recv_async().await.ok() };
+                let sig = match lame_duck_since {
+                    None => match next.await {
+                        Some(sig) => Some(sig),
+                        None => break,
+                    },
+                    Some(_) => {
+                        let pace = async {
+                            glommio::timer::sleep(LAME_DUCK_CHECK).await;
+                            None
+                        };
+                        futures_lite::future::or(next, pace).await
+                    }
+                };
+                if let Some(sig) = sig {
+                    let flow = handle_signal(
+                        sig,
+                        &commander,
+                        &global,
+                        &mut lame_duck_since,
+                        &mut reloader,
+                    );
+                    if flow == Flow::Stop {
+                        break;
+                    }
+                    if sig == signal_hook::consts::SIGHUP {
+                        if let Some(ctx) = &monitor_ctx {
+                            *ctx.opts.borrow_mut() = reloader.running.clone();
+                            ctx.config_load_time.set(std::time::SystemTime::now());
                         }
                     }
                 }
@@ -465,11 +479,9 @@ fn spawn_control(
                     let no_clients = global.connections.load(Ordering::Relaxed) == 0;
                     if elapsed >= ldm_duration.max(ldm_grace) || no_clients {
                         tracing::info!("Initiating Shutdown...");
-                        global.shutdown.store(true, Ordering::Release);
+                        commander.broadcast(|| Command::Shutdown);
+                        break;
                     }
-                }
-                if global.shutdown.load(Ordering::Acquire) {
-                    break;
                 }
             }
         })
@@ -484,11 +496,42 @@ fn spawn_control(
     }
 }
 
+/// How often lame duck mode checks whether every client has gone.
+const LAME_DUCK_CHECK: Duration = Duration::from_millis(100);
+
+/// Hands trapped signals to the control executor: a thread blocks on them and
+/// sends each one on as it arrives.
+fn forward_signals() -> anyhow::Result<flume::Receiver<i32>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2])
+            .context("could not trap signals")?;
+    let (tx, rx) = flume::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("could not start the signal thread")?;
+    Ok(rx)
+}
+
+/// Whether the control loop goes on after a signal.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
 fn start_monitoring(
     setup: MonitorSetup,
     reloader: &Reloader,
-    global: Arc<strait_shards::shard::Global>,
-    links: Vec<strait_shards::control::ShardLink>,
+    global: Arc<strait_shards::global::Global>,
+    commander: Commander,
 ) -> anyhow::Result<std::rc::Rc<monitor::MonitorContext>> {
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(setup.host.as_str(), setup.port))
         .ok()
@@ -506,7 +549,7 @@ fn start_monitoring(
         setup.base_path,
         setup.start,
         global,
-        links,
+        commander,
     ));
     glommio::spawn_local(monitor::serve(ctx.clone(), listener)).detach();
     Ok(ctx)
@@ -514,10 +557,11 @@ fn start_monitoring(
 
 fn handle_signal(
     sig: i32,
-    global: &strait_shards::shard::Global,
+    commander: &Commander,
+    global: &strait_shards::global::Global,
     lame_duck_since: &mut Option<std::time::Instant>,
     reloader: &mut Reloader,
-) {
+) -> Flow {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     match sig {
         SIGINT | SIGTERM => {
@@ -528,24 +572,26 @@ fn handle_signal(
             };
             tracing::info!("Trapped \"{name}\" signal");
             tracing::info!("Initiating Shutdown...");
-            global.shutdown.store(true, Ordering::Release);
+            commander.broadcast(|| Command::Shutdown);
+            return Flow::Stop;
         }
         SIGUSR1 => match logging::reopen() {
             Ok(true) => tracing::info!("File log re-opened"),
             Ok(false) => {}
             Err(e) => tracing::error!("Error re-opening log file: {e:#}"),
         },
-        SIGHUP => match reloader.reload(global) {
+        SIGHUP => match reloader.reload(global, commander) {
             Ok(()) => tracing::info!("Reloaded server configuration"),
             Err(e) => tracing::error!("Failed to reload server configuration: {e:#}"),
         },
         SIGUSR2 if lame_duck_since.is_none() => {
             tracing::info!("Entering lame duck mode, stop accepting new clients");
             *lame_duck_since = Some(std::time::Instant::now());
-            global.lame_duck.store(true, Ordering::Release);
+            commander.broadcast(|| Command::LameDuck);
         }
         _ => {}
     }
+    Flow::Continue
 }
 
 /// The ports the control executor listens on.
@@ -565,7 +611,11 @@ struct Reloader {
 }
 
 impl Reloader {
-    fn reload(&mut self, global: &strait_shards::shard::Global) -> anyhow::Result<()> {
+    fn reload(
+        &mut self,
+        global: &strait_shards::global::Global,
+        commander: &Commander,
+    ) -> anyhow::Result<()> {
         if self.cli.config.is_none() {
             bail!("config reload not supported without a configuration file");
         }
@@ -601,7 +651,12 @@ impl Reloader {
             process.trace.unwrap_or(false),
         );
         log_tls_reload(old.tls.as_deref(), new.tls.as_deref());
-        global.publish_options(new.clone());
+        let options = Arc::new(new.clone());
+        global.set_latest_options(options.clone());
+        commander.broadcast(|| Command::Reload {
+            options: options.clone(),
+            done: None,
+        });
         self.running = new;
         Ok(())
     }

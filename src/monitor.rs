@@ -19,11 +19,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
-use strait_shards::control::{
-    AccountSnapshot, ConnSnapshot, ControlRequest, ShardLink, ShardSnapshot,
-};
+use strait_shards::control::{AccountSnapshot, Command, Commander, ConnSnapshot, ShardSnapshot};
+use strait_shards::global::Global;
 use strait_shards::options::{API_LEVEL, NATS_VERSION, STRAIT_VERSION};
-use strait_shards::shard::Global;
 use strait_shards::{format_duration, rfc3339, ServerOptions};
 
 /// What the monitor needs to know about the server.
@@ -38,9 +36,7 @@ pub struct MonitorContext {
     pub start: SystemTime,
     pub config_load_time: Cell<SystemTime>,
     pub global: Arc<Global>,
-    pub shards: Vec<ShardLink>,
-    /// One gather at a time: replies on a shard's lane come back in request order.
-    gather: glommio::sync::Semaphore,
+    pub shards: Commander,
     req_stats: RefCell<BTreeMap<String, u64>>,
 }
 
@@ -54,7 +50,7 @@ impl MonitorContext {
         base_path: String,
         start: SystemTime,
         global: Arc<Global>,
-        shards: Vec<ShardLink>,
+        shards: Commander,
     ) -> Self {
         MonitorContext {
             opts: RefCell::new(opts),
@@ -67,24 +63,23 @@ impl MonitorContext {
             config_load_time: Cell::new(start),
             global,
             shards,
-            gather: glommio::sync::Semaphore::new(1),
             req_stats: RefCell::default(),
         }
     }
 
     async fn gather(&self, subs: bool) -> Vec<ShardSnapshot> {
-        let Ok(_permit) = self.gather.acquire_permit(1).await else {
-            return Vec::new();
-        };
-        let mut out = Vec::with_capacity(self.shards.len());
-        for link in &self.shards {
-            if let Some(s) = link.ask(ControlRequest::Snapshot { subs }).await {
-                out.push(s);
-            }
-        }
-        out
+        self.shards
+            .gather(
+                |reply| Command::Snapshot { subs, reply },
+                GATHER_TIMEOUT,
+                glommio::timer::sleep,
+            )
+            .await
     }
 }
+
+/// How long a monitoring request waits for the shards' figures.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// nats-server's compact uptime: `27s`, `1m5s`, `2h3m4s`, `1d2h3m4s`, `1y2d...`.
 fn uptime(d: Duration) -> String {

@@ -17,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 use crate::info::ConnectInfo;
 use crate::permissions::Permissions;
 use crate::proto::{self, ClientOp, ParseContext, ParseLimits, Parsed, Parser, ProtoError};
-use crate::shard::{Shard, Subscription};
+use crate::router::{RequesterInfo, SubscriberId, Subscription};
+use crate::shard::Shard;
 use crate::subject;
 use crate::tls::Conn;
 
@@ -95,6 +96,8 @@ type ReplyPermits = HashMap<Bytes, (u32, Instant), ahash::RandomState>;
 pub struct Client {
     pub cid: u64,
     pub addr: SocketAddr,
+    /// Its handle on its shard (what its subscriptions name); unset until registered.
+    subscriber: Cell<SubscriberId>,
     account: Cell<u32>,
     /// Counted among its account's connections.
     in_account: Cell<bool>,
@@ -174,6 +177,7 @@ impl Client {
         Client {
             cid,
             addr,
+            subscriber: Cell::new(SubscriberId(u32::MAX)),
             account: Cell::new(account),
             in_account: Cell::new(false),
             start: SystemTime::now(),
@@ -208,6 +212,36 @@ impl Client {
             tls: RefCell::new(None),
             counters: Counters::default(),
         }
+    }
+
+    pub(crate) fn subscriber_id(&self) -> SubscriberId {
+        self.subscriber.get()
+    }
+
+    pub(crate) fn set_subscriber_id(&self, id: SubscriberId) {
+        self.subscriber.set(id);
+    }
+
+    /// Who this client is, for a `share` service import's `Nats-Request-Info`.
+    pub(crate) fn requester_info(&self) -> RequesterInfo {
+        let c = self.connect.borrow();
+        RequesterInfo {
+            start: crate::rfc3339(self.start),
+            host: self.addr.ip().to_string(),
+            id: self.cid,
+            user: self.authenticated_as().map(|w| w.raw()),
+            name: c.name.clone(),
+            lang: c.lang.clone(),
+            version: c.version.clone(),
+        }
+    }
+
+    /// The server's INFO as this connection gets it (its id and address filled in).
+    pub(crate) fn info_line(&self, template: &crate::info::ServerInfo) -> Vec<u8> {
+        let mut info = template.clone();
+        info.client_id = Some(self.cid);
+        info.client_ip = Some(self.addr.ip().to_string());
+        info.to_line()
     }
 
     /// The account the connection is in (an index into the options' accounts).
@@ -543,23 +577,67 @@ impl Client {
         }
     }
 
-    pub(crate) fn closed_record(&self, reason: CloseReason) -> crate::shard::ClosedClient {
+    /// What monitoring shows of this connection: open (`reason` None) or just
+    /// closed, with its subscriptions when `subs`.
+    pub(crate) fn record(
+        &self,
+        shard: &Shard,
+        reason: Option<CloseReason>,
+        subs: bool,
+    ) -> crate::control::ConnSnapshot {
         let c = self.connect.borrow();
-        crate::shard::ClosedClient {
+        let account = shard.account_name(self.account());
+        let subs = if subs {
+            self.subscriptions()
+                .into_iter()
+                .map(|s| crate::control::SubSnapshot {
+                    subject: String::from_utf8_lossy(&s.subject).into_owned(),
+                    queue: s
+                        .queue
+                        .as_ref()
+                        .map(|q| String::from_utf8_lossy(q).into_owned()),
+                    sid: String::from_utf8_lossy(&s.sid).into_owned(),
+                    msgs: s.delivered.get(),
+                    max: s.max.get(),
+                    cid: self.cid,
+                    account: account.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let now = SystemTime::now();
+        let stop = reason.map(|_| now);
+        let idle = self.last_activity.get().elapsed();
+        crate::control::ConnSnapshot {
             cid: self.cid,
-            addr: self.addr,
-            name: c.name.clone(),
-            lang: c.lang.clone(),
-            version: c.version.clone(),
+            shard: shard.id,
+            ip: self.addr.ip().to_string(),
+            port: self.addr.port(),
             start: self.start,
-            stop: SystemTime::now(),
-            reason,
+            last_activity: stop.unwrap_or_else(|| now.checked_sub(idle).unwrap_or(now)),
+            stop,
+            reason: reason.map(|r| r.to_string()),
+            pending_bytes: if reason.is_some() {
+                0
+            } else {
+                self.pending_chunks().1
+            },
             in_msgs: self.counters.in_msgs.get(),
             out_msgs: self.counters.out_msgs.get(),
             in_bytes: self.counters.in_bytes.get(),
             out_bytes: self.counters.out_bytes.get(),
-            account: self.account(),
+            subscriptions: if reason.is_some() {
+                0
+            } else {
+                self.subscription_count()
+            },
+            name: c.name.clone(),
+            lang: c.lang.clone(),
+            version: c.version.clone(),
+            account,
             user: self.authenticated_as().map(|w| w.raw()),
+            subs,
             tls: self.tls_state(),
         }
     }
@@ -735,12 +813,9 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
                         && client.connect.borrow().protocol >= 1;
                     if connect_info {
                         let mut info = shard.info();
-                        info.client_id = Some(client.cid);
-                        info.client_ip = Some(client.addr.ip().to_string());
                         info.connect_info = true;
-                        info.remote_account =
-                            shard.account(client.account()).map(|a| a.name.clone());
-                        client.queue_bytes(&info.to_line());
+                        info.remote_account = Some(shard.account_name(client.account()));
+                        client.queue_bytes(&client.info_line(&info));
                     }
                 }
                 Next::Close(reason) => return reason,
@@ -954,20 +1029,8 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 .counters
                 .in_bytes
                 .set(client.counters.in_bytes.get() + message.len() as u64);
-            shard.stats.in_msgs.set(shard.stats.in_msgs.get() + 1);
-            shard
-                .stats
-                .in_bytes
-                .set(shard.stats.in_bytes.get() + message.len() as u64);
             let account = client.account();
-            if let Some(acc) = shard.accounts.borrow().get(account as usize) {
-                acc.stats
-                    .received_msgs
-                    .set(acc.stats.received_msgs.get() + 1);
-                acc.stats
-                    .received_bytes
-                    .set(acc.stats.received_bytes.get() + message.len() as u64);
-            }
+            shard.note_received(account, message.len());
             // nats-server's order: gateway-routed subjects, permissions, Raft
             // subjects outside the system account, reserved replies.
             let denied = is_gateway_routed(subject)
@@ -1079,7 +1142,7 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                 }
                 // Copied so the subscription does not pin the whole read buffer.
                 let sub = Rc::new(Subscription {
-                    client: client.clone(),
+                    owner: client.subscriber_id(),
                     sid: Bytes::copy_from_slice(sid),
                     subject: Bytes::copy_from_slice(subj),
                     queue: queue.map(Bytes::copy_from_slice),

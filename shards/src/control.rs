@@ -1,22 +1,73 @@
-//! The control lanes: how the control executor asks shards for their state
-//! (monitoring, later `$SYS` requests). Statistics stay in each shard's cells, with
+//! The one command protocol between the control executor and the shards:
+//! typed commands over a channel per shard, with replies gathered from every
+//! shard concurrently under a timeout (monitoring snapshots today; `$SYS` and
+//! `$JS.API` gathers next). Reloads, lame duck mode, shutdown and the internal
+//! clients' requests are commands too. Statistics stay in each shard's cells, with
 //! no locks or shared atomics on the message path; they are copied out only when
 //! someone asks.
+//!
+//! The channels are flume's: any thread can send (the signal thread, the control
+//! executor, a test), and a shard awaits them like any other input.
 
+use std::future::Future;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender};
+use bytes::Bytes;
 
-use crate::shard::{Interest, Shard};
+use crate::internal::{InternalMsg, InternalReceiver};
+use crate::options::ServerOptions;
+use crate::router::{Routed, SubscriberId};
+use crate::shard::Shard;
 use crate::sublist::SublistStats;
 
-/// What the control executor can ask a shard.
-#[derive(Debug, Clone, Copy)]
-pub enum ControlRequest {
+/// What the control executor (or any thread) can tell a shard.
+pub enum Command {
     /// Counters, connections (open and recently closed) and, with `subs`, each
     /// connection's subscriptions.
-    Snapshot { subs: bool },
+    Snapshot {
+        subs: bool,
+        reply: flume::Sender<ShardSnapshot>,
+    },
+    /// Apply a reloaded configuration (answered once applied).
+    Reload {
+        options: Arc<ServerOptions>,
+        done: Option<flume::Sender<usize>>,
+    },
+    /// Stop accepting, tell the clients, close them gradually.
+    LameDuck,
+    /// Close the listener and every connection, and stop.
+    Shutdown,
+    /// Create an internal client in `account`.
+    AddInternal {
+        account: u32,
+        reply: flume::Sender<(SubscriberId, InternalReceiver)>,
+    },
+    RemoveInternal {
+        client: SubscriberId,
+    },
+    /// Subscribe an internal client; the reply is its sid (`None`: bad subject).
+    Subscribe {
+        client: SubscriberId,
+        subject: Bytes,
+        queue: Option<Bytes>,
+        reply: flume::Sender<Option<Bytes>>,
+    },
+    Unsubscribe {
+        client: SubscriberId,
+        sid: Bytes,
+    },
+    /// Publish as an internal client (or as nobody in particular).
+    Publish {
+        from: Option<SubscriberId>,
+        account: u32,
+        subject: Bytes,
+        reply: Bytes,
+        header_len: usize,
+        message: Bytes,
+        routed: Option<flume::Sender<Routed>>,
+    },
 }
 
 /// One subscription, as /connz and /subsz show it.
@@ -112,182 +163,234 @@ pub struct ShardSnapshot {
     pub closed: Vec<ConnSnapshot>,
 }
 
-/// The control executor's ends of one shard's lanes (unconnected until
-/// `connect` runs on the control executor).
-pub struct ControlEnds {
-    pub requests: shared_channel::SharedSender<ControlRequest>,
-    pub replies: shared_channel::SharedReceiver<ShardSnapshot>,
+/// Sends commands to the shards. Cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Commander {
+    shards: Vec<flume::Sender<Command>>,
 }
 
-/// A shard's ends.
-pub(crate) struct ShardControlEnds {
-    pub requests: shared_channel::SharedReceiver<ControlRequest>,
-    pub replies: shared_channel::SharedSender<ShardSnapshot>,
+/// A shard's end of its command channel.
+pub(crate) type CommandReceiver = flume::Receiver<Command>;
+
+/// The channels of `shards` shards: the commander and each shard's receiver.
+pub(crate) fn channels(shards: usize) -> (Commander, Vec<CommandReceiver>) {
+    let (senders, receivers) = (0..shards).map(|_| flume::unbounded()).unzip();
+    (Commander { shards: senders }, receivers)
 }
 
-pub(crate) fn lanes() -> (ControlEnds, ShardControlEnds) {
-    let (req_tx, req_rx) = shared_channel::new_bounded(16);
-    let (rep_tx, rep_rx) = shared_channel::new_bounded(16);
-    (
-        ControlEnds {
-            requests: req_tx,
-            replies: rep_rx,
-        },
-        ShardControlEnds {
-            requests: req_rx,
-            replies: rep_tx,
-        },
-    )
-}
+impl Commander {
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
 
-/// Connected ends on the control executor: one request at a time per shard.
-pub struct ShardLink {
-    requests: ConnectedSender<ControlRequest>,
-    replies: ConnectedReceiver<ShardSnapshot>,
-}
+    /// Sends a command to one shard; false if it has stopped.
+    pub fn send(&self, shard: usize, command: Command) -> bool {
+        self.shards
+            .get(shard)
+            .is_some_and(|tx| tx.send(command).is_ok())
+    }
 
-impl ControlEnds {
-    pub async fn connect(self) -> ShardLink {
-        let replies = glommio::spawn_local(self.replies.connect());
-        let requests = self.requests.connect().await;
-        ShardLink {
-            requests,
-            replies: replies.await,
+    /// Sends the command `make` builds to every shard.
+    pub fn broadcast(&self, make: impl Fn() -> Command) {
+        for tx in &self.shards {
+            let _ = tx.send(make());
         }
     }
-}
 
-impl ShardLink {
-    /// Asks the shard; `None` if it has stopped.
-    pub async fn ask(&self, request: ControlRequest) -> Option<ShardSnapshot> {
-        self.requests.send(request).await.ok()?;
-        self.replies.recv().await
+    /// Asks every shard at once and collects the replies that come within
+    /// `timeout` (`sleep` is the caller's runtime's timer), in shard order.
+    pub async fn gather<T, S>(
+        &self,
+        make: impl Fn(flume::Sender<T>) -> Command,
+        timeout: Duration,
+        sleep: impl FnOnce(Duration) -> S,
+    ) -> Vec<T>
+    where
+        S: Future<Output = ()>,
+    {
+        let pending: Vec<flume::Receiver<T>> = self
+            .shards
+            .iter()
+            .filter_map(|tx| {
+                let (reply, rx) = flume::bounded(1);
+                tx.send(make(reply)).ok().map(|_| rx)
+            })
+            .collect();
+        let collect = async {
+            let mut out = Vec::with_capacity(pending.len());
+            for rx in &pending {
+                if let Ok(v) = rx.recv_async().await {
+                    out.push(v);
+                }
+            }
+            Some(out)
+        };
+        let expire = async {
+            sleep(timeout).await;
+            None
+        };
+        match futures_lite::future::or(collect, expire).await {
+            Some(out) => out,
+            // Late: what did come in, in shard order.
+            None => pending.iter().filter_map(|rx| rx.try_recv().ok()).collect(),
+        }
+    }
+
+    /// `gather` for a thread without a runtime.
+    pub fn gather_blocking<T>(
+        &self,
+        make: impl Fn(flume::Sender<T>) -> Command,
+        timeout: Duration,
+    ) -> Vec<T> {
+        let deadline = std::time::Instant::now() + timeout;
+        let pending: Vec<flume::Receiver<T>> = self
+            .shards
+            .iter()
+            .filter_map(|tx| {
+                let (reply, rx) = flume::bounded(1);
+                tx.send(make(reply)).ok().map(|_| rx)
+            })
+            .collect();
+        pending
+            .iter()
+            .filter_map(|rx| rx.recv_deadline(deadline).ok())
+            .collect()
+    }
+
+    /// Creates an internal client in `account` on `shard`.
+    pub async fn internal_client(&self, shard: usize, account: u32) -> Option<InternalHandle> {
+        let (reply, rx) = flume::bounded(1);
+        if !self.send(shard, Command::AddInternal { account, reply }) {
+            return None;
+        }
+        let (id, receiver) = rx.recv_async().await.ok()?;
+        Some(InternalHandle {
+            commander: self.clone(),
+            shard,
+            account,
+            id,
+            receiver,
+        })
     }
 }
 
-fn wall_clock(at: Instant, now: Instant, wall_now: SystemTime) -> SystemTime {
-    wall_now
-        .checked_sub(now.saturating_duration_since(at))
-        .unwrap_or(wall_now)
+/// An internal client, driven from any thread: it subscribes and publishes through
+/// its shard's commands and receives on its queue.
+pub struct InternalHandle {
+    commander: Commander,
+    pub shard: usize,
+    pub account: u32,
+    id: SubscriberId,
+    receiver: InternalReceiver,
 }
 
-fn account_name(shard: &Shard, account: u32) -> String {
-    shard
-        .account(account)
-        .map_or_else(String::new, |a| a.name.clone())
+impl InternalHandle {
+    /// Subscribes; resolves to the sid its messages carry once the shard has
+    /// registered it and told the other shards (`None`: invalid subject).
+    pub async fn subscribe(&self, subject: &str, queue: Option<&str>) -> Option<Bytes> {
+        let (reply, rx) = flume::bounded(1);
+        let command = Command::Subscribe {
+            client: self.id,
+            subject: Bytes::copy_from_slice(subject.as_bytes()),
+            queue: queue.map(|q| Bytes::copy_from_slice(q.as_bytes())),
+            reply,
+        };
+        if !self.commander.send(self.shard, command) {
+            return None;
+        }
+        rx.recv_async().await.ok().flatten()
+    }
+
+    pub fn unsubscribe(&self, sid: Bytes) {
+        self.commander.send(
+            self.shard,
+            Command::Unsubscribe {
+                client: self.id,
+                sid,
+            },
+        );
+    }
+
+    /// Publishes in the client's account; `headers` is a whole `NATS/1.0` block.
+    /// Resolves to where the message went.
+    pub async fn publish(
+        &self,
+        subject: &str,
+        reply: &str,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Routed {
+        let header_len = headers.map_or(0, <[u8]>::len);
+        let mut message = Vec::with_capacity(header_len + payload.len());
+        message.extend_from_slice(headers.unwrap_or_default());
+        message.extend_from_slice(payload);
+        let (routed, rx) = flume::bounded(1);
+        let command = Command::Publish {
+            from: Some(self.id),
+            account: self.account,
+            subject: Bytes::copy_from_slice(subject.as_bytes()),
+            reply: Bytes::copy_from_slice(reply.as_bytes()),
+            header_len,
+            message: Bytes::from(message),
+            routed: Some(routed),
+        };
+        if !self.commander.send(self.shard, command) {
+            return Routed::default();
+        }
+        rx.recv_async().await.unwrap_or_default()
+    }
+
+    /// The next message for this client.
+    pub async fn next(&self) -> Option<InternalMsg> {
+        self.receiver.recv().await
+    }
+
+    pub fn receiver(&self) -> &InternalReceiver {
+        &self.receiver
+    }
+}
+
+impl Drop for InternalHandle {
+    fn drop(&mut self) {
+        self.commander
+            .send(self.shard, Command::RemoveInternal { client: self.id });
+    }
 }
 
 pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
-    let now = Instant::now();
-    let wall_now = SystemTime::now();
-    let mut connections = Vec::new();
-    for client in shard.clients.borrow().values() {
-        let (name, lang, version) = client.identity();
-        let (in_msgs, out_msgs, in_bytes, out_bytes) = client.counts();
-        let sub_list = if subs {
-            client
-                .subscriptions()
-                .into_iter()
-                .map(|s| SubSnapshot {
-                    subject: String::from_utf8_lossy(&s.subject).into_owned(),
-                    queue: s
-                        .queue
-                        .as_ref()
-                        .map(|q| String::from_utf8_lossy(q).into_owned()),
-                    sid: String::from_utf8_lossy(&s.sid).into_owned(),
-                    msgs: s.delivered.get(),
-                    max: s.max.get(),
-                    cid: client.cid,
-                    account: account_name(shard, client.account()),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        connections.push(ConnSnapshot {
-            cid: client.cid,
-            shard: shard.id,
-            ip: client.addr.ip().to_string(),
-            port: client.addr.port(),
-            start: client.start,
-            last_activity: wall_clock(client.last_activity(), now, wall_now),
-            stop: None,
-            reason: None,
-            pending_bytes: client.pending_chunks().1,
-            in_msgs,
-            out_msgs,
-            in_bytes,
-            out_bytes,
-            subscriptions: client.subscription_count(),
-            name,
-            lang,
-            version,
-            account: account_name(shard, client.account()),
-            user: client.authenticated_as().map(|w| w.raw()),
-            subs: sub_list,
-            tls: client.tls_state(),
-        });
-    }
-    let closed = shard
-        .closed
-        .borrow()
+    let connections = shard
+        .clients()
         .iter()
-        .map(|c| ConnSnapshot {
-            cid: c.cid,
-            shard: shard.id,
-            ip: c.addr.ip().to_string(),
-            port: c.addr.port(),
-            start: c.start,
-            last_activity: c.stop,
-            stop: Some(c.stop),
-            reason: Some(c.reason.to_string()),
-            pending_bytes: 0,
-            in_msgs: c.in_msgs,
-            out_msgs: c.out_msgs,
-            in_bytes: c.in_bytes,
-            out_bytes: c.out_bytes,
-            subscriptions: 0,
-            name: c.name.clone(),
-            lang: c.lang.clone(),
-            version: c.version.clone(),
-            account: account_name(shard, c.account),
-            user: c.user.clone(),
-            subs: Vec::new(),
-            tls: c.tls.clone(),
-        })
+        .map(|client| client.record(shard, None, subs))
         .collect();
+    let closed = shard.closed.borrow().iter().cloned().collect();
+    let router = shard.router();
     let mut sublist = SublistSnapshot::default();
-    let mut accounts = Vec::with_capacity(shard.accounts.borrow().len());
-    for acc in shard.accounts.borrow().iter() {
-        let sl = acc.sublist.borrow();
-        let mut local = 0;
-        sl.for_each(|_, _, e| {
-            if matches!(e, Interest::Local(_)) {
-                local += 1;
-            }
-        });
+    let mut accounts = Vec::with_capacity(router.accounts().len());
+    for acc in router.accounts() {
         let one = SublistSnapshot {
-            subscriptions: local,
-            stats: sl.stats(),
+            subscriptions: acc.local_subscriptions(),
+            stats: acc.sublist.stats(),
         };
         sublist.add(&one);
         accounts.push(AccountSnapshot {
             name: acc.name.clone(),
-            connections: acc.clients.get(),
+            connections: acc.connections,
             sublist: one,
-            sent_msgs: acc.stats.sent_msgs.get(),
-            sent_bytes: acc.stats.sent_bytes.get(),
-            received_msgs: acc.stats.received_msgs.get(),
-            received_bytes: acc.stats.received_bytes.get(),
+            sent_msgs: acc.stats.sent_msgs,
+            sent_bytes: acc.stats.sent_bytes,
+            received_msgs: acc.stats.received_msgs,
+            received_bytes: acc.stats.received_bytes,
         });
     }
+    let traffic = router.stats;
     let stats = &shard.stats;
     ShardSnapshot {
         shard: shard.id,
-        in_msgs: stats.in_msgs.get(),
-        in_bytes: stats.in_bytes.get(),
-        out_msgs: stats.out_msgs.get(),
-        out_bytes: stats.out_bytes.get(),
+        in_msgs: traffic.in_msgs,
+        in_bytes: traffic.in_bytes,
+        out_msgs: traffic.out_msgs,
+        out_bytes: traffic.out_bytes,
         slow_consumers: stats.slow_consumers.get(),
         stale_connections: stats.stale_connections.get(),
         max_loop_lag_us: stats.max_loop_lag_us.get(),
@@ -298,15 +401,59 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
     }
 }
 
-/// Serves the control executor's requests on a shard.
-pub(crate) async fn serve(shard: Rc<Shard>, ends: ShardControlEnds) {
-    let replies = glommio::spawn_local(ends.replies.connect());
-    let requests = ends.requests.connect().await;
-    let replies = replies.await;
-    while let Some(request) = requests.recv().await {
-        let ControlRequest::Snapshot { subs } = request;
-        if replies.send(snapshot(&shard, subs)).await.is_err() {
-            break;
+/// Serves a shard's commands until the channel closes or it is told to stop.
+pub(crate) async fn serve(shard: Rc<Shard>, commands: CommandReceiver) {
+    while let Ok(command) = commands.recv_async().await {
+        match command {
+            Command::Snapshot { subs, reply } => {
+                let _ = reply.send(snapshot(&shard, subs));
+            }
+            Command::Reload { options, done } => {
+                shard.apply_options(options);
+                shard.flush_lanes().await;
+                if let Some(done) = done {
+                    let _ = done.send(shard.id);
+                }
+            }
+            Command::LameDuck => shard.enter_lame_duck(),
+            Command::Shutdown => {
+                shard.stop();
+                break;
+            }
+            Command::AddInternal { account, reply } => {
+                let _ = reply.send(shard.add_internal(account));
+            }
+            Command::RemoveInternal { client } => shard.remove_internal(client),
+            Command::Subscribe {
+                client,
+                subject,
+                queue,
+                reply,
+            } => {
+                let sid = shard.internal_subscribe(client, &subject, queue.as_deref());
+                // Answered once the other shards have the interest, as a PONG is.
+                shard.barrier().await;
+                let _ = reply.send(sid);
+            }
+            Command::Unsubscribe { client, sid } => shard.internal_unsubscribe(client, &sid),
+            Command::Publish {
+                from,
+                account,
+                subject,
+                reply,
+                header_len,
+                message,
+                routed,
+            } => {
+                let r =
+                    shard.internal_publish(from, account, &subject, &reply, header_len, &message);
+                shard.flush_lanes().await;
+                if let Some(tx) = routed {
+                    let _ = tx.send(r);
+                }
+            }
         }
+        shard.flush_lanes().await;
+        shard.wait_for_stalled().await;
     }
 }

@@ -13,10 +13,13 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
 use crate::client::{run_client, Client, CloseReason};
+use crate::control::{Command, CommandReceiver, Commander};
+use crate::global::Global;
 use crate::info::ServerInfo;
-use crate::mesh::{Batch, Lane, MeshEnds};
+use crate::mesh::{Lane, MeshEnds};
 use crate::options::ServerOptions;
-use crate::shard::{Global, Shard, GLOBAL_ACCOUNT};
+use crate::router::Batch;
+use crate::shard::{Shard, GLOBAL_ACCOUNT};
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -38,8 +41,8 @@ impl StartError {
 /// A running set of shards.
 pub struct ServerHandle {
     pub port: u16,
-    /// The control executor's ends of each shard's control lanes.
-    pub control: Vec<crate::control::ControlEnds>,
+    /// Commands to the shards.
+    pub commander: Commander,
     pub global: Arc<Global>,
     joins: Vec<ExecutorJoinHandle<()>>,
 }
@@ -47,7 +50,7 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Asks every shard to close its listener and connections and stop.
     pub fn shutdown(&self) {
-        self.global.shutdown.store(true, Ordering::Release);
+        self.commander.broadcast(|| Command::Shutdown);
     }
 
     /// Waits until every shard has stopped.
@@ -92,11 +95,9 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut joins = Vec::with_capacity(nshards);
-    let mut control = Vec::with_capacity(nshards);
-    for id in 0..nshards {
+    let (commander, command_receivers) = crate::control::channels(nshards);
+    for (id, commands) in command_receivers.into_iter().enumerate() {
         let (senders, receivers) = mesh.take(id);
-        let (control_ends, shard_control) = crate::control::lanes();
-        control.push(control_ends);
         let opts = opts.clone();
         let global = global.clone();
         let ready = ready_tx.clone();
@@ -114,7 +115,7 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
                     addr,
                     global,
                     (senders, receivers),
-                    shard_control,
+                    commands,
                     ready,
                 )
             })
@@ -129,7 +130,7 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
             Err(_) => Some("a shard stopped while starting".to_string()),
         };
         if let Some(e) = failure {
-            global.shutdown.store(true, Ordering::Release);
+            commander.broadcast(|| Command::Shutdown);
             for j in joins {
                 let _ = j.join();
             }
@@ -138,7 +139,7 @@ pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
     }
     Ok(ServerHandle {
         port,
-        control,
+        commander,
         global,
         joins,
     })
@@ -151,7 +152,7 @@ async fn run_shard(
     addr: SocketAddr,
     global: Arc<Global>,
     (senders, receivers): crate::mesh::ShardLanes,
-    control: crate::control::ShardControlEnds,
+    commands: CommandReceiver,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
     let listener = match crate::listen::shared_listener(addr) {
@@ -183,7 +184,7 @@ async fn run_shard(
             glommio::spawn_local(mesh_receiver(shard.clone(), from, rx)).detach();
         }
     }
-    glommio::spawn_local(crate::control::serve(shard.clone(), control)).detach();
+    glommio::spawn_local(crate::control::serve(shard.clone(), commands)).detach();
     let _ = ready.send(Ok(()));
     let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
     housekeeping(&shard, acceptor).await;
@@ -206,8 +207,8 @@ async fn housekeeping(shard: &Rc<Shard>, acceptor: glommio::Task<()>) {
     // Dropping the acceptor task cancels it and closes this shard's listener.
     let mut acceptor = Some(acceptor);
     let mut lame_duck: Option<LameDuck> = None;
-    while !shard.global.shutdown.load(Ordering::Acquire) {
-        if lame_duck.is_none() && shard.global.lame_duck.load(Ordering::Acquire) {
+    while !shard.is_stopping() {
+        if lame_duck.is_none() && shard.in_lame_duck() {
             drop(acceptor.take());
             shard.announce_lame_duck();
             lame_duck = Some(LameDuck {
@@ -231,7 +232,6 @@ async fn housekeeping(shard: &Rc<Shard>, acceptor: glommio::Task<()>) {
             tracing::warn!("shard {} loop lag of {:?}", shard.id, lag);
         }
         shard.try_flush_lanes();
-        shard.refresh_options();
         if now.duration_since(last_sweep) >= sweep_every {
             last_sweep = now;
             shard.sweep_clients(now);
@@ -356,8 +356,6 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
             (shard.opts().max_payload, shard.opts().max_subscriptions),
         ));
         let mut info = shard.info();
-        info.client_id = Some(cid);
-        info.client_ip = Some(addr.ip().to_string());
         {
             let opts = shard.opts();
             if opts.auth.required() {
@@ -372,7 +370,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
                 client.require_auth(nonce, Instant::now() + opts.auth.timeout);
             }
         }
-        client.queue_bytes(&info.to_line());
+        client.queue_bytes(&client.info_line(&info));
         let count = shard.global.connections.fetch_add(1, Ordering::Relaxed) + 1;
         shard
             .global
