@@ -14,8 +14,8 @@ use strait_shards::auth::{NkeyUser, User};
 use strait_shards::permissions::{Permissions, ResponsePermission, SubjectPermission};
 use strait_shards::ServerOptions;
 
-use crate::conf::{Entry, Kind, Map, Value};
 use crate::config::{duration, invalid, string, unknown, unsupported, ConfigError};
+use strait_conf::{Entry, Kind, Map, Value};
 
 /// The entries this module reads, gathered from the top level.
 #[derive(Default)]

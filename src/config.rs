@@ -11,7 +11,7 @@ use std::time::Duration;
 use strait_shards::ServerOptions;
 use thiserror::Error;
 
-use crate::conf::{self, Entry, Kind, Map, Pos};
+use strait_conf::{self as conf, Entry, Kind, Map, Pos};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {

@@ -6,7 +6,6 @@
 
 mod auth_config;
 mod cli;
-mod conf;
 mod config;
 mod logging;
 mod monitor;
@@ -215,7 +214,7 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
 /// Parses a size from the command line with the configuration file's suffix rules
 /// (`10MB`, `512k`, `1GiB`).
 fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let map = conf::parse_str(&format!("size: {s}"), "", &conf::MemHost::new())
+    let map = strait_conf::parse_str(&format!("size: {s}"), "", &strait_conf::MemHost::new())
         .map_err(|e| anyhow::anyhow!("invalid size {s:?}: {e}"))?;
     map.get("size")
         .and_then(|v| v.as_i64())
@@ -225,7 +224,7 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 
 /// Parses a Go duration from the command line (`50us`, `1ms`, `2s`).
 fn parse_go_duration(s: &str) -> anyhow::Result<Duration> {
-    conf::parse_duration(s).map_err(|e| anyhow::anyhow!("invalid duration {s:?}: {e}"))
+    strait_conf::parse_duration(s).map_err(|e| anyhow::anyhow!("invalid duration {s:?}: {e}"))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -250,14 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     tracing::info!("Starting strait");
     tracing::info!("  Version:  {NATS_VERSION} (strait {STRAIT_VERSION})");
-    tracing::info!(
-        "  Name:     {}",
-        if opts.server_name.is_empty() {
-            &opts.server_id
-        } else {
-            &opts.server_name
-        }
-    );
+    tracing::info!("  Name:     {}", opts.name());
     tracing::info!("  ID:       {}", opts.server_id);
     tracing::info!("  Shards:   {}", opts.shards);
     if let Some(path) = &cli.config {

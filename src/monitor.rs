@@ -168,25 +168,22 @@ fn totals(snaps: &[ShardSnapshot]) -> Totals {
     t
 }
 
-fn server_name(opts: &ServerOptions) -> String {
-    if opts.server_name.is_empty() {
-        opts.server_id.clone()
-    } else {
-        opts.server_name.clone()
-    }
+async fn varz(ctx: &MonitorContext) -> Value {
+    let snaps = ctx.gather(false).await;
+    varz_from(ctx, &snaps)
 }
 
-async fn varz(ctx: &MonitorContext) -> Value {
-    let mut v = varz_full(ctx).await;
+/// /varz from figures already gathered, without the fields nats-server omits.
+fn varz_from(ctx: &MonitorContext, snaps: &[ShardSnapshot]) -> Value {
+    let mut v = varz_full(ctx, snaps);
     if let Some(obj) = v.as_object_mut() {
         obj.retain(|_, value| !value.is_null());
     }
     v
 }
 
-async fn varz_full(ctx: &MonitorContext) -> Value {
-    let snaps = ctx.gather(false).await;
-    let t = totals(&snaps);
+fn varz_full(ctx: &MonitorContext, snaps: &[ShardSnapshot]) -> Value {
+    let t = totals(snaps);
     let opts = ctx.opts.borrow().clone();
     let now = SystemTime::now();
     let (mem, cpu_secs) = process_usage();
@@ -202,7 +199,7 @@ async fn varz_full(ctx: &MonitorContext) -> Value {
     let req_stats: BTreeMap<String, u64> = ctx.req_stats.borrow().clone();
     json!({
         "server_id": opts.server_id,
-        "server_name": server_name(&opts),
+        "server_name": opts.name(),
         "version": NATS_VERSION,
         "proto": 1,
         "go": format!("strait-{STRAIT_VERSION}"),
@@ -621,9 +618,13 @@ fn jsz_disabled(ctx: &MonitorContext) -> Value {
 /// Per-account figures summed over shards, with the account's index, for the
 /// accounts still configured (a reload may have removed some).
 async fn account_totals(ctx: &MonitorContext) -> Vec<(usize, AccountSnapshot)> {
-    let snaps = ctx.gather(false).await;
+    account_sums(ctx, &ctx.gather(false).await)
+}
+
+/// Every configured account's figures summed over the shards, with its index.
+fn account_sums(ctx: &MonitorContext, snaps: &[ShardSnapshot]) -> Vec<(usize, AccountSnapshot)> {
     let mut sums: Vec<AccountSnapshot> = Vec::new();
-    for s in &snaps {
+    for s in snaps {
         for (i, a) in s.accounts.iter().enumerate() {
             if sums.len() <= i {
                 sums.resize_with(i + 1, AccountSnapshot::default);
@@ -780,8 +781,9 @@ async fn accountz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
 
 /// Prometheus exposition, with prometheus-nats-exporter's metric names.
 async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
-    let v = varz(ctx).await;
+    // One gather for the whole scrape.
     let snaps = ctx.gather(false).await;
+    let v = varz_from(ctx, &snaps);
     let id = ctx.opts.borrow().server_id.clone();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: f64, labels: &str| {
@@ -907,7 +909,7 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
     }
     // Per account, as prometheus-nats-exporter's `-accstatz` names them (every
     // account, as its `/accstatz?unused=1` scrape sees them).
-    let accounts = account_totals(ctx).await;
+    let accounts = account_sums(ctx, &snaps);
     let per_account: [(&str, &str); 8] = [
         ("current_connections", "current_connections"),
         ("total_connections", "total_connections"),
@@ -1046,7 +1048,7 @@ async fn handle(
         "/connz" => connz(&ctx, &q).await,
         "/subsz" | "/subscriptionsz" => subsz(&ctx, &q).await,
         "/routez" => Ok(json!({
-            "server_id": id, "server_name": server_name(&ctx.opts.borrow()),
+            "server_id": id, "server_name": ctx.opts.borrow().name(),
             "now": now, "num_routes": 0, "routes": [],
         })),
         "/gatewayz" => Ok(json!({

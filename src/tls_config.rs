@@ -10,8 +10,8 @@ use std::time::Duration;
 use strait_shards::tls::{self, CipherCheck, TlsSettings, TlsSpec, TlsVersion};
 use strait_shards::ServerOptions;
 
-use crate::conf::{Entry, Kind, Map};
 use crate::config::ConfigError;
+use strait_conf::{Entry, Kind, Map};
 
 fn invalid(entry: &Entry, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -46,7 +46,7 @@ fn file(e: &Entry) -> Result<PathBuf, ConfigError> {
 }
 
 /// Each string of a non-empty array, with its position.
-fn names(e: &Entry) -> Result<Vec<(&str, &crate::conf::Value)>, ConfigError> {
+fn names(e: &Entry) -> Result<Vec<(&str, &strait_conf::Value)>, ConfigError> {
     let list = e.value.as_array().ok_or_else(|| {
         invalid(
             e,
@@ -75,7 +75,7 @@ fn names(e: &Entry) -> Result<Vec<(&str, &crate::conf::Value)>, ConfigError> {
 }
 
 /// An error about one value inside an entry (a cipher name in a list).
-fn at(value: &crate::conf::Value, key: &str, message: impl Into<String>) -> ConfigError {
+fn at(value: &strait_conf::Value, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         pos: value.pos.clone(),
         key: key.to_string(),
@@ -147,7 +147,7 @@ pub fn parse_spec(entry: &Entry) -> Result<TlsSpec, ConfigError> {
                 spec.timeout = match &e.value.kind {
                     Kind::Int(i) if *i >= 0 => Duration::from_secs(*i as u64),
                     Kind::Float(f) if *f >= 0.0 && f.is_finite() => Duration::from_secs_f64(*f),
-                    Kind::String(s) => crate::conf::parse_duration(s).map_err(|err| {
+                    Kind::String(s) => strait_conf::parse_duration(s).map_err(|err| {
                         invalid(e, format!("error parsing tls config, 'timeout' {err}"))
                     })?,
                     _ => return Err(invalid(e, "error parsing tls config, 'timeout' wrong type")),
@@ -162,7 +162,7 @@ pub fn parse_spec(entry: &Entry) -> Result<TlsSpec, ConfigError> {
                         spec.handshake_first = true;
                         spec.handshake_first_fallback = Some(tls::DEFAULT_HANDSHAKE_FIRST_FALLBACK);
                     }
-                    _ => match crate::conf::parse_duration(s) {
+                    _ => match strait_conf::parse_duration(s) {
                         Ok(d) => {
                             spec.handshake_first = true;
                             spec.handshake_first_fallback = Some(d);
@@ -335,7 +335,7 @@ impl TlsFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conf;
+    use strait_conf as conf;
 
     fn spec(text: &str) -> Result<TlsSpec, ConfigError> {
         let map = conf::parse_str(text, "test.conf", &conf::MemHost::new()).unwrap();

@@ -8,8 +8,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/conf/mod.rs"]
-mod conf;
+use strait_conf as conf;
 
 struct FuzzHost;
 

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::accounts::GLOBAL_ACCOUNT;
-use crate::info::ConnectInfo;
 use crate::permissions::Permissions;
+use crate::proto::ConnectInfo;
+use crate::tls::TlsState;
 
 /// One configured user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +245,44 @@ impl AuthConfig {
                 detail: "authentication error".into(),
             }),
         }
+    }
+
+    /// CONNECT's authentication, through the client certificate when the
+    /// connection is under `verify_and_map` (`map_certificates`) and the client
+    /// did not present an NKEY. `prefix` starts the log lines.
+    pub fn authenticate_connect(
+        &self,
+        map_certificates: bool,
+        prefix: &str,
+        tls: Option<&TlsState>,
+        info: &ConnectInfo,
+        nonce: &[u8],
+    ) -> Result<Authenticated, AuthFailure> {
+        let mapping = map_certificates && info.nkey.is_none();
+        if !mapping || self.users.is_empty() {
+            return self.authenticate(info, nonce);
+        }
+        let Some(peer) = tls.and_then(|s| s.peer.clone()) else {
+            tracing::debug!("{prefix} - User required in cert, no peer certificates found");
+            return Err(AuthFailure {
+                detail: "authentication error".into(),
+            });
+        };
+        let result = self.authenticate_certificate(&peer);
+        match &result {
+            Ok((identity, how)) => {
+                if let Identity::User(name) = identity {
+                    tracing::debug!("{prefix} - {} [{name:?}]", how.describe());
+                }
+                if let Some(user) = info.user.as_deref().filter(|u| !u.is_empty()) {
+                    tracing::warn!(
+                    "{prefix} - User {user:?} found in connect proto, but user required from cert"
+                );
+                }
+            }
+            Err(_) => tracing::debug!("{prefix} - User in cert [{:?}], not found", peer.subject),
+        }
+        result.map(|(identity, _)| self.standing_or_global(identity))
     }
 
     /// `verify_and_map`: the configured user a verified client certificate names

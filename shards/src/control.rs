@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -20,7 +20,9 @@ use crate::internal::{InternalMsg, InternalReceiver};
 use crate::options::ServerOptions;
 use crate::router::{Routed, SubscriberId};
 use crate::shard::Shard;
-use crate::sublist::SublistStats;
+pub use crate::snapshot::{
+    AccountSnapshot, ConnSnapshot, ShardSnapshot, SubSnapshot, SublistSnapshot,
+};
 
 /// What the control executor (or any thread) can tell a shard.
 pub enum Command {
@@ -68,99 +70,6 @@ pub enum Command {
         message: Bytes,
         routed: Option<flume::Sender<Routed>>,
     },
-}
-
-/// One subscription, as /connz and /subsz show it.
-#[derive(Debug, Clone)]
-pub struct SubSnapshot {
-    pub subject: String,
-    pub queue: Option<String>,
-    pub sid: String,
-    pub msgs: u64,
-    pub max: u64,
-    pub cid: u64,
-    pub account: String,
-}
-
-/// One connection, open or closed.
-#[derive(Debug, Clone)]
-pub struct ConnSnapshot {
-    pub cid: u64,
-    pub shard: usize,
-    pub ip: String,
-    pub port: u16,
-    pub start: SystemTime,
-    pub last_activity: SystemTime,
-    pub stop: Option<SystemTime>,
-    pub reason: Option<String>,
-    pub pending_bytes: usize,
-    pub in_msgs: u64,
-    pub out_msgs: u64,
-    pub in_bytes: u64,
-    pub out_bytes: u64,
-    pub subscriptions: usize,
-    pub name: String,
-    pub lang: String,
-    pub version: String,
-    pub account: String,
-    /// Who it authenticated as (user name, NKEY), when it did.
-    pub user: Option<String>,
-    pub subs: Vec<SubSnapshot>,
-    /// What TLS negotiated (open connections only).
-    pub tls: Option<crate::tls::TlsState>,
-}
-
-/// One account on one shard.
-#[derive(Debug, Clone, Default)]
-pub struct AccountSnapshot {
-    pub name: String,
-    pub connections: usize,
-    pub sublist: SublistSnapshot,
-    pub sent_msgs: u64,
-    pub sent_bytes: u64,
-    pub received_msgs: u64,
-    pub received_bytes: u64,
-}
-
-/// Index statistics, summed over accounts; `subscriptions` counts local ones only
-/// (the index also holds the other shards' interest).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SublistSnapshot {
-    pub subscriptions: usize,
-    pub stats: SublistStats,
-}
-
-impl SublistSnapshot {
-    /// Adds another index's figures (fan-out maximum is the larger one).
-    pub fn add(&mut self, other: &SublistSnapshot) {
-        let (sum, st) = (&mut self.stats, &other.stats);
-        self.subscriptions += other.subscriptions;
-        sum.cache_entries += st.cache_entries;
-        sum.max_fanout = sum.max_fanout.max(st.max_fanout);
-        sum.total_fanout += st.total_fanout;
-        sum.inserts += st.inserts;
-        sum.removes += st.removes;
-        sum.matches += st.matches;
-        sum.cache_hits += st.cache_hits;
-    }
-}
-
-/// Everything one shard reports.
-#[derive(Debug, Clone)]
-pub struct ShardSnapshot {
-    pub shard: usize,
-    pub in_msgs: u64,
-    pub in_bytes: u64,
-    pub out_msgs: u64,
-    pub out_bytes: u64,
-    pub slow_consumers: u64,
-    pub stale_connections: u64,
-    pub max_loop_lag_us: u64,
-    pub sublist: SublistSnapshot,
-    /// Per account, in the options' account order.
-    pub accounts: Vec<AccountSnapshot>,
-    pub connections: Vec<ConnSnapshot>,
-    pub closed: Vec<ConnSnapshot>,
 }
 
 /// Sends commands to the shards. Cheap to clone, usable from any thread.
@@ -361,7 +270,10 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
     let connections = shard
         .clients()
         .iter()
-        .map(|client| client.record(shard, None, subs))
+        .map(|client| {
+            let account = shard.account_name(client.account());
+            client.record((shard.id, account), None, subs)
+        })
         .collect();
     let closed = shard.closed.borrow().iter().cloned().collect();
     let router = shard.router();

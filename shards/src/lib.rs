@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod client;
+pub mod connection;
 pub mod control;
 pub mod global;
 pub mod info;
@@ -19,7 +20,8 @@ pub mod proto;
 pub mod router;
 pub mod server;
 pub mod shard;
-pub mod subject;
+pub mod snapshot;
+pub use strait_storage::subject;
 pub mod sublist;
 pub mod tls;
 

@@ -64,6 +64,15 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
+    /// The server's name: as configured, else its id (as nats-server names it).
+    pub fn name(&self) -> &str {
+        if self.server_name.is_empty() {
+            &self.server_id
+        } else {
+            &self.server_name
+        }
+    }
+
     /// INFO's `tls_required`: TLS is configured and plaintext is not allowed (a
     /// handshake-first-only server always requires it).
     pub fn tls_required(&self) -> bool {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
-use crate::client::{run_client, Client, CloseReason};
+use crate::client::tasks::run_client;
+use crate::client::{Client, CloseReason};
 use crate::control::{Command, CommandReceiver, Commander};
 use crate::global::Global;
 use crate::info::ServerInfo;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::client::{Client, CloseReason};
-use crate::control::ConnSnapshot;
+use crate::connection::Due;
 use crate::global::Global;
 use crate::info::ServerInfo;
 use crate::internal::{InternalClient, InternalReceiver};
@@ -28,6 +28,7 @@ use crate::router::{
     Batch, Message, PeerId, PeerMsg, Publisher, Routed, Router, RouterIo, SubscriberId,
     Subscription,
 };
+use crate::snapshot::ConnSnapshot;
 
 pub use crate::accounts::GLOBAL_ACCOUNT;
 
@@ -231,6 +232,7 @@ impl Shard {
 
     /// Runs `f` on the router with this shard as its I/O, then closes the
     /// connections it found too slow.
+    #[inline]
     fn with_router<R>(&self, f: impl FnOnce(&mut Router, &mut ShardIo<'_>) -> R) -> R {
         let result = {
             let mut router = self.router.borrow_mut();
@@ -425,14 +427,15 @@ impl Shard {
         self.with_router(|r, io| r.unsubscribe(io, account, sub))
     }
 
-    /// Counts a message a client published (before permissions are checked, as
-    /// nats-server counts it).
+    /// Counts a message a client published that permissions then refused
+    /// (nats-server counts those too; `publish` counts the others).
     pub(crate) fn note_received(&self, account: u32, bytes: usize) {
         self.router.borrow_mut().note_received(account, bytes);
     }
 
-    /// Routes a message published by a local client. `frame` is the read buffer the
-    /// slices point into, so other shards get the payload without a copy.
+    /// Counts and routes a message published by a local client. `frame` is the
+    /// read buffer the slices point into, so other shards get the payload without
+    /// a copy.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn publish(
         &self,
@@ -458,7 +461,10 @@ impl Shard {
             echo: publisher.echo(),
             requester: Some(&describe),
         };
-        self.with_router(|r, io| r.publish(io, from, account, msg))
+        self.with_router(|r, io| {
+            r.note_received(account, message.len());
+            r.publish(io, from, account, msg)
+        })
     }
 
     /// Sends a no-responders status to the requester itself.
@@ -612,7 +618,7 @@ impl Shard {
     /// Registers a new connection. One that must authenticate joins its account
     /// at CONNECT (`bind_account`); the others are in the global account now.
     pub(crate) fn register_client(&self, client: Rc<Client>) {
-        if client.auth_deadline().is_none() {
+        if !client.awaiting_auth() {
             self.enter_account(&client, client.account());
         }
         let mut subscribers = self.subscribers.borrow_mut();
@@ -697,7 +703,11 @@ impl Shard {
             client.log_prefix_short(),
             reason
         );
-        let record = client.record(self, Some(reason), false);
+        let record = client.record(
+            (self.id, self.account_name(client.account())),
+            Some(reason),
+            false,
+        );
         let mut closed = self.closed.borrow_mut();
         let keep = (self.opts().max_closed_clients / self.nshards).max(1);
         while closed.len() >= keep {
@@ -797,21 +807,21 @@ impl Shard {
     pub(crate) fn sweep_clients(&self, now: Instant) {
         self.with_router(|r, io| r.expire_responses(io, now));
         for client in self.clients() {
-            if client.auth_deadline().is_some_and(|d| now >= d) {
+            let (interval, max) = (self.opts().ping_interval, self.opts().ping_max);
+            let due = client.handle_timeout(now, interval, max);
+            if due == Some(Due::AuthTimeout) {
                 client.queue_err("Authentication Timeout");
                 self.close_client(&client, CloseReason::AuthenticationTimeout);
                 continue;
             }
-            if let Some(started) = client.write_started() {
-                if now.duration_since(started) > self.opts().write_deadline {
-                    self.slow_consumer(&client, CloseReason::SlowConsumerWriteDeadline);
-                    continue;
-                }
-            }
-            if now < client.next_ping_at() {
+            let stuck = client
+                .write_started()
+                .is_some_and(|started| now.duration_since(started) > self.opts().write_deadline);
+            if stuck {
+                self.slow_consumer(&client, CloseReason::SlowConsumerWriteDeadline);
                 continue;
             }
-            if client.pings_outstanding() >= self.opts().ping_max {
+            if due == Some(Due::Stale) {
                 client.queue_err("Stale Connection");
                 self.stats
                     .stale_connections
@@ -821,9 +831,7 @@ impl Shard {
                     client.log_prefix()
                 );
                 self.close_client(&client, CloseReason::StaleConnection);
-                continue;
             }
-            client.send_ping(now + self.opts().ping_interval);
         }
     }
 

@@ -183,7 +183,10 @@ fn internal_clients_subscribe_publish_and_get_replies_across_shards() {
         assert_eq!(c.next_msg(), ("events.x".into(), "".into(), "news".into()));
     }
     for c in &mut in_b {
-        assert_eq!(c.next_msg(), ("a.events.x".into(), "".into(), "news".into()));
+        assert_eq!(
+            c.next_msg(),
+            ("a.events.x".into(), "".into(), "news".into())
+        );
     }
 
     // A request from an internal client in B, through the service import, to a
@@ -200,7 +203,10 @@ fn internal_clients_subscribe_publish_and_get_replies_across_shards() {
     assert!(reply.starts_with("_R_."), "{reply}");
     service.send(&format!("PUB {reply} 5\r\npong!\r\n"));
     service.ping();
-    let answer = requester.receiver().recv_timeout(WAIT).expect("the reply came back");
+    let answer = requester
+        .receiver()
+        .recv_timeout(WAIT)
+        .expect("the reply came back");
     assert_eq!(&answer.subject[..], b"_INBOX.internal.1");
     assert_eq!(answer.payload(), b"pong!");
 
@@ -208,7 +214,10 @@ fn internal_clients_subscribe_publish_and_get_replies_across_shards() {
     // matching subscription, as a client's would.
     let status = b"NATS/1.0\r\n\r\n";
     block_on(requester.publish("nobody.home", "_INBOX.internal.2", Some(status), b""));
-    let none = requester.receiver().recv_timeout(WAIT).expect("no responders");
+    let none = requester
+        .receiver()
+        .recv_timeout(WAIT)
+        .expect("no responders");
     assert!(none.headers().starts_with(b"NATS/1.0 503"), "{none:?}");
 
     server.shutdown();

@@ -357,7 +357,7 @@ impl<L> Index<L> {
         if is_match_all(filter) {
             return self.iter_from(start).map(|(s, _)| s).next();
         }
-        if !has_wildcard(filter) {
+        if !has_wildcard(filter.as_bytes()) {
             return self.subjects.get(filter)?.range(start..).next().copied();
         }
         let remaining = self.last_seq - start + 1;
@@ -385,7 +385,7 @@ impl<L> Index<L> {
                 s
             });
         }
-        if !has_wildcard(filter) {
+        if !has_wildcard(filter.as_bytes()) {
             return self.subjects.get(filter)?.last().copied();
         }
         self.subjects

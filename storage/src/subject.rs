@@ -1,42 +1,110 @@
-//! NATS subject matching: tokens split on `.`, `*` matches exactly one token, `>` matches
-//! one or more trailing tokens.
+//! Subject syntax: validation and wildcard matching, as nats-server defines them.
+//! The one definition for the data plane and the store.
+//!
+//! Subjects are byte strings of `.`-separated, non-empty tokens without whitespace.
+//! `*` as a whole token matches exactly one token and `>` as the last whole token
+//! matches one or more; inside a longer token both are ordinary characters.
 
-/// True when `filter` is empty or `>`: everything matches.
+/// Token separator.
+pub const SEP: u8 = b'.';
+/// Single-token wildcard.
+pub const PWC: u8 = b'*';
+/// Trailing multi-token wildcard.
+pub const FWC: u8 = b'>';
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'\x0c')
+}
+
+/// A subject a client may subscribe to: wildcards allowed, `>` only last.
+pub fn is_valid_subject(subject: &[u8]) -> bool {
+    validate(subject, true)
+}
+
+/// A subject without empty or wildcard tokens: nats-server's check of what
+/// pedantic clients publish to (it looks at nothing else).
+pub fn is_valid_literal_subject(subject: &[u8]) -> bool {
+    subject
+        .split(|&b| b == SEP)
+        .all(|t| !t.is_empty() && !(t.len() == 1 && (t[0] == PWC || t[0] == FWC)))
+}
+
+/// What nats-server's sublist accepts from a client's SUB: no empty token and
+/// nothing after `>`. Any other byte is part of a token (the protocol parser has
+/// already split the arguments on whitespace).
+pub fn is_valid_subscription_subject(subject: &[u8]) -> bool {
+    let mut tokens = subject.split(|&b| b == SEP).peekable();
+    while let Some(token) = tokens.next() {
+        if token.is_empty() || (token == [FWC] && tokens.peek().is_some()) {
+            return false;
+        }
+    }
+    true
+}
+
+fn validate(subject: &[u8], allow_wildcards: bool) -> bool {
+    if subject.is_empty() {
+        return false;
+    }
+    if std::str::from_utf8(subject).is_err() {
+        return false;
+    }
+    let mut tokens = subject.split(|&b| b == SEP).peekable();
+    while let Some(token) = tokens.next() {
+        if token.is_empty() || token.iter().any(|&b| is_space(b) || b == 0) {
+            return false;
+        }
+        if token.len() == 1 {
+            match token[0] {
+                PWC if !allow_wildcards => return false,
+                FWC if !allow_wildcards || tokens.peek().is_some() => return false,
+                _ => {}
+            }
+        }
+    }
+    true
+}
+
+/// True when the subject contains a wildcard token.
+pub fn has_wildcard(subject: &[u8]) -> bool {
+    subject
+        .split(|&b| b == SEP)
+        .any(|t| t.len() == 1 && (t[0] == PWC || t[0] == FWC))
+}
+
+/// Does the literal `subject` match the (possibly wildcard) `filter`?
+pub fn matches(filter: &[u8], subject: &[u8]) -> bool {
+    let mut f = filter.split(|&b| b == SEP);
+    let mut s = subject.split(|&b| b == SEP);
+    loop {
+        match (f.next(), s.next()) {
+            (None, None) => return true,
+            (Some(ft), Some(st)) => {
+                if ft.len() == 1 && ft[0] == FWC {
+                    return true;
+                }
+                if !(ft.len() == 1 && ft[0] == PWC) && ft != st {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// True when a stream or consumer `filter` is empty or `>`: everything matches.
 pub fn is_match_all(filter: &str) -> bool {
     filter.is_empty() || filter == ">"
 }
 
-/// True when the filter contains a wildcard token.
-pub fn has_wildcard(filter: &str) -> bool {
-    filter.split('.').any(|t| t == "*" || t == ">")
-}
-
-/// Whether the literal `subject` matches `filter`. An empty filter matches everything.
+/// Whether the literal `subject` matches a stream or consumer `filter`, where an
+/// empty filter means everything.
 pub fn subject_matches(filter: &str, subject: &str) -> bool {
-    if filter.is_empty() {
-        return true;
-    }
-    let mut st = subject.split('.');
-    let mut ft = filter.split('.').peekable();
-    while let Some(f) = ft.next() {
-        match f {
-            ">" => return ft.peek().is_none() && st.next().is_some(),
-            "*" => {
-                if st.next().is_none() {
-                    return false;
-                }
-            }
-            lit => match st.next() {
-                Some(s) if s == lit => {}
-                _ => return false,
-            },
-        }
-    }
-    st.next().is_none()
+    filter.is_empty() || matches(filter.as_bytes(), subject.as_bytes())
 }
 
 /// A literal subject a message may be stored under: non-empty tokens, no wildcards,
-/// no whitespace.
+/// no whitespace, short enough for the record format.
 pub fn is_valid_literal(subject: &str) -> bool {
     !subject.is_empty()
         && subject.len() <= u16::MAX as usize
@@ -50,7 +118,64 @@ mod tests {
     use super::*;
 
     #[test]
+    fn validation() {
+        for ok in [
+            "foo",
+            "foo.bar",
+            "foo.*",
+            "foo.>",
+            "*",
+            ">",
+            "*.*.>",
+            "a*.b>",
+            "$JS.API.>",
+        ] {
+            assert!(is_valid_subject(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "foo.",
+            ".foo",
+            "foo..bar",
+            "foo.>.bar",
+            "foo bar",
+            "foo\tbar",
+            ">.a",
+        ] {
+            assert!(!is_valid_subject(bad.as_bytes()), "{bad:?}");
+        }
+        assert!(is_valid_literal_subject(b"foo.bar"));
+        assert!(is_valid_literal_subject(b"a*.b>"));
+        assert!(is_valid_literal_subject(b"t.\x00\xff"));
+        assert!(!is_valid_literal_subject(b"foo.*"));
+        assert!(!is_valid_literal_subject(b"foo.>"));
+        assert!(!is_valid_literal_subject(b"foo..bar"));
+        for ok in [&b"a.\x00"[..], b"\xff.b", b">", b"a.*.>", b"a\rb"] {
+            assert!(is_valid_subscription_subject(ok), "{ok:?}");
+        }
+        for bad in [&b""[..], b".a", b"a.", b"a..b", b"a.>.b", b">.a"] {
+            assert!(!is_valid_subscription_subject(bad), "{bad:?}");
+        }
+        assert!(!is_valid_subject(&[0xff, 0xfe]));
+    }
+
+    #[test]
     fn matching() {
+        assert!(matches(b"foo.*", b"foo.bar"));
+        assert!(!matches(b"foo.*", b"foo.bar.baz"));
+        assert!(matches(b"foo.>", b"foo.bar.baz"));
+        assert!(!matches(b"foo.>", b"foo"));
+        assert!(matches(b">", b"foo"));
+        assert!(matches(b"*.bar", b"foo.bar"));
+        assert!(!matches(b"foo", b"foo.bar"));
+        assert!(matches(b"foo.bar", b"foo.bar"));
+        assert!(has_wildcard(b"a.*"));
+        assert!(!has_wildcard(b"a*.b"));
+    }
+
+    #[test]
+    fn stream_filters() {
         assert!(subject_matches("", "a.b"));
         assert!(subject_matches(">", "a"));
         assert!(subject_matches("a.>", "a.b.c"));
@@ -64,7 +189,7 @@ mod tests {
         assert!(!is_valid_literal("a..b"));
         assert!(!is_valid_literal("a.*"));
         assert!(is_valid_literal("a.b"));
-        assert!(has_wildcard("a.*.c"));
-        assert!(!has_wildcard("a.b"));
+        assert!(has_wildcard(b"a.*.c"));
+        assert!(!has_wildcard(b"a.b"));
     }
 }

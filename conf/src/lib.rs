@@ -15,9 +15,6 @@
 //! File and environment access go through the [`Host`] trait so the core can be tested
 //! and fuzzed without touching the file system; [`parse_file`] is the thin std wrapper.
 
-// The typed-options layer grows into this API; not every accessor is used yet.
-#![allow(dead_code)]
-
 mod duration;
 mod lexer;
 mod parser;

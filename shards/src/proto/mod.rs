@@ -10,6 +10,10 @@
 //! ([`Parser`]) is what lets it consume input that nats-server consumes without
 //! buffering it (spaces after an op name, the tail of a PING line).
 
+mod connect;
+
+pub use connect::ConnectInfo;
+
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
 
