@@ -397,11 +397,12 @@ fn spawn_control(
 ) -> anyhow::Result<(glommio::ExecutorJoinHandle<()>, ControlPorts)> {
     // Answers the ports once they listen.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<ControlPorts>>();
-    let signals = forward_signals()?;
+    let signals = SignalPipes::trap()?;
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("control")
         .io_memory(64 * 1024)
         .spawn(move || async move {
+            let signals = signals.forward();
             let monitor_ctx = match monitoring {
                 Some(setup) => {
                     match start_monitoring(setup, &reloader, global.clone(), commander.clone()) {
@@ -491,25 +492,46 @@ fn spawn_control(
 /// How often lame duck mode checks whether every client has gone.
 const LAME_DUCK_CHECK: Duration = Duration::from_millis(100);
 
-/// Hands trapped signals to the control executor: a thread blocks on them and
-/// sends each one on as it arrives.
-fn forward_signals() -> anyhow::Result<flume::Receiver<i32>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2])
-            .context("could not trap signals")?;
-    let (tx, rx) = flume::unbounded();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if tx.send(sig).is_err() {
-                    break;
+/// Trapped signals, one self-pipe each: the handler writes a byte, the control
+/// executor reads it like any other input (no thread, no polling).
+struct SignalPipes(Vec<(i32, std::os::unix::net::UnixStream)>);
+
+impl SignalPipes {
+    fn trap() -> anyhow::Result<SignalPipes> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+        let mut pipes = Vec::new();
+        for sig in [SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGUSR2] {
+            let (read, write) =
+                std::os::unix::net::UnixStream::pair().context("could not trap signals")?;
+            signal_hook::low_level::pipe::register(sig, write).context("could not trap signals")?;
+            pipes.push((sig, read));
+        }
+        Ok(SignalPipes(pipes))
+    }
+
+    /// Starts one reader per signal on the current executor; each signal arrives
+    /// on the returned channel (several of one kind in a row may arrive as one).
+    fn forward(self) -> flume::Receiver<i32> {
+        use futures_lite::AsyncReadExt;
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let (tx, rx) = flume::unbounded();
+        for (sig, read) in self.0 {
+            // SAFETY: `into_raw_fd` hands over the only owner of a socket we just
+            // created, so the glommio stream becomes its sole owner and closes it.
+            let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(read.into_raw_fd()) };
+            let tx = tx.clone();
+            glommio::spawn_local(async move {
+                let mut buf = [0u8; 16];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                    if tx.send(sig).is_err() {
+                        break;
+                    }
                 }
-            }
-        })
-        .context("could not start the signal thread")?;
-    Ok(rx)
+            })
+            .detach();
+        }
+        rx
+    }
 }
 
 /// Whether the control loop goes on after a signal.

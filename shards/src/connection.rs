@@ -4,11 +4,118 @@
 //! or subscribes to is allowed, with nats-server's error texts. The connection
 //! shell (`client::tasks`, `shard`) applies what these decide.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::permissions::Permissions;
-use crate::proto;
+use crate::proto::{self, ConnectInfo};
 use crate::subject;
+
+/// Why a connection was closed, spelled as nats-server reports it in /connz.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    ServerShutdown,
+    AuthenticationTimeout,
+    AuthenticationViolation,
+    SlowConsumerPendingBytes,
+    SlowConsumerWriteDeadline,
+    StaleConnection,
+    ProtocolViolation,
+    ParseError,
+    MaxPayloadExceeded,
+    MaxControlLineExceeded,
+    MaxConnectionsExceeded,
+    MaxAccountConnectionsExceeded,
+    ReadError,
+    WriteError,
+    TlsHandshakeError,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CloseReason::ClientClosed => "Client Closed",
+            CloseReason::ServerShutdown => "Server Shutdown",
+            CloseReason::AuthenticationTimeout => "Authentication Timeout",
+            CloseReason::AuthenticationViolation => "Authentication Failure",
+            CloseReason::SlowConsumerPendingBytes => "Slow Consumer (Pending Bytes)",
+            CloseReason::SlowConsumerWriteDeadline => "Slow Consumer (Write Deadline)",
+            CloseReason::StaleConnection => "Stale Connection",
+            CloseReason::ProtocolViolation => "Protocol Violation",
+            CloseReason::ParseError => "Parse Error",
+            CloseReason::MaxPayloadExceeded => "Maximum Message Payload Exceeded",
+            CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
+            CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            CloseReason::MaxAccountConnectionsExceeded => "Maximum Account Connections Exceeded",
+            CloseReason::ReadError => "Read Error",
+            CloseReason::WriteError => "Write Error",
+            CloseReason::TlsHandshakeError => "TLS Handshake Failure",
+        })
+    }
+}
+
+impl CloseReason {
+    /// Slow consumers lose what is pending; everyone else gets it flushed.
+    pub fn discards_output(self) -> bool {
+        matches!(
+            self,
+            CloseReason::SlowConsumerPendingBytes
+                | CloseReason::SlowConsumerWriteDeadline
+                | CloseReason::WriteError
+        )
+    }
+}
+
+/// Why CONNECT's options were refused (after its credentials were accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectViolation {
+    /// An account asked for by name: nats-server only binds accounts by user.
+    AccountRequested,
+    InvalidProtocol,
+    NoRespondersWithoutHeaders,
+}
+
+impl ConnectViolation {
+    /// The `-ERR` text nats-server sends.
+    pub fn client_text(self) -> &'static str {
+        match self {
+            ConnectViolation::AccountRequested => "Authorization Violation",
+            ConnectViolation::InvalidProtocol => "invalid client protocol",
+            ConnectViolation::NoRespondersWithoutHeaders => {
+                "no responders requires headers support"
+            }
+        }
+    }
+
+    pub fn close_reason(self) -> CloseReason {
+        match self {
+            ConnectViolation::AccountRequested => CloseReason::AuthenticationViolation,
+            _ => CloseReason::ProtocolViolation,
+        }
+    }
+}
+
+/// nats-server's checks of CONNECT's options, in its order.
+pub fn check_connect(info: &ConnectInfo) -> Result<(), ConnectViolation> {
+    if info.account.as_deref().is_some_and(|a| !a.is_empty()) || info.new_account {
+        return Err(ConnectViolation::AccountRequested);
+    }
+    if info.protocol < 0 || info.protocol > 1 {
+        return Err(ConnectViolation::InvalidProtocol);
+    }
+    if info.no_responders && !info.headers {
+        return Err(ConnectViolation::NoRespondersWithoutHeaders);
+    }
+    Ok(())
+}
+
+/// Whether the PONG to this PING also carries an INFO with `connect_info`:
+/// nats-server sends it once, to the first PING after CONNECT of a protocol 1
+/// client.
+pub fn pong_carries_connect_info(connected: bool, first_pong_sent: bool, protocol: i64) -> bool {
+    connected && !first_pong_sent && protocol >= 1
+}
 
 /// The deadlines of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +238,7 @@ impl PublishViolation {
 /// nats-server's checks of a PUB, in its order: gateway-routed subjects,
 /// permissions (`responds` says whether it answers a request it may answer),
 /// Raft subjects outside the system account, reserved replies.
+#[inline]
 pub fn check_publish(
     subject: &[u8],
     reply: &[u8],
@@ -242,6 +350,34 @@ mod tests {
     use super::*;
 
     const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn connect_rules_in_nats_servers_order() {
+        let decode = |json: &str| {
+            ConnectInfo::implicit()
+                .decode_over(json.as_bytes())
+                .unwrap()
+        };
+        assert_eq!(
+            check_connect(&decode(r#"{"protocol":1,"headers":true}"#)),
+            Ok(())
+        );
+        let asked = check_connect(&decode(r#"{"account":"A","protocol":7}"#)).unwrap_err();
+        assert_eq!(asked, ConnectViolation::AccountRequested);
+        assert_eq!(asked.close_reason(), CloseReason::AuthenticationViolation);
+        assert_eq!(check_connect(&decode(r#"{"account":""}"#)), Ok(()));
+        let v = check_connect(&decode(r#"{"protocol":2}"#)).unwrap_err();
+        assert_eq!(v.client_text(), "invalid client protocol");
+        assert_eq!(v.close_reason(), CloseReason::ProtocolViolation);
+        assert_eq!(
+            check_connect(&decode(r#"{"no_responders":true}"#)),
+            Err(ConnectViolation::NoRespondersWithoutHeaders)
+        );
+        assert!(pong_carries_connect_info(true, false, 1));
+        assert!(!pong_carries_connect_info(true, true, 1));
+        assert!(!pong_carries_connect_info(true, false, 0));
+        assert!(!pong_carries_connect_info(false, false, 1));
+    }
 
     #[test]
     fn pings_until_stale() {

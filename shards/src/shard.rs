@@ -76,6 +76,8 @@ pub struct Shard {
     stalled: RefCell<Vec<Subscriber>>,
     /// Connections found over max_pending while routing, closed once it is done.
     slow: RefCell<Vec<Rc<Client>>>,
+    /// `max_pending` of the options in force, read on every delivery.
+    max_pending: Cell<usize>,
     /// Told to enter lame duck mode / to stop (commands; the tick acts on them).
     lame_duck: Cell<bool>,
     stopping: Cell<bool>,
@@ -89,6 +91,7 @@ struct ShardIo<'a> {
 }
 
 impl ShardIo<'_> {
+    #[inline]
     fn deliver_to_client(
         &self,
         client: &Rc<Client>,
@@ -140,18 +143,12 @@ impl ShardIo<'_> {
 }
 
 impl RouterIo for ShardIo<'_> {
+    #[inline]
     fn now(&self) -> Instant {
         Instant::now()
     }
 
-    fn is_live(&self, owner: SubscriberId) -> bool {
-        match self.subscribers.get(owner.0 as usize) {
-            Some(Subscriber::Client(c)) => !c.is_closing(),
-            Some(Subscriber::Internal(_)) => true,
-            None => false,
-        }
-    }
-
+    #[inline]
     fn deliver(&mut self, sub: &Subscription, msg: &Message<'_>) -> Option<usize> {
         match self.subscribers.get(sub.owner.0 as usize)? {
             Subscriber::Client(client) => self.deliver_to_client(client, sub, msg),
@@ -176,6 +173,7 @@ impl RouterIo for ShardIo<'_> {
         }
     }
 
+    #[inline]
     fn send(&mut self, peer: PeerId, msg: PeerMsg) {
         if let Some(Some(lane)) = self.shard.lanes.get(peer.index()) {
             lane.push(msg);
@@ -209,6 +207,7 @@ impl Shard {
             info.server_name.clone(),
             rand::random(),
         );
+        let opts_max_pending = opts.max_pending;
         Shard {
             id,
             nshards,
@@ -225,6 +224,7 @@ impl Shard {
             live: Cell::new(0),
             stalled: RefCell::new(Vec::new()),
             slow: RefCell::new(Vec::new()),
+            max_pending: Cell::new(opts_max_pending),
             lame_duck: Cell::new(false),
             stopping: Cell::new(false),
         }
@@ -239,7 +239,7 @@ impl Shard {
             let mut io = ShardIo {
                 shard: self,
                 subscribers: self.subscribers.borrow(),
-                max_pending: self.opts.borrow().max_pending,
+                max_pending: self.max_pending.get(),
             };
             f(&mut router, &mut io)
         };
@@ -315,6 +315,7 @@ impl Shard {
             }
         }
         *self.info.borrow_mut() = info;
+        self.max_pending.set(opts.max_pending);
         let old = std::mem::replace(&mut *self.opts.borrow_mut(), opts.clone());
         if old.auth != opts.auth {
             // Connections whose credentials the new configuration no longer accepts go.
@@ -437,6 +438,7 @@ impl Shard {
     /// read buffer the slices point into, so other shards get the payload without
     /// a copy.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(crate) fn publish(
         &self,
         publisher: &Client,

@@ -22,61 +22,7 @@ use crate::proto;
 use crate::proto::ConnectInfo;
 use crate::router::{RequesterInfo, SubscriberId, Subscription};
 
-/// Why a connection was closed, spelled as nats-server reports it in /connz.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    ClientClosed,
-    ServerShutdown,
-    AuthenticationTimeout,
-    AuthenticationViolation,
-    SlowConsumerPendingBytes,
-    SlowConsumerWriteDeadline,
-    StaleConnection,
-    ProtocolViolation,
-    ParseError,
-    MaxPayloadExceeded,
-    MaxControlLineExceeded,
-    MaxConnectionsExceeded,
-    MaxAccountConnectionsExceeded,
-    ReadError,
-    WriteError,
-    TlsHandshakeError,
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CloseReason::ClientClosed => "Client Closed",
-            CloseReason::ServerShutdown => "Server Shutdown",
-            CloseReason::AuthenticationTimeout => "Authentication Timeout",
-            CloseReason::AuthenticationViolation => "Authentication Failure",
-            CloseReason::SlowConsumerPendingBytes => "Slow Consumer (Pending Bytes)",
-            CloseReason::SlowConsumerWriteDeadline => "Slow Consumer (Write Deadline)",
-            CloseReason::StaleConnection => "Stale Connection",
-            CloseReason::ProtocolViolation => "Protocol Violation",
-            CloseReason::ParseError => "Parse Error",
-            CloseReason::MaxPayloadExceeded => "Maximum Message Payload Exceeded",
-            CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
-            CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
-            CloseReason::MaxAccountConnectionsExceeded => "Maximum Account Connections Exceeded",
-            CloseReason::ReadError => "Read Error",
-            CloseReason::WriteError => "Write Error",
-            CloseReason::TlsHandshakeError => "TLS Handshake Failure",
-        })
-    }
-}
-
-impl CloseReason {
-    /// Slow consumers lose what is pending; everyone else gets it flushed.
-    fn discards_output(self) -> bool {
-        matches!(
-            self,
-            CloseReason::SlowConsumerPendingBytes
-                | CloseReason::SlowConsumerWriteDeadline
-                | CloseReason::WriteError
-        )
-    }
-}
+pub use crate::connection::CloseReason;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -569,6 +515,9 @@ impl Client {
             return false;
         }
         self.closing.set(Some(reason));
+        for sub in self.subs.borrow().values() {
+            sub.detached.set(true);
+        }
         if reason.discards_output() {
             self.out.borrow_mut().clear();
             self.shutdown_socket();

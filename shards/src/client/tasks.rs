@@ -10,7 +10,10 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::{Client, CloseReason};
-use crate::connection::{check_publish, check_subscribe, SubscribeVerdict};
+use crate::connection::{
+    check_connect, check_publish, check_subscribe, pong_carries_connect_info, ConnectViolation,
+    SubscribeVerdict,
+};
 use crate::proto::{
     self, ClientOp, ConnectInfo, ParseContext, ParseLimits, Parsed, Parser, ProtoError,
 };
@@ -184,9 +187,14 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
                     client.queue_bytes(proto::PONG);
                     // nats-server: the first PING after CONNECT, from a client of
                     // protocol 1, also gets the INFO with connect_info.
-                    let connect_info = client.connect_seen.get()
-                        && !client.first_pong_sent.replace(true)
-                        && client.connect.borrow().protocol >= 1;
+                    // The first PONG counts only once CONNECT was seen.
+                    let connected = client.connect_seen.get();
+                    let pong_sent = connected && client.first_pong_sent.replace(true);
+                    let connect_info = pong_carries_connect_info(
+                        connected,
+                        pong_sent,
+                        client.connect.borrow().protocol,
+                    );
                     if connect_info {
                         let mut info = shard.info();
                         info.connect_info = true;
@@ -371,18 +379,12 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
             if let Next::Close(reason) = authenticate(shard, client, &info) {
                 return Next::Close(reason);
             }
-            if info.account.as_deref().is_some_and(|a| !a.is_empty()) || info.new_account {
-                tracing::error!("{} - authentication error", client.log_prefix_short());
-                client.queue_err("Authorization Violation");
-                return Next::Close(CloseReason::AuthenticationViolation);
-            }
-            if info.protocol < 0 || info.protocol > 1 {
-                client.queue_err("invalid client protocol");
-                return Next::Close(CloseReason::ProtocolViolation);
-            }
-            if info.no_responders && !info.headers {
-                client.queue_err("no responders requires headers support");
-                return Next::Close(CloseReason::ProtocolViolation);
+            if let Err(violation) = check_connect(&info) {
+                if violation == ConnectViolation::AccountRequested {
+                    tracing::error!("{} - authentication error", client.log_prefix_short());
+                }
+                client.queue_err(violation.client_text());
+                return Next::Close(violation.close_reason());
             }
             client.echo.set(info.echo);
             client.headers.set(info.headers);
@@ -515,6 +517,7 @@ fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &
                     delivery_filter: permissions
                         .as_ref()
                         .is_some_and(|p| p.needs_delivery_filter(subj, queue.is_some())),
+                    detached: Cell::new(false),
                 });
                 client
                     .subs

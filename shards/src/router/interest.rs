@@ -29,6 +29,9 @@ pub struct Subscription {
     /// The subscriber's deny list overlaps this wildcard or queue subscription, so
     /// each delivery is checked against it.
     pub delivery_filter: bool,
+    /// Its subscriber is going away: it weighs nothing when a queue member is
+    /// picked (kept here, next to what routing reads anyway).
+    pub detached: Cell<bool>,
 }
 
 impl Subscription {
@@ -41,6 +44,7 @@ impl Subscription {
             max: Cell::new(0),
             delivered: Cell::new(0),
             delivery_filter: false,
+            detached: Cell::new(false),
         }
     }
 }

@@ -102,9 +102,6 @@ impl Publisher<'_> {
 pub trait RouterIo {
     /// The time now (for response-route expiry; read only when one is opened).
     fn now(&self) -> Instant;
-    /// False while `owner` takes no messages (closing): it weighs nothing when a
-    /// queue member is picked.
-    fn is_live(&self, owner: SubscriberId) -> bool;
     /// Hands one message to a local subscriber. Returns the bytes it took
     /// (counted as sent), or `None` when it took nothing.
     fn deliver(&mut self, sub: &Subscription, msg: &Message<'_>) -> Option<usize>;
@@ -611,7 +608,7 @@ impl Router {
             }
         }
         for group in &m.queues {
-            match self.pick_member(io, &group.members) {
+            match self.pick_member(&group.members) {
                 Some(Interest::Local(sub)) => {
                     routed.local = true;
                     self.deliver_local(io, account, sub, &msg);
@@ -913,14 +910,9 @@ impl Router {
 
     /// Picks one queue member; local members weigh 1, a peer weighs as many
     /// members as it has.
-    fn pick_member<'a>(
-        &mut self,
-        io: &impl RouterIo,
-        members: &'a [Interest],
-    ) -> Option<&'a Interest> {
+    fn pick_member<'a>(&mut self, members: &'a [Interest]) -> Option<&'a Interest> {
         let weight = |e: &Interest| match e {
-            Interest::Local(sub) if !io.is_live(sub.owner) => 0,
-            Interest::Local(_) => 1,
+            Interest::Local(sub) if !sub.detached.get() => 1,
             Interest::Remote(ri) => ri.members.get() as u64,
             _ => 0,
         };
@@ -977,7 +969,8 @@ impl Router {
             let Some(group) = m.queues.iter().find(|g| g.name.as_ref() == name.as_slice()) else {
                 continue;
             };
-            let live = |e: &&Interest| matches!(e, Interest::Local(s) if io.is_live(s.owner));
+            // The peer chose this shard; any live local member will do.
+            let live = |e: &&Interest| matches!(e, Interest::Local(s) if !s.detached.get());
             let n = group.members.iter().filter(live).count();
             if n == 0 {
                 continue;
@@ -990,6 +983,7 @@ impl Router {
     }
 
     /// Delivers a routed message to a local subscriber, honouring its limit.
+    #[inline]
     fn deliver_local(
         &mut self,
         io: &mut impl RouterIo,

@@ -60,10 +60,6 @@ impl RouterIo for TestIo {
         self.now
     }
 
-    fn is_live(&self, owner: SubscriberId) -> bool {
-        !self.dead.contains(&owner)
-    }
-
     fn deliver(&mut self, sub: &Subscription, msg: &Message<'_>) -> Option<usize> {
         if self.dead.contains(&sub.owner) {
             return None;

@@ -111,10 +111,12 @@ fn queue_groups_deliver_once_and_skip_dead_members() {
     let mut r = router(0, &[], Accounts::default());
     let mut io = TestIo::new();
     for (owner, sid) in [(1, "1"), (2, "2"), (3, "3")] {
-        r.subscribe(&mut io, G, sub(owner, sid, "work", Some("q")));
+        let s = sub(owner, sid, "work", Some("q"));
+        // Member 2's connection is closing: it takes nothing, and is not picked.
+        s.detached.set(owner == 2);
+        r.subscribe(&mut io, G, s);
     }
     r.subscribe(&mut io, G, sub(4, "4", "work", None));
-    io.dead.insert(SubscriberId(2));
     let mut seen = std::collections::HashSet::new();
     for _ in 0..200 {
         publish(&mut r, &mut io, G, "work", "", "x");
