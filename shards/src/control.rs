@@ -106,6 +106,18 @@ impl Commander {
         }
     }
 
+    /// Sends the request `make` builds to every running shard; the receivers of
+    /// their replies, in shard order.
+    fn ask_all<T>(&self, make: impl Fn(flume::Sender<T>) -> Command) -> Vec<flume::Receiver<T>> {
+        self.shards
+            .iter()
+            .filter_map(|tx| {
+                let (reply, rx) = flume::bounded(1);
+                tx.send(make(reply)).ok().map(|_| rx)
+            })
+            .collect()
+    }
+
     /// Asks every shard at once and collects the replies that come within
     /// `timeout` (`sleep` is the caller's runtime's timer), in shard order.
     pub async fn gather<T, S>(
@@ -117,14 +129,7 @@ impl Commander {
     where
         S: Future<Output = ()>,
     {
-        let pending: Vec<flume::Receiver<T>> = self
-            .shards
-            .iter()
-            .filter_map(|tx| {
-                let (reply, rx) = flume::bounded(1);
-                tx.send(make(reply)).ok().map(|_| rx)
-            })
-            .collect();
+        let pending = self.ask_all(make);
         let collect = async {
             let mut out = Vec::with_capacity(pending.len());
             for rx in &pending {
@@ -152,15 +157,7 @@ impl Commander {
         timeout: Duration,
     ) -> Vec<T> {
         let deadline = std::time::Instant::now() + timeout;
-        let pending: Vec<flume::Receiver<T>> = self
-            .shards
-            .iter()
-            .filter_map(|tx| {
-                let (reply, rx) = flume::bounded(1);
-                tx.send(make(reply)).ok().map(|_| rx)
-            })
-            .collect();
-        pending
+        self.ask_all(make)
             .iter()
             .filter_map(|rx| rx.recv_deadline(deadline).ok())
             .collect()

@@ -142,9 +142,12 @@ struct Sim {
     next_msg: u64,
     /// Per publisher (router, index): its next sequence number.
     seqs: HashMap<(usize, usize), u64>,
-    /// Deliveries: (sub index, message id) and per (sub, publisher) the last seq.
-    received: Vec<(usize, u64, (usize, usize), u64, Bytes)>,
+    received: Vec<Received>,
 }
+
+/// One delivery as the model sees it: to which subscription (index), which
+/// message, from which publisher (router, index), its sequence and subject.
+type Received = (usize, u64, (usize, usize), u64, Bytes);
 
 const PUBLISHERS: usize = 2;
 const PUBLISHER_BASE: u32 = 1000;
