@@ -182,18 +182,124 @@ fn varz_from(ctx: &MonitorContext, snaps: &[ShardSnapshot]) -> Value {
     v
 }
 
+/// The figures /varz and /metrics share, read once per request.
+struct ServerFigures {
+    totals: Totals,
+    total_connections: u64,
+    now: SystemTime,
+    up: Duration,
+    /// Resident memory, bytes.
+    mem: u64,
+    /// CPU use since start, percent with two decimals.
+    cpu: f64,
+    cores: usize,
+}
+
+impl ServerFigures {
+    fn read(ctx: &MonitorContext, snaps: &[ShardSnapshot]) -> Self {
+        let now = SystemTime::now();
+        let (mem, cpu_secs) = process_usage();
+        let up = since(ctx.start, now);
+        let cpu = if up.as_secs_f64() > 0.0 {
+            (cpu_secs / up.as_secs_f64() * 100.0 * 100.0).round() / 100.0
+        } else {
+            0.0
+        };
+        ServerFigures {
+            totals: totals(snaps),
+            total_connections: ctx.global.total_connections.load(Ordering::Relaxed),
+            now,
+            up,
+            mem,
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// The /varz numbers that /metrics exports as `<prefix>_varz_<field>` gauges:
+    /// (field, help, value).
+    fn varz_gauges(&self, opts: &ServerOptions) -> [(&'static str, &'static str, f64); 20] {
+        let t = &self.totals;
+        [
+            (
+                "connections",
+                "Current number of client connections",
+                t.connections as f64,
+            ),
+            (
+                "total_connections",
+                "Connections accepted since start",
+                self.total_connections as f64,
+            ),
+            (
+                "in_msgs",
+                "Messages received from clients",
+                t.in_msgs as f64,
+            ),
+            ("out_msgs", "Messages sent to clients", t.out_msgs as f64),
+            ("in_bytes", "Bytes received from clients", t.in_bytes as f64),
+            ("out_bytes", "Bytes sent to clients", t.out_bytes as f64),
+            (
+                "slow_consumers",
+                "Slow consumers disconnected",
+                t.slow_consumers as f64,
+            ),
+            (
+                "stale_connections",
+                "Stale connections closed",
+                t.stale_connections as f64,
+            ),
+            (
+                "subscriptions",
+                "Current subscriptions",
+                t.subscriptions as f64,
+            ),
+            ("mem", "Resident memory in bytes", self.mem as f64),
+            ("cpu", "CPU usage in percent", self.cpu),
+            ("cores", "CPU cores", self.cores as f64),
+            (
+                "max_connections",
+                "Configured maximum connections",
+                opts.max_connections as f64,
+            ),
+            (
+                "max_payload",
+                "Configured maximum payload",
+                opts.max_payload as f64,
+            ),
+            (
+                "max_pending",
+                "Configured maximum pending bytes",
+                opts.max_pending as f64,
+            ),
+            (
+                "max_control_line",
+                "Configured maximum control line",
+                opts.max_control_line as f64,
+            ),
+            (
+                "ping_max",
+                "Configured maximum outstanding pings",
+                f64::from(opts.ping_max),
+            ),
+            ("routes", "Current routes", 0.0),
+            ("remotes", "Current remote servers", 0.0),
+            ("leafnodes", "Current leaf node connections", 0.0),
+        ]
+    }
+}
+
 fn varz_full(ctx: &MonitorContext, snaps: &[ShardSnapshot]) -> Value {
-    let t = totals(snaps);
+    let figures = ServerFigures::read(ctx, snaps);
+    let t = &figures.totals;
     let opts = ctx.opts.borrow().clone();
-    let now = SystemTime::now();
-    let (mem, cpu_secs) = process_usage();
-    let up = since(ctx.start, now);
-    let cpu = if up.as_secs_f64() > 0.0 {
-        (cpu_secs / up.as_secs_f64() * 100.0 * 100.0).round() / 100.0
-    } else {
-        0.0
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (now, up, mem, cpu, cores) = (
+        figures.now,
+        figures.up,
+        figures.mem,
+        figures.cpu,
+        figures.cores,
+    );
     // nats-server shows max_subscriptions only when it is set.
     let max_subscriptions = (opts.max_subscriptions > 0).then_some(opts.max_subscriptions);
     let req_stats: BTreeMap<String, u64> = ctx.req_stats.borrow().clone();
@@ -237,7 +343,7 @@ fn varz_full(ctx: &MonitorContext, snaps: &[ShardSnapshot]) -> Value {
         "gomaxprocs": cores,
         "cpu": cpu,
         "connections": t.connections,
-        "total_connections": ctx.global.total_connections.load(Ordering::Relaxed),
+        "total_connections": figures.total_connections,
         "routes": 0,
         "remotes": 0,
         "leafnodes": 0,
@@ -783,52 +889,18 @@ async fn accountz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
 async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
     // One gather for the whole scrape.
     let snaps = ctx.gather(false).await;
-    let v = varz_from(ctx, &snaps);
-    let id = ctx.opts.borrow().server_id.clone();
+    let figures = ServerFigures::read(ctx, &snaps);
+    let opts = ctx.opts.borrow().clone();
+    let id = opts.server_id.clone();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: f64, labels: &str| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
         out.push_str(&format!("{name}{{server_id=\"{id}\"{labels}}} {value}\n"));
     };
-    let varz_fields: [(&str, &str, &str); 20] = [
-        (
-            "connections",
-            "gauge",
-            "Current number of client connections",
-        ),
-        (
-            "total_connections",
-            "gauge",
-            "Connections accepted since start",
-        ),
-        ("in_msgs", "gauge", "Messages received from clients"),
-        ("out_msgs", "gauge", "Messages sent to clients"),
-        ("in_bytes", "gauge", "Bytes received from clients"),
-        ("out_bytes", "gauge", "Bytes sent to clients"),
-        ("slow_consumers", "gauge", "Slow consumers disconnected"),
-        ("stale_connections", "gauge", "Stale connections closed"),
-        ("subscriptions", "gauge", "Current subscriptions"),
-        ("mem", "gauge", "Resident memory in bytes"),
-        ("cpu", "gauge", "CPU usage in percent"),
-        ("cores", "gauge", "CPU cores"),
-        ("max_connections", "gauge", "Configured maximum connections"),
-        ("max_payload", "gauge", "Configured maximum payload"),
-        ("max_pending", "gauge", "Configured maximum pending bytes"),
-        (
-            "max_control_line",
-            "gauge",
-            "Configured maximum control line",
-        ),
-        ("ping_max", "gauge", "Configured maximum outstanding pings"),
-        ("routes", "gauge", "Current routes"),
-        ("remotes", "gauge", "Current remote servers"),
-        ("leafnodes", "gauge", "Current leaf node connections"),
-    ];
-    for (field, kind, help) in varz_fields {
-        let value = v[field].as_f64().unwrap_or(0.0);
-        gauge(&format!("{prefix}_varz_{field}"), help, kind, value, "");
+    for (field, help, value) in figures.varz_gauges(&opts) {
+        gauge(&format!("{prefix}_varz_{field}"), help, "gauge", value, "");
     }
-    let t = totals(&snaps);
+    let t = &figures.totals;
     gauge(
         &format!("{prefix}_connz_num_connections"),
         "Open connections",

@@ -811,8 +811,8 @@ impl Shard {
         for client in self.clients() {
             let (interval, max) = (self.opts().ping_interval, self.opts().ping_max);
             let due = client.handle_timeout(now, interval, max);
+            // The client was already told why (the connection sent it).
             if due == Some(Due::AuthTimeout) {
-                client.queue_err("Authentication Timeout");
                 self.close_client(&client, CloseReason::AuthenticationTimeout);
                 continue;
             }
@@ -824,7 +824,6 @@ impl Shard {
                 continue;
             }
             if due == Some(Due::Stale) {
-                client.queue_err("Stale Connection");
                 self.stats
                     .stale_connections
                     .set(self.stats.stale_connections.get() + 1);

@@ -1,11 +1,11 @@
-//! A client connection's state: who it is, what it may do, its subscriptions and
-//! its coalesced outbound buffer. The tasks that move its bytes and process what
-//! it sends are in `tasks`.
+//! A client connection in its shard: its protocol state machine
+//! ([`Connection`]), its handle, account and coalesced outbound buffer, and what
+//! the writer and backpressure need. The tasks that move its bytes and feed what
+//! it sends through the state machine are in `tasks`.
 
 pub(crate) mod tasks;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -14,29 +14,21 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
-use crate::connection::{Due, Liveness};
+use crate::connection::{Connection, Due, Outbound};
 use crate::permissions::Permissions;
 use crate::proto;
-use crate::proto::ConnectInfo;
 use crate::router::{RequesterInfo, SubscriberId, Subscription};
 
 pub use crate::connection::CloseReason;
 
+/// What was written to the client (what it sent is counted by its `Connection`).
 #[derive(Debug, Default)]
-struct Counters {
-    in_msgs: Cell<u64>,
-    in_bytes: Cell<u64>,
-    out_msgs: Cell<u64>,
-    out_bytes: Cell<u64>,
+struct Sent {
+    msgs: Cell<u64>,
+    bytes: Cell<u64>,
 }
-
-/// Reply permits kept before the expired ones are pruned.
-const REPLY_PERMITS_PRUNE_AT: usize = 4096;
-
-/// Reply subjects a client may publish to (`allow_responses`): uses and since when.
-type ReplyPermits = HashMap<Bytes, (u32, Instant), ahash::RandomState>;
 
 /// One client connection, owned by one shard.
 pub struct Client {
@@ -49,11 +41,10 @@ pub struct Client {
     in_account: Cell<bool>,
     pub start: SystemTime,
     fd: RawFd,
-    connect: RefCell<ConnectInfo>,
-    /// Echo and header support are read per delivery; kept apart from `connect`.
-    echo: Cell<bool>,
-    headers: Cell<bool>,
-    subs: RefCell<HashMap<Bytes, Rc<Subscription>, ahash::RandomState>>,
+    /// Borrowed only for one call at a time and never across an await; a publish
+    /// is routed after `handle_op` returns, so delivering to this very connection
+    /// can borrow it again.
+    conn: RefCell<Connection>,
     /// Outbound frames not yet handed to the writer.
     out: RefCell<BytesMut>,
     /// Bytes the writer is writing now.
@@ -70,32 +61,10 @@ pub struct Client {
     closing: Cell<Option<CloseReason>>,
     /// The shard has removed the connection's subscriptions and records.
     cleaned_up: Cell<bool>,
-    /// Something went to other shards (interest changes or messages) since the
-    /// last PONG; the next PONG waits for them to be applied.
-    mesh_dirty: Cell<bool>,
-    /// The first PONG after CONNECT went out (with the connect_info INFO for
-    /// protocol 1 clients).
-    first_pong_sent: Cell<bool>,
-    /// Ping and authentication deadlines.
-    liveness: Cell<Liveness>,
     last_activity: Cell<Instant>,
-    /// The nonce sent in INFO (empty without NKEY users); every CONNECT signs it.
-    nonce: RefCell<String>,
-    /// A CONNECT was processed (a later one replaces the options and, as in
-    /// nats-server, drops the subscriptions).
-    connect_seen: Cell<bool>,
-    identity: RefCell<Option<crate::auth::Identity>>,
-    /// `"ACC/user:name"`, which nats-server adds to client log lines after CONNECT.
-    auth_label: RefCell<Option<String>>,
-    permissions: RefCell<Option<Arc<Permissions>>>,
-    /// Reply subjects this client may answer (`allow_responses`): uses and when.
-    replies: RefCell<Option<ReplyPermits>>,
-    /// Limits of the connection, lowered by its account's.
-    max_payload: Cell<usize>,
-    max_subscriptions: Cell<usize>,
     /// Set once a TLS handshake completed.
     tls: RefCell<Option<crate::tls::TlsState>>,
-    counters: Counters,
+    sent: Sent,
 }
 
 impl fmt::Debug for Client {
@@ -116,7 +85,6 @@ impl Client {
         first_ping: Instant,
         limits: (usize, usize),
     ) -> Self {
-        let connect = ConnectInfo::implicit();
         Client {
             cid,
             addr,
@@ -125,10 +93,7 @@ impl Client {
             in_account: Cell::new(false),
             start: SystemTime::now(),
             fd,
-            echo: Cell::new(connect.echo),
-            headers: Cell::new(connect.headers),
-            connect: RefCell::new(connect),
-            subs: RefCell::default(),
+            conn: RefCell::new(Connection::new(addr, cid, first_ping, limits)),
             out: RefCell::new(BytesMut::with_capacity(4096)),
             in_flight: Cell::new(0),
             writer: Cell::new(None),
@@ -138,20 +103,9 @@ impl Client {
             last_progress: Cell::new(Instant::now()),
             closing: Cell::new(None),
             cleaned_up: Cell::new(false),
-            mesh_dirty: Cell::new(false),
-            first_pong_sent: Cell::new(false),
-            liveness: Cell::new(Liveness::new(first_ping)),
             last_activity: Cell::new(Instant::now()),
-            nonce: RefCell::new(String::new()),
-            connect_seen: Cell::new(false),
-            identity: RefCell::new(None),
-            auth_label: RefCell::new(None),
-            permissions: RefCell::new(None),
-            replies: RefCell::new(None),
-            max_payload: Cell::new(limits.0),
-            max_subscriptions: Cell::new(limits.1),
             tls: RefCell::new(None),
-            counters: Counters::default(),
+            sent: Sent::default(),
         }
     }
 
@@ -165,12 +119,13 @@ impl Client {
 
     /// Who this client is, for a `share` service import's `Nats-Request-Info`.
     pub(crate) fn requester_info(&self) -> RequesterInfo {
-        let c = self.connect.borrow();
+        let conn = self.conn.borrow();
+        let c = conn.connect_info();
         RequesterInfo {
             start: crate::rfc3339(self.start),
             host: self.addr.ip().to_string(),
             id: self.cid,
-            user: self.authenticated_as().map(|w| w.raw()),
+            user: conn.identity().map(|w| w.raw()),
             name: c.name.clone(),
             lang: c.lang.clone(),
             version: c.version.clone(),
@@ -200,65 +155,21 @@ impl Client {
     }
 
     pub fn permissions(&self) -> Option<Arc<Permissions>> {
-        self.permissions.borrow().clone()
+        self.conn.borrow().permissions().cloned()
     }
 
     pub(crate) fn set_permissions(&self, permissions: Option<Arc<Permissions>>) {
-        let tracks_replies = permissions.as_ref().is_some_and(|p| p.responses.is_some());
-        *self.replies.borrow_mut() = tracks_replies.then(HashMap::default);
-        *self.permissions.borrow_mut() = permissions;
+        self.conn.borrow_mut().set_permissions(permissions);
     }
 
     /// Remembers a request's reply subject this client may then publish to.
     pub(crate) fn note_request(&self, reply: &[u8]) {
-        let mut replies = self.replies.borrow_mut();
-        let Some(replies) = replies.as_mut() else {
-            return;
-        };
-        replies.insert(Bytes::copy_from_slice(reply), (0, Instant::now()));
-        // Requests never answered would pile up: past a bound, the expired go (as
-        // nats-server prunes its reply permissions).
-        if replies.len() > REPLY_PERMITS_PRUNE_AT {
-            let expires = self
-                .permissions
-                .borrow()
-                .as_ref()
-                .and_then(|p| p.responses)
-                .and_then(|r| r.expires);
-            if let Some(ttl) = expires {
-                replies.retain(|_, (_, since)| since.elapsed() <= ttl);
-            }
-        }
-    }
-
-    /// Whether a publish to `subject` answers a request within `allow_responses`.
-    fn response_allowed(&self, perms: &Permissions, subject: &[u8]) -> bool {
-        let Some(p) = perms.responses else {
-            return false;
-        };
-        let mut replies = self.replies.borrow_mut();
-        let Some(replies) = replies.as_mut() else {
-            return false;
-        };
-        let Some((uses, since)) = replies.get_mut(subject) else {
-            return false;
-        };
-        *uses += 1;
-        let over = p.max_msgs.is_some_and(|max| *uses > max);
-        let expired = p.expires.is_some_and(|ttl| since.elapsed() > ttl);
-        if over || expired {
-            replies.remove(subject);
-            return false;
-        }
-        true
+        self.conn.borrow_mut().note_request(reply, Instant::now());
     }
 
     /// The delivery-time deny check for subscriptions that overlap the deny list.
     pub(crate) fn delivery_denied(&self, subject: &[u8]) -> bool {
-        self.permissions
-            .borrow()
-            .as_ref()
-            .is_some_and(|p| p.delivery_denied(subject))
+        self.conn.borrow().delivery_denied(subject)
     }
 
     pub fn is_closing(&self) -> bool {
@@ -266,98 +177,71 @@ impl Client {
     }
 
     pub fn echo(&self) -> bool {
-        self.echo.get()
+        self.conn.borrow().echo()
     }
 
     pub fn headers(&self) -> bool {
-        self.headers.get()
+        self.conn.borrow().headers()
     }
 
     /// `127.0.0.1:50482 - cid:6`, as nats-server starts its client log lines.
     pub fn log_prefix_short(&self) -> String {
-        format!("{} - cid:{}", self.addr, self.cid)
+        self.conn.borrow().log_prefix_short()
     }
 
-    /// The short prefix plus `"v<version>:<lang>:<name>"` once CONNECT said who it
-    /// is, and `"ACCOUNT/user:name"` once it authenticated, as nats-server logs.
+    /// With what CONNECT and authentication said of the client.
     pub fn log_prefix(&self) -> String {
-        let c = self.connect.borrow();
-        let mut prefix = self.log_prefix_short();
-        if !(c.lang.is_empty() && c.name.is_empty() && c.version.is_empty()) {
-            prefix.push_str(&format!(" - \"v{}:{}:{}\"", c.version, c.lang, c.name));
-        }
-        if let Some(label) = self.auth_label.borrow().as_ref() {
-            prefix.push_str(&format!(" - {label:?}"));
-        }
-        prefix
+        self.conn.borrow().log_prefix()
     }
 
     /// Name, language and version from CONNECT.
     pub fn identity(&self) -> (String, String, String) {
-        let c = self.connect.borrow();
+        let conn = self.conn.borrow();
+        let c = conn.connect_info();
         (c.name.clone(), c.lang.clone(), c.version.clone())
     }
 
     /// (in_msgs, out_msgs, in_bytes, out_bytes)
     pub fn counts(&self) -> (u64, u64, u64, u64) {
-        let c = &self.counters;
+        let (in_msgs, in_bytes) = self.conn.borrow().received();
         (
-            c.in_msgs.get(),
-            c.out_msgs.get(),
-            c.in_bytes.get(),
-            c.out_bytes.get(),
+            in_msgs,
+            self.sent.msgs.get(),
+            in_bytes,
+            self.sent.bytes.get(),
         )
     }
 
     pub fn subscriptions(&self) -> Vec<Rc<Subscription>> {
-        self.subs.borrow().values().cloned().collect()
+        self.conn.borrow().subscriptions().cloned().collect()
+    }
+
+    /// The protocol state machine, for the shell that feeds it.
+    pub(crate) fn connection(&self) -> std::cell::RefMut<'_, Connection> {
+        self.conn.borrow_mut()
     }
 
     /// Requires CONNECT with valid credentials before anything else.
     pub(crate) fn require_auth(&self, nonce: String, deadline: Instant) {
-        *self.nonce.borrow_mut() = nonce;
-        self.update_liveness(|l| l.require_auth(deadline));
+        self.conn.borrow_mut().require_auth(nonce, deadline);
     }
 
     /// True while CONNECT with valid credentials has not passed.
     pub(crate) fn awaiting_auth(&self) -> bool {
-        self.liveness.get().awaiting_auth()
+        self.conn.borrow().awaiting_auth()
     }
 
-    pub(crate) fn authenticated(&self) {
-        self.update_liveness(Liveness::authenticated);
-    }
-
-    /// Moves the authentication deadline (nats-server starts it after the TLS handshake).
-    pub(crate) fn restart_auth_deadline(&self, deadline: Instant) {
-        self.update_liveness(|l| l.restart_auth(deadline));
-    }
-
-    /// The client sent PING or PONG.
-    pub(crate) fn heard_from(&self) {
-        self.update_liveness(Liveness::heard_from);
-    }
-
-    /// What the connection's deadlines ask for at `now`; a PING due is queued.
+    /// What the connection's deadlines ask for at `now`, already told to the
+    /// client (a PING, or why it is being closed).
     pub(crate) fn handle_timeout(
         &self,
         now: Instant,
         ping_interval: std::time::Duration,
         ping_max: u32,
     ) -> Option<Due> {
-        let mut liveness = self.liveness.get();
-        let due = liveness.handle_timeout(now, ping_interval, ping_max);
-        self.liveness.set(liveness);
-        if due == Some(Due::Ping) {
-            self.queue_bytes(proto::PING);
-        }
-        due
-    }
-
-    fn update_liveness(&self, f: impl FnOnce(&mut Liveness)) {
-        let mut liveness = self.liveness.get();
-        f(&mut liveness);
-        self.liveness.set(liveness);
+        self.conn
+            .borrow_mut()
+            .handle_timeout(now, (ping_interval, ping_max), &mut QueueOut(self))
     }
 
     /// What the TLS handshake negotiated; `None` for plaintext connections.
@@ -389,7 +273,7 @@ impl Client {
     }
 
     pub fn authenticated_as(&self) -> Option<crate::auth::Identity> {
-        self.identity.borrow().clone()
+        self.conn.borrow().identity().cloned()
     }
 
     /// When the client last sent something.
@@ -398,7 +282,7 @@ impl Client {
     }
 
     pub fn subscription_count(&self) -> usize {
-        self.subs.borrow().len()
+        self.conn.borrow().subscription_count()
     }
 
     /// Appends a MSG/HMSG and wakes the writer. Returns the bytes now pending.
@@ -413,10 +297,10 @@ impl Client {
     ) -> usize {
         let mut out = self.out.borrow_mut();
         proto::write_msg(&mut out, subject, sid, reply, header_len, message, zeros);
-        self.counters.out_msgs.set(self.counters.out_msgs.get() + 1);
-        self.counters
-            .out_bytes
-            .set(self.counters.out_bytes.get() + message.len() as u64);
+        self.sent.msgs.set(self.sent.msgs.get() + 1);
+        self.sent
+            .bytes
+            .set(self.sent.bytes.get() + message.len() as u64);
         let pending = out.len() + self.in_flight.get();
         drop(out);
         self.wake_writer();
@@ -492,11 +376,11 @@ impl Client {
     }
 
     pub(crate) fn forget_sub(&self, sid: &[u8]) {
-        self.subs.borrow_mut().remove(sid);
+        self.conn.borrow_mut().forget_sub(sid);
     }
 
     pub(crate) fn take_subs(&self) -> Vec<Rc<Subscription>> {
-        self.subs.borrow_mut().drain().map(|(_, s)| s).collect()
+        self.conn.borrow_mut().take_subs()
     }
 
     /// The reason the connection is closing, if it is.
@@ -515,7 +399,7 @@ impl Client {
             return false;
         }
         self.closing.set(Some(reason));
-        for sub in self.subs.borrow().values() {
+        for sub in self.conn.borrow().subscriptions() {
             sub.detached.set(true);
         }
         if reason.discards_output() {
@@ -544,10 +428,10 @@ impl Client {
         reason: Option<CloseReason>,
         subs: bool,
     ) -> crate::snapshot::ConnSnapshot {
-        let c = self.connect.borrow();
+        let conn = self.conn.borrow();
+        let c = conn.connect_info();
         let subs = if subs {
-            self.subscriptions()
-                .into_iter()
+            conn.subscriptions()
                 .map(|s| crate::snapshot::SubSnapshot {
                     subject: String::from_utf8_lossy(&s.subject).into_owned(),
                     queue: s
@@ -581,20 +465,20 @@ impl Client {
             } else {
                 self.pending_chunks().1
             },
-            in_msgs: self.counters.in_msgs.get(),
-            out_msgs: self.counters.out_msgs.get(),
-            in_bytes: self.counters.in_bytes.get(),
-            out_bytes: self.counters.out_bytes.get(),
+            in_msgs: conn.received().0,
+            out_msgs: self.sent.msgs.get(),
+            in_bytes: conn.received().1,
+            out_bytes: self.sent.bytes.get(),
             subscriptions: if reason.is_some() {
                 0
             } else {
-                self.subscription_count()
+                conn.subscription_count()
             },
             name: c.name.clone(),
             lang: c.lang.clone(),
             version: c.version.clone(),
             account,
-            user: self.authenticated_as().map(|w| w.raw()),
+            user: conn.identity().map(|w| w.raw()),
             subs,
             tls: self.tls_state(),
         }
@@ -620,6 +504,19 @@ impl crate::tls::HandshakePeer for Client {
 
     fn handshake_done(&self, state: crate::tls::TlsState, auth_deadline: Instant) {
         self.set_tls_state(state);
-        self.restart_auth_deadline(auth_deadline);
+        self.conn.borrow_mut().restart_auth_deadline(auth_deadline);
+    }
+}
+
+/// The connection's words to its client go to its outbound buffer.
+pub(crate) struct QueueOut<'a>(pub(crate) &'a Client);
+
+impl Outbound for QueueOut<'_> {
+    fn send(&mut self, bytes: &[u8]) {
+        self.0.queue_bytes(bytes);
+    }
+
+    fn send_err(&mut self, text: &str) {
+        self.0.queue_err(text);
     }
 }

@@ -1,34 +1,23 @@
-//! The two tasks of a client connection: a reader that parses and processes what
-//! the client sends (routing its messages through its shard), and a writer that
-//! flushes the coalesced outbound buffer.
+//! The two tasks of a client connection: a reader that parses what the client
+//! sends and feeds it through the connection's state machine (routing the
+//! publishes it accepts through the shard), and a writer that flushes the
+//! coalesced outbound buffer.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Client, CloseReason};
-use crate::connection::{
-    check_connect, check_publish, check_subscribe, pong_carries_connect_info, ConnectViolation,
-    SubscribeVerdict,
-};
-use crate::proto::{
-    self, ClientOp, ConnectInfo, ParseContext, ParseLimits, Parsed, Parser, ProtoError,
-};
-use crate::router::Subscription;
+use super::{Client, CloseReason, QueueOut};
+use crate::accounts::AccountLimits;
+use crate::auth::{AuthFailure, Authenticated};
+use crate::connection::{AccountFull, ConnectionEnv, Outbound, Publish, Step};
+use crate::proto::{self, ClientOp, ConnectInfo, Parsed, Parser, ProtoError};
+use crate::router::{SubscriberId, Subscription};
 use crate::shard::Shard;
-use crate::subject;
 use crate::tls::Conn;
-
-/// What processing one operation asks of the read loop.
-enum Next {
-    Continue,
-    /// PING: answer after the interest barrier if one is owed.
-    Pong,
-    Close(CloseReason),
-}
 
 /// Bytes asked of the socket per read, and the allocation they come from.
 const READ_SIZE: usize = 64 * 1024;
@@ -123,25 +112,18 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
         let frame = buf.split().freeze();
         let mut pos = 0;
         need = 0;
-        // CONNECT may lower the payload limit to its account's and turn headers
-        // on; authentication ends the CONNECT-only phase.
-        let context = |client: &Client| ParseContext {
-            limits: ParseLimits {
-                max_control_line,
-                max_payload: client.max_payload.get(),
-            },
-            awaiting_auth: client.awaiting_auth(),
-            headers: client.headers(),
-        };
+        let context = |client: &Client| client.connection().parse_context(max_control_line);
         let mut cx = context(client);
         while pos < frame.len() {
             let parsed = match parser.parse(&frame[pos..], &cx) {
                 Ok(p) => p,
                 Err(ProtoError::Authorization) if shard.opts().auth.no_auth_user.is_some() => {
                     // nats-server lets such a client in as the no_auth_user.
-                    if let Next::Close(reason) =
-                        authenticate(shard, client, &ConnectInfo::implicit())
-                    {
+                    let mut env = ClientEnv { shard, client };
+                    let authenticated = client
+                        .connection()
+                        .authenticate(&ConnectInfo::implicit(), &mut env);
+                    if let Err(reason) = authenticated {
                         return reason;
                     }
                     cx = context(client);
@@ -160,7 +142,9 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
                     continue;
                 }
                 Parsed::PubHead { subject, .. } => {
-                    check_publish_subject(client, subject);
+                    client
+                        .connection()
+                        .check_publish_head(subject, &mut QueueOut(client));
                     continue;
                 }
             };
@@ -173,28 +157,24 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
             }
             pos += n;
             let connect = matches!(op, ClientOp::Connect(_));
-            let next = process_op(shard, client, op, &frame);
+            let step = {
+                let mut env = ClientEnv { shard, client };
+                client.connection().handle_op(op, Instant::now(), &mut env)
+            };
             if connect {
                 cx = context(client);
             }
-            match next {
-                Next::Continue => {}
-                Next::Pong => {
-                    if client.mesh_dirty.replace(false) {
+            match step {
+                Step::Continue => {}
+                Step::Publish(publish) => route(shard, client, publish, &frame),
+                Step::Pong {
+                    barrier,
+                    connect_info,
+                } => {
+                    if barrier {
                         shard.barrier().await;
                     }
-                    client.heard_from();
                     client.queue_bytes(proto::PONG);
-                    // nats-server: the first PING after CONNECT, from a client of
-                    // protocol 1, also gets the INFO with connect_info.
-                    // The first PONG counts only once CONNECT was seen.
-                    let connected = client.connect_seen.get();
-                    let pong_sent = connected && client.first_pong_sent.replace(true);
-                    let connect_info = pong_carries_connect_info(
-                        connected,
-                        pong_sent,
-                        client.connect.borrow().protocol,
-                    );
                     if connect_info {
                         let mut info = shard.info();
                         info.connect_info = true;
@@ -202,7 +182,7 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
                         client.queue_bytes(&client.info_line(&info));
                     }
                 }
-                Next::Close(reason) => return reason,
+                Step::Close(reason) => return reason,
             }
             if client.is_closing() {
                 return CloseReason::ClientClosed;
@@ -268,305 +248,95 @@ fn protocol_error(client: &Client, e: ProtoError) -> CloseReason {
     }
 }
 
-/// In pedantic mode a PUB's subject must be a valid literal one. nats-server
-/// reports it and still delivers the message.
-fn check_publish_subject(client: &Client, subject: &[u8]) {
-    if client.connect.borrow().pedantic && !subject::is_valid_literal_subject(subject) {
-        client.queue_err("Invalid Publish Subject");
+/// Routes a publish the connection accepted, once it is no longer borrowed: the
+/// publisher's own subscriptions may receive it.
+fn route(shard: &Shard, client: &Client, publish: Publish<'_>, frame: &Bytes) {
+    let routed = shard.publish(
+        client,
+        client.account(),
+        publish.subject,
+        publish.reply,
+        (publish.header_len, publish.zeros),
+        publish.message,
+        frame,
+    );
+    if routed.remote {
+        client.connection().note_mesh_traffic();
+    }
+    if publish.no_responders && !routed.any() {
+        shard.no_responders(client, publish.subject, publish.reply);
     }
 }
 
-/// Authenticates `info`'s credentials when the server requires any and binds the
-/// client to the account they belong to; nats-server runs this on every CONNECT.
-fn authenticate(shard: &Rc<Shard>, client: &Rc<Client>, info: &ConnectInfo) -> Next {
-    let opts = shard.opts();
-    if opts.auth.required() {
-        let nonce = client.nonce.borrow().clone();
+/// The shard and the server's options, as a connection's state machine sees them.
+struct ClientEnv<'a> {
+    shard: &'a Shard,
+    client: &'a Client,
+}
+
+impl Outbound for ClientEnv<'_> {
+    fn send(&mut self, bytes: &[u8]) {
+        self.client.queue_bytes(bytes);
+    }
+
+    fn send_err(&mut self, text: &str) {
+        self.client.queue_err(text);
+    }
+}
+
+impl ConnectionEnv for ClientEnv<'_> {
+    fn authenticate(
+        &mut self,
+        info: &ConnectInfo,
+        nonce: &[u8],
+        log_prefix: &str,
+    ) -> Result<Option<Authenticated>, AuthFailure> {
+        let opts = self.shard.opts();
+        if !opts.auth.required() {
+            return Ok(None);
+        }
         let map_certificates = opts.tls.as_ref().is_some_and(|t| t.spec.map);
-        let tls = client.tls_state();
-        let prefix = client.log_prefix_short();
-        let authenticated = opts.auth.authenticate_connect(
-            map_certificates,
-            &prefix,
-            tls.as_ref(),
-            info,
-            nonce.as_bytes(),
-        );
-        match authenticated {
-            Ok(standing) => {
-                if shard.bind_account(client, standing.account).is_err() {
-                    tracing::error!(
-                        "{} - maximum account active connections exceeded",
-                        client.log_prefix()
-                    );
-                    client.queue_err("maximum account active connections exceeded");
-                    return Next::Close(CloseReason::MaxAccountConnectionsExceeded);
-                }
-                apply_account_limits(shard, client);
-                *client.auth_label.borrow_mut() = Some(format!(
-                    "{}/{}",
-                    opts.accounts.name(standing.account),
-                    standing.identity.label()
-                ));
-                client.set_permissions(standing.permissions);
-                *client.identity.borrow_mut() = Some(standing.identity);
-            }
-            Err(failure) => {
-                tracing::error!("{} - {}", client.log_prefix_short(), failure.detail);
-                client.queue_err("Authorization Violation");
-                return Next::Close(CloseReason::AuthenticationViolation);
-            }
-        }
+        let tls = self.client.tls_state();
+        opts.auth
+            .authenticate_connect(map_certificates, log_prefix, tls.as_ref(), info, nonce)
+            .map(Some)
     }
-    client.authenticated();
-    Next::Continue
-}
 
-fn process_op(shard: &Rc<Shard>, client: &Rc<Client>, op: ClientOp<'_>, frame: &Bytes) -> Next {
-    let verbose = || client.connect.borrow().verbose;
-    match op {
-        ClientOp::Ping => Next::Pong,
-        ClientOp::Pong => {
-            client.heard_from();
-            Next::Continue
-        }
-        ClientOp::Ok => Next::Continue,
-        ClientOp::Info(json) => {
-            // nats-server decodes it into its INFO type: null or an object.
-            match serde_json::from_slice::<serde_json::Value>(json) {
-                Ok(serde_json::Value::Null | serde_json::Value::Object(_)) => Next::Continue,
-                Ok(_) => {
-                    tracing::error!(
-                        "{} - Client parser ERROR: INFO is not an object",
-                        client.log_prefix()
-                    );
-                    Next::Close(CloseReason::ProtocolViolation)
-                }
-                Err(e) => {
-                    tracing::error!("{} - Client parser ERROR: {}", client.log_prefix(), e);
-                    Next::Close(CloseReason::ProtocolViolation)
-                }
-            }
-        }
-        ClientOp::Err(text) => {
-            tracing::error!(
-                "{} - Client Error {}",
-                client.log_prefix(),
-                String::from_utf8_lossy(text)
-            );
-            Next::Close(CloseReason::ParseError)
-        }
-        ClientOp::Connect(json) => {
-            let decoded = client.connect.borrow().decode_over(json);
-            let info = match decoded {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::error!("{} - Client parser ERROR: {}", client.log_prefix(), e);
-                    return Next::Close(CloseReason::ProtocolViolation);
-                }
-            };
-            // A later CONNECT starts over: nats-server drops the subscriptions
-            // registered so far (they could belong to another account).
-            let first_connect = !client.connect_seen.replace(true);
-            if !first_connect {
-                for sub in client.take_subs() {
-                    if shard.remove_subscription(client.account(), &sub) {
-                        client.mesh_dirty.set(true);
-                    }
-                }
-            }
-            *client.connect.borrow_mut() = info.clone();
-            if let Next::Close(reason) = authenticate(shard, client, &info) {
-                return Next::Close(reason);
-            }
-            if let Err(violation) = check_connect(&info) {
-                if violation == ConnectViolation::AccountRequested {
-                    tracing::error!("{} - authentication error", client.log_prefix_short());
-                }
-                client.queue_err(violation.client_text());
-                return Next::Close(violation.close_reason());
-            }
-            client.echo.set(info.echo);
-            client.headers.set(info.headers);
-            if info.verbose {
-                client.queue_bytes(proto::OK);
-            }
-            Next::Continue
-        }
-        ClientOp::Pub {
-            subject,
-            reply,
-            header_len,
-            message,
-            head_checked,
-            zeros,
-            ..
-        } => {
-            let (pedantic, no_responders, verbose) = {
-                let c = client.connect.borrow();
-                (c.pedantic, c.no_responders, c.verbose)
-            };
-            if pedantic && !head_checked && !subject::is_valid_literal_subject(subject) {
-                client.queue_err("Invalid Publish Subject");
-            }
-            client
-                .counters
-                .in_msgs
-                .set(client.counters.in_msgs.get() + 1);
-            client
-                .counters
-                .in_bytes
-                .set(client.counters.in_bytes.get() + message.len() as u64);
-            let account = client.account();
-            let in_system_account = || account == shard.opts().accounts.system;
-            let checked = check_publish(
-                subject,
-                reply,
-                client.permissions.borrow().as_deref(),
-                |perms| client.response_allowed(perms, subject),
-                in_system_account,
-            );
-            if let Err(violation) = checked {
-                shard.note_received(account, message.len());
-                client.queue_err(&violation.client_text());
-                tracing::error!("{} - {}", client.log_prefix(), violation.log_text());
-                return Next::Continue;
-            }
-            if verbose {
-                client.queue_bytes(proto::OK);
-            }
-            let routed = shard.publish(
-                client,
-                account,
-                subject,
-                reply,
-                (header_len, zeros),
-                message,
-                frame,
-            );
-            if routed.remote {
-                client.mesh_dirty.set(true);
-            }
-            if !routed.any() && !reply.is_empty() && no_responders {
-                shard.no_responders(client, subject, reply);
-            }
-            Next::Continue
-        }
-        ClientOp::Sub {
-            subject: subj,
-            queue,
-            sid,
-        } => {
-            let permissions = client.permissions();
-            let verdict = check_subscribe(
-                subj,
-                queue,
-                permissions.as_deref(),
-                (client.subs.borrow().len(), client.max_subscriptions.get()),
-                client.subs.borrow().contains_key(sid),
-            );
-            if let Some(text) = verdict.client_text() {
-                client.queue_err(&text);
-            }
-            match &verdict {
-                SubscribeVerdict::Accept => {}
-                SubscribeVerdict::Ignore => {
-                    if verbose() {
-                        client.queue_bytes(proto::OK);
-                    }
-                    return Next::Continue;
-                }
-                SubscribeVerdict::Denied { subject, queue } => {
-                    let sid = String::from_utf8_lossy(sid);
-                    match queue {
-                        Some(queue) => tracing::error!(
-                            "{} - Subscription Violation - Subject {}, Queue: {}, SID {}",
-                            client.log_prefix(),
-                            subject,
-                            queue,
-                            sid
-                        ),
-                        None => tracing::error!(
-                            "{} - Subscription Violation - Subject {}, SID {}",
-                            client.log_prefix(),
-                            subject,
-                            sid
-                        ),
-                    }
-                    return Next::Continue;
-                }
-                SubscribeVerdict::MaxSubscriptions(max) => {
-                    tracing::error!(
-                        "{} - Maximum Subscriptions Exceeded (max {})",
-                        client.log_prefix(),
-                        max
-                    );
-                    return Next::Continue;
-                }
-                SubscribeVerdict::InvalidSubject => return Next::Continue,
-            }
-            {
-                // Copied so the subscription does not pin the whole read buffer.
-                let sub = Rc::new(Subscription {
-                    owner: client.subscriber_id(),
-                    sid: Bytes::copy_from_slice(sid),
-                    subject: Bytes::copy_from_slice(subj),
-                    queue: queue.map(Bytes::copy_from_slice),
-                    max: Cell::new(0),
-                    delivered: Cell::new(0),
-                    delivery_filter: permissions
-                        .as_ref()
-                        .is_some_and(|p| p.needs_delivery_filter(subj, queue.is_some())),
-                    detached: Cell::new(false),
-                });
-                client
-                    .subs
-                    .borrow_mut()
-                    .insert(sub.sid.clone(), sub.clone());
-                if shard.add_subscription(client.account(), sub) {
-                    client.mesh_dirty.set(true);
-                }
-            }
-            if verbose() {
-                client.queue_bytes(proto::OK);
-            }
-            Next::Continue
-        }
-        ClientOp::Unsub { sid, max } => {
-            let sub = client.subs.borrow().get(sid).cloned();
-            if let Some(sub) = sub {
-                match max {
-                    Some(max) if max > 0 && sub.delivered.get() < max => sub.max.set(max),
-                    _ => {
-                        client.forget_sub(sid);
-                        if shard.remove_subscription(client.account(), &sub) {
-                            client.mesh_dirty.set(true);
-                        }
-                    }
-                }
-            }
-            if verbose() {
-                client.queue_bytes(proto::OK);
-            }
-            Next::Continue
-        }
+    fn bind_account(&mut self, account: u32) -> Result<AccountLimits, AccountFull> {
+        self.shard
+            .bind_account(self.client, account)
+            .map_err(|()| AccountFull)?;
+        let opts = self.shard.opts();
+        Ok(opts
+            .accounts
+            .list
+            .get(account as usize)
+            .map(|spec| spec.limits)
+            .unwrap_or_default())
     }
-}
 
-/// Lowers the connection's payload and subscription limits to its account's.
-fn apply_account_limits(shard: &Shard, client: &Client) {
-    let opts = shard.opts();
-    let Some(spec) = opts.accounts.list.get(client.account() as usize) else {
-        return;
-    };
-    if let Some(max) = spec.limits.max_payload {
-        client.max_payload.set(client.max_payload.get().min(max));
+    fn account_name(&self, account: u32) -> String {
+        self.shard.opts().accounts.name(account).to_string()
     }
-    if let Some(max) = spec.limits.max_subscriptions {
-        let current = client.max_subscriptions.get();
-        client
-            .max_subscriptions
-            .set(if current == 0 { max } else { current.min(max) });
+
+    fn in_system_account(&self) -> bool {
+        self.client.account() == self.shard.opts().accounts.system
+    }
+
+    fn owner(&self) -> SubscriberId {
+        self.client.subscriber_id()
+    }
+
+    fn subscribe(&mut self, sub: Rc<Subscription>) -> bool {
+        self.shard.add_subscription(self.client.account(), sub)
+    }
+
+    fn unsubscribe(&mut self, sub: &Rc<Subscription>) -> bool {
+        self.shard.remove_subscription(self.client.account(), sub)
+    }
+
+    fn publish_refused(&mut self, bytes: usize) {
+        self.shard.note_received(self.client.account(), bytes);
     }
 }
 
