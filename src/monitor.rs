@@ -930,7 +930,7 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
         "",
     );
     // strait's own, per shard.
-    let per_shard: [(&str, &str, &str); 6] = [
+    let per_shard: [(&str, &str, &str); 7] = [
         (
             "strait_shard_connections",
             "gauge",
@@ -957,6 +957,11 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
             "Bytes delivered by the shard",
         ),
         (
+            "strait_shard_wasted_hops_total",
+            "counter",
+            "Messages peers sent the shard, on a summarized interest pattern, that no subscriber wanted",
+        ),
+        (
             "strait_shard_loop_lag_max_seconds",
             "gauge",
             "Longest gap between two housekeeping ticks",
@@ -971,6 +976,7 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
                 "strait_shard_out_msgs_total" => s.out_msgs as f64,
                 "strait_shard_in_bytes_total" => s.in_bytes as f64,
                 "strait_shard_out_bytes_total" => s.out_bytes as f64,
+                "strait_shard_wasted_hops_total" => s.wasted_hops as f64,
                 _ => s.max_loop_lag_us as f64 / 1e6,
             };
             out.push_str(&format!(

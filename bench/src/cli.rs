@@ -37,6 +37,8 @@ pub enum Cmd {
     /// Connection storms on two servers: connects/s and RSS with N idle clients
     /// (plain, TLS, NKEY), ratios A/B
     Conns(ConnsArgs),
+    /// Subscription scale: time to register N subscriptions, RSS, publish rates
+    Subs(SubsArgs),
     /// List the named scenarios and their goals
     Scenarios,
 }
@@ -139,6 +141,31 @@ pub struct JsFetchArgs {
     /// Messages per fetch
     #[arg(long, default_value_t = 100)]
     pub batch: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct SubsArgs {
+    /// NAME=COMMAND, at least once; ratios divide by the last one (the reference)
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Comma-separated subscription counts
+    #[arg(long, value_delimiter = ',', default_value = "100000,500000")]
+    pub counts: Vec<usize>,
+    /// Comma-separated: literal, star, tail
+    #[arg(long, value_delimiter = ',', default_value = "literal,star,tail")]
+    pub kinds: Vec<crate::subs::Kind>,
+    /// Comma-separated numbers of connections the subscriptions are spread over
+    #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+    pub connections: Vec<usize>,
+    /// How long each publish rate is measured
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub publish_for: Duration,
+    /// Wait before reading RSS
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -261,7 +288,7 @@ impl Cmd {
                 a.common
                     .scenario("js-fetch", Kind::JsFetch { batch: a.batch }, 1, 1, false),
             ),
-            Cmd::Compare(_) | Cmd::Conns(_) | Cmd::Scenarios => return None,
+            Cmd::Compare(_) | Cmd::Conns(_) | Cmd::Subs(_) | Cmd::Scenarios => return None,
         })
     }
 }

@@ -15,3 +15,4 @@ pub mod scan;
 pub mod scenario;
 pub mod server;
 pub mod stats;
+pub mod subs;

@@ -45,6 +45,22 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Subs(args) => {
+            let opts = strait_bench::subs::SubsOptions {
+                servers: args.servers.clone(),
+                counts: args.counts.clone(),
+                kinds: args.kinds.clone(),
+                connections: args.connections.iter().map(|&c| c.max(1)).collect(),
+                publish_for: args.publish_for,
+                settle: args.settle,
+            };
+            let runs = strait_bench::subs::run(&opts)?;
+            println!("{}", strait_bench::subs::table(&opts, &runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Scenarios => {
             list_scenarios();
             Ok(ExitCode::SUCCESS)

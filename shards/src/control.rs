@@ -300,6 +300,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
         in_bytes: traffic.in_bytes,
         out_msgs: traffic.out_msgs,
         out_bytes: traffic.out_bytes,
+        wasted_hops: traffic.wasted_hops,
         slow_consumers: stats.slow_consumers.get(),
         stale_connections: stats.stale_connections.get(),
         max_loop_lag_us: stats.max_loop_lag_us.get(),

@@ -448,6 +448,7 @@ impl Shard {
         (header_len, zeros): (usize, proto::SizeZeros),
         message: &[u8],
         frame: &Bytes,
+        no_responders: bool,
     ) -> Routed {
         let msg = Message {
             subject,
@@ -462,17 +463,12 @@ impl Shard {
             id: Some(publisher.subscriber_id()),
             echo: publisher.echo(),
             requester: Some(&describe),
+            no_responders,
         };
         self.with_router(|r, io| {
             r.note_received(account, message.len());
             r.publish(io, from, account, msg)
         })
-    }
-
-    /// Sends a no-responders status to the requester itself.
-    pub(crate) fn no_responders(&self, publisher: &Client, subject: &[u8], reply: &[u8]) {
-        let (id, account) = (publisher.subscriber_id(), publisher.account());
-        self.with_router(|r, io| r.no_responders(io, id, account, subject, reply));
     }
 
     /// Counts and logs a slow consumer and starts closing it; false if it already
@@ -586,16 +582,15 @@ impl Shard {
             owner: message,
             zeros: proto::SizeZeros::default(),
         };
-        let routed = self.with_router(|r, io| {
+        // As for a client that asked for it: a request with headers support.
+        let publisher = Publisher {
+            no_responders: header_len > 0,
+            ..Publisher::internal(from)
+        };
+        self.with_router(|r, io| {
             r.note_received(account, message.len());
-            r.publish(io, Publisher::internal(from), account, msg)
-        });
-        if let Some(id) = from {
-            if !routed.any() && !reply.is_empty() && header_len > 0 {
-                self.with_router(|r, io| r.no_responders(io, id, account, subject, reply));
-            }
-        }
-        routed
+            r.publish(io, publisher, account, msg)
+        })
     }
 
     /// Removes an internal client and its subscriptions.

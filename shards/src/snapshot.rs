@@ -88,6 +88,8 @@ pub struct ShardSnapshot {
     pub in_bytes: u64,
     pub out_msgs: u64,
     pub out_bytes: u64,
+    /// Messages peers sent here on a folded interest pattern that nothing wanted.
+    pub wasted_hops: u64,
     pub slow_consumers: u64,
     pub stale_connections: u64,
     pub max_loop_lag_us: u64,

@@ -78,6 +78,9 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
     // The room offered to a read is zeroed first, so it follows what reads return:
     // a request/reply client does not pay for zeroing 64 KiB per message.
     let mut read_hint = READ_MIN;
+    // What arrived in one read is handled as of when it was read: one clock read
+    // per read, not per operation.
+    let mut read_at;
     loop {
         // Read until a whole frame may be there.
         loop {
@@ -101,7 +104,8 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
             } else {
                 (n * 2).clamp(READ_MIN, READ_SIZE)
             };
-            client.last_activity.set(Instant::now());
+            read_at = Instant::now();
+            client.last_activity.set(read_at);
             if client.is_closing() {
                 return CloseReason::ClientClosed;
             }
@@ -159,7 +163,7 @@ async fn read_loop(shard: &Rc<Shard>, client: &Rc<Client>, stream: &RefCell<Conn
             let connect = matches!(op, ClientOp::Connect(_));
             let step = {
                 let mut env = ClientEnv { shard, client };
-                client.connection().handle_op(op, Instant::now(), &mut env)
+                client.connection().handle_op(op, read_at, &mut env)
             };
             if connect {
                 cx = context(client);
@@ -249,7 +253,8 @@ fn protocol_error(client: &Client, e: ProtoError) -> CloseReason {
 }
 
 /// Routes a publish the connection accepted, once it is no longer borrowed: the
-/// publisher's own subscriptions may receive it.
+/// publisher's own subscriptions may receive it (and so may a no-responders
+/// status, which the router sends).
 fn route(shard: &Shard, client: &Client, publish: Publish<'_>, frame: &Bytes) {
     let routed = shard.publish(
         client,
@@ -259,12 +264,10 @@ fn route(shard: &Shard, client: &Client, publish: Publish<'_>, frame: &Bytes) {
         (publish.header_len, publish.zeros),
         publish.message,
         frame,
+        publish.no_responders,
     );
     if routed.remote {
         client.connection().note_mesh_traffic();
-    }
-    if publish.no_responders && !routed.any() {
-        shard.no_responders(client, publish.subject, publish.reply);
     }
 }
 

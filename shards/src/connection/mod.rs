@@ -363,6 +363,7 @@ impl Connection {
     // Operations
 
     /// Processes one operation received at `now`.
+    #[inline]
     pub fn handle_op<'a>(
         &mut self,
         op: ClientOp<'a>,

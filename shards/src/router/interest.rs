@@ -55,6 +55,9 @@ impl Subscription {
 pub struct RemoteInterest {
     pub peer: PeerId,
     pub members: Cell<u32>,
+    /// A pattern summarizing the peer's plain interest, not one of its
+    /// subscriptions: a match is only a maybe.
+    pub folded: Cell<bool>,
 }
 
 /// A stream import as the exporting account's index holds it: what matches goes

@@ -10,6 +10,7 @@
 //! and the waits of backpressure.
 
 pub mod interest;
+pub mod summary;
 pub mod wire;
 
 #[cfg(test)]
@@ -85,6 +86,9 @@ pub struct Publisher<'a> {
     pub echo: bool,
     /// Called only when a `share` service import needs it.
     pub requester: Option<&'a dyn Fn() -> RequesterInfo>,
+    /// A request whose publisher (`id`) wants a no-responders status when
+    /// nothing receives it.
+    pub no_responders: bool,
 }
 
 impl Publisher<'_> {
@@ -94,6 +98,7 @@ impl Publisher<'_> {
             id,
             echo: true,
             requester: None,
+            no_responders: false,
         }
     }
 }
@@ -117,10 +122,14 @@ pub trait RouterIo {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Routed {
     pub local: bool,
+    /// Sent to a peer (the publisher then owes a barrier before its next PONG).
     pub remote: bool,
+    /// A peer's subscription (not only a pattern folding its interest) matched.
+    pub remote_certain: bool,
 }
 
 impl Routed {
+    /// Whether anything may receive it.
     pub fn any(self) -> bool {
         self.local || self.remote
     }
@@ -128,8 +137,23 @@ impl Routed {
     fn merge(&mut self, other: Routed) {
         self.local |= other.local;
         self.remote |= other.remote;
+        self.remote_certain |= other.remote_certain;
     }
 }
+
+/// A request sent only where folded patterns matched, waiting to learn whether
+/// anyone received it.
+struct Probe {
+    unanswered: usize,
+    publisher: SubscriberId,
+    account: u32,
+    subject: Bytes,
+    reply: Bytes,
+}
+
+/// Open probes per shard; past this the oldest is dropped (its requester then
+/// times out instead of hearing that nobody responds).
+const MAX_PROBES: usize = 10_000;
 
 /// Per-account message counters of one shard (/accstatz).
 #[derive(Debug, Default, Clone, Copy)]
@@ -147,6 +171,9 @@ pub struct TrafficStats {
     pub in_bytes: u64,
     pub out_msgs: u64,
     pub out_bytes: u64,
+    /// Messages a peer sent here, because a folded pattern of ours matched,
+    /// that no local subscriber wanted: the price of summarized interest.
+    pub wasted_hops: u64,
 }
 
 type InterestKey = (Bytes, Option<Bytes>);
@@ -157,8 +184,12 @@ type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 pub struct Account {
     pub name: String,
     pub sublist: Sublist<Interest>,
-    /// Local subscriptions per (subject, queue), to tell the peers.
+    /// Local queue subscriptions per (subject, queue), to tell the peers.
     local_counts: Map<InterestKey, u32>,
+    /// Local plain subscriptions, and what the peers are told of them (only kept
+    /// when there are peers).
+    local_plain: usize,
+    summary: summary::InterestSummary,
     /// The replica of the peers' interest.
     remote: Map<(InterestKey, PeerId), Rc<RemoteInterest>>,
     pub stats: AccountStats,
@@ -174,6 +205,8 @@ impl Account {
             name: name.to_string(),
             sublist: Sublist::new(),
             local_counts: Map::default(),
+            local_plain: 0,
+            summary: summary::InterestSummary::default(),
             remote: Map::default(),
             stats: AccountStats::default(),
             connections: 0,
@@ -183,7 +216,12 @@ impl Account {
 
     /// Local subscriptions in the index (it also holds peers' interest and routes).
     pub fn local_subscriptions(&self) -> usize {
-        self.local_counts.values().map(|&n| n as usize).sum()
+        self.local_plain
+            + self
+                .local_counts
+                .values()
+                .map(|&n| n as usize)
+                .sum::<usize>()
     }
 }
 
@@ -215,9 +253,22 @@ pub struct Router {
     /// the order they were opened (expiry and the cap go oldest first).
     responses: Map<Bytes, Rc<ResponseRoute>>,
     response_order: VecDeque<Rc<ResponseRoute>>,
-    /// Barriers waiting for acknowledgements: how many are still owed.
-    barriers: Map<u64, usize>,
+    /// Barriers waiting for acknowledgements: how many are still owed, and the
+    /// interest changes sent before each began.
+    barriers: Map<u64, (usize, u64)>,
     next_barrier: u64,
+    /// Interest changes sent to the peers, and how many of them a completed
+    /// barrier has shown applied everywhere: a subscription that needs no change
+    /// of its own may still rely on one in flight.
+    interest_sent: u64,
+    interest_applied: u64,
+    probes: Map<u64, Probe>,
+    probe_order: VecDeque<u64>,
+    next_probe: u64,
+    /// Scratch for the summary's changes.
+    changes: Vec<summary::Change>,
+    /// Summary bounds for new accounts: (max fan-out, max nodes).
+    summary_limits: (usize, usize),
     pub stats: TrafficStats,
     /// Simulation only: a barrier counts as done one acknowledgement early (the
     /// bug the simulation must catch).
@@ -252,6 +303,13 @@ impl Router {
             response_order: VecDeque::new(),
             barriers: Map::default(),
             next_barrier: 1,
+            interest_sent: 0,
+            interest_applied: 0,
+            probes: Map::default(),
+            probe_order: VecDeque::new(),
+            next_probe: 1,
+            changes: Vec::new(),
+            summary_limits: (summary::DEFAULT_MAX_FANOUT, summary::DEFAULT_MAX_NODES),
             stats: TrafficStats::default(),
             #[cfg(test)]
             planted_early_barrier_ack: false,
@@ -280,6 +338,15 @@ impl Router {
         self.account(index).map_or("", |a| a.name.as_str())
     }
 
+    /// Bounds of the summaries of plain interest (every account's; set before
+    /// anything subscribes).
+    pub fn set_summary_limits(&mut self, max_fanout: usize, max_nodes: usize) {
+        self.summary_limits = (max_fanout, max_nodes);
+        for acc in &mut self.accounts {
+            acc.summary = summary::InterestSummary::new(max_fanout, max_nodes);
+        }
+    }
+
     pub fn set_server_name(&mut self, name: String) {
         self.server_name = name;
     }
@@ -288,7 +355,10 @@ impl Router {
     /// (the control plane keeps indexes stable), and every import route is replaced.
     pub fn set_accounts(&mut self, spec: Arc<Accounts>) {
         for a in spec.list.iter().skip(self.accounts.len()) {
-            self.accounts.push(Account::new(&a.name));
+            let mut acc = Account::new(&a.name);
+            acc.summary =
+                summary::InterestSummary::new(self.summary_limits.0, self.summary_limits.1);
+            self.accounts.push(acc);
         }
         for acc in &mut self.accounts {
             for (subject, route) in std::mem::take(&mut acc.imports) {
@@ -340,8 +410,9 @@ impl Router {
     // -----------------------------------------------------------------------------
     // Interest
 
-    /// Registers `sub` in the index. Returns true when peers were told (the
-    /// subscriber then owes a barrier before it may rely on their traffic).
+    /// Registers `sub` in the index. Returns true when the subscriber owes a
+    /// barrier before it may rely on the peers' traffic: they were told, or what
+    /// already covers it may not have reached them all yet.
     pub fn subscribe(
         &mut self,
         io: &mut impl RouterIo,
@@ -356,18 +427,45 @@ impl Router {
             sub.queue.as_deref(),
             Interest::Local(sub.clone()),
         );
-        let key = (sub.subject.clone(), sub.queue.clone());
+        let Some(queue) = &sub.queue else {
+            acc.local_plain += 1;
+            if self.peers.is_empty() {
+                return false;
+            }
+            let mut changes = std::mem::take(&mut self.changes);
+            acc.summary.insert(&sub.subject, &mut changes);
+            self.announce_changes(io, account, &mut changes);
+            self.changes = changes;
+            // Covered by what was told before, which the peers may not have
+            // applied yet: the subscriber owes a barrier until they have.
+            return self.interest_applied < self.interest_sent;
+        };
+        // Queue members are weights: every change goes to the peers.
+        let key = (sub.subject.clone(), Some(queue.clone()));
         let count = {
             let c = acc.local_counts.entry(key).or_insert(0);
             *c += 1;
             *c
         };
-        // Plain interest only matters when it appears; queue members are weights.
-        if sub.queue.is_some() || count == 1 {
-            self.announce(io, account, &sub.subject, sub.queue.as_ref(), count)
-        } else {
-            false
+        self.announce(io, account, &sub.subject, sub.queue.as_ref(), count, false)
+    }
+
+    /// Tells every peer what changed in the summary of the plain interest.
+    fn announce_changes(
+        &mut self,
+        io: &mut impl RouterIo,
+        account: u32,
+        changes: &mut Vec<summary::Change>,
+    ) -> bool {
+        let told = !changes.is_empty();
+        for change in changes.drain(..) {
+            let (pattern, count, folded) = match change {
+                summary::Change::Add { pattern, folded } => (pattern, 1, folded),
+                summary::Change::Remove(pattern) => (pattern, 0, false),
+            };
+            self.announce(io, account, &pattern, None, count, folded);
         }
+        told
     }
 
     /// Removes `sub` from the index; same return value as `subscribe`.
@@ -387,6 +485,17 @@ impl Router {
         {
             return false;
         }
+        if sub.queue.is_none() {
+            acc.local_plain = acc.local_plain.saturating_sub(1);
+            if self.peers.is_empty() {
+                return false;
+            }
+            let mut changes = std::mem::take(&mut self.changes);
+            acc.summary.remove(&sub.subject, &mut changes);
+            let told = self.announce_changes(io, account, &mut changes);
+            self.changes = changes;
+            return told;
+        }
         let key = (sub.subject.clone(), sub.queue.clone());
         let count = match acc.local_counts.get_mut(&key) {
             Some(c) if *c > 1 => {
@@ -398,22 +507,20 @@ impl Router {
                 0
             }
         };
-        if sub.queue.is_some() || count == 0 {
-            self.announce(io, account, &sub.subject, sub.queue.as_ref(), count)
-        } else {
-            false
-        }
+        self.announce(io, account, &sub.subject, sub.queue.as_ref(), count, false)
     }
 
     /// Tells every peer how many local subscriptions (subject, queue) now has.
     fn announce(
-        &self,
+        &mut self,
         io: &mut impl RouterIo,
         account: u32,
         subject: &Bytes,
         queue: Option<&Bytes>,
         count: u32,
+        folded: bool,
     ) -> bool {
+        self.interest_sent += 1;
         for &peer in &self.peers {
             io.send(
                 peer,
@@ -422,6 +529,7 @@ impl Router {
                     subject: subject.clone(),
                     queue: queue.cloned(),
                     count,
+                    folded,
                 },
             );
         }
@@ -435,6 +543,7 @@ impl Router {
         subject: Bytes,
         queue: Option<Bytes>,
         count: u32,
+        folded: bool,
     ) {
         let Some(acc) = self.accounts.get_mut(account as usize) else {
             return;
@@ -449,11 +558,15 @@ impl Router {
             return;
         }
         match acc.remote.get(&key) {
-            Some(ri) => ri.members.set(count),
+            Some(ri) => {
+                ri.members.set(count);
+                ri.folded.set(folded);
+            }
             None => {
                 let ri = Rc::new(RemoteInterest {
                     peer: from,
                     members: std::cell::Cell::new(count),
+                    folded: std::cell::Cell::new(folded),
                 });
                 let ((subject, queue), _) = &key;
                 acc.sublist
@@ -482,9 +595,10 @@ impl Router {
             io.send(peer, PeerMsg::Barrier { id });
         }
         if owed == 0 {
+            self.interest_applied = self.interest_applied.max(self.interest_sent);
             io.barrier_done(id);
         } else {
-            self.barriers.insert(id, owed);
+            self.barriers.insert(id, (owed, self.interest_sent));
         }
         Some(id)
     }
@@ -513,18 +627,27 @@ impl Router {
                 plain,
                 queues,
                 origin: _,
-            } => self.deliver_from_peer(io, account, &envelope, plain, &queues),
+                probe,
+            } => {
+                let matched = self.deliver_from_peer(io, account, &envelope, plain, &queues);
+                if let Some(id) = probe {
+                    io.send(from, PeerMsg::ProbeAnswer { id, matched });
+                }
+            }
             PeerMsg::Interest {
                 account,
                 subject,
                 queue,
                 count,
-            } => self.apply_interest(from, account, subject, queue, count),
+                folded,
+            } => self.apply_interest(from, account, subject, queue, count, folded),
+            PeerMsg::ProbeAnswer { id, matched } => self.probe_answered(io, id, matched),
             PeerMsg::Barrier { id } => io.send(from, PeerMsg::BarrierAck { id }),
             PeerMsg::BarrierAck { id } => {
-                if let Some(remaining) = self.barriers.get_mut(&id) {
+                if let Some((remaining, sent)) = self.barriers.get_mut(&id) {
                     *remaining = remaining.saturating_sub(1);
                     if *remaining == 0 {
+                        self.interest_applied = self.interest_applied.max(*sent);
                         self.barriers.remove(&id);
                         io.barrier_done(id);
                     }
@@ -573,7 +696,13 @@ impl Router {
         account: u32,
         msg: Message<'_>,
     ) -> Routed {
-        self.route(io, publisher, account, msg, 0)
+        let routed = self.route(io, publisher, account, msg, 0);
+        if publisher.no_responders && !routed.any() && !msg.reply.is_empty() {
+            if let Some(id) = publisher.id {
+                self.no_responders(io, id, account, msg.subject, msg.reply);
+            }
+        }
+        routed
     }
 
     fn route(
@@ -602,6 +731,7 @@ impl Router {
                 }
                 Interest::Remote(ri) => {
                     routed.remote = true;
+                    routed.remote_certain |= !ri.folded.get();
                     self.target(ri.peer).plain = true;
                 }
                 other => onward.push(other),
@@ -615,6 +745,7 @@ impl Router {
                 }
                 Some(Interest::Remote(ri)) => {
                     routed.remote = true;
+                    routed.remote_certain = true;
                     self.target(ri.peer)
                         .queues
                         .push(QueueName::from_slice(&group.name));
@@ -623,7 +754,12 @@ impl Router {
             }
         }
         if routed.remote {
-            self.send_to_targets(io, account, &msg, self.me);
+            // Only folded patterns matched: whether anyone is there, the peers say.
+            let uncertain = !routed.local && !routed.remote_certain && onward.is_empty();
+            let probe = (uncertain && hops == 0 && publisher.no_responders)
+                .then(|| publisher.id.map(|id| self.open_probe(id, account, &msg)))
+                .flatten();
+            self.send_to_targets(io, account, &msg, self.me, probe);
         }
         for entry in onward {
             routed.merge(self.route_onward(io, publisher, entry, msg, hops));
@@ -650,6 +786,7 @@ impl Router {
         account: u32,
         msg: &Message<'_>,
         origin: PeerId,
+        probe: Option<u64>,
     ) {
         let last = self.targets.iter().rposition(Option::is_some);
         // One reference per receiving peer: the last one takes the packed envelope
@@ -684,6 +821,7 @@ impl Router {
                         plain: target.plain,
                         queues: target.queues,
                         origin,
+                        probe,
                     },
                 );
             }
@@ -852,7 +990,7 @@ impl Router {
         }
         self.responses.insert(subject.clone(), back.clone());
         self.response_order.push_back(back.clone());
-        self.announce(io, route.to_account, &subject, None, 1);
+        self.announce(io, route.to_account, &subject, None, 1, false);
         if self.responses.len() > MAX_RESPONSE_ROUTES {
             tracing::warn!(
                 "More than {MAX_RESPONSE_ROUTES} service import responses pending on shard {}, dropping the oldest",
@@ -881,7 +1019,7 @@ impl Router {
             acc.sublist
                 .remove(&back.subject, None, &Interest::Response(back.clone()));
         }
-        self.announce(io, back.exporter, &back.subject, None, 0);
+        self.announce(io, back.exporter, &back.subject, None, 0, false);
     }
 
     /// Open routes back of service requests.
@@ -940,7 +1078,7 @@ impl Router {
         envelope: &Envelope,
         plain: bool,
         queues: &[QueueName],
-    ) {
+    ) -> bool {
         let msg = Message {
             subject: envelope.subject(),
             reply: envelope.reply(),
@@ -950,19 +1088,30 @@ impl Router {
             zeros: envelope.zeros,
         };
         let Some(m) = self.matches(account, msg.subject) else {
-            return;
+            if plain {
+                self.stats.wasted_hops += 1;
+            }
+            return false;
         };
+        let mut matched = false;
         if plain {
             for entry in &m.plain {
                 match entry {
-                    Interest::Local(sub) => self.deliver_local(io, account, sub, &msg),
+                    Interest::Local(sub) => {
+                        matched = true;
+                        self.deliver_local(io, account, sub, &msg);
+                    }
                     // A response to a request forwarded from here: it is routed on
                     // into the requester's account as a new message from here.
                     Interest::Response(_) => {
+                        matched = true;
                         self.route_onward(io, Publisher::default(), entry, msg, 1);
                     }
                     _ => {}
                 }
+            }
+            if !matched && queues.is_empty() {
+                self.stats.wasted_hops += 1;
             }
         }
         for name in queues {
@@ -977,8 +1126,60 @@ impl Router {
             }
             let pick = self.rng.gen_range(0..n);
             if let Some(Interest::Local(sub)) = group.members.iter().filter(live).nth(pick) {
+                matched = true;
                 self.deliver_local(io, account, sub, &msg);
             }
+        }
+        matched
+    }
+
+    /// Opens a probe for a request about to go only where folded patterns
+    /// matched: one answer is owed per peer in the scratch targets.
+    fn open_probe(&mut self, publisher: SubscriberId, account: u32, msg: &Message<'_>) -> u64 {
+        let id = self.next_probe;
+        self.next_probe += 1;
+        let unanswered = self.targets.iter().filter(|t| t.is_some()).count();
+        self.probes.insert(
+            id,
+            Probe {
+                unanswered,
+                publisher,
+                account,
+                subject: Bytes::copy_from_slice(msg.subject),
+                reply: Bytes::copy_from_slice(msg.reply),
+            },
+        );
+        self.probe_order.push_back(id);
+        while self.probe_order.len() > MAX_PROBES {
+            if let Some(oldest) = self.probe_order.pop_front() {
+                self.probes.remove(&oldest);
+            }
+        }
+        id
+    }
+
+    /// A peer said whether a probed request found anyone; when none did, the
+    /// requester hears that nobody responds.
+    fn probe_answered(&mut self, io: &mut impl RouterIo, id: u64, matched: bool) {
+        let Some(probe) = self.probes.get_mut(&id) else {
+            return;
+        };
+        probe.unanswered = probe.unanswered.saturating_sub(1);
+        if !matched && probe.unanswered > 0 {
+            return;
+        }
+        let Some(probe) = self.probes.remove(&id) else {
+            return;
+        };
+        self.probe_order.retain(|&p| p != id);
+        if !matched {
+            self.no_responders(
+                io,
+                probe.publisher,
+                probe.account,
+                &probe.subject,
+                &probe.reply,
+            );
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::sim::TestIo;
+use super::sim::{Delivered, TestIo};
 use super::*;
 use crate::accounts::{AccountsBuilder, Export, ImportDecl, ResponseType};
 
@@ -138,6 +138,7 @@ fn no_echo_skips_the_publishers_own_subscriptions() {
         id: Some(SubscriberId(1)),
         echo: false,
         requester: None,
+        no_responders: false,
     };
     publish_as(&mut r, &mut io, G, quiet, "x", "", "m");
     assert_eq!(sids(&mut io), ["2"]);
@@ -403,4 +404,115 @@ fn shared_message_slices_point_into_the_frame() {
     let shared = msg.share(msg.message);
     assert_eq!(shared.as_ptr(), frame[9..].as_ptr());
     assert_eq!(msg.share(b"other"), Bytes::from_static(b"other"));
+}
+
+/// Moves everything `from` has queued for `to` into `to`.
+fn pass(from: &mut TestIo, from_id: u16, to: &mut Router, to_io: &mut TestIo) {
+    let msgs: Vec<PeerMsg> = from
+        .outbox
+        .drain(..)
+        .filter(|(peer, _)| *peer == to.me())
+        .map(|(_, m)| m)
+        .collect();
+    for m in msgs {
+        to.handle(to_io, PeerId(from_id), m);
+    }
+}
+
+fn remote_entries(r: &Router) -> usize {
+    let mut n = 0;
+    r.account(G)
+        .unwrap()
+        .sublist
+        .for_each(|_, _, e| n += usize::from(matches!(e, Interest::Remote(_))));
+    n
+}
+
+#[test]
+fn folded_interest_reaches_the_peer_which_counts_wasted_hops() {
+    let mut a = router(0, &[1], Accounts::default());
+    let mut b = router(1, &[0], Accounts::default());
+    b.set_summary_limits(2, 100);
+    let (mut io_a, mut io_b) = (TestIo::new(), TestIo::new());
+    let subs: Vec<_> = (1..=50)
+        .map(|i| sub(1, &i.to_string(), &format!("dev.{i}"), None))
+        .collect();
+    for s in &subs {
+        b.subscribe(&mut io_b, G, s.clone());
+    }
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    // The peer holds one pattern for fifty subscriptions.
+    assert_eq!(remote_entries(&a), 1);
+    assert_eq!(b.account(G).unwrap().local_subscriptions(), 50);
+    assert!(publish(&mut a, &mut io_a, G, "dev.7", "", "m").remote);
+    assert!(publish(&mut a, &mut io_a, G, "dev.99", "", "m").remote);
+    assert!(!publish(&mut a, &mut io_a, G, "other", "", "m").any());
+    pass(&mut io_a, 0, &mut b, &mut io_b);
+    assert_eq!(sids(&mut io_b), ["7"]);
+    assert_eq!(b.stats.wasted_hops, 1);
+    // The pattern stays while anything below it does, and goes with the last.
+    for s in &subs[..49] {
+        b.unsubscribe(&mut io_b, G, s);
+    }
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    assert_eq!(remote_entries(&a), 1);
+    b.unsubscribe(&mut io_b, G, &subs[49]);
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    assert_eq!(remote_entries(&a), 0);
+}
+
+#[test]
+fn a_covered_subscription_owes_a_barrier_until_the_cover_is_applied() {
+    let mut a = router(0, &[1], Accounts::default());
+    let mut b = router(1, &[0], Accounts::default());
+    let (mut io_a, mut io_b) = (TestIo::new(), TestIo::new());
+    assert!(b.subscribe(&mut io_b, G, sub(1, "1", "x", None)));
+    // The same subject again changes nothing the peer is told, but the first
+    // announcement is still in flight.
+    assert!(b.subscribe(&mut io_b, G, sub(2, "2", "x", None)));
+    let barrier = b.begin_barrier(&mut io_b).unwrap();
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    pass(&mut io_a, 0, &mut b, &mut io_b);
+    assert!(!b.barrier_pending(barrier));
+    assert!(!b.subscribe(&mut io_b, G, sub(3, "3", "x", None)));
+}
+
+#[test]
+fn a_request_only_folded_patterns_match_asks_whether_anyone_answered() {
+    let mut a = router(0, &[1], Accounts::default());
+    let mut b = router(1, &[0], Accounts::default());
+    b.set_summary_limits(1, 100);
+    let (mut io_a, mut io_b) = (TestIo::new(), TestIo::new());
+    b.subscribe(&mut io_b, G, sub(1, "1", "svc.1", None));
+    b.subscribe(&mut io_b, G, sub(1, "2", "svc.2", None));
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    // The requester's own inbox subscription, where a no-responders status goes.
+    a.subscribe(&mut io_a, G, sub(5, "9", "inbox.*", None));
+    io_a.outbox.clear();
+    let requester = Publisher {
+        id: Some(SubscriberId(5)),
+        echo: true,
+        requester: None,
+        no_responders: true,
+    };
+    for (subject, answered) in [("svc.2", true), ("svc.3", false)] {
+        let routed = publish_as(&mut a, &mut io_a, G, requester, subject, "inbox.1", "q");
+        assert!(routed.any() && !routed.remote_certain);
+        assert!(io_a.delivered.is_empty(), "nothing is known yet");
+        pass(&mut io_a, 0, &mut b, &mut io_b);
+        io_b.delivered.clear();
+        pass(&mut io_b, 1, &mut a, &mut io_a);
+        let statuses: Vec<Delivered> = io_a.delivered.drain(..).collect();
+        if answered {
+            assert!(statuses.is_empty(), "{subject}: someone took it");
+        } else {
+            assert_eq!(statuses.len(), 1, "{subject}: nobody is there");
+            assert_eq!(&statuses[0].subject[..], b"inbox.1");
+            assert!(statuses[0].header_len > 0);
+        }
+    }
+    // Without folding, an unmatched request is answered at once.
+    let routed = publish_as(&mut a, &mut io_a, G, requester, "nothing", "inbox.1", "q");
+    assert!(!routed.any());
+    assert_eq!(io_a.delivered.len(), 1);
 }

@@ -30,14 +30,27 @@ pub enum PeerMsg {
         plain: bool,
         queues: QueueNames,
         origin: PeerId,
+        /// Answer with `ProbeAnswer` (did anything here receive it?): the sender
+        /// must tell a requester that nobody responds, and only a folded pattern
+        /// sent the message here.
+        probe: Option<u64>,
     },
     /// The sending peer now has `count` local subscriptions on (subject, queue)
     /// in `account`; 0 removes its interest. Absolute, so applying it is idempotent.
+    /// Plain interest is a summary (`router::summary`): `folded` marks a pattern
+    /// that covers the peer's subscriptions without being one of them, so a
+    /// message it matches may find nobody there.
     Interest {
         account: u32,
         subject: Bytes,
         queue: Option<Bytes>,
         count: u32,
+        folded: bool,
+    },
+    /// Whether the probed message reached any subscriber or route here.
+    ProbeAnswer {
+        id: u64,
+        matched: bool,
     },
     /// Answer with `BarrierAck` once everything sent before this is applied.
     Barrier {

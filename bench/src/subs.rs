@@ -1,0 +1,275 @@
+//! Subscription scale: how long a server takes to register many subscriptions
+//! (time from the first SUB to the PONG that follows the last), what it holds for
+//! them (RSS), how fast it then routes a publish to one matching subscriber and to
+//! none, and how much memory comes back when the subscribers leave. Every server
+//! in one run, the last named being the reference the ratios divide by.
+//!
+//! Subjects, for subscription `i`: `literal` is `dev.<i mod 1000>.temp.<i>`,
+//! `star` is `dev.*.temp.<i>`, `tail` is `dev.<i>.>`. The matching publish goes
+//! to a subject only subscription 7 matches; the unmatched one to `dev.none.x`,
+//! which shares the subjects' first token and matches none of them.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::procstat;
+use crate::server::{ServerProc, ServerSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Literal,
+    Star,
+    Tail,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Literal => "literal",
+            Kind::Star => "star",
+            Kind::Tail => "tail",
+        }
+    }
+
+    fn subject(self, i: usize) -> String {
+        match self {
+            Kind::Literal => format!("dev.{}.temp.{i}", i % 1000),
+            Kind::Star => format!("dev.*.temp.{i}"),
+            Kind::Tail => format!("dev.{i}.>"),
+        }
+    }
+
+    /// A subject only subscription 7 matches.
+    fn matching(self) -> &'static str {
+        match self {
+            Kind::Literal => "dev.7.temp.7",
+            Kind::Star => "dev.x.temp.7",
+            Kind::Tail => "dev.7.x",
+        }
+    }
+}
+
+const UNMATCHED: &str = "dev.none.x";
+
+pub struct SubsOptions {
+    pub servers: Vec<ServerSpec>,
+    pub counts: Vec<usize>,
+    pub kinds: Vec<Kind>,
+    pub connections: Vec<usize>,
+    pub publish_for: Duration,
+    pub settle: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubsRun {
+    pub server: String,
+    pub kind: Kind,
+    pub subscriptions: usize,
+    pub connections: usize,
+    pub seconds_to_pong: f64,
+    pub idle_rss_kb: u64,
+    pub rss_kb: u64,
+    pub publish_matched_per_sec: f64,
+    pub publish_unmatched_per_sec: f64,
+    pub rss_after_close_kb: u64,
+}
+
+fn connect(port: u16) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).context("connect")?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\n")?;
+    Ok(s)
+}
+
+/// Reads until `PONG` arrives `pongs` times (MSGs and INFO in between are skipped).
+fn wait_pongs(s: &mut TcpStream, mut pongs: usize) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tail: Vec<u8> = Vec::new();
+    while pongs > 0 {
+        let n = s.read(&mut buf).context("waiting for PONG")?;
+        if n == 0 {
+            bail!("closed while waiting for PONG");
+        }
+        tail.extend_from_slice(&buf[..n]);
+        if tail.starts_with(b"-ERR") {
+            bail!("refused: {}", String::from_utf8_lossy(&tail));
+        }
+        let mut start = 0;
+        while let Some(at) = find(&tail[start..], b"PONG\r\n") {
+            pongs = pongs.saturating_sub(1);
+            start += at + 6;
+        }
+        // Keep what could be the start of a PONG split across reads.
+        let keep = tail.len().saturating_sub(5).max(start);
+        tail.drain(..keep);
+    }
+    Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Publishes to `subject` for `period`, synchronizing with a PING every batch so
+/// the figure is what the server processed. Messages per second.
+fn publish_rate(port: u16, subject: &str, period: Duration) -> Result<f64> {
+    let mut s = connect(port)?;
+    let batch: Vec<u8> = (0..500)
+        .flat_map(|_| format!("PUB {subject} 16\r\n0123456789abcdef\r\n").into_bytes())
+        .chain(b"PING\r\n".iter().copied())
+        .collect();
+    s.write_all(b"PING\r\n")?;
+    wait_pongs(&mut s, 1)?;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < period {
+        s.write_all(&batch)?;
+        wait_pongs(&mut s, 1)?;
+        sent += 500;
+    }
+    Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
+
+fn one_run(
+    spec: &ServerSpec,
+    kind: Kind,
+    count: usize,
+    connections: usize,
+    opts: &SubsOptions,
+) -> Result<SubsRun> {
+    let mut server = ServerProc::start(spec)?;
+    let idle = server.idle_rss_kb(opts.settle)?;
+    let mut conns: Vec<TcpStream> = (0..connections)
+        .map(|_| connect(server.port))
+        .collect::<Result<_>>()?;
+    // Every connection's SUB lines are ready before the clock starts.
+    let mut scripts: Vec<Vec<u8>> = vec![Vec::new(); connections];
+    for i in 0..count {
+        let script = &mut scripts[i % connections];
+        script.extend_from_slice(format!("SUB {} {}\r\n", kind.subject(i), i + 1).as_bytes());
+    }
+    for script in &mut scripts {
+        script.extend_from_slice(b"PING\r\n");
+    }
+    let writers: Vec<TcpStream> = conns
+        .iter()
+        .map(TcpStream::try_clone)
+        .collect::<std::io::Result<_>>()?;
+    let started = Instant::now();
+    // One thread writes every connection's script while this one collects the
+    // PONGs (the server answers little else, so neither side can block the other).
+    let writing = std::thread::spawn(move || -> std::io::Result<()> {
+        for (mut w, script) in writers.into_iter().zip(scripts) {
+            w.write_all(&script)?;
+        }
+        Ok(())
+    });
+    for conn in &mut conns {
+        wait_pongs(conn, 1).with_context(|| format!("{} subscribing", spec.name))?;
+    }
+    writing
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))?
+        .context("writing SUBs")?;
+    let seconds_to_pong = started.elapsed().as_secs_f64();
+    std::thread::sleep(opts.settle);
+    let rss = procstat::sample(server.pid)?.rss_kb;
+    // The matching subscriber's connection must keep reading.
+    let mut matched_conn = conns[7 % connections].try_clone()?;
+    let draining = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        while matches!(matched_conn.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let matched = publish_rate(server.port, kind.matching(), opts.publish_for)?;
+    let unmatched = publish_rate(server.port, UNMATCHED, opts.publish_for)?;
+    server.check_alive()?;
+    for c in &conns {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    drop(conns);
+    let _ = draining.join();
+    // Closing half a million subscriptions takes the server a moment.
+    std::thread::sleep(opts.settle.max(Duration::from_secs(1)));
+    let after = procstat::sample(server.pid)?.rss_kb;
+    Ok(SubsRun {
+        server: spec.name.clone(),
+        kind,
+        subscriptions: count,
+        connections,
+        seconds_to_pong,
+        idle_rss_kb: idle,
+        rss_kb: rss,
+        publish_matched_per_sec: matched,
+        publish_unmatched_per_sec: unmatched,
+        rss_after_close_kb: after,
+    })
+}
+
+pub fn run(opts: &SubsOptions) -> Result<Vec<SubsRun>> {
+    let mut runs = Vec::new();
+    for &kind in &opts.kinds {
+        for &count in &opts.counts {
+            for &connections in &opts.connections {
+                for spec in &opts.servers {
+                    let r = one_run(spec, kind, count, connections, opts)?;
+                    eprintln!(
+                        "  {:<8} {:<7} {count} subs / {connections} conns: PONG after {:.2}s, RSS {} MiB, pub {:.0}/{:.0} msgs/s, after close {} MiB",
+                        r.server,
+                        kind.name(),
+                        r.seconds_to_pong,
+                        r.rss_kb / 1024,
+                        r.publish_matched_per_sec,
+                        r.publish_unmatched_per_sec,
+                        r.rss_after_close_kb / 1024
+                    );
+                    runs.push(r);
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// One row per run, with ratios to the reference (the last server) of the same
+/// kind, count and connections, as a Markdown table.
+pub fn table(opts: &SubsOptions, runs: &[SubsRun]) -> String {
+    let reference = opts.servers.last().map(|s| s.name.as_str()).unwrap_or("");
+    let mut out = String::from(
+        "| server | kind | subs | conns | s to PONG | ratio | RSS MiB | ratio | pub 1 match/s | ratio | pub 0 match/s | ratio | RSS after close MiB |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in runs {
+        let base = runs.iter().find(|b| {
+            b.server == reference
+                && b.kind == r.kind
+                && b.subscriptions == r.subscriptions
+                && b.connections == r.connections
+        });
+        let ratio = |f: &dyn Fn(&SubsRun) -> f64| match base {
+            Some(b) if f(b) > 0.0 => format!("{:.2}x", f(r) / f(b)),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {:.0} | {} | {:.0} | {} | {:.0} |\n",
+            r.server,
+            r.kind.name(),
+            r.subscriptions,
+            r.connections,
+            r.seconds_to_pong,
+            ratio(&|x| x.seconds_to_pong),
+            r.rss_kb as f64 / 1024.0,
+            ratio(&|x| x.rss_kb as f64),
+            r.publish_matched_per_sec,
+            ratio(&|x| x.publish_matched_per_sec),
+            r.publish_unmatched_per_sec,
+            ratio(&|x| x.publish_unmatched_per_sec),
+            r.rss_after_close_kb as f64 / 1024.0,
+        ));
+    }
+    out
+}
