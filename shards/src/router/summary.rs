@@ -6,8 +6,8 @@
 //! owner keeps a small trie of its own plain interest and advertises patterns that
 //! cover it: a subject as it is while its part of the trie is small, and
 //! `<prefix>.>` once a node fans out past `max_fanout` children or the whole trie
-//! past `max_nodes` nodes (the node on the subject's path with the most children
-//! is folded then). A folded node counts what lies below it and keeps no
+//! past `max_nodes` nodes (then branching nodes are folded deepest level first,
+//! which loses the least precision, until half the budget is left). A folded node counts what lies below it and keeps no
 //! children, so the trie's size has a bound whatever the number of subscriptions,
 //! and a subscription covered by an advertised pattern costs the peers nothing.
 //!
@@ -40,9 +40,9 @@ pub enum Change {
 }
 
 /// Children past which a node is folded into `<prefix>.>`.
-pub const DEFAULT_MAX_FANOUT: usize = 256;
-/// Nodes past which the busiest node on the inserted subject's path is folded.
-pub const DEFAULT_MAX_NODES: usize = 16 * 1024;
+pub const DEFAULT_MAX_FANOUT: usize = 1024;
+/// Nodes past which branching nodes are folded, deepest first.
+pub const DEFAULT_MAX_NODES: usize = 4 * 1024;
 
 #[derive(Debug, Default)]
 struct Node {
@@ -176,24 +176,30 @@ impl InterestSummary {
                 break;
             }
         }
-        while self.nodes > self.max_nodes {
-            // The busiest node on this subject's path (the deepest of equals).
-            let mut best: Option<(usize, usize)> = None;
-            for depth in 0..tokens.len() {
-                let Some(n) = self.node_at(&tokens[..depth]) else {
-                    break;
-                };
-                if n.children.is_empty() {
-                    break;
-                }
-                if best.is_none_or(|(_, f)| n.children.len() >= f) {
-                    best = Some((depth, n.children.len()));
-                }
+        if self.nodes > self.max_nodes {
+            self.fold_to_fit(changes);
+        }
+    }
+
+    /// Folds until the trie holds at most half its budget, so that this happens
+    /// rarely (the walk is over the whole trie) and what is advertised settles:
+    /// every branching node at the deepest level first, which loses the least
+    /// precision (`dev.<n>.temp.>` for each `n` rather than `dev.>`), then the
+    /// level above, and so on; the root last.
+    fn fold_to_fit(&mut self, changes: &mut Vec<Change>) {
+        let mut by_depth: Vec<Vec<Vec<Bytes>>> = Vec::new();
+        collect_branching(&self.root, &mut Vec::new(), &mut by_depth);
+        while let Some(level) = by_depth.pop() {
+            for path in level {
+                self.fold(&path, changes);
             }
-            match best {
-                Some((depth, _)) => self.fold(&tokens[..depth], changes),
-                None => break,
+            if self.nodes <= self.max_nodes / 2 {
+                return;
             }
+        }
+        // Only chains are left: the root goes.
+        if self.nodes > self.max_nodes {
+            self.fold(&[], changes);
         }
     }
 
@@ -257,6 +263,21 @@ impl InterestSummary {
                 .filter(|p| *p != pattern)
                 .map(Change::Remove),
         );
+    }
+}
+
+/// The paths of the nodes with two children or more, by depth.
+fn collect_branching(node: &Node, path: &mut Vec<Bytes>, by_depth: &mut Vec<Vec<Vec<Bytes>>>) {
+    if node.children.len() >= 2 {
+        if by_depth.len() <= path.len() {
+            by_depth.resize_with(path.len() + 1, Vec::new);
+        }
+        by_depth[path.len()].push(path.clone());
+    }
+    for (token, child) in &node.children {
+        path.push(token.clone());
+        collect_branching(child, path, by_depth);
+        path.pop();
     }
 }
 
@@ -415,7 +436,7 @@ mod tests {
         let mut ch = Vec::new();
         for i in 0..10_000 {
             s.insert(&b(&format!("t.{}.{}.{i}", i % 7, i % 13)), &mut ch);
-            assert!(s.nodes() <= 50);
+            assert!(s.nodes() <= 50, "{}", s.nodes());
         }
         apply(&mut view, &mut ch);
         assert!(view.len() <= 50, "{}", view.len());
