@@ -41,6 +41,8 @@ pub enum Change {
 
 /// Children past which a node is folded into `<prefix>.>`.
 pub const DEFAULT_MAX_FANOUT: usize = 1024;
+/// Leaves past which a node folds once the trie holds a quarter of its budget.
+pub const LEAF_FANOUT: usize = 8;
 /// Nodes past which branching nodes are folded, deepest first.
 pub const DEFAULT_MAX_NODES: usize = 4 * 1024;
 
@@ -165,6 +167,19 @@ impl InterestSummary {
                 pattern: subject.clone(),
                 folded: false,
             });
+        }
+        // Once the trie is large, a node whose children are all leaves folds
+        // early: interest this big is rarely exact-matched usefully, and waiting
+        // for the budget would advertise, then withdraw, nearly every leaf.
+        if self.nodes > self.max_nodes / 4 && !tokens.is_empty() {
+            let parent = &tokens[..tokens.len() - 1];
+            let leafy = self.node_at(parent).is_some_and(|n| {
+                n.children.len() > LEAF_FANOUT && n.children.values().all(|c| c.children.is_empty())
+            });
+            if leafy {
+                self.fold(parent, changes);
+                return;
+            }
         }
         // Fold a node that fans out too far, the deepest first.
         for depth in (0..tokens.len()).rev() {
