@@ -263,6 +263,7 @@ pub struct Router {
     interest_sent: u64,
     interest_applied: u64,
     probes: Map<u64, Probe>,
+    /// Probe ids, oldest first (answered ones included, until they come up).
     probe_order: VecDeque<u64>,
     next_probe: u64,
     /// Scratch for the summary's changes.
@@ -1168,10 +1169,11 @@ impl Router {
         if !matched && probe.unanswered > 0 {
             return;
         }
+        // Its id stays in `probe_order` until it is the oldest: dropping an id
+        // already answered there is a no-op, and nothing here walks the queue.
         let Some(probe) = self.probes.remove(&id) else {
             return;
         };
-        self.probe_order.retain(|&p| p != id);
         if !matched {
             self.no_responders(
                 io,
