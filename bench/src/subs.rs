@@ -9,13 +9,13 @@
 //! to a subject only subscription 7 matches; the unmatched one to `dev.none.x`,
 //! which shares the subjects' first token and matches none of them.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::conn::Conn;
 use crate::procstat;
 use crate::server::{ServerProc, ServerSpec};
 
@@ -79,58 +79,19 @@ pub struct SubsRun {
     pub rss_after_close_kb: u64,
 }
 
-fn connect(port: u16) -> Result<TcpStream> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).context("connect")?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\n")?;
-    Ok(s)
-}
-
-/// Reads until `PONG` arrives `pongs` times (MSGs and INFO in between are skipped).
-fn wait_pongs(s: &mut TcpStream, mut pongs: usize) -> Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut tail: Vec<u8> = Vec::new();
-    while pongs > 0 {
-        let n = s.read(&mut buf).context("waiting for PONG")?;
-        if n == 0 {
-            bail!("closed while waiting for PONG");
-        }
-        tail.extend_from_slice(&buf[..n]);
-        if tail.starts_with(b"-ERR") {
-            bail!("refused: {}", String::from_utf8_lossy(&tail));
-        }
-        let mut start = 0;
-        while let Some(at) = find(&tail[start..], b"PONG\r\n") {
-            pongs = pongs.saturating_sub(1);
-            start += at + 6;
-        }
-        // Keep what could be the start of a PONG split across reads.
-        let keep = tail.len().saturating_sub(5).max(start);
-        tail.drain(..keep);
-    }
-    Ok(())
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Publishes to `subject` for `period`, synchronizing with a PING every batch so
 /// the figure is what the server processed. Messages per second.
-fn publish_rate(port: u16, subject: &str, period: Duration) -> Result<f64> {
-    let mut s = connect(port)?;
+fn publish_rate(server: &ServerProc, subject: &str, period: Duration) -> Result<f64> {
+    let mut conn = Conn::connect(&server.endpoint(), "subs-publisher")?;
     let batch: Vec<u8> = (0..500)
         .flat_map(|_| format!("PUB {subject} 16\r\n0123456789abcdef\r\n").into_bytes())
-        .chain(b"PING\r\n".iter().copied())
         .collect();
-    s.write_all(b"PING\r\n")?;
-    wait_pongs(&mut s, 1)?;
+    conn.sync()?;
     let started = Instant::now();
     let mut sent = 0u64;
     while started.elapsed() < period {
-        s.write_all(&batch)?;
-        wait_pongs(&mut s, 1)?;
+        conn.send(&batch)?;
+        conn.sync()?;
         sent += 500;
     }
     Ok(sent as f64 / started.elapsed().as_secs_f64())
@@ -145,8 +106,8 @@ fn one_run(
 ) -> Result<SubsRun> {
     let mut server = ServerProc::start(spec)?;
     let idle = server.idle_rss_kb(opts.settle)?;
-    let mut conns: Vec<TcpStream> = (0..connections)
-        .map(|_| connect(server.port))
+    let mut conns: Vec<Conn> = (0..connections)
+        .map(|i| Conn::connect(&server.endpoint(), &format!("subs-{i}")))
         .collect::<Result<_>>()?;
     // Every connection's SUB lines are ready before the clock starts.
     let mut scripts: Vec<Vec<u8>> = vec![Vec::new(); connections];
@@ -154,43 +115,30 @@ fn one_run(
         let script = &mut scripts[i % connections];
         script.extend_from_slice(format!("SUB {} {}\r\n", kind.subject(i), i + 1).as_bytes());
     }
-    for script in &mut scripts {
-        script.extend_from_slice(b"PING\r\n");
-    }
-    let writers: Vec<TcpStream> = conns
-        .iter()
-        .map(TcpStream::try_clone)
-        .collect::<std::io::Result<_>>()?;
     let started = Instant::now();
-    // One thread writes every connection's script while this one collects the
-    // PONGs (the server answers little else, so neither side can block the other).
-    let writing = std::thread::spawn(move || -> std::io::Result<()> {
-        for (mut w, script) in writers.into_iter().zip(scripts) {
-            w.write_all(&script)?;
-        }
-        Ok(())
-    });
-    for conn in &mut conns {
-        wait_pongs(conn, 1).with_context(|| format!("{} subscribing", spec.name))?;
+    // The server answers nothing before a PING, so writing every script first
+    // cannot block on our unread input.
+    for (conn, script) in conns.iter_mut().zip(&scripts) {
+        conn.send(script)?;
     }
-    writing
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))?
-        .context("writing SUBs")?;
+    for conn in &mut conns {
+        conn.sync()
+            .with_context(|| format!("{} subscribing", spec.name))?;
+    }
     let seconds_to_pong = started.elapsed().as_secs_f64();
     std::thread::sleep(opts.settle);
     let rss = procstat::sample(server.pid)?.rss_kb;
     // The matching subscriber's connection must keep reading.
-    let mut matched_conn = conns[7 % connections].try_clone()?;
+    let mut matched_conn = conns[7 % connections].stream.try_clone()?;
     let draining = std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
         while matches!(matched_conn.read(&mut buf), Ok(n) if n > 0) {}
     });
-    let matched = publish_rate(server.port, kind.matching(), opts.publish_for)?;
-    let unmatched = publish_rate(server.port, UNMATCHED, opts.publish_for)?;
+    let matched = publish_rate(&server, kind.matching(), opts.publish_for)?;
+    let unmatched = publish_rate(&server, UNMATCHED, opts.publish_for)?;
     server.check_alive()?;
     for c in &conns {
-        let _ = c.shutdown(std::net::Shutdown::Both);
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
     }
     drop(conns);
     let _ = draining.join();

@@ -164,7 +164,11 @@ impl Client {
 
     /// Remembers a request's reply subject this client may then publish to.
     pub(crate) fn note_request(&self, reply: &[u8]) {
-        self.conn.borrow_mut().note_request(reply, Instant::now());
+        let mut conn = self.conn.borrow_mut();
+        // Most clients have no `allow_responses`: no clock read per delivery.
+        if conn.tracks_replies() {
+            conn.note_request(reply, Instant::now());
+        }
     }
 
     /// The delivery-time deny check for subscriptions that overlap the deny list.

@@ -291,6 +291,11 @@ impl Connection {
         self.permissions = permissions;
     }
 
+    /// Whether requests delivered to this client grant it reply permits.
+    pub fn tracks_replies(&self) -> bool {
+        self.replies.is_some()
+    }
+
     /// Remembers a request's reply subject, delivered at `now`, that this client
     /// may then publish to.
     pub fn note_request(&mut self, reply: &[u8], now: Instant) {

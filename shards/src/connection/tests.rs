@@ -123,6 +123,14 @@ fn connection(t0: Instant) -> Connection {
     )
 }
 
+/// A connection that required authentication and sent `json` as its CONNECT.
+fn logged_in(t0: Instant, env: &mut Env, json: &str) -> Connection {
+    let mut c = connection(t0);
+    c.require_auth(String::new(), t0 + SEC);
+    c.handle_op(connect(json), t0, env);
+    c
+}
+
 fn pub_op<'a>(subject: &'a str, reply: &'a str, payload: &'a str) -> ClientOp<'a> {
     ClientOp::Pub {
         subject: subject.as_bytes(),
@@ -244,13 +252,7 @@ fn account_limits_lower_the_connections() {
         max_subscriptions: Some(2),
         max_payload: Some(100),
     };
-    let mut c = connection(t0);
-    c.require_auth(String::new(), t0 + SEC);
-    c.handle_op(
-        connect(r#"{"user":"a","pass":"pw","verbose":false}"#),
-        t0,
-        &mut env,
-    );
+    let mut c = logged_in(t0, &mut env, r#"{"user":"a","pass":"pw","verbose":false}"#);
     assert_eq!(c.parse_context(4096).limits.max_payload, 100);
     for sid in ["1", "2", "3"] {
         assert_eq!(
@@ -350,12 +352,10 @@ fn publish_permissions_and_reserved_subjects() {
         subscribe: SubjectPermission::new(None, &[], true).unwrap(),
         responses: None,
     }));
-    let mut c = connection(t0);
-    c.require_auth(String::new(), t0 + SEC);
-    c.handle_op(
-        connect(r#"{"user":"a","pass":"pw","verbose":false,"headers":true,"no_responders":true}"#),
+    let mut c = logged_in(
         t0,
         &mut env,
+        r#"{"user":"a","pass":"pw","verbose":false,"headers":true,"no_responders":true}"#,
     );
     let p = published(c.handle_op(pub_op("ok.1", "inbox.1", "hello"), t0, &mut env));
     assert_eq!(
@@ -407,9 +407,7 @@ fn responses_may_go_to_requests_received_until_used_or_expired() {
             expires: Some(10 * SEC),
         }),
     ));
-    let mut c = connection(t0);
-    c.require_auth(String::new(), t0 + SEC);
-    c.handle_op(connect(r#"{"user":"a","pass":"pw"}"#), t0, &mut env);
+    let mut c = logged_in(t0, &mut env, r#"{"user":"a","pass":"pw"}"#);
     assert_eq!(
         c.handle_op(pub_op("reply.1", "", ""), t0, &mut env),
         Step::Continue
@@ -445,13 +443,7 @@ fn subscribe_permissions_sids_and_unsubscribe() {
         subscribe: SubjectPermission::new(None, &["secret.>".to_string()], true).unwrap(),
         responses: None,
     }));
-    let mut c = connection(t0);
-    c.require_auth(String::new(), t0 + SEC);
-    c.handle_op(
-        connect(r#"{"user":"a","pass":"pw","verbose":true}"#),
-        t0,
-        &mut env,
-    );
+    let mut c = logged_in(t0, &mut env, r#"{"user":"a","pass":"pw","verbose":true}"#);
     env.take_out();
     c.handle_op(sub_op("secret.x", None, "1"), t0, &mut env);
     assert_eq!(
