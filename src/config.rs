@@ -62,6 +62,8 @@ pub struct ProcessOptions {
     pub prof_cpu_rate: Option<u32>,
     /// `authorization { timeout }` is set (otherwise TLS lengthens the default).
     pub auth_timeout_configured: bool,
+    /// `jetstream`.
+    pub jetstream: Option<crate::jetstream_config::JetStreamConfig>,
 }
 
 /// Top-level keys of features strait does not have yet.
@@ -73,7 +75,6 @@ const UNSUPPORTED: &[&str] = &[
     "resolver",
     "resolver_preload",
     "resolver_tls",
-    "jetstream",
     "cluster",
     "gateway",
     "leafnodes",
@@ -109,7 +110,7 @@ pub(crate) fn unsupported(entry: &Entry) -> ConfigError {
     }
 }
 
-fn int(entry: &Entry) -> Result<i64, ConfigError> {
+pub(crate) fn int(entry: &Entry) -> Result<i64, ConfigError> {
     entry.value.as_i64().ok_or_else(|| {
         invalid(
             entry,
@@ -123,7 +124,7 @@ fn size(entry: &Entry) -> Result<usize, ConfigError> {
     usize::try_from(v).map_err(|_| invalid(entry, format!("must not be negative, got {v}")))
 }
 
-fn boolean(entry: &Entry) -> Result<bool, ConfigError> {
+pub(crate) fn boolean(entry: &Entry) -> Result<bool, ConfigError> {
     entry.value.as_bool().ok_or_else(|| {
         invalid(
             entry,
@@ -226,6 +227,7 @@ pub fn apply(
             "log_file" | "logfile" => process.log_file = Some(string(entry)?),
             "pid_file" | "pidfile" => process.pid_file = Some(string(entry)?),
             "store_dir" => process.store_dir = Some(string(entry)?),
+            "jetstream" => process.jetstream = Some(crate::jetstream_config::parse(entry)?),
             "http_port" | "monitor_port" => process.http_port = Some(port(entry, int(entry)?)?),
             "http" => match &entry.value.kind {
                 Kind::Int(p) => process.http_port = Some(port(entry, *p)?),

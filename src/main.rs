@@ -7,6 +7,7 @@
 mod auth_config;
 mod cli;
 mod config;
+mod jetstream_config;
 mod logging;
 mod monitor;
 mod profile_proto;
@@ -102,9 +103,6 @@ fn main() -> ExitCode {
 fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::ProcessOptions)> {
     if let Some(feature) = cli.unsupported() {
         bail!("{feature} is not supported by strait yet");
-    }
-    if cli.jetstream {
-        bail!("JetStream is not available in strait yet (-js/--jetstream)");
     }
     let mut opts = ServerOptions {
         shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -213,7 +211,38 @@ fn options_from_cli(cli: &Cli) -> anyhow::Result<(ServerOptions, config::Process
     if let Some(spin) = &cli.spin_before_park {
         opts.spin_before_park = Some(parse_go_duration(spin)?);
     }
+    opts.jetstream = jetstream_options(cli, &process)?;
     Ok((opts, process))
+}
+
+/// JetStream is on with `-js` or a `jetstream` block; its store is `-sd`, the
+/// block's `store_dir`, the top-level `store_dir`, or a directory under the
+/// system's temporary directory, as nats-server picks it.
+fn jetstream_options(
+    cli: &Cli,
+    process: &config::ProcessOptions,
+) -> anyhow::Result<Option<strait_shards::options::JetStreamOptions>> {
+    let file = process.jetstream.clone().unwrap_or_default();
+    if !(cli.jetstream || file.enabled) {
+        return Ok(None);
+    }
+    let store_dir = cli
+        .store_dir
+        .clone()
+        .or_else(|| file.store_dir.clone())
+        .or_else(|| process.store_dir.clone())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("strait"));
+    let mut js = strait_shards::options::JetStreamOptions::new(store_dir);
+    js.max_memory = file.max_memory.unwrap_or(-1);
+    js.max_store = file.max_store.unwrap_or(-1);
+    js.domain = file.domain.clone();
+    if let Some(sync) = file.sync {
+        js.sync = sync;
+    }
+    js.encryption = file.encryption().map_err(anyhow::Error::msg)?;
+    js.max_duplicate_window = file.max_duplicate_window.unwrap_or(0);
+    Ok(Some(js))
 }
 
 /// Parses a size from the command line with the configuration file's suffix rules
@@ -259,9 +288,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!("  Shards:   {}", opts.shards);
     if let Some(path) = &cli.config {
         tracing::info!("Using configuration file: {path}");
-    }
-    if let Some(dir) = &process.store_dir {
-        tracing::debug!("Store directory {dir:?} noted; JetStream is not enabled");
     }
 
     let host = opts.host.clone();
@@ -431,6 +457,14 @@ fn spawn_control(
             };
             if let Some(ctx) = &monitor_ctx {
                 ctx.profiling_port.set(profiling_port);
+            }
+            let running = Arc::new(reloader.running.clone());
+            if let Err(e) =
+                strait_shards::jetstream::service::start(commander.clone(), running).await
+            {
+                let _ = ready_tx.send(Err(anyhow::Error::new(e)));
+                commander.broadcast(|| Command::Shutdown);
+                return;
             }
             let _ = ready_tx.send(Ok(ControlPorts {
                 monitoring: monitor_ctx.as_ref().map(|ctx| ctx.http_port),

@@ -930,7 +930,7 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
         "",
     );
     // strait's own, per shard.
-    let per_shard: [(&str, &str, &str); 7] = [
+    let per_shard: [(&str, &str, &str); 8] = [
         (
             "strait_shard_connections",
             "gauge",
@@ -962,6 +962,11 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
             "Messages peers sent the shard, on a summarized interest pattern, that no subscriber wanted",
         ),
         (
+            "strait_shard_hops_saved_total",
+            "counter",
+            "Messages the shard kept from a peer whose summarized interest matched, because the peer had said nothing there wants the subject",
+        ),
+        (
             "strait_shard_loop_lag_max_seconds",
             "gauge",
             "Longest gap between two housekeeping ticks",
@@ -977,6 +982,7 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
                 "strait_shard_in_bytes_total" => s.in_bytes as f64,
                 "strait_shard_out_bytes_total" => s.out_bytes as f64,
                 "strait_shard_wasted_hops_total" => s.wasted_hops as f64,
+                "strait_shard_hops_saved_total" => s.hops_saved as f64,
                 _ => s.max_loop_lag_us as f64 / 1e6,
             };
             out.push_str(&format!(

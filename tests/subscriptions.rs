@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{http_json, raw_per_shard, Raw, Server, CONNECT};
+use common::{http_get, http_json, raw_per_shard, Raw, Server, CONNECT};
 
 const COUNT: usize = 200_000;
 
@@ -127,4 +127,53 @@ fn a_request_only_a_folded_pattern_matches_gets_no_responders() {
     requester.send(b"PUB dev.7.temp.7 inbox.2 0\r\n\r\n");
     let text = String::from_utf8(requester.ping_sync()).expect("utf-8");
     assert!(!text.contains("503"), "{text}");
+}
+
+/// The sum over the shards of one `/metrics` counter.
+fn metric_sum(http: u16, name: &str) -> f64 {
+    let (status, _, body) = http_get(http, "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_shard_keeps_back_what_the_folded_pattern_of_another_does_not_want() {
+    let (server, http) = Server::start_monitored(None, &["--shards", "2"]);
+    let mut raws = raw_per_shard(server.port, 2);
+    let mut subscriber = raws.remove(0);
+    // Five thousand prefixes under `dev` fold to `dev.>` on the other shard.
+    let mut script = CONNECT.to_vec();
+    for i in 0..5000 {
+        script.extend_from_slice(format!("SUB dev.{i}.> {}\r\n", i + 1).as_bytes());
+    }
+    subscriber.send(&script);
+    subscriber.ping_sync();
+    let mut publisher = raws.remove(0);
+    publisher.send(CONNECT);
+    // The PONG waits until the other shard has handled the message, and so
+    // until its answer that nothing there wants `dev.none` is back.
+    publisher.send(b"PUB dev.none 1\r\nx\r\n");
+    publisher.ping_sync();
+    let wasted = metric_sum(http, "strait_shard_wasted_hops_total");
+    assert_eq!(wasted, 1.0, "the folded pattern sent the first one over");
+    let burst = b"PUB dev.none 1\r\nx\r\n".repeat(10_000);
+    publisher.send(&burst);
+    publisher.ping_sync();
+    assert_eq!(
+        metric_sum(http, "strait_shard_wasted_hops_total"),
+        wasted,
+        "later ones stay on the publisher's shard"
+    );
+    assert_eq!(metric_sum(http, "strait_shard_hops_saved_total"), 10_000.0);
+    // A subscription the folded pattern covers reaches the publisher's shard
+    // before its PONG.
+    subscriber.send(b"SUB dev.none 99999\r\n");
+    subscriber.ping_sync();
+    publisher.send(b"PUB dev.none 1\r\ny\r\n");
+    publisher.ping_sync();
+    let got = String::from_utf8(subscriber.ping_sync()).expect("utf-8");
+    assert_eq!(got, "MSG dev.none 99999 1\r\ny\r\n");
 }

@@ -99,6 +99,9 @@ pub struct Conn {
     pub stream: TcpStream,
     pub scanner: Scanner,
     pub max_payload: Option<u64>,
+    /// The `client_id` of the server's INFO (strait: its shard is this modulo
+    /// the shard count).
+    pub client_id: Option<u64>,
     buf: Vec<u8>,
 }
 
@@ -114,6 +117,7 @@ impl Conn {
             stream,
             scanner: Scanner::new(),
             max_payload: None,
+            client_id: None,
             buf: vec![0; 64 * 1024],
         };
         let mut info: Option<String> = None;
@@ -144,6 +148,7 @@ impl Conn {
             .context("INFO is not JSON")?
             .unwrap_or_default();
         conn.max_payload = info.get("max_payload").and_then(|v| v.as_u64());
+        conn.client_id = info.get("client_id").and_then(|v| v.as_u64());
         let mut connect = json!({
             "verbose": false,
             "pedantic": false,

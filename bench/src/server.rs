@@ -30,6 +30,16 @@ pub struct ServerSpec {
     pub command: Vec<String>,
 }
 
+impl ServerSpec {
+    /// The `--shards N` of a strait command line, if it has one.
+    pub fn shards(&self) -> Option<u64> {
+        self.command
+            .windows(2)
+            .find(|w| w[0] == "--shards")
+            .and_then(|w| w[1].parse().ok())
+    }
+}
+
 impl FromStr for ServerSpec {
     type Err = String;
 

@@ -12,7 +12,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::conn::Conn;
@@ -79,10 +79,31 @@ pub struct SubsRun {
     pub rss_after_close_kb: u64,
 }
 
+/// Connections tried to place a publisher on another shard than the subscriber.
+const PLACEMENT_TRIES: usize = 64;
+
 /// Publishes to `subject` for `period`, synchronizing with a PING every batch so
-/// the figure is what the server processed. Messages per second.
-fn publish_rate(server: &ServerProc, subject: &str, period: Duration) -> Result<f64> {
+/// the figure is what the server processed. Messages per second. With `away`
+/// (a subscriber's client id and the shard count), the publisher is on another
+/// shard than that subscriber, so the figure is the cross-shard one whatever
+/// the kernel's spreading of connections.
+fn publish_rate(
+    server: &ServerProc,
+    subject: &str,
+    period: Duration,
+    away: Option<(u64, u64)>,
+) -> Result<f64> {
     let mut conn = Conn::connect(&server.endpoint(), "subs-publisher")?;
+    if let Some((home, shards)) = away.filter(|&(_, shards)| shards > 1) {
+        let mut tries = 1;
+        while conn.client_id.map(|id| id % shards) == Some(home % shards) {
+            if tries == PLACEMENT_TRIES {
+                bail!("no publisher connection landed off shard {}", home % shards);
+            }
+            conn = Conn::connect(&server.endpoint(), "subs-publisher")?;
+            tries += 1;
+        }
+    }
     let batch: Vec<u8> = (0..500)
         .flat_map(|_| format!("PUB {subject} 16\r\n0123456789abcdef\r\n").into_bytes())
         .collect();
@@ -134,17 +155,16 @@ fn one_run(
         let mut buf = vec![0u8; 256 * 1024];
         while matches!(matched_conn.read(&mut buf), Ok(n) if n > 0) {}
     });
-    let matched = publish_rate(&server, kind.matching(), opts.publish_for)?;
-    let unmatched = publish_rate(&server, UNMATCHED, opts.publish_for)?;
+    let away = conns[7 % connections].client_id.zip(spec.shards());
+    let matched = publish_rate(&server, kind.matching(), opts.publish_for, away)?;
+    let unmatched = publish_rate(&server, UNMATCHED, opts.publish_for, away)?;
     server.check_alive()?;
     for c in &conns {
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
     }
     drop(conns);
     let _ = draining.join();
-    // Closing half a million subscriptions takes the server a moment.
-    std::thread::sleep(opts.settle.max(Duration::from_secs(1)));
-    let after = procstat::sample(server.pid)?.rss_kb;
+    let after = rss_after_close(&server, idle, rss)?;
     Ok(SubsRun {
         server: spec.name.clone(),
         kind,
@@ -157,6 +177,27 @@ fn one_run(
         publish_unmatched_per_sec: unmatched,
         rss_after_close_kb: after,
     })
+}
+
+/// How long memory may take to come back after the subscribers leave: closing
+/// a million subscriptions takes a moment, and allocators return freed pages
+/// on their own schedule (jemalloc's decay, Go's scavenger).
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// The lowest RSS within `RELEASE_WAIT` of the close, or the first reading
+/// within 10 % of the growth over `idle`.
+fn rss_after_close(server: &ServerProc, idle: u64, with: u64) -> Result<u64> {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    let mut lowest = u64::MAX;
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        lowest = lowest.min(procstat::sample(server.pid)?.rss_kb);
+        if lowest.saturating_sub(idle) * 10 <= with.saturating_sub(idle)
+            || Instant::now() >= deadline
+        {
+            return Ok(lowest);
+        }
+    }
 }
 
 pub fn run(opts: &SubsOptions) -> Result<Vec<SubsRun>> {
@@ -189,7 +230,7 @@ pub fn run(opts: &SubsOptions) -> Result<Vec<SubsRun>> {
 pub fn table(opts: &SubsOptions, runs: &[SubsRun]) -> String {
     let reference = opts.servers.last().map(|s| s.name.as_str()).unwrap_or("");
     let mut out = String::from(
-        "| server | kind | subs | conns | s to PONG | ratio | RSS MiB | ratio | pub 1 match/s | ratio | pub 0 match/s | ratio | RSS after close MiB |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| server | kind | subs | conns | s to PONG | ratio | RSS MiB | ratio | pub 1 match/s | ratio | pub 0 match/s | ratio | idle MiB | RSS after close MiB |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in runs {
         let base = runs.iter().find(|b| {
@@ -203,7 +244,7 @@ pub fn table(opts: &SubsOptions, runs: &[SubsRun]) -> String {
             _ => "-".into(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {:.0} | {} | {:.0} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {:.0} | {} | {:.0} | {} | {:.0} | {:.0} |\n",
             r.server,
             r.kind.name(),
             r.subscriptions,
@@ -216,6 +257,7 @@ pub fn table(opts: &SubsOptions, runs: &[SubsRun]) -> String {
             ratio(&|x| x.publish_matched_per_sec),
             r.publish_unmatched_per_sec,
             ratio(&|x| x.publish_unmatched_per_sec),
+            r.idle_rss_kb as f64 / 1024.0,
             r.rss_after_close_kb as f64 / 1024.0,
         ));
     }

@@ -60,6 +60,8 @@ pub enum Command {
         client: SubscriberId,
         sid: Bytes,
     },
+    /// Host or serve a JetStream stream.
+    JetStream(crate::jetstream::host::StreamCommand),
     /// Publish as an internal client (or as nobody in particular).
     Publish {
         from: Option<SubscriberId>,
@@ -301,6 +303,7 @@ pub(crate) fn snapshot(shard: &Shard, subs: bool) -> ShardSnapshot {
         out_msgs: traffic.out_msgs,
         out_bytes: traffic.out_bytes,
         wasted_hops: traffic.wasted_hops,
+        hops_saved: traffic.hops_saved,
         slow_consumers: stats.slow_consumers.get(),
         stale_connections: stats.stale_connections.get(),
         max_loop_lag_us: stats.max_loop_lag_us.get(),
@@ -346,6 +349,16 @@ pub(crate) async fn serve(shard: Rc<Shard>, commands: CommandReceiver) {
                 let _ = reply.send(sid);
             }
             Command::Unsubscribe { client, sid } => shard.internal_unsubscribe(client, &sid),
+            Command::JetStream(command) => {
+                // A store may take a while to open or answer: the shard's other
+                // commands do not wait for it.
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    crate::jetstream::host::handle(&shard, command).await;
+                    shard.flush_lanes().await;
+                })
+                .detach();
+            }
             Command::Publish {
                 from,
                 account,

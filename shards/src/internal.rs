@@ -111,6 +111,10 @@ impl InternalClient {
         self.subs.borrow_mut().remove(sid);
     }
 
+    pub fn sids(&self) -> Vec<Bytes> {
+        self.subs.borrow().keys().cloned().collect()
+    }
+
     pub fn take_subs(&self) -> Vec<Rc<Subscription>> {
         self.subs.borrow_mut().drain().map(|(_, s)| s).collect()
     }

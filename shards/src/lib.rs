@@ -12,6 +12,7 @@ pub mod control;
 pub mod global;
 pub mod info;
 pub mod internal;
+pub mod jetstream;
 pub mod listen;
 pub mod mesh;
 pub mod options;

@@ -61,6 +61,41 @@ pub struct ServerOptions {
     pub tls: Option<Arc<TlsSettings>>,
     /// With TLS configured, still accept plaintext clients (`allow_non_tls`).
     pub allow_non_tls: bool,
+    /// JetStream, when enabled (`-js`, `jetstream {}`).
+    pub jetstream: Option<JetStreamOptions>,
+}
+
+/// JetStream's server-wide settings.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// Where streams and the meta log live (`store_dir`, `-sd`).
+    pub store_dir: std::path::PathBuf,
+    /// `max_memory_store`, `max_file_store`; -1 is unlimited (nats-server then
+    /// reports a share of the machine's; strait reports -1 and enforces none yet).
+    pub max_memory: i64,
+    pub max_store: i64,
+    pub domain: Option<String>,
+    /// When a PubAck may be sent: after the fdatasync of a group commit
+    /// (default), or, with `sync_interval: <duration>`, once buffered.
+    pub sync: strait_storage::SyncPolicy,
+    pub encryption: Option<strait_storage::Encryption>,
+    /// `limits { duplicate_window }`, nanoseconds; 0 is none.
+    pub max_duplicate_window: i64,
+}
+
+impl JetStreamOptions {
+    /// The defaults with `store_dir`.
+    pub fn new(store_dir: impl Into<std::path::PathBuf>) -> Self {
+        JetStreamOptions {
+            store_dir: store_dir.into(),
+            max_memory: -1,
+            max_store: -1,
+            domain: None,
+            sync: strait_storage::SyncPolicy::Always,
+            encryption: None,
+            max_duplicate_window: 0,
+        }
+    }
 }
 
 impl ServerOptions {
@@ -113,6 +148,7 @@ impl Default for ServerOptions {
             accounts: Arc::new(Accounts::default()),
             tls: None,
             allow_non_tls: false,
+            jetstream: None,
         }
     }
 }

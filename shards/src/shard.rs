@@ -71,6 +71,8 @@ pub struct Shard {
     next_cid_seq: Cell<u64>,
     barrier_wakers: RefCell<HashMap<u64, Waker>>,
     live: Cell<usize>,
+    /// The JetStream streams this shard hosts.
+    pub(crate) streams: crate::jetstream::host::Streams,
     /// Subscribers over half their max_pending since the last check: whoever fed
     /// them waits for them before reading more (nats-server stalls producers too).
     stalled: RefCell<Vec<Subscriber>>,
@@ -222,6 +224,7 @@ impl Shard {
             next_cid_seq: Cell::new(1),
             barrier_wakers: RefCell::default(),
             live: Cell::new(0),
+            streams: Default::default(),
             stalled: RefCell::new(Vec::new()),
             slow: RefCell::new(Vec::new()),
             max_pending: Cell::new(opts_max_pending),
@@ -602,6 +605,11 @@ impl Shard {
             self.remove_subscription(internal.account, &sub);
         }
         self.subscribers.borrow_mut().try_remove(id.0 as usize);
+    }
+
+    /// The sids of an internal client's subscriptions.
+    pub fn internal_sids(&self, id: SubscriberId) -> Vec<Bytes> {
+        self.internal(id).map_or_else(Vec::new, |i| i.sids())
     }
 
     /// Messages an internal client's full queue made it drop.

@@ -90,6 +90,8 @@ pub struct ShardSnapshot {
     pub out_bytes: u64,
     /// Messages peers sent here on a folded interest pattern that nothing wanted.
     pub wasted_hops: u64,
+    /// Messages not sent to a peer that had said nothing there wants their subject.
+    pub hops_saved: u64,
     pub slow_consumers: u64,
     pub stale_connections: u64,
     pub max_loop_lag_us: u64,

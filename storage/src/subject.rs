@@ -113,9 +113,60 @@ pub fn is_valid_literal(subject: &str) -> bool {
         })
 }
 
+/// Whether some literal subject matches both patterns (nats-server's
+/// `SubjectsCollide`): two streams may not both capture it.
+pub fn collide(a: &str, b: &str) -> bool {
+    let mut ta = a.split('.');
+    let mut tb = b.split('.');
+    loop {
+        match (ta.next(), tb.next()) {
+            (None, None) => return true,
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (None, _) | (_, None) => return false,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every subject `subject` matches is also matched by `test`
+/// (nats-server's `subjectIsSubsetMatch`).
+pub fn is_subset_match(subject: &str, test: &str) -> bool {
+    let s: Vec<&str> = subject.split('.').collect();
+    for (i, t) in test.split('.').enumerate() {
+        if t == ">" {
+            return s.len() > i;
+        }
+        match s.get(i) {
+            None | Some(&">") => return false,
+            Some(_) if t == "*" => {}
+            Some(&x) if x == "*" || x != t => return false,
+            Some(_) => {}
+        }
+    }
+    s.len() == test.split('.').count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collisions_and_subsets() {
+        assert!(collide("a.*", "a.b"));
+        assert!(collide("a.>", "*.b.c"));
+        assert!(!collide("a.>", "a"));
+        assert!(!collide("a.b", "a.c"));
+        assert!(!collide("a.*", "a.b.c"));
+        assert!(collide(">", "x"));
+        assert!(is_subset_match("$JS.EVENT.x", "$JS.EVENT.>"));
+        assert!(is_subset_match("a.b", "a.*"));
+        assert!(is_subset_match("a.*.c", "a.>"));
+        assert!(!is_subset_match("a.*", "a.b"));
+        assert!(!is_subset_match("a.>", "a.*"));
+        assert!(!is_subset_match("$JS.>", "$JS.EVENT.>"));
+        assert!(!is_subset_match("a", "a.>"));
+    }
 
     #[test]
     fn validation() {

@@ -155,6 +155,12 @@ struct Probe {
 /// times out instead of hearing that nobody responds).
 const MAX_PROBES: usize = 10_000;
 
+/// Subjects a shard remembers its peers' folded patterns do not want; past
+/// this it forgets them all and learns again.
+pub const MAX_REMEMBERED_MISSES: usize = 8_192;
+
+type MissSet = std::collections::HashSet<Bytes, ahash::RandomState>;
+
 /// Per-account message counters of one shard (/accstatz).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AccountStats {
@@ -174,6 +180,9 @@ pub struct TrafficStats {
     /// Messages a peer sent here, because a folded pattern of ours matched,
     /// that no local subscriber wanted: the price of summarized interest.
     pub wasted_hops: u64,
+    /// Messages not sent to a peer whose folded pattern matched, because the
+    /// peer had said nothing there wants that subject.
+    pub hops_saved: u64,
 }
 
 type InterestKey = (Bytes, Option<Bytes>);
@@ -197,6 +206,10 @@ pub struct Account {
     pub connections: usize,
     /// The import routes this index holds (replaced at reload).
     imports: Vec<(Bytes, Interest)>,
+    /// A peer was told (`PeerMsg::Miss`) that a subject finds nobody here since
+    /// the last announcement: a subscription a folded pattern already covers
+    /// must then say that interest grew (`PeerMsg::Grew`).
+    misses_told: bool,
 }
 
 impl Account {
@@ -211,6 +224,7 @@ impl Account {
             stats: AccountStats::default(),
             connections: 0,
             imports: Vec::new(),
+            misses_told: false,
         }
     }
 
@@ -266,15 +280,21 @@ pub struct Router {
     /// Probe ids, oldest first (answered ones included, until they come up).
     probe_order: VecDeque<u64>,
     next_probe: u64,
+    /// Subjects each peer said nothing of its wants, per (peer, account): its
+    /// folded patterns need not send them there until its interest grows.
+    misses: Map<(PeerId, u32), MissSet>,
+    remembered_misses: usize,
+    /// By peer index: the last miss told to it, so a run of messages on one
+    /// subject is answered once.
+    last_miss_told: Vec<Option<(u32, Bytes)>>,
     /// Scratch for the summary's changes.
     changes: Vec<summary::Change>,
     /// Summary bounds for new accounts: (max fan-out, max nodes).
     summary_limits: (usize, usize),
     pub stats: TrafficStats,
-    /// Simulation only: a barrier counts as done one acknowledgement early (the
-    /// bug the simulation must catch).
+    /// Simulation only: a bug the simulation must catch.
     #[cfg(test)]
-    pub(crate) planted_early_barrier_ack: bool,
+    pub(crate) planted: sim::Planted,
 }
 
 impl Router {
@@ -309,11 +329,14 @@ impl Router {
             probes: Map::default(),
             probe_order: VecDeque::new(),
             next_probe: 1,
+            misses: Map::default(),
+            remembered_misses: 0,
+            last_miss_told: (0..slots).map(|_| None).collect(),
             changes: Vec::new(),
             summary_limits: (summary::DEFAULT_MAX_FANOUT, summary::DEFAULT_MAX_NODES),
             stats: TrafficStats::default(),
             #[cfg(test)]
-            planted_early_barrier_ack: false,
+            planted: sim::Planted::None,
         };
         router.set_accounts(accounts);
         router
@@ -435,6 +458,12 @@ impl Router {
             }
             let mut changes = std::mem::take(&mut self.changes);
             acc.summary.insert(&sub.subject, &mut changes);
+            let covered = !changes
+                .iter()
+                .any(|c| matches!(c, summary::Change::Add { .. }));
+            if covered && acc.misses_told {
+                self.announce_growth(io, account);
+            }
             self.announce_changes(io, account, &mut changes);
             self.changes = changes;
             // Covered by what was told before, which the peers may not have
@@ -511,6 +540,33 @@ impl Router {
         self.announce(io, account, &sub.subject, sub.queue.as_ref(), count, false)
     }
 
+    /// Tells every peer that this account's interest grew under a pattern they
+    /// already hold, so the misses they remember of this shard are stale.
+    fn announce_growth(&mut self, io: &mut impl RouterIo, account: u32) {
+        #[cfg(test)]
+        if self.planted == sim::Planted::GrowthUntold {
+            return;
+        }
+        self.interest_sent += 1;
+        self.forget_misses_told(account);
+        for &peer in &self.peers {
+            io.send(peer, PeerMsg::Grew { account });
+        }
+    }
+
+    /// Whatever a peer remembers of misses told in `account` is about to be
+    /// dropped there: the next miss must be told again.
+    fn forget_misses_told(&mut self, account: u32) {
+        if let Some(acc) = self.accounts.get_mut(account as usize) {
+            acc.misses_told = false;
+        }
+        for told in &mut self.last_miss_told {
+            if told.as_ref().is_some_and(|(a, _)| *a == account) {
+                *told = None;
+            }
+        }
+    }
+
     /// Tells every peer how many local subscriptions (subject, queue) now has.
     fn announce(
         &mut self,
@@ -522,6 +578,9 @@ impl Router {
         folded: bool,
     ) -> bool {
         self.interest_sent += 1;
+        if count > 0 {
+            self.forget_misses_told(account);
+        }
         for &peer in &self.peers {
             io.send(
                 peer,
@@ -546,6 +605,9 @@ impl Router {
         count: u32,
         folded: bool,
     ) {
+        if count > 0 {
+            self.forget_misses_of(from, account);
+        }
         let Some(acc) = self.accounts.get_mut(account as usize) else {
             return;
         };
@@ -591,7 +653,7 @@ impl Router {
         #[cfg(not(test))]
         let owed = self.peers.len();
         #[cfg(test)]
-        let owed = sim::planted_initial_count(self.peers.len(), self.planted_early_barrier_ack);
+        let owed = sim::planted_initial_count(self.peers.len(), self.planted);
         for &peer in &self.peers {
             io.send(peer, PeerMsg::Barrier { id });
         }
@@ -630,7 +692,7 @@ impl Router {
                 origin: _,
                 probe,
             } => {
-                let matched = self.deliver_from_peer(io, account, &envelope, plain, &queues);
+                let matched = self.deliver_from_peer(io, from, account, &envelope, plain, &queues);
                 if let Some(id) = probe {
                     io.send(from, PeerMsg::ProbeAnswer { id, matched });
                 }
@@ -643,6 +705,8 @@ impl Router {
                 folded,
             } => self.apply_interest(from, account, subject, queue, count, folded),
             PeerMsg::ProbeAnswer { id, matched } => self.probe_answered(io, id, matched),
+            PeerMsg::Miss { account, subject } => self.remember_miss(from, account, subject),
+            PeerMsg::Grew { account } => self.forget_misses_of(from, account),
             PeerMsg::Barrier { id } => io.send(from, PeerMsg::BarrierAck { id }),
             PeerMsg::BarrierAck { id } => {
                 if let Some((remaining, sent)) = self.barriers.get_mut(&id) {
@@ -661,9 +725,10 @@ impl Router {
     /// applied a reload first).
     pub fn needs_accounts_for(&self, msg: &PeerMsg) -> bool {
         match msg {
-            PeerMsg::Deliver { account, .. } | PeerMsg::Interest { account, .. } => {
-                *account as usize >= self.accounts.len()
-            }
+            PeerMsg::Deliver { account, .. }
+            | PeerMsg::Interest { account, .. }
+            | PeerMsg::Miss { account, .. }
+            | PeerMsg::Grew { account } => *account as usize >= self.accounts.len(),
             _ => false,
         }
     }
@@ -731,6 +796,10 @@ impl Router {
                     self.deliver_local(io, account, sub, &msg);
                 }
                 Interest::Remote(ri) => {
+                    if ri.folded.get() && self.known_miss(ri.peer, account, msg.subject) {
+                        self.stats.hops_saved += 1;
+                        continue;
+                    }
                     routed.remote = true;
                     routed.remote_certain |= !ri.folded.get();
                     self.target(ri.peer).plain = true;
@@ -1075,6 +1144,7 @@ impl Router {
     fn deliver_from_peer(
         &mut self,
         io: &mut impl RouterIo,
+        from: PeerId,
         account: u32,
         envelope: &Envelope,
         plain: bool,
@@ -1091,6 +1161,7 @@ impl Router {
         let Some(m) = self.matches(account, msg.subject) else {
             if plain {
                 self.stats.wasted_hops += 1;
+                self.tell_miss(io, from, account, msg.subject);
             }
             return false;
         };
@@ -1111,8 +1182,11 @@ impl Router {
                     _ => {}
                 }
             }
-            if !matched && queues.is_empty() {
-                self.stats.wasted_hops += 1;
+            if !matched {
+                if queues.is_empty() {
+                    self.stats.wasted_hops += 1;
+                }
+                self.tell_miss(io, from, account, msg.subject);
             }
         }
         for name in queues {
@@ -1132,6 +1206,61 @@ impl Router {
             }
         }
         matched
+    }
+
+    /// Tells `peer` that no plain subscription here wants `subject`, unless that
+    /// was the last thing told to it and nothing changed since.
+    fn tell_miss(&mut self, io: &mut impl RouterIo, peer: PeerId, account: u32, subject: &[u8]) {
+        let Some(acc) = self.accounts.get_mut(account as usize) else {
+            return;
+        };
+        let slot = peer.index();
+        if slot >= self.last_miss_told.len() {
+            self.last_miss_told.resize_with(slot + 1, || None);
+        }
+        let last = &mut self.last_miss_told[slot];
+        if last
+            .as_ref()
+            .is_some_and(|(a, s)| *a == account && s.as_ref() == subject)
+        {
+            return;
+        }
+        // A copy: a slice would keep the whole message buffer alive.
+        let subject = Bytes::copy_from_slice(subject);
+        *last = Some((account, subject.clone()));
+        acc.misses_told = true;
+        io.send(peer, PeerMsg::Miss { account, subject });
+    }
+
+    /// Whether `peer` said nothing there wants `subject` in `account`.
+    fn known_miss(&self, peer: PeerId, account: u32, subject: &[u8]) -> bool {
+        !self.misses.is_empty()
+            && self
+                .misses
+                .get(&(peer, account))
+                .is_some_and(|set| set.contains(subject))
+    }
+
+    fn remember_miss(&mut self, peer: PeerId, account: u32, subject: Bytes) {
+        if self.remembered_misses >= MAX_REMEMBERED_MISSES {
+            self.misses.clear();
+            self.remembered_misses = 0;
+        }
+        if self
+            .misses
+            .entry((peer, account))
+            .or_default()
+            .insert(subject)
+        {
+            self.remembered_misses += 1;
+        }
+    }
+
+    /// `peer`'s interest in `account` grew: what it said it misses may be wanted now.
+    fn forget_misses_of(&mut self, peer: PeerId, account: u32) {
+        if let Some(set) = self.misses.remove(&(peer, account)) {
+            self.remembered_misses -= set.len();
+        }
     }
 
     /// Opens a probe for a request about to go only where folded patterns

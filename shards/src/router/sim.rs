@@ -88,9 +88,19 @@ impl RouterIo for TestIo {
     }
 }
 
-/// The planted bug: a barrier counts as done one acknowledgement early.
-pub(super) fn planted_initial_count(peers: usize, planted: bool) -> usize {
-    peers.saturating_sub(usize::from(planted))
+/// A bug planted in the routers, which the simulation must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Planted {
+    None,
+    /// A barrier counts as done one acknowledgement early.
+    EarlyBarrierAck,
+    /// A subscription a folded pattern covers does not tell the peers that
+    /// remember misses that interest grew.
+    GrowthUntold,
+}
+
+pub(super) fn planted_initial_count(peers: usize, planted: Planted) -> usize {
+    peers.saturating_sub(usize::from(planted == Planted::EarlyBarrierAck))
 }
 
 const FILTERS: &[&str] = &["a", "a.b", "a.*", "a.>", "*.b", ">", "b.c", "b.*"];
@@ -130,6 +140,8 @@ pub(super) struct Checked {
     pub queue_exactly_once: usize,
     /// Messages sent on a folded pattern that nothing on the receiver wanted.
     pub wasted_hops: u64,
+    /// Messages kept back because the receiver had said it misses them.
+    pub hops_saved: u64,
 }
 
 struct Sim {
@@ -155,7 +167,7 @@ const PUBLISHERS: usize = 2;
 const PUBLISHER_BASE: u32 = 1000;
 
 impl Sim {
-    fn new(seed: u64, routers: usize, planted: bool) -> Sim {
+    fn new(seed: u64, routers: usize, planted: Planted) -> Sim {
         let accounts = Arc::new(Accounts::default());
         let routers: Vec<Router> = (0..routers)
             .map(|i| {
@@ -170,7 +182,7 @@ impl Sim {
                     "sim".into(),
                     seed ^ (i as u64 + 1),
                 );
-                r.planted_early_barrier_ack = planted;
+                r.planted = planted;
                 // Half the seeds summarize plain interest as tightly as possible,
                 // so folded patterns, wasted hops and covered subscriptions that
                 // owe no announcement of their own are all exercised.
@@ -417,6 +429,7 @@ impl Sim {
         let mut checked = Checked {
             deliveries: self.received.len(),
             wasted_hops: self.routers.iter().map(|r| r.stats.wasted_hops).sum(),
+            hops_saved: self.routers.iter().map(|r| r.stats.hops_saved).sum(),
             ..Checked::default()
         };
         let mut got: HashMap<(usize, u64), usize> = HashMap::new();
@@ -488,7 +501,7 @@ impl Sim {
 const GLOBAL: u32 = crate::accounts::GLOBAL_ACCOUNT;
 
 /// Runs one simulation.
-pub(super) fn simulate(seed: u64, routers: usize, steps: usize, planted: bool) -> Verdict {
+pub(super) fn simulate(seed: u64, routers: usize, steps: usize, planted: Planted) -> Verdict {
     Sim::new(seed, routers, planted).run(steps)
 }
 
@@ -497,12 +510,13 @@ fn routers_keep_the_promises_over_many_schedules() {
     let mut total = Checked::default();
     for seed in 0..300u64 {
         let routers = 2 + (seed % 3) as usize;
-        match simulate(seed, routers, 400, false) {
+        match simulate(seed, routers, 400, Planted::None) {
             Ok(c) => {
                 total.deliveries += c.deliveries;
                 total.confirmed_plain += c.confirmed_plain;
                 total.queue_exactly_once += c.queue_exactly_once;
                 total.wasted_hops += c.wasted_hops;
+                total.hops_saved += c.hops_saved;
             }
             Err(e) => panic!("seed {seed} ({routers} routers): {e}"),
         }
@@ -511,16 +525,28 @@ fn routers_keep_the_promises_over_many_schedules() {
     assert!(total.deliveries > 10_000, "{total:?}");
     assert!(total.confirmed_plain > 5_000, "{total:?}");
     assert!(total.queue_exactly_once > 1_000, "{total:?}");
-    // The seeds with tight summaries did fold interest.
+    // The seeds with tight summaries did fold interest, and learned misses.
     assert!(total.wasted_hops > 100, "{total:?}");
+    assert!(total.hops_saved > 100, "{total:?}");
+}
+
+fn catch(planted: Planted) {
+    let caught = (0..300u64).find_map(|seed| {
+        let routers = 2 + (seed % 3) as usize;
+        simulate(seed, routers, 400, planted)
+            .err()
+            .map(|e| (seed, e))
+    });
+    let (seed, error) = caught.unwrap_or_else(|| panic!("{planted:?} went unnoticed"));
+    println!("{planted:?} caught at seed {seed}: {error}");
 }
 
 #[test]
 fn the_simulation_catches_a_barrier_completed_one_ack_early() {
-    let caught = (0..300u64).find_map(|seed| {
-        let routers = 2 + (seed % 3) as usize;
-        simulate(seed, routers, 400, true).err().map(|e| (seed, e))
-    });
-    let (seed, error) = caught.expect("the planted bug went unnoticed");
-    println!("planted bug caught at seed {seed}: {error}");
+    catch(Planted::EarlyBarrierAck);
+}
+
+#[test]
+fn the_simulation_catches_growth_under_a_folded_pattern_left_untold() {
+    catch(Planted::GrowthUntold);
 }

@@ -516,3 +516,97 @@ fn a_request_only_folded_patterns_match_asks_whether_anyone_answered() {
     assert!(!routed.any());
     assert_eq!(io_a.delivered.len(), 1);
 }
+
+/// The Deliver messages `io` queued.
+fn delivers(io: &TestIo) -> usize {
+    io.outbox
+        .iter()
+        .filter(|(_, m)| matches!(m, PeerMsg::Deliver { .. }))
+        .count()
+}
+
+#[test]
+fn a_subject_a_peer_misses_is_not_sent_there_again_until_its_interest_grows() {
+    let mut a = router(0, &[1], Accounts::default());
+    let mut b = router(1, &[0], Accounts::default());
+    b.set_summary_limits(2, 100);
+    let (mut io_a, mut io_b) = (TestIo::new(), TestIo::new());
+    for i in 1..=50 {
+        b.subscribe(
+            &mut io_b,
+            G,
+            sub(1, &i.to_string(), &format!("dev.{i}"), None),
+        );
+    }
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    // A run of messages on a subject nothing there wants is told once.
+    for _ in 0..3 {
+        assert!(publish(&mut a, &mut io_a, G, "dev.99", "", "m").remote);
+    }
+    assert_eq!(delivers(&io_a), 3);
+    pass(&mut io_a, 0, &mut b, &mut io_b);
+    assert_eq!(b.stats.wasted_hops, 3);
+    let misses = io_b
+        .outbox
+        .iter()
+        .filter(|(_, m)| matches!(m, PeerMsg::Miss { .. }))
+        .count();
+    assert_eq!(misses, 1);
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    // Now it stays here; a subject the peer wants still goes.
+    assert!(!publish(&mut a, &mut io_a, G, "dev.99", "", "m").any());
+    assert_eq!(delivers(&io_a), 0);
+    assert_eq!(a.stats.hops_saved, 1);
+    assert!(publish(&mut a, &mut io_a, G, "dev.7", "", "m").remote);
+    pass(&mut io_a, 0, &mut b, &mut io_b);
+    assert_eq!(sids(&mut io_b), ["7"]);
+    // A subscription the pattern already covers tells the peer interest grew,
+    // and owes a barrier for it.
+    let late = sub(2, "late", "dev.99", None);
+    assert!(b.subscribe(&mut io_b, G, late));
+    assert!(io_b
+        .outbox
+        .iter()
+        .any(|(_, m)| matches!(m, PeerMsg::Grew { .. })));
+    let barrier = b.begin_barrier(&mut io_b).unwrap();
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    pass(&mut io_a, 0, &mut b, &mut io_b);
+    assert!(!b.barrier_pending(barrier));
+    assert!(publish(&mut a, &mut io_a, G, "dev.99", "", "m").remote);
+    pass(&mut io_a, 0, &mut b, &mut io_b);
+    assert_eq!(sids(&mut io_b), ["late"]);
+    // With nothing told missing since, the next covered subscription says nothing.
+    io_b.outbox.clear();
+    assert!(!b.subscribe(&mut io_b, G, sub(2, "later", "dev.98", None)));
+    assert!(io_b.outbox.is_empty());
+}
+
+#[test]
+fn a_request_a_peer_said_it_misses_gets_no_responders_at_once() {
+    let mut a = router(0, &[1], Accounts::default());
+    let mut b = router(1, &[0], Accounts::default());
+    b.set_summary_limits(1, 100);
+    let (mut io_a, mut io_b) = (TestIo::new(), TestIo::new());
+    b.subscribe(&mut io_b, G, sub(1, "1", "svc.1", None));
+    b.subscribe(&mut io_b, G, sub(1, "2", "svc.2", None));
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    a.subscribe(&mut io_a, G, sub(5, "9", "inbox.*", None));
+    io_a.outbox.clear();
+    let requester = Publisher {
+        id: Some(SubscriberId(5)),
+        echo: true,
+        requester: None,
+        no_responders: true,
+    };
+    publish_as(&mut a, &mut io_a, G, requester, "svc.3", "inbox.1", "q");
+    pass(&mut io_a, 0, &mut b, &mut io_b);
+    pass(&mut io_b, 1, &mut a, &mut io_a);
+    assert_eq!(io_a.delivered.drain(..).count(), 1, "the probe's answer");
+    let routed = publish_as(&mut a, &mut io_a, G, requester, "svc.3", "inbox.2", "q");
+    assert!(!routed.any());
+    assert_eq!(
+        io_a.delivered.len(),
+        1,
+        "no-responders without a round trip"
+    );
+}

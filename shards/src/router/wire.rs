@@ -52,6 +52,18 @@ pub enum PeerMsg {
         id: u64,
         matched: bool,
     },
+    /// No plain subscription of the sender wants `subject` in `account`, which a
+    /// folded pattern of its sent there: the receiver may keep it to itself
+    /// until the sender's interest grows (`Grew`, or an `Interest` with a count).
+    Miss {
+        account: u32,
+        subject: Bytes,
+    },
+    /// The sender's plain interest in `account` grew under patterns it already
+    /// announced: the misses it told are forgotten.
+    Grew {
+        account: u32,
+    },
     /// Answer with `BarrierAck` once everything sent before this is applied.
     Barrier {
         id: u64,

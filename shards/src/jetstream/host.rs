@@ -1,0 +1,510 @@
+//! The thin shell that hosts streams on a shard: it opens a stream's store,
+//! subscribes the stream as an internal client on its subjects (so publishes
+//! from every shard reach it through the mesh), runs each message through the
+//! stream's state machine, appends what it accepts and answers with the PubAck
+//! once the store says the message is durable. Appends are pipelined: each is
+//! staged in order at once and completes with the group commit it rides, so
+//! many publishes in flight share one fdatasync.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use strait_storage::{
+    AnyStore, Encryption, FileStore, FileStoreConfig, Limits, MemStore, MsgTtl, Purge, Store,
+    StoreError, SyncPolicy,
+};
+
+use super::config::{Discard, StorageType, StreamConfig};
+use super::errors::{self, ApiError};
+use super::stream::{Accepted, Decision, Rollup, StoreView, Stream};
+use crate::internal::{InternalMsg, InternalReceiver};
+use crate::router::SubscriberId;
+use crate::shard::Shard;
+
+/// Messages taken from a stream's queue before the acknowledgements so far are
+/// flushed to the mesh.
+const BATCH: usize = 256;
+
+/// Nanoseconds since the Unix epoch, as the store timestamps messages.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// RFC 3339 of a store timestamp; Go's zero time for 0.
+pub fn ts_rfc3339(ns: i64) -> String {
+    if ns <= 0 {
+        return "0001-01-01T00:00:00Z".into();
+    }
+    crate::rfc3339(UNIX_EPOCH + Duration::from_nanos(ns as u64))
+}
+
+/// Everything a shard needs to host one stream.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub account: u32,
+    pub config: StreamConfig,
+    /// The stream's directory (file storage).
+    pub dir: PathBuf,
+    pub sync: SyncPolicy,
+    pub encryption: Option<Encryption>,
+    pub domain: Option<String>,
+}
+
+/// A request about one hosted stream.
+#[derive(Debug)]
+pub enum StreamOp {
+    /// The `state` object of a stream info.
+    State {
+        subjects_filter: Option<String>,
+        deleted_details: bool,
+    },
+    Update(StreamConfig),
+    Purge(Purge),
+    /// By sequence, or the last or next (from `seq`) on `subject`.
+    GetMsg {
+        seq: u64,
+        last_by_subject: Option<String>,
+        next_by_subject: Option<String>,
+    },
+    DeleteMsg {
+        seq: u64,
+        erase: bool,
+    },
+    /// Stops the stream and removes its data.
+    Delete,
+}
+
+pub type OpReply = flume::Sender<Result<Value, ApiError>>;
+
+/// What the JetStream service tells a shard.
+pub enum StreamCommand {
+    Open {
+        spec: Box<StreamSpec>,
+        reply: flume::Sender<Result<(), ApiError>>,
+    },
+    Op {
+        account: u32,
+        name: String,
+        op: StreamOp,
+        reply: OpReply,
+    },
+}
+
+/// The streams one shard hosts, by (account, name).
+pub type Streams = RefCell<HashMap<(u32, String), Rc<Hosted>>>;
+
+pub struct Hosted {
+    account: u32,
+    stream: RefCell<Stream>,
+    store: Rc<AnyStore>,
+    internal: SubscriberId,
+    dir: PathBuf,
+    closed: Cell<bool>,
+}
+
+impl StoreView for AnyStore {
+    fn last_seq(&self) -> u64 {
+        self.fast_state().last_seq
+    }
+    fn last_seq_for(&self, subject: &str) -> u64 {
+        self.filtered_state(subject).last
+    }
+}
+
+/// The store limits a stream configuration asks for.
+pub fn store_limits(cfg: &StreamConfig) -> Limits {
+    let positive = |v: i64| (v > 0).then_some(v as u64);
+    Limits {
+        max_msgs: positive(cfg.max_msgs),
+        max_bytes: positive(cfg.max_bytes),
+        max_age: (cfg.max_age > 0).then(|| Duration::from_nanos(cfg.max_age as u64)),
+        max_msgs_per_subject: positive(cfg.max_msgs_per_subject),
+        max_msg_size: positive(i64::from(cfg.max_msg_size)),
+        discard: match cfg.discard {
+            Discard::Old => strait_storage::Discard::Old,
+            Discard::New => strait_storage::Discard::New,
+        },
+        discard_new_per_subject: cfg.discard_new_per_subject,
+        allow_msg_ttl: cfg.allow_msg_ttl,
+    }
+}
+
+fn store_error(e: &StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound | StoreError::Eof => errors::NO_MESSAGE_FOUND.error(),
+        other => errors::STREAM_STORE_FAILED.err(other),
+    }
+}
+
+/// Serves one command on `shard`.
+pub(crate) async fn handle(shard: &Rc<Shard>, command: StreamCommand) {
+    match command {
+        StreamCommand::Open { spec, reply } => {
+            let _ = reply.send(open(shard, *spec).await);
+        }
+        StreamCommand::Op {
+            account,
+            name,
+            op,
+            reply,
+        } => {
+            let hosted = shard.streams.borrow().get(&(account, name)).cloned();
+            let result = match hosted {
+                None => Err(errors::STREAM_NOT_FOUND.error()),
+                Some(h) => h.op(shard, op).await,
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
+async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
+    let key = (spec.account, spec.config.name.clone());
+    if shard.streams.borrow().contains_key(&key) {
+        return Ok(());
+    }
+    let limits = store_limits(&spec.config);
+    let store = match spec.config.storage {
+        StorageType::Memory => AnyStore::Memory(Box::new(MemStore::new(limits))),
+        StorageType::File => {
+            let mut cfg = FileStoreConfig::new(spec.config.name.clone(), spec.dir.clone());
+            cfg.limits = limits;
+            cfg.sync = spec.sync;
+            cfg.encryption = spec.encryption.clone();
+            AnyStore::File(
+                FileStore::open(cfg)
+                    .await
+                    .map_err(|e| errors::STREAM_CREATE.err(e))?,
+            )
+        }
+    };
+    let (internal, receiver) = shard.add_internal(spec.account);
+    for subject in &spec.config.subjects {
+        if shard
+            .internal_subscribe(internal, subject.as_bytes(), None)
+            .is_none()
+        {
+            shard.remove_internal(internal);
+            return Err(errors::STREAM_CREATE.err(format!("invalid subject {subject:?}")));
+        }
+    }
+    shard.barrier().await;
+    let hosted = Rc::new(Hosted {
+        account: spec.account,
+        stream: RefCell::new(Stream::new(spec.config, spec.domain)),
+        store: Rc::new(store),
+        internal,
+        dir: spec.dir,
+        closed: Cell::new(false),
+    });
+    hosted.recover_msg_ids().await;
+    shard.streams.borrow_mut().insert(key, hosted.clone());
+    glommio::spawn_local(run(shard.clone(), hosted.clone(), receiver)).detach();
+    glommio::spawn_local(expire(hosted)).detach();
+    Ok(())
+}
+
+/// Takes the stream's messages off its queue, in order, until it is closed.
+async fn run(shard: Rc<Shard>, hosted: Rc<Hosted>, receiver: InternalReceiver) {
+    while let Some(msg) = receiver.recv().await {
+        if hosted.closed.get() {
+            break;
+        }
+        hosted.accept(&shard, msg);
+        for _ in 1..BATCH {
+            match receiver.try_recv() {
+                Some(msg) => hosted.accept(&shard, msg),
+                None => break,
+            }
+        }
+        shard.flush_lanes().await;
+    }
+}
+
+/// Removes what `max_age` and per-message TTLs expire, when they do.
+async fn expire(hosted: Rc<Hosted>) {
+    const IDLE: Duration = Duration::from_secs(1);
+    while !hosted.closed.get() {
+        let wait = hosted
+            .store
+            .next_expiry()
+            .map(|at| Duration::from_nanos((at - now_ns()).max(0) as u64))
+            .unwrap_or(IDLE)
+            .min(IDLE);
+        glommio::timer::sleep(wait).await;
+        if hosted.closed.get() {
+            break;
+        }
+        if let Err(e) = hosted.store.expire(now_ns()).await {
+            tracing::warn!("JetStream stream expiry failed: {e}");
+        }
+    }
+}
+
+impl Hosted {
+    /// A restart keeps deduplicating what came within the window: the message
+    /// ids are in the stored headers.
+    async fn recover_msg_ids(&self) {
+        let (window, state) = {
+            let s = self.stream.borrow();
+            (s.config().duplicate_window, self.store.fast_state())
+        };
+        if state.msgs == 0 || window <= 0 {
+            return;
+        }
+        let now = now_ns();
+        let since = now - window;
+        // Walk back from the end to the first message older than the window.
+        let mut seq = state.last_seq;
+        let mut found = Vec::new();
+        while seq >= state.first_seq && seq > 0 {
+            match self.store.load(seq).await {
+                Ok(m) => {
+                    if m.ts < since {
+                        break;
+                    }
+                    if let Some(id) = super::stream::header(&m.headers, super::stream::MSG_ID) {
+                        found.push((id.to_string(), m.seq, m.ts));
+                    }
+                }
+                Err(StoreError::NotFound) => {}
+                Err(_) => break,
+            }
+            seq -= 1;
+        }
+        let mut s = self.stream.borrow_mut();
+        for (id, seq, ts) in found.into_iter().rev() {
+            s.remember_msg_id(&id, seq, ts, now);
+        }
+    }
+
+    fn reply(&self, shard: &Shard, reply: &[u8], body: &impl serde::Serialize) {
+        if reply.is_empty() {
+            return;
+        }
+        let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        shard.internal_publish(Some(self.internal), self.account, reply, b"", 0, &body);
+    }
+
+    /// One published message: checked, staged in the store at once, and
+    /// acknowledged when its append completes.
+    fn accept(self: &Rc<Self>, shard: &Rc<Shard>, msg: InternalMsg) {
+        let Ok(subject) = std::str::from_utf8(&msg.subject) else {
+            return;
+        };
+        let now = now_ns();
+        let decision = self.stream.borrow_mut().check(
+            subject,
+            msg.headers(),
+            msg.payload().len(),
+            now,
+            self.store.as_ref(),
+        );
+        let no_ack = self.stream.borrow().config().no_ack;
+        let reply = if no_ack {
+            Bytes::new()
+        } else {
+            msg.reply.clone()
+        };
+        let accepted = match decision {
+            Decision::Refuse(e) => {
+                let refusal = self.stream.borrow().refusal(e);
+                self.reply(shard, &reply, &refusal);
+                return;
+            }
+            Decision::Duplicate(seq) => {
+                let ack = self.stream.borrow().ack(seq, true);
+                self.reply(shard, &reply, &ack);
+                return;
+            }
+            Decision::Store(a) => a,
+        };
+        let predicted = self.store.fast_state().last_seq + 1;
+        let store = self.store.clone();
+        let subject = subject.to_string();
+        let headers = msg.message.slice(..msg.header_len);
+        let payload = msg.message.slice(msg.header_len..);
+        let ttl = accepted.ttl.map(|t| match t {
+            t if t < 0 => MsgTtl::Never,
+            t => MsgTtl::After(Duration::from_secs(t as u64)),
+        });
+        let rollup = accepted.rollup;
+        let mut append: Pin<Box<dyn std::future::Future<Output = _>>> = Box::pin(async move {
+            let seq = store.append(&subject, &headers, &payload, now, ttl).await?;
+            if let Some(rollup) = rollup {
+                let filter = match rollup {
+                    Rollup::Subject => subject,
+                    Rollup::All => String::new(),
+                };
+                store
+                    .purge(&Purge {
+                        filter,
+                        up_to: seq,
+                        keep: 0,
+                    })
+                    .await?;
+            }
+            Ok::<u64, StoreError>(seq)
+        });
+        // The first poll stages the record (its sequence and index entry) before
+        // the next message is checked against the store; the rest waits for the
+        // group commit in its own task.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let first = append.as_mut().poll(&mut cx);
+        if self.store.fast_state().last_seq == predicted {
+            self.stream.borrow_mut().stored(&accepted, predicted, now);
+        }
+        match first {
+            std::task::Poll::Ready(result) => self.appended(shard, &reply, &accepted, result),
+            std::task::Poll::Pending => {
+                let hosted = self.clone();
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let result = append.await;
+                    hosted.appended(&shard, &reply, &accepted, result);
+                    shard.flush_lanes().await;
+                })
+                .detach();
+            }
+        }
+    }
+
+    fn appended(
+        &self,
+        shard: &Shard,
+        reply: &[u8],
+        _accepted: &Accepted,
+        result: Result<u64, StoreError>,
+    ) {
+        match result {
+            Ok(seq) => {
+                let ack = self.stream.borrow().ack(seq, false);
+                self.reply(shard, reply, &ack);
+            }
+            Err(e) => {
+                let refusal = self.stream.borrow().refusal(store_error(&e));
+                self.reply(shard, reply, &refusal);
+            }
+        }
+    }
+
+    async fn op(&self, shard: &Rc<Shard>, op: StreamOp) -> Result<Value, ApiError> {
+        match op {
+            StreamOp::State {
+                subjects_filter,
+                deleted_details,
+            } => Ok(self.state_json(subjects_filter.as_deref(), deleted_details)),
+            StreamOp::Update(config) => {
+                self.store
+                    .update_limits(store_limits(&config), now_ns())
+                    .await
+                    .map_err(|e| errors::STREAM_UPDATE.err(e))?;
+                let old_subjects = self.stream.borrow().config().subjects.clone();
+                if old_subjects != config.subjects {
+                    for sid in shard.internal_sids(self.internal) {
+                        shard.internal_unsubscribe(self.internal, &sid);
+                    }
+                    for subject in &config.subjects {
+                        shard.internal_subscribe(self.internal, subject.as_bytes(), None);
+                    }
+                    shard.barrier().await;
+                }
+                self.stream.borrow_mut().set_config(config);
+                Ok(self.state_json(None, false))
+            }
+            StreamOp::Purge(req) => {
+                let purged = self
+                    .store
+                    .purge(&req)
+                    .await
+                    .map_err(|e| errors::STREAM_PURGE_FAILED.err(e))?;
+                Ok(json!(purged))
+            }
+            StreamOp::GetMsg {
+                seq,
+                last_by_subject,
+                next_by_subject,
+            } => {
+                let found = match (last_by_subject, next_by_subject) {
+                    (Some(subject), _) => self.store.load_last(&subject).await,
+                    (None, Some(subject)) => self.store.load_next(seq, &subject).await,
+                    (None, None) => self.store.load(seq).await,
+                };
+                let m = found.map_err(|e| store_error(&e))?;
+                let mut out = serde_json::Map::new();
+                out.insert("subject".into(), json!(m.subject));
+                out.insert("seq".into(), json!(m.seq));
+                if !m.headers.is_empty() {
+                    out.insert("hdrs".into(), json!(base64(&m.headers)));
+                }
+                if !m.payload.is_empty() {
+                    out.insert("data".into(), json!(base64(&m.payload)));
+                }
+                out.insert("time".into(), json!(ts_rfc3339(m.ts)));
+                Ok(Value::Object(out))
+            }
+            StreamOp::DeleteMsg { seq, erase } => match self.store.delete(seq, erase).await {
+                Ok(true) => Ok(json!(true)),
+                Ok(false) | Err(StoreError::NotFound) => {
+                    Err(errors::STREAM_MSG_DELETE_FAILED.err("no message found"))
+                }
+                Err(e) => Err(errors::STREAM_MSG_DELETE_FAILED.err(e)),
+            },
+            StreamOp::Delete => {
+                self.closed.set(true);
+                shard.remove_internal(self.internal);
+                let name = self.stream.borrow().config().name.clone();
+                shard.streams.borrow_mut().remove(&(self.account, name));
+                let _ = self.store.close().await;
+                if self.dir.exists() {
+                    let _ = std::fs::remove_dir_all(&self.dir);
+                }
+                Ok(json!(true))
+            }
+        }
+    }
+
+    fn state_json(&self, subjects_filter: Option<&str>, deleted_details: bool) -> Value {
+        let st = if deleted_details {
+            self.store.state()
+        } else {
+            self.store.fast_state()
+        };
+        let mut out = serde_json::Map::new();
+        out.insert("messages".into(), json!(st.msgs));
+        out.insert("bytes".into(), json!(st.bytes));
+        out.insert("first_seq".into(), json!(st.first_seq));
+        out.insert("first_ts".into(), json!(ts_rfc3339(st.first_ts)));
+        out.insert("last_seq".into(), json!(st.last_seq));
+        out.insert("last_ts".into(), json!(ts_rfc3339(st.last_ts)));
+        if st.num_subjects > 0 {
+            out.insert("num_subjects".into(), json!(st.num_subjects));
+        }
+        if let Some(filter) = subjects_filter.filter(|f| !f.is_empty()) {
+            let subjects = self.store.subjects_state(filter);
+            if !subjects.is_empty() {
+                out.insert("subjects".into(), json!(subjects));
+            }
+        }
+        if st.num_deleted > 0 {
+            out.insert("num_deleted".into(), json!(st.num_deleted));
+        }
+        if deleted_details && !st.deleted.is_empty() {
+            out.insert("deleted".into(), json!(st.deleted));
+        }
+        out.insert("consumer_count".into(), json!(0));
+        Value::Object(out)
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    data_encoding::BASE64.encode(bytes)
+}

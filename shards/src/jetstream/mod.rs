@@ -1,0 +1,15 @@
+//! JetStream: streams on `strait-storage`, served with nats-server 2.14's API.
+//!
+//! The cores are plain state machines without I/O — the stream configuration
+//! and its checks ([`config`]), a stream's publish path ([`stream`]), the meta
+//! state of which streams exist where ([`meta`]) — so that a Raft log can
+//! drive them later as this server's own log does now. The shells are thin:
+//! [`host`] runs streams on their shard, [`service`] answers `$JS.API` on the
+//! control executor.
+
+pub mod config;
+pub mod errors;
+pub mod host;
+pub mod meta;
+pub mod service;
+pub mod stream;

@@ -1,0 +1,744 @@
+//! The JetStream API service, on the control executor: one internal client per
+//! account answers `$JS.API.>` requests. Account-wide requests (INFO, NAMES,
+//! LIST) and creation are decided here, against the meta state; the rest go to
+//! the shard hosting the stream. Every change of the meta state is written to
+//! the meta log before it is applied and before the shard is told.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::config::{ServerLimits, StorageType, StreamConfig};
+use super::errors::{self, ApiError};
+use super::host::{now_ns, ts_rfc3339, StreamCommand, StreamOp, StreamSpec};
+use super::meta::{MetaChange, MetaLog, MetaState, StreamAssignment};
+use crate::control::{Command, Commander, InternalHandle};
+use crate::internal::InternalMsg;
+use crate::options::{JetStreamOptions, ServerOptions};
+
+const API_PREFIX: &str = "$JS.API.";
+const TYPE_PREFIX: &str = "io.nats.jetstream.api.v1.";
+/// How long a shard may take to answer for a stream.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(10);
+const NAMES_LIMIT: usize = 1024;
+const LIST_LIMIT: usize = 256;
+
+/// Why JetStream could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Meta(#[from] super::meta::MetaLogError),
+    #[error("could not use the JetStream store directory {dir:?}: {source}")]
+    StoreDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Per-account API counters (the `api` block of account info).
+#[derive(Debug, Default, Clone, Copy)]
+struct ApiStats {
+    total: u64,
+    errors: u64,
+}
+
+struct Service {
+    commander: Commander,
+    opts: Arc<ServerOptions>,
+    js: JetStreamOptions,
+    meta: RefCell<MetaState>,
+    log: RefCell<MetaLog>,
+    stats: RefCell<std::collections::HashMap<u32, ApiStats>>,
+}
+
+/// The stream directory of `account`'s stream `name` under the store.
+fn stream_dir(js: &JetStreamOptions, account: &str, name: &str) -> PathBuf {
+    js.store_dir
+        .join("jetstream")
+        .join(account)
+        .join("streams")
+        .join(name)
+}
+
+/// Opens the meta log, reopens every stream on its shard, and answers the API
+/// in every account until the shards stop. Errors are returned before any
+/// request is answered.
+pub async fn start(commander: Commander, opts: Arc<ServerOptions>) -> Result<(), StartError> {
+    let Some(js) = opts.jetstream.clone() else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    tracing::info!("Starting JetStream");
+    let meta_dir = js.store_dir.join("jetstream");
+    banner(&js, &meta_dir);
+    std::fs::create_dir_all(&meta_dir).map_err(|source| StartError::StoreDir {
+        dir: meta_dir.clone(),
+        source,
+    })?;
+    let (log, meta) = MetaLog::open(&meta_dir)?;
+    let service = Rc::new(Service {
+        commander,
+        opts,
+        js,
+        meta: RefCell::new(meta),
+        log: RefCell::new(log),
+        stats: RefCell::default(),
+    });
+    let assignments: Vec<StreamAssignment> = service.meta.borrow().all().cloned().collect();
+    for a in assignments {
+        let name = a.config.name.clone();
+        if let Err(e) = service.open_on_shard(&a).await {
+            tracing::error!(
+                "JetStream could not restore stream '{} > {name}': {}",
+                a.account,
+                e.description
+            );
+        }
+    }
+    let accounts: Vec<(u32, String)> = service
+        .opts
+        .accounts
+        .list
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !a.removed)
+        .map(|(i, a)| (i as u32, a.name.clone()))
+        .collect();
+    for (index, name) in accounts {
+        let Some(handle) = service.commander.internal_client(0, index).await else {
+            continue;
+        };
+        if handle.subscribe("$JS.API.>", None).await.is_none() {
+            continue;
+        }
+        let service = service.clone();
+        glommio::spawn_local(async move { service.serve(handle, name).await }).detach();
+    }
+    tracing::info!(
+        "Took {} to start JetStream",
+        crate::format_duration(started.elapsed())
+    );
+    Ok(())
+}
+
+fn banner(js: &JetStreamOptions, meta_dir: &std::path::Path) {
+    let size = |v: i64| {
+        if v < 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{:.2} GB", v as f64 / (1u64 << 30) as f64)
+        }
+    };
+    for line in [
+        r"    _ ___ _____ ___ _____ ___ ___   _   __  __",
+        r" _ | | __|_   _/ __|_   _| _ \ __| /_\ |  \/  |",
+        r"| || | _|  | | \__ \ | | |   / _| / _ \| |\/| |",
+        r" \__/|___| |_| |___/ |_| |_|_\___/_/ \_\_|  |_|",
+        "",
+        "         https://docs.nats.io/jetstream",
+        "",
+        "---------------- JETSTREAM ----------------",
+    ] {
+        tracing::info!("{line}");
+    }
+    tracing::info!("  Strict:          true");
+    tracing::info!("  Max Memory:      {}", size(js.max_memory));
+    tracing::info!("  Max Storage:     {}", size(js.max_store));
+    tracing::info!("  Store Directory: {meta_dir:?}");
+    if let Some(domain) = &js.domain {
+        tracing::info!("  Domain:          {domain}");
+    }
+    let sync = match js.sync {
+        strait_storage::SyncPolicy::Always => "always (every PubAck after fdatasync)".to_string(),
+        strait_storage::SyncPolicy::Interval(d) => crate::format_duration(d),
+    };
+    tracing::info!("  Sync:            {sync}");
+    tracing::info!("  API Level:       {}", super::config::API_LEVEL);
+    tracing::info!("-------------------------------------------");
+}
+
+/// The request's JSON body, or nats-server's error for bad JSON.
+fn parse<T: for<'de> Deserialize<'de> + Default>(payload: &[u8]) -> Result<T, ApiError> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(payload).map_err(|e| {
+        let text = if e.is_eof() {
+            "unexpected EOF".to_string()
+        } else {
+            e.to_string()
+        };
+        errors::INVALID_JSON.err(text)
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct InfoRequest {
+    subjects_filter: Option<String>,
+    deleted_details: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ListRequest {
+    offset: usize,
+    subject: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PurgeRequest {
+    filter: String,
+    seq: u64,
+    keep: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MsgGetRequest {
+    seq: u64,
+    last_by_subj: Option<String>,
+    next_by_subj: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MsgDeleteRequest {
+    seq: u64,
+    no_erase: bool,
+}
+
+impl Service {
+    fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_duplicate_window: self.js.max_duplicate_window,
+            max_bytes_required: false,
+            max_stream_bytes: -1,
+        }
+    }
+
+    fn account_index(&self, name: &str) -> Option<u32> {
+        self.opts.accounts.index(name)
+    }
+
+    async fn open_on_shard(&self, a: &StreamAssignment) -> Result<(), ApiError> {
+        let account = self
+            .account_index(&a.account)
+            .ok_or_else(|| errors::STREAM_CREATE.err(format!("account {:?} is gone", a.account)))?;
+        let shard = a.shard % self.commander.shards().max(1);
+        let spec = StreamSpec {
+            account,
+            config: a.config.clone(),
+            dir: stream_dir(&self.js, &a.account, &a.config.name),
+            sync: self.js.sync,
+            encryption: self.js.encryption.clone(),
+            domain: self.js.domain.clone(),
+        };
+        let (reply, rx) = flume::bounded(1);
+        let command = Command::JetStream(StreamCommand::Open {
+            spec: Box::new(spec),
+            reply,
+        });
+        if !self.commander.send(shard, command) {
+            return Err(errors::STREAM_CREATE.err("the stream's shard has stopped"));
+        }
+        rx.recv_async()
+            .await
+            .unwrap_or_else(|_| Err(errors::STREAM_CREATE.err("the stream's shard has stopped")))
+    }
+
+    async fn stream_op(&self, account: &str, name: &str, op: StreamOp) -> Result<Value, ApiError> {
+        let (shard, index) = {
+            let meta = self.meta.borrow();
+            let a = meta
+                .stream(account, name)
+                .ok_or_else(|| errors::STREAM_NOT_FOUND.error())?;
+            (
+                a.shard % self.commander.shards().max(1),
+                self.account_index(account),
+            )
+        };
+        let index = index.ok_or_else(|| errors::STREAM_NOT_FOUND.error())?;
+        let (reply, rx) = flume::bounded(1);
+        let command = Command::JetStream(StreamCommand::Op {
+            account: index,
+            name: name.to_string(),
+            op,
+            reply,
+        });
+        if !self.commander.send(shard, command) {
+            return Err(errors::STREAM_NOT_FOUND.error());
+        }
+        let wait = async { rx.recv_async().await.ok() };
+        let timeout = async {
+            glommio::timer::sleep(SHARD_TIMEOUT).await;
+            None
+        };
+        futures_lite::future::or(wait, timeout)
+            .await
+            .unwrap_or_else(|| {
+                Err(errors::STREAM_STORE_FAILED.err("the stream's shard did not answer"))
+            })
+    }
+
+    async fn serve(self: Rc<Self>, handle: InternalHandle, account: String) {
+        let index = handle.account;
+        let enabled = index != self.opts.accounts.system;
+        while let Some(msg) = handle.next().await {
+            if msg.reply.is_empty() {
+                continue;
+            }
+            let Some(response) = self.respond(&account, index, enabled, &msg).await else {
+                continue;
+            };
+            let body = serde_json::to_vec(&response).unwrap_or_default();
+            let reply = String::from_utf8_lossy(&msg.reply).into_owned();
+            handle.publish(&reply, "", None, &body).await;
+        }
+    }
+
+    /// The response to one request, or `None` where nats-server sends none (an
+    /// API subject it does not know).
+    async fn respond(
+        &self,
+        account: &str,
+        index: u32,
+        enabled: bool,
+        msg: &InternalMsg,
+    ) -> Option<Value> {
+        let subject = std::str::from_utf8(&msg.subject).ok()?;
+        let api = subject.strip_prefix(API_PREFIX)?;
+        let tokens: Vec<&str> = api.split('.').collect();
+        let (kind, result) = match tokens.as_slice() {
+            ["INFO"] => (
+                "account_info_response",
+                self.account_info(account, index).await,
+            ),
+            ["STREAM", "CREATE", name] => (
+                "stream_create_response",
+                self.create(account, name, msg.payload()).await,
+            ),
+            ["STREAM", "UPDATE", name] => (
+                "stream_update_response",
+                self.update(account, name, msg.payload()).await,
+            ),
+            ["STREAM", "INFO", name] => (
+                "stream_info_response",
+                self.info(account, name, msg.payload()).await,
+            ),
+            ["STREAM", "DELETE", name] => {
+                ("stream_delete_response", self.delete(account, name).await)
+            }
+            ["STREAM", "PURGE", name] => (
+                "stream_purge_response",
+                self.purge(account, name, msg.payload()).await,
+            ),
+            ["STREAM", "NAMES"] => ("stream_names_response", self.names(account, msg.payload())),
+            ["STREAM", "LIST"] => (
+                "stream_list_response",
+                self.list(account, msg.payload()).await,
+            ),
+            ["STREAM", "MSG", "GET", name] => (
+                "stream_msg_get_response",
+                self.msg_get(account, name, msg.payload()).await,
+            ),
+            ["STREAM", "MSG", "DELETE", name] => (
+                "stream_msg_delete_response",
+                self.msg_delete(account, name, msg.payload()).await,
+            ),
+            _ => return None,
+        };
+        let result = if enabled {
+            result
+        } else {
+            Err(errors::NOT_ENABLED_FOR_ACCOUNT.error())
+        };
+        {
+            let mut stats = self.stats.borrow_mut();
+            let s = stats.entry(index).or_default();
+            s.total += 1;
+            s.errors += u64::from(result.is_err());
+        }
+        let mut out = Map::new();
+        out.insert("type".into(), json!(format!("{TYPE_PREFIX}{kind}")));
+        match result {
+            Ok(Value::Object(body)) => out.extend(body),
+            Ok(_) => {}
+            Err(e) => {
+                out.insert("error".into(), json!(e));
+                // Paged responses keep their paging fields with an error.
+                match kind {
+                    "stream_info_response" => {
+                        out.insert("total".into(), json!(0));
+                        out.insert("offset".into(), json!(0));
+                        out.insert("limit".into(), json!(0));
+                    }
+                    "stream_names_response" | "stream_list_response" => {
+                        out.insert("total".into(), json!(0));
+                        out.insert("offset".into(), json!(0));
+                        out.insert("limit".into(), json!(0));
+                        out.insert("streams".into(), Value::Null);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(Value::Object(out))
+    }
+
+    async fn account_info(&self, account: &str, index: u32) -> Result<Value, ApiError> {
+        let streams: Vec<StreamAssignment> =
+            self.meta.borrow().streams_of(account).cloned().collect();
+        let (mut memory, mut storage) = (0u64, 0u64);
+        for a in &streams {
+            let state = self
+                .stream_op(
+                    account,
+                    &a.config.name,
+                    StreamOp::State {
+                        subjects_filter: None,
+                        deleted_details: false,
+                    },
+                )
+                .await
+                .unwrap_or_default();
+            let bytes = state["bytes"].as_u64().unwrap_or(0);
+            match a.config.storage {
+                StorageType::Memory => memory += bytes,
+                StorageType::File => storage += bytes,
+            }
+        }
+        let stats = self.stats.borrow().get(&index).copied().unwrap_or_default();
+        Ok(json!({
+            "memory": memory,
+            "storage": storage,
+            "reserved_memory": 0,
+            "reserved_storage": 0,
+            "streams": streams.len(),
+            "consumers": 0,
+            "limits": {
+                "max_memory": -1,
+                "max_storage": -1,
+                "max_streams": -1,
+                "max_consumers": -1,
+                "max_ack_pending": -1,
+                "memory_max_stream_bytes": -1,
+                "storage_max_stream_bytes": -1,
+                "max_bytes_required": false
+            },
+            "api": { "level": super::config::API_LEVEL, "total": stats.total, "errors": stats.errors }
+        }))
+    }
+
+    /// The config, created, state (and with `cluster`, the leader) of a stream.
+    async fn info_body(
+        &self,
+        account: &str,
+        a: &StreamAssignment,
+        op: StreamOp,
+        cluster: bool,
+    ) -> Result<Map<String, Value>, ApiError> {
+        let state = self.stream_op(account, &a.config.name, op).await?;
+        let mut out = Map::new();
+        out.insert("config".into(), json!(a.config));
+        out.insert("created".into(), json!(ts_rfc3339(a.created)));
+        out.insert("state".into(), state);
+        if cluster {
+            out.insert("cluster".into(), json!({ "leader": self.opts.server_id }));
+        }
+        out.insert("ts".into(), json!(ts_rfc3339(now_ns())));
+        Ok(out)
+    }
+
+    fn assignment(&self, account: &str, name: &str) -> Result<StreamAssignment, ApiError> {
+        self.meta
+            .borrow()
+            .stream(account, name)
+            .cloned()
+            .ok_or_else(|| errors::STREAM_NOT_FOUND.error())
+    }
+
+    fn commit(&self, change: MetaChange) -> Result<(), ApiError> {
+        let mut meta = self.meta.borrow_mut();
+        self.log
+            .borrow_mut()
+            .commit(&mut meta, change)
+            .map_err(|e| errors::STREAM_CREATE.err(e))
+    }
+
+    async fn create(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let requested: StreamConfig = parse(payload)?;
+        if requested.name != name {
+            return Err(errors::STREAM_MISMATCH.error());
+        }
+        let config = requested.normalized(&self.limits())?;
+        if let Ok(existing) = self.assignment(account, name) {
+            if !existing.config.same_as_requested(&config) {
+                return Err(errors::STREAM_NAME_EXIST.error());
+            }
+            let mut body = self
+                .info_body(
+                    account,
+                    &existing,
+                    StreamOp::State {
+                        subjects_filter: None,
+                        deleted_details: false,
+                    },
+                    false,
+                )
+                .await?;
+            body.insert("did_create".into(), json!(true));
+            return Ok(Value::Object(body));
+        }
+        self.check_overlap(account, &config)?;
+        let a = StreamAssignment {
+            account: account.to_string(),
+            config,
+            created: now_ns(),
+            shard: self
+                .meta
+                .borrow()
+                .least_loaded_shard(self.commander.shards()),
+        };
+        self.commit(MetaChange::AddStream(a.clone()))?;
+        if let Err(e) = self.open_on_shard(&a).await {
+            let _ = self.commit(MetaChange::DeleteStream {
+                account: account.to_string(),
+                name: name.to_string(),
+            });
+            return Err(e);
+        }
+        tracing::debug!(
+            "JetStream created stream '{account} > {name}' on shard {}",
+            a.shard
+        );
+        let mut body = self
+            .info_body(
+                account,
+                &a,
+                StreamOp::State {
+                    subjects_filter: None,
+                    deleted_details: false,
+                },
+                false,
+            )
+            .await?;
+        body.insert("did_create".into(), json!(true));
+        Ok(Value::Object(body))
+    }
+
+    fn check_overlap(&self, account: &str, config: &StreamConfig) -> Result<(), ApiError> {
+        let meta = self.meta.borrow();
+        for other in meta.streams_of(account) {
+            if other.config.name == config.name {
+                continue;
+            }
+            let collides = other.config.subjects.iter().any(|a| {
+                config
+                    .subjects
+                    .iter()
+                    .any(|b| crate::subject::collide(a, b))
+            });
+            if collides {
+                return Err(errors::STREAM_SUBJECT_OVERLAP.error());
+            }
+        }
+        Ok(())
+    }
+
+    async fn update(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let requested: StreamConfig = parse(payload)?;
+        if requested.name != name {
+            return Err(errors::STREAM_MISMATCH.error());
+        }
+        let existing = self.assignment(account, name)?;
+        let config = requested.normalized(&self.limits())?;
+        existing.config.check_update(&config)?;
+        self.check_overlap(account, &config)?;
+        self.stream_op(account, name, StreamOp::Update(config.clone()))
+            .await?;
+        self.commit(MetaChange::UpdateStream {
+            account: account.to_string(),
+            config: config.clone(),
+        })?;
+        let a = StreamAssignment { config, ..existing };
+        let body = self
+            .info_body(
+                account,
+                &a,
+                StreamOp::State {
+                    subjects_filter: None,
+                    deleted_details: false,
+                },
+                false,
+            )
+            .await?;
+        Ok(Value::Object(body))
+    }
+
+    async fn info(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: InfoRequest = parse(payload)?;
+        let a = self.assignment(account, name)?;
+        let op = StreamOp::State {
+            subjects_filter: req.subjects_filter,
+            deleted_details: req.deleted_details,
+        };
+        let body = self.info_body(account, &a, op, true).await?;
+        let mut out = Map::new();
+        out.insert("total".into(), json!(0));
+        out.insert("offset".into(), json!(0));
+        out.insert("limit".into(), json!(0));
+        out.extend(body);
+        Ok(Value::Object(out))
+    }
+
+    async fn delete(&self, account: &str, name: &str) -> Result<Value, ApiError> {
+        self.assignment(account, name)?;
+        self.commit(MetaChange::DeleteStream {
+            account: account.to_string(),
+            name: name.to_string(),
+        })
+        .map_err(|e| errors::STREAM_DELETE.err(e.description))?;
+        // The meta state has let go: the shard is told with the assignment it had.
+        let shards = self.commander.shards().max(1);
+        let index = self.account_index(account).unwrap_or(0);
+        for shard in 0..shards {
+            let (reply, rx) = flume::bounded(1);
+            let command = Command::JetStream(StreamCommand::Op {
+                account: index,
+                name: name.to_string(),
+                op: StreamOp::Delete,
+                reply,
+            });
+            if self.commander.send(shard, command) {
+                let _ = rx.recv_async().await;
+            }
+        }
+        let dir = stream_dir(&self.js, account, name);
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Ok(json!({ "success": true }))
+    }
+
+    async fn purge(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: PurgeRequest = parse(payload)?;
+        let a = self.assignment(account, name)?;
+        if a.config.deny_purge || a.config.sealed {
+            return Err(errors::STREAM_PURGE_FAILED.err("stream purge not permitted"));
+        }
+        if req.seq > 0 && req.keep > 0 {
+            return Err(errors::BAD_REQUEST.error());
+        }
+        let purge = strait_storage::Purge {
+            filter: req.filter,
+            up_to: req.seq,
+            keep: req.keep,
+        };
+        let purged = self
+            .stream_op(account, name, StreamOp::Purge(purge))
+            .await?;
+        Ok(json!({ "success": true, "purged": purged }))
+    }
+
+    fn names(&self, account: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: ListRequest = parse(payload)?;
+        let meta = self.meta.borrow();
+        let matching: Vec<&StreamAssignment> = meta
+            .streams_of(account)
+            .filter(|a| Self::wants(a, req.subject.as_deref()))
+            .collect();
+        let names: Vec<&str> = matching
+            .iter()
+            .skip(req.offset)
+            .take(NAMES_LIMIT)
+            .map(|a| a.config.name.as_str())
+            .collect();
+        Ok(json!({
+            "total": matching.len(),
+            "offset": req.offset,
+            "limit": NAMES_LIMIT,
+            "streams": names,
+        }))
+    }
+
+    fn wants(a: &StreamAssignment, subject: Option<&str>) -> bool {
+        subject.is_none_or(|s| {
+            s.is_empty()
+                || a.config
+                    .subjects
+                    .iter()
+                    .any(|mine| crate::subject::collide(mine, s))
+        })
+    }
+
+    async fn list(&self, account: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: ListRequest = parse(payload)?;
+        let matching: Vec<StreamAssignment> = self
+            .meta
+            .borrow()
+            .streams_of(account)
+            .filter(|a| Self::wants(a, req.subject.as_deref()))
+            .cloned()
+            .collect();
+        let mut streams = Vec::new();
+        for a in matching.iter().skip(req.offset).take(LIST_LIMIT) {
+            let op = StreamOp::State {
+                subjects_filter: None,
+                deleted_details: false,
+            };
+            if let Ok(body) = self.info_body(account, a, op, false).await {
+                streams.push(Value::Object(body));
+            }
+        }
+        Ok(json!({
+            "total": matching.len(),
+            "offset": req.offset,
+            "limit": LIST_LIMIT,
+            "streams": streams,
+        }))
+    }
+
+    async fn msg_get(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: MsgGetRequest = parse(payload)?;
+        let specified = usize::from(req.seq > 0 && req.next_by_subj.is_none())
+            + usize::from(req.last_by_subj.is_some())
+            + usize::from(req.next_by_subj.is_some());
+        if specified != 1 {
+            return Err(errors::BAD_REQUEST.error());
+        }
+        self.assignment(account, name)?;
+        let op = StreamOp::GetMsg {
+            seq: req.seq,
+            last_by_subject: req.last_by_subj,
+            next_by_subject: req.next_by_subj,
+        };
+        let message = self.stream_op(account, name, op).await?;
+        Ok(json!({ "message": message }))
+    }
+
+    async fn msg_delete(
+        &self,
+        account: &str,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        let req: MsgDeleteRequest = parse(payload)?;
+        let a = self.assignment(account, name)?;
+        if a.config.deny_delete || a.config.sealed {
+            return Err(errors::STREAM_MSG_DELETE_FAILED.err("message delete not permitted"));
+        }
+        let op = StreamOp::DeleteMsg {
+            seq: req.seq,
+            erase: !req.no_erase,
+        };
+        self.stream_op(account, name, op).await?;
+        Ok(json!({ "success": true }))
+    }
+}

@@ -1,0 +1,522 @@
+//! A stream's publish path as a state machine, without I/O: a message comes in
+//! with the time, and out comes what to do with it — store it (with its TTL and
+//! rollup), answer that it is a duplicate, or refuse it with nats-server's error.
+//! The store is only read through [`StoreView`]; the shell appends and then tells
+//! the stream the sequence it got. A replicated stream will feed the same machine
+//! from its Raft log.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use super::config::StreamConfig;
+use super::errors::{self, ApiError};
+
+pub const MSG_ID: &str = "Nats-Msg-Id";
+pub const EXPECTED_STREAM: &str = "Nats-Expected-Stream";
+pub const EXPECTED_LAST_SEQ: &str = "Nats-Expected-Last-Sequence";
+pub const EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
+pub const EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+pub const EXPECTED_LAST_MSG_ID: &str = "Nats-Expected-Last-Msg-Id";
+pub const ROLLUP: &str = "Nats-Rollup";
+pub const TTL: &str = "Nats-TTL";
+
+/// What the stream needs to know of its store to check a message.
+pub trait StoreView {
+    /// The last sequence stored (0 when none ever was).
+    fn last_seq(&self) -> u64;
+    /// The last sequence stored on `subject` (0 when none is there).
+    fn last_seq_for(&self, subject: &str) -> u64;
+}
+
+/// Which messages a rollup replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollup {
+    /// Every earlier message on the same subject (`Nats-Rollup: sub`).
+    Subject,
+    /// Every earlier message in the stream (`Nats-Rollup: all`).
+    All,
+}
+
+/// A message the stream accepted, and how to store it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Seconds; -1 never expires.
+    pub ttl: Option<i64>,
+    pub rollup: Option<Rollup>,
+    pub msg_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Store(Accepted),
+    /// Already stored within the duplicate window, at this sequence.
+    Duplicate(u64),
+    Refuse(ApiError),
+}
+
+/// The acknowledgement of a publish, field for field as nats-server sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PubAck {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    pub stream: String,
+    pub seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// The message ids seen within the duplicate window, oldest first.
+#[derive(Debug, Default)]
+struct Dedupe {
+    by_id: HashMap<String, (u64, i64), ahash::RandomState>,
+    order: VecDeque<(i64, String)>,
+}
+
+impl Dedupe {
+    fn expire(&mut self, now: i64, window: i64) {
+        while let Some((ts, _)) = self.order.front() {
+            if now - ts < window {
+                break;
+            }
+            if let Some((ts, id)) = self.order.pop_front() {
+                if self.by_id.get(&id).is_some_and(|&(_, t)| t == ts) {
+                    self.by_id.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, id: String, seq: u64, ts: i64) {
+        self.order.push_back((ts, id.clone()));
+        self.by_id.insert(id, (seq, ts));
+    }
+}
+
+/// One stream's publish-side state.
+#[derive(Debug)]
+pub struct Stream {
+    config: StreamConfig,
+    /// The server's JetStream domain, echoed in PubAcks.
+    domain: Option<String>,
+    dedupe: Dedupe,
+    last_msg_id: String,
+}
+
+/// A header's value in a `NATS/1.0` block (names compare case-insensitively).
+pub fn header<'a>(headers: &'a [u8], name: &str) -> Option<&'a str> {
+    let text = std::str::from_utf8(headers).ok()?;
+    text.split("\r\n").skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+impl Stream {
+    pub fn new(config: StreamConfig, domain: Option<String>) -> Stream {
+        Stream {
+            config,
+            domain,
+            dedupe: Dedupe::default(),
+            last_msg_id: String::new(),
+        }
+    }
+
+    pub fn config(&self) -> &StreamConfig {
+        &self.config
+    }
+
+    pub fn set_config(&mut self, config: StreamConfig) {
+        self.config = config;
+    }
+
+    /// Decides what to do with a message published at `now` (ns since the epoch).
+    pub fn check(
+        &mut self,
+        subject: &str,
+        headers: &[u8],
+        payload_len: usize,
+        now: i64,
+        store: &impl StoreView,
+    ) -> Decision {
+        let refuse = |e: ApiError| Decision::Refuse(e);
+        if self.config.sealed {
+            return refuse(errors::STREAM_SEALED.error());
+        }
+        let hdr = |name| {
+            if headers.is_empty() {
+                None
+            } else {
+                header(headers, name)
+            }
+        };
+        if let Some(name) = hdr(EXPECTED_STREAM) {
+            if name != self.config.name {
+                return refuse(errors::STREAM_NOT_MATCH.error());
+            }
+        }
+        let ttl = match hdr(TTL).map(parse_ttl) {
+            None => None,
+            Some(Err(e)) => {
+                if !self.config.allow_msg_ttl {
+                    return refuse(errors::MESSAGE_TTL_DISABLED.error());
+                }
+                return refuse(e);
+            }
+            Some(Ok(0)) => None,
+            Some(Ok(t)) => {
+                if !self.config.allow_msg_ttl {
+                    return refuse(errors::MESSAGE_TTL_DISABLED.error());
+                }
+                Some(t)
+            }
+        };
+        if let Some(expected) = hdr(EXPECTED_LAST_SUBJECT_SEQ) {
+            let on = hdr(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT).unwrap_or(subject);
+            let last = store.last_seq_for(on);
+            if expected.parse::<u64>().ok() != Some(last) {
+                return refuse(errors::STREAM_WRONG_LAST_SEQUENCE.with(&[("seq", &last)]));
+            }
+        } else if hdr(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT).is_some() {
+            return refuse(errors::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_INVALID.error());
+        }
+        if let Some(expected) = hdr(EXPECTED_LAST_SEQ) {
+            let last = store.last_seq();
+            if expected.parse::<u64>().ok() != Some(last) {
+                return refuse(errors::STREAM_WRONG_LAST_SEQUENCE.with(&[("seq", &last)]));
+            }
+        }
+        let msg_id = hdr(MSG_ID).filter(|id| !id.is_empty());
+        if let Some(id) = msg_id {
+            self.dedupe.expire(now, self.config.duplicate_window);
+            if let Some(&(seq, _)) = self.dedupe.by_id.get(id) {
+                return Decision::Duplicate(seq);
+            }
+        }
+        if let Some(expected) = hdr(EXPECTED_LAST_MSG_ID) {
+            if expected != self.last_msg_id {
+                return refuse(errors::STREAM_WRONG_LAST_MSG_ID.with(&[("id", &self.last_msg_id)]));
+            }
+        }
+        let rollup = match hdr(ROLLUP) {
+            None => None,
+            Some(_) if !self.config.allow_rollup_hdrs => {
+                return refuse(errors::STREAM_ROLLUP_FAILED.err("rollup not permitted"));
+            }
+            Some("sub") => Some(Rollup::Subject),
+            Some("all") => Some(Rollup::All),
+            Some(other) => {
+                return refuse(
+                    errors::STREAM_ROLLUP_FAILED.err(format!("rollup value invalid: {other:?}")),
+                );
+            }
+        };
+        let max = self.config.max_msg_size;
+        if max > 0 && headers.len() + payload_len > max as usize {
+            return refuse(errors::STREAM_MESSAGE_EXCEEDS_MAXIMUM.error());
+        }
+        Decision::Store(Accepted {
+            ttl,
+            rollup,
+            msg_id: msg_id.map(str::to_string),
+        })
+    }
+
+    /// The store took an accepted message at `seq`.
+    pub fn stored(&mut self, accepted: &Accepted, seq: u64, now: i64) {
+        if let Some(id) = &accepted.msg_id {
+            self.dedupe.insert(id.clone(), seq, now);
+            self.last_msg_id.clone_from(id);
+        }
+    }
+
+    /// Forgets what a restart cannot know: used when rebuilding from the store.
+    pub fn remember_msg_id(&mut self, id: &str, seq: u64, ts: i64, now: i64) {
+        if now - ts < self.config.duplicate_window {
+            self.dedupe.insert(id.to_string(), seq, ts);
+        }
+        self.last_msg_id = id.to_string();
+    }
+
+    pub fn ack(&self, seq: u64, duplicate: bool) -> PubAck {
+        PubAck {
+            error: None,
+            stream: self.config.name.clone(),
+            seq,
+            domain: self.domain.clone(),
+            duplicate,
+        }
+    }
+
+    pub fn refusal(&self, error: ApiError) -> PubAck {
+        PubAck {
+            error: Some(error),
+            stream: self.config.name.clone(),
+            seq: 0,
+            domain: None,
+            duplicate: false,
+        }
+    }
+}
+
+/// `Nats-TTL`: `never`, a Go duration of at least a second, or whole seconds.
+/// Seconds, -1 for never.
+pub fn parse_ttl(value: &str) -> Result<i64, ApiError> {
+    if value.eq_ignore_ascii_case("never") {
+        return Ok(-1);
+    }
+    if let Some(ns) = parse_go_duration(value) {
+        if ns < 1_000_000_000 {
+            return Err(errors::MESSAGE_TTL_INVALID.error());
+        }
+        return Ok(ns / 1_000_000_000);
+    }
+    match value.parse::<i64>() {
+        Ok(t) if t >= 0 => Ok(t),
+        _ => Err(errors::MESSAGE_TTL_INVALID.error()),
+    }
+}
+
+/// Go's `time.ParseDuration`: `[-]` then one or more `<number><unit>`, units
+/// ns, us (µs), ms, s, m, h. Nanoseconds.
+pub fn parse_go_duration(text: &str) -> Option<i64> {
+    let (neg, mut rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: f64 = 0.0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return None;
+        }
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * scale;
+    }
+    if total > i64::MAX as f64 {
+        return None;
+    }
+    Some(if neg { -(total as i64) } else { total as i64 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jetstream::config::ServerLimits;
+
+    struct View {
+        last: u64,
+        per_subject: HashMap<String, u64>,
+    }
+
+    impl StoreView for View {
+        fn last_seq(&self) -> u64 {
+            self.last
+        }
+        fn last_seq_for(&self, subject: &str) -> u64 {
+            self.per_subject.get(subject).copied().unwrap_or(0)
+        }
+    }
+
+    fn stream(json: &str) -> Stream {
+        let cfg: StreamConfig = serde_json::from_str(json).unwrap();
+        Stream::new(cfg.normalized(&ServerLimits::default()).unwrap(), None)
+    }
+
+    fn hdrs(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut h = b"NATS/1.0\r\n".to_vec();
+        for (k, v) in pairs {
+            h.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        h.extend_from_slice(b"\r\n");
+        h
+    }
+
+    const SEC: i64 = 1_000_000_000;
+
+    /// Feeds a message through check and, when accepted, a store at the next sequence.
+    fn publish(s: &mut Stream, view: &mut View, subject: &str, h: &[u8], now: i64) -> Decision {
+        let d = s.check(subject, h, 1, now, view);
+        if let Decision::Store(a) = &d {
+            view.last += 1;
+            view.per_subject.insert(subject.to_string(), view.last);
+            s.stored(a, view.last, now);
+        }
+        d
+    }
+
+    #[test]
+    fn message_ids_deduplicate_within_the_window_only() {
+        let mut s = stream(r#"{"name":"S","subjects":["s.>"],"duplicate_window":2000000000}"#);
+        let mut v = View {
+            last: 0,
+            per_subject: HashMap::new(),
+        };
+        let h = hdrs(&[(MSG_ID, "a")]);
+        assert!(matches!(
+            publish(&mut s, &mut v, "s.1", &h, 0),
+            Decision::Store(_)
+        ));
+        assert_eq!(
+            publish(&mut s, &mut v, "s.1", &h, SEC),
+            Decision::Duplicate(1)
+        );
+        assert!(matches!(
+            publish(&mut s, &mut v, "s.1", &h, 3 * SEC),
+            Decision::Store(_)
+        ));
+        assert_eq!(
+            serde_json::to_string(&s.ack(1, true)).unwrap(),
+            r#"{"stream":"S","seq":1,"duplicate":true}"#
+        );
+    }
+
+    #[test]
+    fn expectations_are_checked_with_nats_servers_errors() {
+        let mut s = stream(r#"{"name":"ORDERS","subjects":["ORDERS.*"]}"#);
+        let mut v = View {
+            last: 0,
+            per_subject: HashMap::new(),
+        };
+        for i in 0..10 {
+            let id = format!("m{i}");
+            publish(&mut s, &mut v, "ORDERS.new", &hdrs(&[(MSG_ID, &id)]), 0);
+        }
+        let cases = [
+            (
+                hdrs(&[(EXPECTED_LAST_SEQ, "1")]),
+                10071,
+                "wrong last sequence: 10",
+            ),
+            (
+                hdrs(&[(EXPECTED_LAST_SUBJECT_SEQ, "1")]),
+                10071,
+                "wrong last sequence: 10",
+            ),
+            (
+                hdrs(&[(EXPECTED_STREAM, "OTHER")]),
+                10060,
+                "expected stream does not match",
+            ),
+            (
+                hdrs(&[(EXPECTED_LAST_MSG_ID, "nope")]),
+                10070,
+                "wrong last msg ID: m9",
+            ),
+            (hdrs(&[(TTL, "5s")]), 10166, "per-message TTL is disabled"),
+            (hdrs(&[(ROLLUP, "sub")]), 10111, "rollup not permitted"),
+        ];
+        for (h, code, text) in cases {
+            match s.check("ORDERS.new", &h, 1, 0, &v) {
+                Decision::Refuse(e) => {
+                    assert_eq!((e.err_code, e.description.as_str()), (code, text))
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        for h in [
+            hdrs(&[(EXPECTED_LAST_SEQ, "10")]),
+            hdrs(&[(EXPECTED_LAST_SUBJECT_SEQ, "10")]),
+            hdrs(&[
+                (EXPECTED_LAST_SUBJECT_SEQ, "0"),
+                (EXPECTED_LAST_SUBJECT_SEQ_SUBJECT, "ORDERS.other"),
+            ]),
+            hdrs(&[(EXPECTED_LAST_MSG_ID, "m9")]),
+            hdrs(&[(EXPECTED_STREAM, "ORDERS")]),
+        ] {
+            assert!(matches!(
+                s.check("ORDERS.new", &h, 1, 0, &v),
+                Decision::Store(_)
+            ));
+        }
+        let refusal = s.refusal(errors::STREAM_WRONG_LAST_SEQUENCE.with(&[("seq", &10)]));
+        assert_eq!(
+            serde_json::to_string(&refusal).unwrap(),
+            r#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 10"},"stream":"ORDERS","seq":0}"#
+        );
+    }
+
+    #[test]
+    fn ttls_and_rollups_when_allowed() {
+        let mut s = stream(
+            r#"{"name":"E","subjects":["events.*"],"allow_msg_ttl":true,"allow_rollup_hdrs":true}"#,
+        );
+        let v = View {
+            last: 0,
+            per_subject: HashMap::new(),
+        };
+        let check = |s: &mut Stream, h: &[(&str, &str)]| s.check("events.a", &hdrs(h), 1, 0, &v);
+        assert_eq!(
+            check(&mut s, &[(TTL, "1s")]),
+            Decision::Store(Accepted {
+                ttl: Some(1),
+                rollup: None,
+                msg_id: None
+            })
+        );
+        assert!(matches!(
+            check(&mut s, &[(TTL, "never")]),
+            Decision::Store(Accepted { ttl: Some(-1), .. })
+        ));
+        assert!(matches!(
+            check(&mut s, &[(TTL, "60")]),
+            Decision::Store(Accepted { ttl: Some(60), .. })
+        ));
+        for bad in ["bogus", "500ms", "-3"] {
+            match check(&mut s, &[(TTL, bad)]) {
+                Decision::Refuse(e) => {
+                    assert_eq!(e.description, "invalid per-message TTL", "{bad}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            check(&mut s, &[(ROLLUP, "all")]),
+            Decision::Store(Accepted {
+                rollup: Some(Rollup::All),
+                ..
+            })
+        ));
+        match check(&mut s, &[(ROLLUP, "x")]) {
+            Decision::Refuse(e) => assert_eq!(e.description, "rollup value invalid: \"x\""),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_go_duration("1h2m3.5s"), Some(3_723_500_000_000));
+        assert_eq!(parse_go_duration("300ms"), Some(300_000_000));
+        assert_eq!(parse_go_duration("1.5us"), Some(1_500));
+        assert_eq!(parse_go_duration("5"), None);
+        assert_eq!(parse_go_duration(""), None);
+        assert_eq!(
+            header(b"NATS/1.0\r\nnats-msg-id: x \r\n\r\n", MSG_ID),
+            Some("x")
+        );
+    }
+}
