@@ -38,7 +38,7 @@ Logging Options:
         --max_traced_msg_len <len>   Maximum printable length for traced messages (default: unlimited)
 
 JetStream Options:
-    -js, --jetstream                 Enable JetStream functionality (not available yet)
+    -js, --jetstream                 Enable JetStream functionality (streams; consumers not yet)
     -sd, --store_dir <dir>           Set the storage directory
 
 Authorization Options:

@@ -518,7 +518,7 @@ mod tests {
             (r#"{"name":"S","subjects":["a..b"]}"#, "invalid subject"),
             (
                 r#"{"name":"S","subjects":["a","a"]}"#,
-                "duplicate subjects detected",
+                "subject \"a\" overlaps with \"a\"",
             ),
             (
                 r#"{"name":"S","subjects":["a.*","a.b"]}"#,

@@ -66,7 +66,7 @@ pub enum StreamOp {
         subjects_filter: Option<String>,
         deleted_details: bool,
     },
-    Update(StreamConfig),
+    Update(Box<StreamConfig>),
     Purge(Purge),
     /// By sequence, or the last or next (from `seq`) on `subject`.
     GetMsg {
@@ -90,12 +90,15 @@ pub enum StreamCommand {
         spec: Box<StreamSpec>,
         reply: flume::Sender<Result<(), ApiError>>,
     },
-    Op {
-        account: u32,
-        name: String,
-        op: StreamOp,
-        reply: OpReply,
-    },
+    Op(Box<StreamRequest>),
+}
+
+/// One request about a hosted stream, and where its answer goes.
+pub struct StreamRequest {
+    pub account: u32,
+    pub name: String,
+    pub op: StreamOp,
+    pub reply: OpReply,
 }
 
 /// The streams one shard hosts, by (account, name).
@@ -150,12 +153,13 @@ pub(crate) async fn handle(shard: &Rc<Shard>, command: StreamCommand) {
         StreamCommand::Open { spec, reply } => {
             let _ = reply.send(open(shard, *spec).await);
         }
-        StreamCommand::Op {
-            account,
-            name,
-            op,
-            reply,
-        } => {
+        StreamCommand::Op(request) => {
+            let StreamRequest {
+                account,
+                name,
+                op,
+                reply,
+            } = *request;
             let hosted = shard.streams.borrow().get(&(account, name)).cloned();
             let result = match hosted {
                 None => Err(errors::STREAM_NOT_FOUND.error()),
@@ -403,6 +407,7 @@ impl Hosted {
                 deleted_details,
             } => Ok(self.state_json(subjects_filter.as_deref(), deleted_details)),
             StreamOp::Update(config) => {
+                let config = *config;
                 self.store
                     .update_limits(store_limits(&config), now_ns())
                     .await

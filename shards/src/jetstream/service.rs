@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::{ServerLimits, StorageType, StreamConfig};
 use super::errors::{self, ApiError};
-use super::host::{now_ns, ts_rfc3339, StreamCommand, StreamOp, StreamSpec};
+use super::host::{now_ns, ts_rfc3339, StreamCommand, StreamOp, StreamRequest, StreamSpec};
 use super::meta::{MetaChange, MetaLog, MetaState, StreamAssignment};
 use crate::control::{Command, Commander, InternalHandle};
 use crate::internal::InternalMsg;
@@ -167,14 +167,32 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(payload: &[u8]) -> Result<T, Ap
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(payload).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         let text = if e.is_eof() {
             "unexpected EOF".to_string()
         } else {
             e.to_string()
         };
         errors::INVALID_JSON.err(text)
-    })
+    };
+    let mut value: Value = serde_json::from_slice(payload).map_err(invalid)?;
+    if value.is_null() {
+        return Ok(T::default());
+    }
+    drop_nulls(&mut value);
+    serde_json::from_value(value).map_err(invalid)
+}
+
+/// A `null` field is the zero value in Go's decoding, which clients rely on.
+fn drop_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,12 +284,12 @@ impl Service {
         };
         let index = index.ok_or_else(|| errors::STREAM_NOT_FOUND.error())?;
         let (reply, rx) = flume::bounded(1);
-        let command = Command::JetStream(StreamCommand::Op {
+        let command = Command::JetStream(StreamCommand::Op(Box::new(StreamRequest {
             account: index,
             name: name.to_string(),
             op,
             reply,
-        });
+        })));
         if !self.commander.send(shard, command) {
             return Err(errors::STREAM_NOT_FOUND.error());
         }
@@ -561,7 +579,7 @@ impl Service {
         let config = requested.normalized(&self.limits())?;
         existing.config.check_update(&config)?;
         self.check_overlap(account, &config)?;
-        self.stream_op(account, name, StreamOp::Update(config.clone()))
+        self.stream_op(account, name, StreamOp::Update(Box::new(config.clone())))
             .await?;
         self.commit(MetaChange::UpdateStream {
             account: account.to_string(),
@@ -610,12 +628,12 @@ impl Service {
         let index = self.account_index(account).unwrap_or(0);
         for shard in 0..shards {
             let (reply, rx) = flume::bounded(1);
-            let command = Command::JetStream(StreamCommand::Op {
+            let command = Command::JetStream(StreamCommand::Op(Box::new(StreamRequest {
                 account: index,
                 name: name.to_string(),
                 op: StreamOp::Delete,
                 reply,
-            });
+            })));
             if self.commander.send(shard, command) {
                 let _ = rx.recv_async().await;
             }
