@@ -4,7 +4,7 @@
 
 mod common;
 
-use async_nats::jetstream::{self, context::Publish, stream};
+use async_nats::jetstream::{self, message::PublishMessage as Publish, stream};
 use common::Server;
 
 fn store_dir(name: &str) -> std::path::PathBuf {
