@@ -13,6 +13,18 @@ fn store_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The same payment published again: its message id makes repeats duplicates.
+async fn publish_payment(js: &jetstream::Context) -> jetstream::publish::PublishAck {
+    js.send_publish(
+        "ORDERS.paid",
+        Publish::build().message_id("pay-1").payload("x".into()),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack")
+}
+
 fn start(dir: &std::path::Path) -> Server {
     Server::start(&["-js", "-sd", dir.to_str().expect("utf-8 path")])
 }
@@ -43,24 +55,8 @@ async fn streams_acknowledge_deduplicate_and_survive_a_kill() {
             ("ORDERS", i, false)
         );
     }
-    let first = js
-        .send_publish(
-            "ORDERS.paid",
-            Publish::build().message_id("pay-1").payload("x".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let again = js
-        .send_publish(
-            "ORDERS.paid",
-            Publish::build().message_id("pay-1").payload("x".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let first = publish_payment(&js).await;
+    let again = publish_payment(&js).await;
     assert_eq!((first.sequence, first.duplicate), (6, false));
     assert_eq!((again.sequence, again.duplicate), (6, true));
     // An expectation that does not hold is refused with nats-server's error.
@@ -113,15 +109,7 @@ async fn streams_acknowledge_deduplicate_and_survive_a_kill() {
     let mut orders = js.get_stream("ORDERS").await.expect("stream after restart");
     let info = orders.info().await.expect("info");
     assert_eq!((info.state.messages, info.state.last_sequence), (6, 6));
-    let dup = js
-        .send_publish(
-            "ORDERS.paid",
-            Publish::build().message_id("pay-1").payload("x".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let dup = publish_payment(&js).await;
     assert_eq!((dup.sequence, dup.duplicate), (6, true));
     let purged = orders.purge().filter("ORDERS.new").await.expect("purge");
     assert_eq!(purged.purged, 5);

@@ -22,7 +22,7 @@ use strait_storage::{
 
 use super::config::{Discard, StorageType, StreamConfig};
 use super::errors::{self, ApiError};
-use super::stream::{Accepted, Decision, Rollup, StoreView, Stream};
+use super::stream::{Decision, Rollup, StoreView, Stream};
 use crate::internal::{InternalMsg, InternalReceiver};
 use crate::router::SubscriberId;
 use crate::shard::Shard;
@@ -80,6 +80,16 @@ pub enum StreamOp {
     },
     /// Stops the stream and removes its data.
     Delete,
+}
+
+impl StreamOp {
+    /// The plain state: no subjects, no deleted list.
+    pub fn state() -> StreamOp {
+        StreamOp::State {
+            subjects_filter: None,
+            deleted_details: false,
+        }
+    }
 }
 
 pub type OpReply = flume::Sender<Result<Value, ApiError>>;
@@ -367,13 +377,13 @@ impl Hosted {
             self.stream.borrow_mut().stored(&accepted, predicted, now);
         }
         match first {
-            std::task::Poll::Ready(result) => self.appended(shard, &reply, &accepted, result),
+            std::task::Poll::Ready(result) => self.appended(shard, &reply, result),
             std::task::Poll::Pending => {
                 let hosted = self.clone();
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
                     let result = append.await;
-                    hosted.appended(&shard, &reply, &accepted, result);
+                    hosted.appended(&shard, &reply, result);
                     shard.flush_lanes().await;
                 })
                 .detach();
@@ -381,13 +391,7 @@ impl Hosted {
         }
     }
 
-    fn appended(
-        &self,
-        shard: &Shard,
-        reply: &[u8],
-        _accepted: &Accepted,
-        result: Result<u64, StoreError>,
-    ) {
+    fn appended(&self, shard: &Shard, reply: &[u8], result: Result<u64, StoreError>) {
         match result {
             Ok(seq) => {
                 let ack = self.stream.borrow().ack(seq, false);

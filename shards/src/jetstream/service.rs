@@ -245,11 +245,16 @@ impl Service {
         self.opts.accounts.index(name)
     }
 
+    /// The shard a stream runs on: as assigned, folded onto today's shard count.
+    fn shard_of(&self, a: &StreamAssignment) -> usize {
+        a.shard % self.commander.shards().max(1)
+    }
+
     async fn open_on_shard(&self, a: &StreamAssignment) -> Result<(), ApiError> {
         let account = self
             .account_index(&a.account)
             .ok_or_else(|| errors::STREAM_CREATE.err(format!("account {:?} is gone", a.account)))?;
-        let shard = a.shard % self.commander.shards().max(1);
+        let shard = self.shard_of(a);
         let spec = StreamSpec {
             account,
             config: a.config.clone(),
@@ -272,25 +277,23 @@ impl Service {
     }
 
     async fn stream_op(&self, account: &str, name: &str, op: StreamOp) -> Result<Value, ApiError> {
-        let (shard, index) = {
-            let meta = self.meta.borrow();
-            let a = meta
-                .stream(account, name)
-                .ok_or_else(|| errors::STREAM_NOT_FOUND.error())?;
-            (
-                a.shard % self.commander.shards().max(1),
-                self.account_index(account),
-            )
-        };
-        let index = index.ok_or_else(|| errors::STREAM_NOT_FOUND.error())?;
+        let a = self.assignment(account, name)?;
+        self.send_op(&a, op).await
+    }
+
+    /// Asks the shard hosting `a` to do `op`, waiting at most `SHARD_TIMEOUT`.
+    async fn send_op(&self, a: &StreamAssignment, op: StreamOp) -> Result<Value, ApiError> {
+        let index = self
+            .account_index(&a.account)
+            .ok_or_else(|| errors::STREAM_NOT_FOUND.error())?;
         let (reply, rx) = flume::bounded(1);
         let command = Command::JetStream(StreamCommand::Op(Box::new(StreamRequest {
             account: index,
-            name: name.to_string(),
+            name: a.config.name.clone(),
             op,
             reply,
         })));
-        if !self.commander.send(shard, command) {
+        if !self.commander.send(self.shard_of(a), command) {
             return Err(errors::STREAM_NOT_FOUND.error());
         }
         let wait = async { rx.recv_async().await.ok() };
@@ -416,14 +419,7 @@ impl Service {
         let (mut memory, mut storage) = (0u64, 0u64);
         for a in &streams {
             let state = self
-                .stream_op(
-                    account,
-                    &a.config.name,
-                    StreamOp::State {
-                        subjects_filter: None,
-                        deleted_details: false,
-                    },
-                )
+                .stream_op(account, &a.config.name, StreamOp::state())
                 .await
                 .unwrap_or_default();
             let bytes = state["bytes"].as_u64().unwrap_or(0);
@@ -457,12 +453,11 @@ impl Service {
     /// The config, created, state (and with `cluster`, the leader) of a stream.
     async fn info_body(
         &self,
-        account: &str,
         a: &StreamAssignment,
         op: StreamOp,
         cluster: bool,
     ) -> Result<Map<String, Value>, ApiError> {
-        let state = self.stream_op(account, &a.config.name, op).await?;
+        let state = self.send_op(a, op).await?;
         let mut out = Map::new();
         out.insert("config".into(), json!(a.config));
         out.insert("created".into(), json!(ts_rfc3339(a.created)));
@@ -500,17 +495,7 @@ impl Service {
             if !existing.config.same_as_requested(&config) {
                 return Err(errors::STREAM_NAME_EXIST.error());
             }
-            let mut body = self
-                .info_body(
-                    account,
-                    &existing,
-                    StreamOp::State {
-                        subjects_filter: None,
-                        deleted_details: false,
-                    },
-                    false,
-                )
-                .await?;
+            let mut body = self.info_body(&existing, StreamOp::state(), false).await?;
             body.insert("did_create".into(), json!(true));
             return Ok(Value::Object(body));
         }
@@ -536,17 +521,7 @@ impl Service {
             "JetStream created stream '{account} > {name}' on shard {}",
             a.shard
         );
-        let mut body = self
-            .info_body(
-                account,
-                &a,
-                StreamOp::State {
-                    subjects_filter: None,
-                    deleted_details: false,
-                },
-                false,
-            )
-            .await?;
+        let mut body = self.info_body(&a, StreamOp::state(), false).await?;
         body.insert("did_create".into(), json!(true));
         Ok(Value::Object(body))
     }
@@ -586,17 +561,7 @@ impl Service {
             config: config.clone(),
         })?;
         let a = StreamAssignment { config, ..existing };
-        let body = self
-            .info_body(
-                account,
-                &a,
-                StreamOp::State {
-                    subjects_filter: None,
-                    deleted_details: false,
-                },
-                false,
-            )
-            .await?;
+        let body = self.info_body(&a, StreamOp::state(), false).await?;
         Ok(Value::Object(body))
     }
 
@@ -607,7 +572,7 @@ impl Service {
             subjects_filter: req.subjects_filter,
             deleted_details: req.deleted_details,
         };
-        let body = self.info_body(account, &a, op, true).await?;
+        let body = self.info_body(&a, op, true).await?;
         let mut out = Map::new();
         out.insert("total".into(), json!(0));
         out.insert("offset".into(), json!(0));
@@ -617,31 +582,15 @@ impl Service {
     }
 
     async fn delete(&self, account: &str, name: &str) -> Result<Value, ApiError> {
-        self.assignment(account, name)?;
+        let a = self.assignment(account, name)?;
+        // Gone from the meta state first: a crash from here on does not bring it back.
         self.commit(MetaChange::DeleteStream {
             account: account.to_string(),
             name: name.to_string(),
         })
         .map_err(|e| errors::STREAM_DELETE.err(e.description))?;
-        // The meta state has let go: the shard is told with the assignment it had.
-        let shards = self.commander.shards().max(1);
-        let index = self.account_index(account).unwrap_or(0);
-        for shard in 0..shards {
-            let (reply, rx) = flume::bounded(1);
-            let command = Command::JetStream(StreamCommand::Op(Box::new(StreamRequest {
-                account: index,
-                name: name.to_string(),
-                op: StreamOp::Delete,
-                reply,
-            })));
-            if self.commander.send(shard, command) {
-                let _ = rx.recv_async().await;
-            }
-        }
-        let dir = stream_dir(&self.js, account, name);
-        if dir.exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        // The shard stops the stream and removes its files.
+        self.send_op(&a, StreamOp::Delete).await?;
         Ok(json!({ "success": true }))
     }
 
@@ -707,11 +656,8 @@ impl Service {
             .collect();
         let mut streams = Vec::new();
         for a in matching.iter().skip(req.offset).take(LIST_LIMIT) {
-            let op = StreamOp::State {
-                subjects_filter: None,
-                deleted_details: false,
-            };
-            if let Ok(body) = self.info_body(account, a, op, false).await {
+            let op = StreamOp::state();
+            if let Ok(body) = self.info_body(a, op, false).await {
                 streams.push(Value::Object(body));
             }
         }

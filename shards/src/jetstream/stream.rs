@@ -232,7 +232,8 @@ impl Stream {
         }
     }
 
-    /// Forgets what a restart cannot know: used when rebuilding from the store.
+    /// Takes back a message id found in the store at restart, so the duplicate
+    /// window spans the restart.
     pub fn remember_msg_id(&mut self, id: &str, seq: u64, ts: i64, now: i64) {
         if now - ts < self.config.duplicate_window {
             self.dedupe.insert(id.to_string(), seq, ts);
