@@ -155,3 +155,190 @@ async fn a_publish_no_stream_captures_gets_no_responders_and_bad_requests_get_er
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A direct get's answer: status (0 for a message), a header, and the payload.
+async fn direct(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &str,
+) -> Vec<(u16, async_nats::HeaderMap, Vec<u8>)> {
+    use futures::StreamExt as _;
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(subject.to_string(), inbox, body.to_string().into())
+        .await
+        .expect("request");
+    let mut out = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next())
+            .await
+            .expect("an answer")
+            .expect("open");
+        let status = msg.status.map_or(0, |s| s.as_u16());
+        let done = status != 0 || !body.contains("batch") && !body.contains("multi_last");
+        out.push((status, msg.headers.unwrap_or_default(), msg.payload.to_vec()));
+        if done {
+            return out;
+        }
+    }
+}
+
+fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> &'a str {
+    headers.get(name).map_or("", |v| v.as_str())
+}
+
+#[tokio::test]
+async fn direct_get_answers_every_form_with_headers_and_statuses() {
+    let dir = store_dir("direct");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let orders = js
+        .create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["ORDERS.*".into()],
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    for (subject, body) in [
+        ("ORDERS.new", "1"),
+        ("ORDERS.new", "2"),
+        ("ORDERS.shipped", "3"),
+        ("ORDERS.new", "4"),
+        ("ORDERS.paid", "5"),
+    ] {
+        js.publish(subject, body.into()).await.unwrap().await.unwrap();
+    }
+    let ack = publish_payment(&js).await;
+    assert_eq!(ack.sequence, 6);
+
+    // The client's own calls.
+    let m = orders.direct_get(3).await.expect("by sequence");
+    assert_eq!((m.subject.as_str(), &m.payload[..]), ("ORDERS.shipped", &b"3"[..]));
+    let m = orders
+        .direct_get_last_for_subject("ORDERS.new")
+        .await
+        .expect("last");
+    assert_eq!(m.sequence, 4);
+    let m = orders
+        .direct_get_next_for_subject("ORDERS.new", Some(2))
+        .await
+        .expect("next");
+    assert_eq!(m.sequence, 2);
+
+    // Headers as captured: the stored ones first, then the stream's.
+    let got = direct(&client, "$JS.API.DIRECT.GET.ORDERS", r#"{"seq":6}"#).await;
+    let (status, headers, payload) = &got[0];
+    assert_eq!((*status, &payload[..]), (0, &b"x"[..]));
+    assert_eq!(header(headers, "Nats-Msg-Id"), "pay-1");
+    assert_eq!(header(headers, "Nats-Stream"), "ORDERS");
+    assert_eq!(header(headers, "Nats-Subject"), "ORDERS.paid");
+    assert_eq!(header(headers, "Nats-Sequence"), "6");
+    assert!(header(headers, "Nats-Time-Stamp").ends_with('Z'));
+    let got = direct(&client, "$JS.API.DIRECT.GET.ORDERS.ORDERS.shipped", "").await;
+    assert_eq!(header(&got[0].1, "Nats-Sequence"), "3");
+
+    // A batch: each message with what is still pending, then the EOB.
+    let got = direct(&client, "$JS.API.DIRECT.GET.ORDERS", r#"{"seq":1,"batch":3}"#).await;
+    assert_eq!(got.len(), 4);
+    let seqs: Vec<(&str, &str, &str)> = got[..3]
+        .iter()
+        .map(|(_, h, _)| {
+            (
+                header(h, "Nats-Sequence"),
+                header(h, "Nats-Num-Pending"),
+                header(h, "Nats-Last-Sequence"),
+            )
+        })
+        .collect();
+    assert_eq!(seqs, [("1", "5", "0"), ("2", "4", "1"), ("3", "3", "2")]);
+    assert_eq!(got[3].0, 204);
+    assert_eq!(header(&got[3].1, "Nats-Num-Pending"), "3");
+    assert_eq!(header(&got[3].1, "Nats-Last-Sequence"), "3");
+    // Next by a wildcard subject, in a batch.
+    let got = direct(
+        &client,
+        "$JS.API.DIRECT.GET.ORDERS",
+        r#"{"next_by_subj":"ORDERS.new","seq":2,"batch":10}"#,
+    )
+    .await;
+    let seqs: Vec<&str> = got.iter().map(|(_, h, _)| header(h, "Nats-Sequence")).collect();
+    assert_eq!(seqs, ["2", "4", ""]);
+    // max_bytes stops a batch after the message that reaches it.
+    let got = direct(
+        &client,
+        "$JS.API.DIRECT.GET.ORDERS",
+        r#"{"seq":1,"batch":10,"max_bytes":11}"#,
+    )
+    .await;
+    assert_eq!(got.len(), 2, "one message of 11 bytes, then the EOB");
+
+    // multi_last: the last of each subject, oldest first, with the ceiling.
+    let got = direct(
+        &client,
+        "$JS.API.DIRECT.GET.ORDERS",
+        r#"{"multi_last":["ORDERS.*"]}"#,
+    )
+    .await;
+    let seqs: Vec<&str> = got.iter().map(|(_, h, _)| header(h, "Nats-Sequence")).collect();
+    assert_eq!(seqs, ["3", "4", "6", ""]);
+    assert_eq!(header(&got[3].1, "Nats-UpTo-Sequence"), "6");
+    let got = direct(
+        &client,
+        "$JS.API.DIRECT.GET.ORDERS",
+        r#"{"multi_last":["ORDERS.new","ORDERS.paid"],"up_to_seq":5}"#,
+    )
+    .await;
+    let seqs: Vec<&str> = got.iter().map(|(_, h, _)| header(h, "Nats-Sequence")).collect();
+    assert_eq!(seqs, ["4", "5", ""]);
+    // From a time: everything is newer than the epoch.
+    let got = direct(
+        &client,
+        "$JS.API.DIRECT.GET.ORDERS",
+        r#"{"start_time":"1970-01-01T00:00:00Z"}"#,
+    )
+    .await;
+    assert_eq!(header(&got[0].1, "Nats-Sequence"), "1");
+    let got = direct(
+        &client,
+        "$JS.API.DIRECT.GET.ORDERS",
+        r#"{"multi_last":["ORDERS.*"],"up_to_time":"1970-01-01T00:00:00Z"}"#,
+    )
+    .await;
+    assert_eq!((got[0].0, got.len()), (404, 1));
+
+    // Statuses, as nats-server sends them.
+    for (subject, body, status) in [
+        ("$JS.API.DIRECT.GET.ORDERS", r#"{"seq":9999}"#, 404),
+        ("$JS.API.DIRECT.GET.ORDERS", "", 408),
+        ("$JS.API.DIRECT.GET.ORDERS", "{", 408),
+        ("$JS.API.DIRECT.GET.ORDERS", r#"{"seq":1,"last_by_subj":"a"}"#, 408),
+        ("$JS.API.DIRECT.GET.ORDERS.ORDERS.gone", "", 404),
+        ("$JS.API.DIRECT.GET.ORDERS", r#"{"multi_last":["nothing"]}"#, 404),
+    ] {
+        let got = direct(&client, subject, body).await;
+        assert_eq!(got[0].0, status, "{subject} {body}");
+    }
+    let texts = direct(&client, "$JS.API.DIRECT.GET.ORDERS", r#"{"seq":9999}"#).await;
+    assert_eq!(texts.len(), 1);
+
+    // Without allow_direct nobody answers.
+    js.create_stream(stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.*".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    let err = client
+        .request("$JS.API.DIRECT.GET.EVENTS", r#"{"seq":1}"#.into())
+        .await
+        .expect_err("no responders");
+    assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
+    drop(orders);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -565,6 +565,11 @@ impl Shard {
     /// Publishes from inside the server: routed, imported and answered with
     /// no-responders like a client's publish. `from` is the internal client whose
     /// subscriptions may get the no-responders status (and its own messages).
+    /// The `max_pending` in force: also the most a direct get sends at once.
+    pub fn max_pending(&self) -> usize {
+        self.max_pending.get()
+    }
+
     pub fn internal_publish(
         &self,
         from: Option<SubscriberId>,

@@ -395,6 +395,74 @@ impl<L> Index<L> {
             .max()
     }
 
+    /// How many messages at or after `start` match `filter`.
+    pub fn num_pending(&self, start: u64, filter: &str) -> u64 {
+        let start = start.max(self.base);
+        if start > self.last_seq {
+            return 0;
+        }
+        if is_match_all(filter) {
+            return self.iter_from(start).count() as u64;
+        }
+        if !has_wildcard(filter.as_bytes()) {
+            return self
+                .subjects
+                .get(filter)
+                .map_or(0, |set| set.range(start..).count() as u64);
+        }
+        self.subjects
+            .iter()
+            .filter(|(s, _)| subject_matches(filter, s))
+            .map(|(_, set)| set.range(start..).count() as u64)
+            .sum()
+    }
+
+    /// The first sequence stored at or after `ts` (ns); `last_seq + 1` when every
+    /// message is older. Timestamps grow with sequences, so this bisects the slots.
+    pub fn seq_from_time(&self, ts: i64) -> u64 {
+        let ts_at = |i: usize| {
+            // Deleted slots take the timestamp of the next live one.
+            self.slots
+                .range(i..)
+                .find_map(|e| e.as_ref().map(|e| e.ts))
+                .unwrap_or(i64::MAX)
+        };
+        let (mut lo, mut hi) = (0usize, self.slots.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if ts_at(mid) < ts {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        match self.iter_from(self.base + lo as u64).next() {
+            Some((seq, _)) => seq,
+            None => self.last_seq + 1,
+        }
+    }
+
+    /// The last sequence of every subject matching one of `filters`, at or below
+    /// `up_to` (0 = the last sequence), ascending; `None` when there are more than
+    /// `max` of them.
+    pub fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>> {
+        let up_to = if up_to == 0 { self.last_seq } else { up_to };
+        let mut seqs = BTreeSet::new();
+        for filter in filters {
+            for (subject, set) in &self.subjects {
+                if subject_matches(filter, subject) {
+                    if let Some(seq) = set.range(..=up_to).next_back() {
+                        seqs.insert(*seq);
+                    }
+                }
+            }
+            if seqs.len() > max {
+                return None;
+            }
+        }
+        Some(seqs.into_iter().collect())
+    }
+
     /// Matching sequences, ascending.
     fn matching(&self, filter: &str) -> Vec<u64> {
         if is_match_all(filter) {
@@ -588,5 +656,34 @@ mod tests {
         assert_eq!(ix.first_seq(), 11);
         ix.compact(20);
         assert_eq!((ix.first_seq(), ix.last_seq()), (20, 19));
+    }
+
+    #[test]
+    fn pending_time_and_last_per_subject() {
+        let mut ix: Index<()> = Index::new(Limits::default());
+        // seq 1..=9 at ts 10, 20, ..., subjects a.1 a.2 b.1 repeating.
+        let subjects = ["a.1", "a.2", "b.1"];
+        for s in 1..=9u64 {
+            ix.insert(s, e(subjects[(s as usize - 1) % 3], s as i64 * 10));
+        }
+        ix.remove(4);
+        ix.remove(5);
+        assert_eq!(ix.num_pending(1, ">"), 7);
+        assert_eq!(ix.num_pending(3, "a.*"), 2);
+        assert_eq!(ix.num_pending(7, "a.1"), 1);
+        assert_eq!(ix.num_pending(10, ">"), 0);
+        assert_eq!(ix.seq_from_time(0), 1);
+        assert_eq!(ix.seq_from_time(35), 6, "4 and 5 are deleted");
+        assert_eq!(ix.seq_from_time(60), 6);
+        assert_eq!(ix.seq_from_time(61), 7);
+        assert_eq!(ix.seq_from_time(1000), 10);
+        let all = vec![">".to_string()];
+        assert_eq!(ix.multi_last(&all, 0, 1024), Some(vec![7, 8, 9]));
+        assert_eq!(ix.multi_last(&all, 6, 1024), Some(vec![1, 2, 6]));
+        assert_eq!(
+            ix.multi_last(&["a.*".into(), "a.1".into()], 0, 1024),
+            Some(vec![7, 8])
+        );
+        assert_eq!(ix.multi_last(&all, 0, 2), None);
     }
 }

@@ -134,6 +134,13 @@ pub trait Store {
     fn subjects_state(&self, filter: &str) -> BTreeMap<String, u64>;
     /// Count, first and last sequence of messages matching `filter`.
     fn filtered_state(&self, filter: &str) -> FilteredState;
+    /// How many messages at or after `start` match `filter`.
+    fn num_pending(&self, start: u64, filter: &str) -> u64;
+    /// The first sequence stored at or after `ts` (ns); `last_seq + 1` if none.
+    fn seq_from_time(&self, ts: i64) -> u64;
+    /// The last sequence per subject matching any of `filters`, at or below `up_to`
+    /// (0 = no bound), ascending; `None` when more than `max` subjects match.
+    fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>>;
     /// When `expire` next has work to do (ns), for the shard's timer.
     fn next_expiry(&self) -> Option<i64>;
     /// Makes everything appended so far durable.
@@ -204,6 +211,15 @@ impl Store for AnyStore {
     }
     fn filtered_state(&self, filter: &str) -> FilteredState {
         delegate!(self, s => s.filtered_state(filter))
+    }
+    fn num_pending(&self, start: u64, filter: &str) -> u64 {
+        delegate!(self, s => s.num_pending(start, filter))
+    }
+    fn seq_from_time(&self, ts: i64) -> u64 {
+        delegate!(self, s => s.seq_from_time(ts))
+    }
+    fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>> {
+        delegate!(self, s => s.multi_last(filters, up_to, max))
     }
     fn next_expiry(&self) -> Option<i64> {
         delegate!(self, s => s.next_expiry())

@@ -185,6 +185,18 @@ impl Store for MemStore {
         FilteredState { msgs, first, last }
     }
 
+    fn num_pending(&self, start: u64, filter: &str) -> u64 {
+        self.index.borrow().num_pending(start, filter)
+    }
+
+    fn seq_from_time(&self, ts: i64) -> u64 {
+        self.index.borrow().seq_from_time(ts)
+    }
+
+    fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>> {
+        self.index.borrow().multi_last(filters, up_to, max)
+    }
+
     fn next_expiry(&self) -> Option<i64> {
         self.index.borrow().next_expiry()
     }

@@ -21,11 +21,17 @@ use strait_storage::{
 };
 
 use super::config::{Discard, StorageType, StreamConfig};
+use super::direct::{self, BatchPosition, DirectRequest, Status};
 use super::errors::{self, ApiError};
 use super::stream::{Decision, Rollup, StoreView, Stream};
 use crate::internal::{InternalMsg, InternalReceiver};
 use crate::router::SubscriberId;
 use crate::shard::Shard;
+
+/// Direct gets: `$JS.API.DIRECT.GET.<stream>` and `...<stream>.<subject>`.
+pub const DIRECT_GET_PREFIX: &str = "$JS.API.DIRECT.GET.";
+/// nats-server's queue group for a stream's direct get subscriptions.
+const DIRECT_GET_GROUP: &[u8] = b"_sys_";
 
 /// Messages taken from a stream's queue before the acknowledgements so far are
 /// flushed to the mesh.
@@ -119,6 +125,8 @@ pub struct Hosted {
     stream: RefCell<Stream>,
     store: Rc<AnyStore>,
     internal: SubscriberId,
+    /// The subscriptions that serve direct gets (when `allow_direct`).
+    direct_sids: RefCell<Vec<Bytes>>,
     dir: PathBuf,
     closed: Cell<bool>,
 }
@@ -201,24 +209,20 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
         }
     };
     let (internal, receiver) = shard.add_internal(spec.account);
-    for subject in &spec.config.subjects {
-        if shard
-            .internal_subscribe(internal, subject.as_bytes(), None)
-            .is_none()
-        {
-            shard.remove_internal(internal);
-            return Err(errors::STREAM_CREATE.err(format!("invalid subject {subject:?}")));
-        }
-    }
-    shard.barrier().await;
     let hosted = Rc::new(Hosted {
         account: spec.account,
-        stream: RefCell::new(Stream::new(spec.config, spec.domain)),
+        stream: RefCell::new(Stream::new(spec.config.clone(), spec.domain)),
         store: Rc::new(store),
         internal,
+        direct_sids: RefCell::new(Vec::new()),
         dir: spec.dir,
         closed: Cell::new(false),
     });
+    if let Err(e) = hosted.subscribe(shard, &spec.config) {
+        shard.remove_internal(internal);
+        return Err(e);
+    }
+    shard.barrier().await;
     hosted.recover_msg_ids().await;
     shard.streams.borrow_mut().insert(key, hosted.clone());
     glommio::spawn_local(run(shard.clone(), hosted.clone(), receiver)).detach();
@@ -232,10 +236,10 @@ async fn run(shard: Rc<Shard>, hosted: Rc<Hosted>, receiver: InternalReceiver) {
         if hosted.closed.get() {
             break;
         }
-        hosted.accept(&shard, msg);
+        hosted.take(&shard, msg);
         for _ in 1..BATCH {
             match receiver.try_recv() {
-                Some(msg) => hosted.accept(&shard, msg),
+                Some(msg) => hosted.take(&shard, msg),
                 None => break,
             }
         }
@@ -298,6 +302,230 @@ impl Hosted {
         for (id, seq, ts) in found.into_iter().rev() {
             s.remember_msg_id(&id, seq, ts, now);
         }
+    }
+
+    /// Subscribes the stream on its subjects and, when it allows direct gets,
+    /// on its direct get subjects (in nats-server's queue group, so replicas and
+    /// mirrors can share them later).
+    fn subscribe(&self, shard: &Shard, config: &StreamConfig) -> Result<(), ApiError> {
+        for subject in &config.subjects {
+            if shard
+                .internal_subscribe(self.internal, subject.as_bytes(), None)
+                .is_none()
+            {
+                return Err(errors::STREAM_CREATE.err(format!("invalid subject {subject:?}")));
+            }
+        }
+        let mut direct_sids = self.direct_sids.borrow_mut();
+        direct_sids.clear();
+        if config.allow_direct {
+            let base = format!("{DIRECT_GET_PREFIX}{}", config.name);
+            for subject in [base.clone(), format!("{base}.>")] {
+                let sid = shard
+                    .internal_subscribe(self.internal, subject.as_bytes(), Some(DIRECT_GET_GROUP))
+                    .ok_or_else(|| errors::STREAM_CREATE.err("invalid stream name"))?;
+                direct_sids.push(sid);
+            }
+        }
+        Ok(())
+    }
+
+    /// One message off the stream's queue: a publish to store, or a direct get.
+    fn take(self: &Rc<Self>, shard: &Rc<Shard>, msg: InternalMsg) {
+        if self.direct_sids.borrow().contains(&msg.sid) {
+            let hosted = self.clone();
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                hosted.direct_get(&shard, msg).await;
+                shard.flush_lanes().await;
+            })
+            .detach();
+        } else {
+            self.accept(shard, msg);
+        }
+    }
+
+    async fn direct_get(&self, shard: &Shard, msg: InternalMsg) {
+        if msg.reply.is_empty() {
+            return;
+        }
+        let subject = String::from_utf8_lossy(&msg.subject);
+        let by_subject = subject.matches('.').count() > 4;
+        let request = if super::stream::requires_newer_api(msg.headers()) {
+            Err(direct::REQUIRED_API_LEVEL)
+        } else if by_subject {
+            direct::parse_last_by_subject(&subject, msg.payload())
+        } else {
+            direct::parse_request(msg.payload())
+        };
+        let answer = match request {
+            Ok(req) if !req.multi_last.is_empty() => self.direct_multi_last(shard, &req, &msg.reply).await,
+            Ok(req) => self.direct_messages(shard, &req, &msg.reply).await,
+            Err(status) => Err(status),
+        };
+        if let Err(status) = answer {
+            self.send(shard, &msg.reply, &status.header(), &[]);
+        }
+    }
+
+    /// Publishes one answer: `headers` then `payload` as one message.
+    fn send(&self, shard: &Shard, reply: &[u8], headers: &[u8], payload: &[u8]) {
+        let mut message = Vec::with_capacity(headers.len() + payload.len());
+        message.extend_from_slice(headers);
+        message.extend_from_slice(payload);
+        shard.internal_publish(
+            Some(self.internal),
+            self.account,
+            reply,
+            b"",
+            headers.len(),
+            &Bytes::from(message),
+        );
+    }
+
+    fn direct_message(
+        &self,
+        shard: &Shard,
+        reply: &[u8],
+        m: &strait_storage::StoredMessage,
+        req: &DirectRequest,
+        batch: Option<BatchPosition>,
+    ) {
+        if req.no_headers {
+            self.send(shard, reply, &[], &m.payload);
+            return;
+        }
+        let headers = {
+            let s = self.stream.borrow();
+            direct::message_headers(
+                &m.headers,
+                &s.config().name,
+                &m.subject,
+                m.seq,
+                &ts_rfc3339(m.ts),
+                batch,
+            )
+        };
+        self.send(shard, reply, &headers, &m.payload);
+    }
+
+    /// By sequence, last or next by subject, from a time, singly or in a batch.
+    async fn direct_messages(
+        &self,
+        shard: &Shard,
+        req: &DirectRequest,
+        reply: &[u8],
+    ) -> Result<(), Status> {
+        let mut seq = match req.start_time {
+            Some(ts) => self.store.seq_from_time(ts),
+            None => req.seq,
+        };
+        let is_batch = req.batch > 0;
+        let next_filter = if req.next_for.is_empty() {
+            ">"
+        } else {
+            req.next_for.as_str()
+        };
+        let mut position = BatchPosition {
+            pending: if is_batch {
+                self.store.num_pending(seq, next_filter)
+            } else {
+                0
+            },
+            last_seq: 0,
+        };
+        let max_bytes = if req.max_bytes > 0 {
+            req.max_bytes
+        } else {
+            shard.max_pending()
+        };
+        let mut sent_bytes = 0;
+        for i in 0..req.batch.max(1) {
+            let found = if !req.last_for.is_empty() {
+                self.store.load_last(&req.last_for).await
+            } else if i == 0 && !is_batch && req.next_for.is_empty() {
+                self.store.load(seq).await
+            } else {
+                self.store.load_next(seq, next_filter).await
+            };
+            let m = match found {
+                Ok(m) => m,
+                Err(_) if i > 0 => break,
+                Err(_) => return Err(direct::NOT_FOUND),
+            };
+            seq = m.seq + 1;
+            let batch = is_batch.then(|| {
+                position.pending = position.pending.saturating_sub(1);
+                position
+            });
+            self.direct_message(shard, reply, &m, req, batch);
+            position.last_seq = m.seq;
+            sent_bytes += m.subject.len() + m.headers.len() + m.payload.len();
+            if sent_bytes >= max_bytes {
+                break;
+            }
+        }
+        if is_batch {
+            position.pending = self.store.num_pending(seq, next_filter);
+            self.send(shard, reply, &direct::end_of_batch(position, None), &[]);
+        }
+        Ok(())
+    }
+
+    /// The last message of each subject matching `multi_last`, up to a sequence
+    /// or a time, oldest first, then the EOB.
+    async fn direct_multi_last(
+        &self,
+        shard: &Shard,
+        req: &DirectRequest,
+        reply: &[u8],
+    ) -> Result<(), Status> {
+        let state = self.store.fast_state();
+        let mut up_to = req.up_to_seq;
+        if let Some(ts) = req.up_to_time {
+            up_to = self.store.seq_from_time(ts);
+            if up_to <= state.first_seq {
+                return Err(direct::NO_RESULTS);
+            }
+            // The first sequence at the time is past the ceiling.
+            up_to -= 1;
+        }
+        if up_to == 0 {
+            up_to = state.last_seq;
+        }
+        let seqs = self
+            .store
+            .multi_last(&req.multi_last, up_to, direct::MAX_MULTI_LAST)
+            .ok_or(direct::TOO_MANY_RESULTS)?;
+        if seqs.is_empty() {
+            return Err(direct::NO_RESULTS);
+        }
+        let max_bytes = if req.max_bytes > 0 {
+            req.max_bytes
+        } else {
+            shard.max_pending()
+        };
+        let mut position = BatchPosition {
+            pending: seqs.len() as u64,
+            last_seq: 0,
+        };
+        let (mut sent, mut sent_bytes) = (0, 0);
+        for seq in seqs {
+            position.pending = position.pending.saturating_sub(1);
+            if seq < req.seq {
+                continue;
+            }
+            let m = self.store.load(seq).await.map_err(|_| direct::NOT_FOUND)?;
+            self.direct_message(shard, reply, &m, req, Some(position));
+            position.last_seq = m.seq;
+            sent_bytes += m.subject.len() + m.headers.len() + m.payload.len();
+            sent += 1;
+            if sent_bytes >= max_bytes || (req.batch > 0 && sent >= req.batch) {
+                break;
+            }
+        }
+        self.send(shard, reply, &direct::end_of_batch(position, Some(up_to)), &[]);
+        Ok(())
     }
 
     fn reply(&self, shard: &Shard, reply: &[u8], body: &impl serde::Serialize) {
@@ -416,14 +644,16 @@ impl Hosted {
                     .update_limits(store_limits(&config), now_ns())
                     .await
                     .map_err(|e| errors::STREAM_UPDATE.err(e))?;
-                let old_subjects = self.stream.borrow().config().subjects.clone();
-                if old_subjects != config.subjects {
+                let resubscribe = {
+                    let s = self.stream.borrow();
+                    let old = s.config();
+                    old.subjects != config.subjects || old.allow_direct != config.allow_direct
+                };
+                if resubscribe {
                     for sid in shard.internal_sids(self.internal) {
                         shard.internal_unsubscribe(self.internal, &sid);
                     }
-                    for subject in &config.subjects {
-                        shard.internal_subscribe(self.internal, subject.as_bytes(), None);
-                    }
+                    self.subscribe(shard, &config)?;
                     shard.barrier().await;
                 }
                 self.stream.borrow_mut().set_config(config);

@@ -8,6 +8,7 @@
 //! control executor.
 
 pub mod config;
+pub mod direct;
 pub mod errors;
 pub mod host;
 pub mod meta;

@@ -22,6 +22,16 @@ use crate::internal::InternalMsg;
 use crate::options::{JetStreamOptions, ServerOptions};
 
 const API_PREFIX: &str = "$JS.API.";
+/// What the service answers (an unknown subject under these gets no answer, as
+/// from nats-server).
+const API_SUBJECTS: [&str; 6] = [
+    "$JS.API.INFO",
+    "$JS.API.STREAM.>",
+    "$JS.API.CONSUMER.>",
+    "$JS.API.ACCOUNT.>",
+    "$JS.API.META.>",
+    "$JS.API.SERVER.>",
+];
 const TYPE_PREFIX: &str = "io.nats.jetstream.api.v1.";
 /// How long a shard may take to answer for a stream.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,7 +123,13 @@ pub async fn start(commander: Commander, opts: Arc<ServerOptions>) -> Result<(),
         let Some(handle) = service.commander.internal_client(0, index).await else {
             continue;
         };
-        if handle.subscribe("$JS.API.>", None).await.is_none() {
+        // Everything but direct gets, which the streams that allow them answer
+        // themselves (without one, a direct get finds no responders).
+        let mut subscribed = true;
+        for subject in API_SUBJECTS {
+            subscribed &= handle.subscribe(subject, None).await.is_some();
+        }
+        if !subscribed {
             continue;
         }
         let service = service.clone();
@@ -184,6 +200,24 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(payload: &[u8]) -> Result<T, Ap
 }
 
 /// A `null` field is the zero value in Go's decoding, which clients rely on.
+/// The response type of an API subject (after `$JS.API.`); `None` for the
+/// subjects nobody answers.
+fn response_kind(tokens: &[&str]) -> Option<&'static str> {
+    Some(match tokens {
+        ["INFO"] => "account_info_response",
+        ["STREAM", "CREATE", _] => "stream_create_response",
+        ["STREAM", "UPDATE", _] => "stream_update_response",
+        ["STREAM", "INFO", _] => "stream_info_response",
+        ["STREAM", "DELETE", _] => "stream_delete_response",
+        ["STREAM", "PURGE", _] => "stream_purge_response",
+        ["STREAM", "NAMES"] => "stream_names_response",
+        ["STREAM", "LIST"] => "stream_list_response",
+        ["STREAM", "MSG", "GET", _] => "stream_msg_get_response",
+        ["STREAM", "MSG", "DELETE", _] => "stream_msg_delete_response",
+        _ => return None,
+    })
+}
+
 fn drop_nulls(value: &mut Value) {
     match value {
         Value::Object(map) => {
@@ -336,49 +370,14 @@ impl Service {
         let subject = std::str::from_utf8(&msg.subject).ok()?;
         let api = subject.strip_prefix(API_PREFIX)?;
         let tokens: Vec<&str> = api.split('.').collect();
-        let (kind, result) = match tokens.as_slice() {
-            ["INFO"] => (
-                "account_info_response",
-                self.account_info(account, index).await,
-            ),
-            ["STREAM", "CREATE", name] => (
-                "stream_create_response",
-                self.create(account, name, msg.payload()).await,
-            ),
-            ["STREAM", "UPDATE", name] => (
-                "stream_update_response",
-                self.update(account, name, msg.payload()).await,
-            ),
-            ["STREAM", "INFO", name] => (
-                "stream_info_response",
-                self.info(account, name, msg.payload()).await,
-            ),
-            ["STREAM", "DELETE", name] => {
-                ("stream_delete_response", self.delete(account, name).await)
-            }
-            ["STREAM", "PURGE", name] => (
-                "stream_purge_response",
-                self.purge(account, name, msg.payload()).await,
-            ),
-            ["STREAM", "NAMES"] => ("stream_names_response", self.names(account, msg.payload())),
-            ["STREAM", "LIST"] => (
-                "stream_list_response",
-                self.list(account, msg.payload()).await,
-            ),
-            ["STREAM", "MSG", "GET", name] => (
-                "stream_msg_get_response",
-                self.msg_get(account, name, msg.payload()).await,
-            ),
-            ["STREAM", "MSG", "DELETE", name] => (
-                "stream_msg_delete_response",
-                self.msg_delete(account, name, msg.payload()).await,
-            ),
-            _ => return None,
-        };
-        let result = if enabled {
-            result
-        } else {
+        let kind = response_kind(&tokens)?;
+        // Refusals come before anything is done.
+        let result = if !enabled {
             Err(errors::NOT_ENABLED_FOR_ACCOUNT.error())
+        } else if super::stream::requires_newer_api(msg.headers()) {
+            Err(errors::REQUIRED_API_LEVEL.error())
+        } else {
+            self.execute(&tokens, account, index, msg.payload()).await
         };
         {
             let mut stats = self.stats.borrow_mut();
@@ -411,6 +410,28 @@ impl Service {
             }
         }
         Some(Value::Object(out))
+    }
+
+    async fn execute(
+        &self,
+        tokens: &[&str],
+        account: &str,
+        index: u32,
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        match tokens {
+            ["INFO"] => self.account_info(account, index).await,
+            ["STREAM", "CREATE", name] => self.create(account, name, payload).await,
+            ["STREAM", "UPDATE", name] => self.update(account, name, payload).await,
+            ["STREAM", "INFO", name] => self.info(account, name, payload).await,
+            ["STREAM", "DELETE", name] => self.delete(account, name).await,
+            ["STREAM", "PURGE", name] => self.purge(account, name, payload).await,
+            ["STREAM", "NAMES"] => self.names(account, payload),
+            ["STREAM", "LIST"] => self.list(account, payload).await,
+            ["STREAM", "MSG", "GET", name] => self.msg_get(account, name, payload).await,
+            ["STREAM", "MSG", "DELETE", name] => self.msg_delete(account, name, payload).await,
+            _ => Err(errors::BAD_REQUEST.error()),
+        }
     }
 
     async fn account_info(&self, account: &str, index: u32) -> Result<Value, ApiError> {
