@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strait_shards::accounts::{
-    AccountError, AccountLimits, AccountsBuilder, Export, ImportDecl, ResponseType,
+    AccountError, AccountLimits, AccountsBuilder, Export, ImportDecl, JetStreamLimits, ResponseType,
     DEFAULT_RESPONSE_THRESHOLD, GLOBAL_ACCOUNT_NAME,
 };
 use strait_shards::auth::{NkeyUser, User};
@@ -464,8 +464,9 @@ fn accounts(
                 "exports" => exports(e, name, builder)?,
                 "imports" => imports(e, name, builder)?,
                 "limits" => builder.set_limits(name, limits(e)?),
+                "jetstream" => builder.set_jetstream(name, jetstream_limits(e)?),
                 "default_permissions" => defaults = Some(permissions_of(e)?),
-                "nkey" | "jetstream" | "mappings" | "maps" | "msg_trace" | "trace_dest" => {
+                "nkey" | "mappings" | "maps" | "msg_trace" | "trace_dest" => {
                     return Err(unsupported(e))
                 }
                 _ if e.used_as_variable => {}
@@ -482,6 +483,53 @@ fn accounts(
         users.extend(account_users);
     }
     Ok(())
+}
+
+/// An account's `jetstream`: `enabled`/`true`, `disabled`/`false`, or its limits.
+fn jetstream_limits(entry: &Entry) -> Result<Option<JetStreamLimits>, ConfigError> {
+    if let Some(on) = entry.value.as_bool() {
+        return Ok(on.then(JetStreamLimits::default));
+    }
+    if let Some(text) = entry.value.as_str() {
+        return match text.to_ascii_lowercase().as_str() {
+            "enabled" | "enable" => Ok(Some(JetStreamLimits::default())),
+            "disabled" | "disable" => Ok(None),
+            _ => Err(invalid(
+                entry,
+                format!("Expected 'enabled' or 'disabled' for string value, got '{text}'"),
+            )),
+        };
+    }
+    let mut limits = JetStreamLimits::default();
+    for e in map_of(entry)?.iter() {
+        let key = e.key.to_ascii_lowercase();
+        let size = || {
+            e.value
+                .as_i64()
+                .ok_or_else(|| invalid(e, format!("Expected a parseable size for {:?}", e.key)))
+        };
+        match key.as_str() {
+            "max_memory" | "max_mem" | "mem" | "memory" => limits.max_memory = size()?,
+            "max_store" | "max_file" | "max_disk" | "store" | "disk" => limits.max_store = size()?,
+            "max_streams" | "streams" => limits.max_streams = size()?,
+            "max_consumers" | "consumers" => limits.max_consumers = size()?,
+            "max_ack_pending" => limits.max_ack_pending = size()?,
+            "mem_max_stream_bytes" | "memory_max_stream_bytes" => {
+                limits.memory_max_stream_bytes = size()?
+            }
+            "disk_max_stream_bytes" | "store_max_stream_bytes" => {
+                limits.store_max_stream_bytes = size()?
+            }
+            "max_bytes_required" | "max_stream_bytes" | "max_bytes" => {
+                limits.max_bytes_required = e.value.as_bool().ok_or_else(|| {
+                    invalid(e, format!("Expected a parseable bool for {:?}", e.key))
+                })?
+            }
+            _ if e.used_as_variable => {}
+            _ => return Err(unknown(e)),
+        }
+    }
+    Ok(Some(limits))
 }
 
 fn limits(entry: &Entry) -> Result<AccountLimits, ConfigError> {

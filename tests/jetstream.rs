@@ -342,3 +342,73 @@ async fn direct_get_answers_every_form_with_headers_and_statuses() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn api(client: &async_nats::Client, subject: &str, body: &str) -> serde_json::Value {
+    let answer = client
+        .request(subject.to_string(), body.to_string().into())
+        .await
+        .expect("answer");
+    serde_json::from_slice(&answer.payload).expect("JSON")
+}
+
+#[tokio::test]
+async fn jetstream_is_per_account_with_the_account_limits() {
+    let dir = store_dir("accounts");
+    let config = format!(
+        r#"
+        jetstream {{ store_dir: "{}" }}
+        accounts {{
+            ON: {{ jetstream: enabled, users: [{{user: alpha, password: alpha}}] }}
+            OFF: {{ users: [{{user: beta, password: beta}}] }}
+            SMALL: {{
+                jetstream: {{ max_streams: 2, max_file: 1000, max_consumers: 3 }}
+                users: [{{user: small, password: small}}]
+            }}
+        }}
+        "#,
+        dir.display()
+    );
+    let server = Server::start_with_config(Some(&config), &[]);
+    let connect = |user: &'static str| {
+        let url = server.url();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+                .connect(url)
+                .await
+                .expect("connect")
+        }
+    };
+    let on = connect("alpha").await;
+    let off = connect("beta").await;
+    let small = connect("small").await;
+
+    let body = api(&off, "$JS.API.STREAM.NAMES", "").await;
+    assert_eq!(body["error"]["err_code"], 10039, "{body}");
+    let body = api(&off, "$JS.API.STREAM.CREATE.X", r#"{"name":"X"}"#).await;
+    assert_eq!(body["error"]["err_code"], 10039, "{body}");
+    let body = api(&on, "$JS.API.STREAM.CREATE.X", r#"{"name":"X"}"#).await;
+    assert!(body["error"].is_null(), "{body}");
+    // The same name in another account is another stream.
+    let create = |name: &str, extra: &str| {
+        format!(r#"{{"name":"{name}","subjects":["small.{name}"]{extra}}}"#)
+    };
+    let body = api(&small, "$JS.API.STREAM.CREATE.X", &create("X", r#","max_bytes":600"#)).await;
+    assert!(body["error"].is_null(), "{body}");
+    let body = api(&small, "$JS.API.STREAM.CREATE.Y", &create("Y", r#","max_bytes":401"#)).await;
+    assert_eq!(body["error"]["err_code"], 10047, "{body}");
+    let body = api(&small, "$JS.API.STREAM.CREATE.Y", &create("Y", r#","max_consumers":4"#)).await;
+    assert_eq!(body["error"]["err_code"], 10026, "{body}");
+    let body = api(&small, "$JS.API.STREAM.CREATE.Y", &create("Y", r#","max_bytes":400"#)).await;
+    assert!(body["error"].is_null(), "{body}");
+    let body = api(&small, "$JS.API.STREAM.CREATE.Z", &create("Z", "")).await;
+    assert_eq!(body["error"]["err_code"], 10027, "{body}");
+    let info = api(&small, "$JS.API.INFO", "").await;
+    assert_eq!(info["streams"], 2);
+    assert_eq!(info["limits"]["max_streams"], 2);
+    assert_eq!(info["limits"]["max_storage"], 1000);
+    assert_eq!(info["limits"]["max_consumers"], 3);
+    let info = api(&on, "$JS.API.INFO", "").await;
+    assert_eq!((info["streams"].clone(), info["limits"]["max_streams"].clone()), (1.into(), (-1).into()));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -60,6 +60,35 @@ pub struct AccountLimits {
     pub max_payload: Option<usize>,
 }
 
+/// An account's JetStream limits (nats-server's JetStreamAccountLimits); -1 is
+/// no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JetStreamLimits {
+    pub max_memory: i64,
+    pub max_store: i64,
+    pub max_streams: i64,
+    pub max_consumers: i64,
+    pub max_ack_pending: i64,
+    pub memory_max_stream_bytes: i64,
+    pub store_max_stream_bytes: i64,
+    pub max_bytes_required: bool,
+}
+
+impl Default for JetStreamLimits {
+    fn default() -> Self {
+        JetStreamLimits {
+            max_memory: -1,
+            max_store: -1,
+            max_streams: -1,
+            max_consumers: -1,
+            max_ack_pending: -1,
+            memory_max_stream_bytes: -1,
+            store_max_stream_bytes: -1,
+            max_bytes_required: false,
+        }
+    }
+}
+
 /// What an account offers to others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Export {
@@ -104,6 +133,8 @@ pub struct AccountSpec {
     /// the others stay put.
     pub removed: bool,
     pub limits: AccountLimits,
+    /// `jetstream: enabled` or its limits; `None` is not enabled.
+    pub jetstream: Option<JetStreamLimits>,
     pub exports: Vec<Export>,
     pub stream_imports: Vec<StreamImport>,
     pub service_imports: Vec<ServiceImport>,
@@ -115,6 +146,7 @@ impl AccountSpec {
             name: name.to_string(),
             removed: false,
             limits: AccountLimits::default(),
+            jetstream: None,
             exports: Vec::new(),
             stream_imports: Vec::new(),
             service_imports: Vec::new(),
@@ -157,6 +189,24 @@ impl Accounts {
 
     pub fn len(&self) -> usize {
         self.list.len()
+    }
+
+    /// The JetStream limits of an account, `None` where JetStream is off for
+    /// it. As in nats-server: never the system account; with no accounts
+    /// configured, the global account with no limits; otherwise the accounts
+    /// that say `jetstream`.
+    pub fn jetstream(&self, index: u32) -> Option<JetStreamLimits> {
+        if index == self.system {
+            return None;
+        }
+        let spec = self.list.get(index as usize).filter(|a| !a.removed)?;
+        let global_only = self
+            .active()
+            .all(|(i, a)| i == self.system || a.name == GLOBAL_ACCOUNT_NAME);
+        if global_only && spec.name == GLOBAL_ACCOUNT_NAME {
+            return Some(spec.jetstream.unwrap_or_default());
+        }
+        spec.jetstream
     }
 
     pub fn is_empty(&self) -> bool {
@@ -264,6 +314,7 @@ pub struct ImportDecl {
 pub struct AccountsBuilder {
     names: Vec<String>,
     limits: Vec<AccountLimits>,
+    jetstream: Vec<Option<JetStreamLimits>>,
     exports: Vec<Vec<Export>>,
     imports: Vec<ImportDecl>,
     system: Option<String>,
@@ -283,6 +334,7 @@ impl AccountsBuilder {
         }
         self.names.push(name.to_string());
         self.limits.push(AccountLimits::default());
+        self.jetstream.push(None);
         self.exports.push(Vec::new());
         Ok(())
     }
@@ -294,6 +346,12 @@ impl AccountsBuilder {
     pub fn set_limits(&mut self, account: &str, limits: AccountLimits) {
         if let Some(i) = self.position(account) {
             self.limits[i] = limits;
+        }
+    }
+
+    pub fn set_jetstream(&mut self, account: &str, limits: Option<JetStreamLimits>) {
+        if let Some(i) = self.position(account) {
+            self.jetstream[i] = limits;
         }
     }
 
@@ -329,6 +387,7 @@ impl AccountsBuilder {
             let i = self.position(name).unwrap_or_default();
             let mut spec = AccountSpec::new(name);
             spec.limits = self.limits[i];
+            spec.jetstream = self.jetstream[i];
             spec.exports = self.exports[i].clone();
             accounts.list.push(spec);
         }
@@ -338,6 +397,7 @@ impl AccountsBuilder {
             }
             let mut spec = AccountSpec::new(name);
             spec.limits = self.limits[i];
+            spec.jetstream = self.jetstream[i];
             spec.exports = self.exports[i].clone();
             accounts.list.push(spec);
         }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::errors::{self, ApiError};
+use crate::accounts::JetStreamLimits;
 use crate::subject;
 
 /// Longest stream name nats-server accepts.
@@ -199,6 +200,58 @@ pub struct ServerLimits {
     pub max_bytes_required: bool,
     /// The account's per-stream byte ceiling for this storage type (-1: none).
     pub max_stream_bytes: i64,
+}
+
+impl ServerLimits {
+    /// The limits a stream of `storage` gets in an account with `account`'s.
+    pub fn for_account(
+        max_duplicate_window: i64,
+        account: &JetStreamLimits,
+        storage: StorageType,
+    ) -> ServerLimits {
+        ServerLimits {
+            max_duplicate_window,
+            max_bytes_required: account.max_bytes_required,
+            max_stream_bytes: match storage {
+                StorageType::Memory => account.memory_max_stream_bytes,
+                StorageType::File => account.store_max_stream_bytes,
+            },
+        }
+    }
+}
+
+/// nats-server's account checks on a new stream (`existing` are the account's
+/// other streams): the stream count, `max_consumers`, and the bytes the
+/// streams' `max_bytes` reserve against the account's memory or storage.
+pub fn check_account_room(
+    limits: &JetStreamLimits,
+    config: &StreamConfig,
+    existing: &[&StreamConfig],
+) -> Result<(), ApiError> {
+    if limits.max_streams >= 0 && existing.len() as i64 >= limits.max_streams {
+        return Err(errors::MAXIMUM_STREAMS_LIMIT.error());
+    }
+    if config.max_consumers > 0
+        && limits.max_consumers > 0
+        && config.max_consumers > limits.max_consumers
+    {
+        return Err(errors::MAXIMUM_CONSUMERS_LIMIT.error());
+    }
+    let reserved: i64 = existing
+        .iter()
+        .filter(|c| c.storage == config.storage && c.max_bytes > 0)
+        .map(|c| c.max_bytes.saturating_mul(c.num_replicas.max(1)))
+        .fold(0, i64::saturating_add);
+    // A stream without max_bytes still needs a byte of room.
+    let wanted = config.max_bytes.max(1);
+    let (limit, exceeded) = match config.storage {
+        StorageType::Memory => (limits.max_memory, errors::MEMORY_RESOURCES_EXCEEDED),
+        StorageType::File => (limits.max_store, errors::STORAGE_RESOURCES_EXCEEDED),
+    };
+    if limit >= 0 && (reserved > limit || wanted > limit - reserved) {
+        return Err(exceeded.error());
+    }
+    Ok(())
 }
 
 fn invalid(text: impl std::fmt::Display) -> ApiError {
@@ -473,6 +526,42 @@ impl StreamConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_limits_bound_streams_and_reserved_bytes() {
+        let limits = JetStreamLimits {
+            max_streams: 2,
+            max_store: 1000,
+            max_consumers: 5,
+            ..Default::default()
+        };
+        let sized = |bytes: i64| StreamConfig {
+            max_bytes: bytes,
+            ..Default::default()
+        };
+        let a = sized(600);
+        assert!(check_account_room(&limits, &sized(400), &[&a]).is_ok());
+        let e = check_account_room(&limits, &sized(401), &[&a]).unwrap_err();
+        assert_eq!(e.err_code, 10047);
+        let b = sized(-1);
+        let e = check_account_room(&limits, &sized(1), &[&a, &b]).unwrap_err();
+        assert_eq!(e.err_code, 10027);
+        let many = StreamConfig {
+            max_consumers: 6,
+            ..Default::default()
+        };
+        assert_eq!(check_account_room(&limits, &many, &[]).unwrap_err().err_code, 10026);
+        let memory = StreamConfig {
+            storage: StorageType::Memory,
+            max_bytes: 10,
+            ..Default::default()
+        };
+        let tight = JetStreamLimits {
+            max_memory: 5,
+            ..Default::default()
+        };
+        assert_eq!(check_account_room(&tight, &memory, &[]).unwrap_err().err_code, 10028);
+    }
 
     fn parse(json: &str) -> StreamConfig {
         serde_json::from_str(json).expect("config")

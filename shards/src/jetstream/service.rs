@@ -17,6 +17,7 @@ use super::config::{ServerLimits, StorageType, StreamConfig};
 use super::errors::{self, ApiError};
 use super::host::{now_ns, ts_rfc3339, StreamCommand, StreamOp, StreamRequest, StreamSpec};
 use super::meta::{MetaChange, MetaLog, MetaState, StreamAssignment};
+use crate::accounts::JetStreamLimits;
 use crate::control::{Command, Commander, InternalHandle};
 use crate::internal::InternalMsg;
 use crate::options::{JetStreamOptions, ServerOptions};
@@ -267,12 +268,17 @@ struct MsgDeleteRequest {
 }
 
 impl Service {
-    fn limits(&self) -> ServerLimits {
-        ServerLimits {
-            max_duplicate_window: self.js.max_duplicate_window,
-            max_bytes_required: false,
-            max_stream_bytes: -1,
-        }
+    /// The JetStream limits of `account` (`None`: not enabled there).
+    fn account_limits(&self, account: &str) -> Option<JetStreamLimits> {
+        self.opts
+            .accounts
+            .jetstream(self.account_index(account)?)
+    }
+
+    /// What the server and the account add to the checks of a stream.
+    fn limits(&self, account: &str, storage: StorageType) -> ServerLimits {
+        let account = self.account_limits(account).unwrap_or_default();
+        ServerLimits::for_account(self.js.max_duplicate_window, &account, storage)
     }
 
     fn account_index(&self, name: &str) -> Option<u32> {
@@ -344,7 +350,7 @@ impl Service {
 
     async fn serve(self: Rc<Self>, handle: InternalHandle, account: String) {
         let index = handle.account;
-        let enabled = index != self.opts.accounts.system;
+        let enabled = self.opts.accounts.jetstream(index).is_some();
         while let Some(msg) = handle.next().await {
             if msg.reply.is_empty() {
                 continue;
@@ -450,6 +456,7 @@ impl Service {
             }
         }
         let stats = self.stats.borrow().get(&index).copied().unwrap_or_default();
+        let limits = self.account_limits(account).unwrap_or_default();
         Ok(json!({
             "memory": memory,
             "storage": storage,
@@ -458,14 +465,14 @@ impl Service {
             "streams": streams.len(),
             "consumers": 0,
             "limits": {
-                "max_memory": -1,
-                "max_storage": -1,
-                "max_streams": -1,
-                "max_consumers": -1,
-                "max_ack_pending": -1,
-                "memory_max_stream_bytes": -1,
-                "storage_max_stream_bytes": -1,
-                "max_bytes_required": false
+                "max_memory": limits.max_memory,
+                "max_storage": limits.max_store,
+                "max_streams": limits.max_streams,
+                "max_consumers": limits.max_consumers,
+                "max_ack_pending": limits.max_ack_pending,
+                "memory_max_stream_bytes": limits.memory_max_stream_bytes,
+                "storage_max_stream_bytes": limits.store_max_stream_bytes,
+                "max_bytes_required": limits.max_bytes_required
             },
             "api": { "level": super::config::API_LEVEL, "total": stats.total, "errors": stats.errors }
         }))
@@ -511,7 +518,7 @@ impl Service {
         if requested.name != name {
             return Err(errors::STREAM_MISMATCH.error());
         }
-        let config = requested.normalized(&self.limits())?;
+        let config = requested.normalized(&self.limits(account, requested.storage))?;
         if let Ok(existing) = self.assignment(account, name) {
             if !existing.config.same_as_requested(&config) {
                 return Err(errors::STREAM_NAME_EXIST.error());
@@ -521,6 +528,12 @@ impl Service {
             return Ok(Value::Object(body));
         }
         self.check_overlap(account, &config)?;
+        {
+            let meta = self.meta.borrow();
+            let others: Vec<&StreamConfig> = meta.streams_of(account).map(|a| &a.config).collect();
+            let limits = self.account_limits(account).unwrap_or_default();
+            super::config::check_account_room(&limits, &config, &others)?;
+        }
         let a = StreamAssignment {
             account: account.to_string(),
             config,
@@ -572,7 +585,7 @@ impl Service {
             return Err(errors::STREAM_MISMATCH.error());
         }
         let existing = self.assignment(account, name)?;
-        let config = requested.normalized(&self.limits())?;
+        let config = requested.normalized(&self.limits(account, requested.storage))?;
         existing.config.check_update(&config)?;
         self.check_overlap(account, &config)?;
         self.stream_op(account, name, StreamOp::Update(Box::new(config.clone())))
