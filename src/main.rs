@@ -459,12 +459,17 @@ fn spawn_control(
                 ctx.profiling_port.set(profiling_port);
             }
             let running = Arc::new(reloader.running.clone());
-            if let Err(e) =
-                strait_shards::jetstream::service::start(commander.clone(), running).await
-            {
-                let _ = ready_tx.send(Err(anyhow::Error::new(e)));
-                commander.broadcast(|| Command::Shutdown);
-                return;
+            match strait_shards::jetstream::service::start(commander.clone(), running).await {
+                Ok(js) => {
+                    if let Some(ctx) = &monitor_ctx {
+                        *ctx.jetstream.borrow_mut() = js;
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::Error::new(e)));
+                    commander.broadcast(|| Command::Shutdown);
+                    return;
+                }
             }
             let _ = ready_tx.send(Ok(ControlPorts {
                 monitoring: monitor_ctx.as_ref().map(|ctx| ctx.http_port),

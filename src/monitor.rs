@@ -21,6 +21,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use strait_shards::control::{AccountSnapshot, Command, Commander, ConnSnapshot, ShardSnapshot};
 use strait_shards::global::Global;
+use strait_shards::jetstream::service::{JetStream, JszOptions};
 use strait_shards::options::{API_LEVEL, NATS_VERSION, STRAIT_VERSION};
 use strait_shards::{format_duration, rfc3339, ServerOptions};
 
@@ -38,6 +39,8 @@ pub struct MonitorContext {
     pub global: Arc<Global>,
     pub shards: Commander,
     req_stats: RefCell<BTreeMap<String, u64>>,
+    /// The JetStream service once it runs (it starts after monitoring).
+    pub jetstream: RefCell<Option<JetStream>>,
 }
 
 impl MonitorContext {
@@ -64,6 +67,7 @@ impl MonitorContext {
             global,
             shards,
             req_stats: RefCell::default(),
+            jetstream: RefCell::new(None),
         }
     }
 
@@ -170,7 +174,12 @@ fn totals(snaps: &[ShardSnapshot]) -> Totals {
 
 async fn varz(ctx: &MonitorContext) -> Value {
     let snaps = ctx.gather(false).await;
-    varz_from(ctx, &snaps)
+    let mut v = varz_from(ctx, &snaps);
+    let js = ctx.jetstream.borrow().clone();
+    if let Some(js) = js {
+        v["jetstream"] = js.varz().await;
+    }
+    v
 }
 
 /// /varz from figures already gathered, without the fields nats-server omits.
@@ -708,6 +717,32 @@ async fn subsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
     Ok(out)
 }
 
+/// `/jsz`: JetStream's usage, config and (on request) accounts and streams.
+async fn jsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
+    let js = ctx.jetstream.borrow().clone();
+    let Some(js) = js else {
+        return Ok(jsz_disabled(ctx));
+    };
+    let flag = |key: &str| q.get(key).map_or(Ok(false), |v| parse_bool(key, v));
+    let number = |key: &str| {
+        q.get(key)
+            .map_or(Ok(0), |v| parse_int(key, v))
+            .map(|n| n.max(0) as usize)
+    };
+    let options = JszOptions {
+        accounts: flag("accounts")?,
+        streams: flag("streams")?,
+        consumers: flag("consumers")?,
+        config: flag("config")?,
+        offset: number("offset")?,
+        limit: number("limit")?,
+        account: q.get("acc").cloned(),
+    };
+    // A single server leads its own meta state: leader-only changes nothing.
+    flag("leader-only")?;
+    Ok(js.jsz(options).await)
+}
+
 fn jsz_disabled(ctx: &MonitorContext) -> Value {
     json!({
         "memory": 0, "storage": 0, "reserved_memory": 0, "reserved_storage": 0,
@@ -815,6 +850,8 @@ async fn accountz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         return Err(format!("Account {name} does not exist"));
     };
     let spec = &accounts.list[index as usize];
+    let jetstream_enabled =
+        ctx.jetstream.borrow().is_some() && accounts.jetstream(index).is_some();
     let sums = account_totals(ctx).await;
     let mine = sums
         .into_iter()
@@ -861,7 +898,7 @@ async fn accountz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         .collect();
     let mut detail = json!({
         "account_name": spec.name, "update_time": now, "expired": false,
-        "complete": true, "jetstream_enabled": false, "leafnode_connections": 0,
+        "complete": true, "jetstream_enabled": jetstream_enabled, "leafnode_connections": 0,
         "client_connections": mine.connections,
         "subscriptions": mine.sublist.subscriptions,
         "name_tag": spec.name,
@@ -1141,12 +1178,20 @@ async fn handle(
         "/leafz" => Ok(json!({"server_id": id, "now": now, "leafnodes": 0, "leafs": []})),
         "/accountz" => accountz(&ctx, &q).await,
         "/accstatz" => accstatz(&ctx, &q).await,
-        "/jsz" => Ok(jsz_disabled(&ctx)),
+        "/jsz" => jsz(&ctx, &q).await,
         "/healthz" => {
-            // Without JetStream every variant (js-enabled-only, js-server-only,
-            // details) is healthy, as nats-server answers; a named stream cannot exist.
+            // Every variant (js-enabled-only, js-server-only, details) is healthy
+            // once the server runs, as nats-server answers; a named stream must exist.
             if let Some(stream) = q.get("stream") {
                 let account = q.get("account").map(String::as_str).unwrap_or("$G");
+                let js = ctx.jetstream.borrow().clone();
+                if js.is_some_and(|js| js.has_stream(account, stream)) {
+                    return respond(
+                        StatusCode::OK,
+                        "application/json",
+                        "{\"status\":\"ok\"}".into(),
+                    );
+                }
                 let body = json!({
                     "status": "unavailable",
                     "error": format!("JetStream stream \"{stream}\" not found on account \"{account}\""),

@@ -412,3 +412,66 @@ async fn jetstream_is_per_account_with_the_account_limits() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn monitoring_shows_jetstream_usage_accounts_and_streams() {
+    let dir = store_dir("jsz");
+    let (server, http) =
+        Server::start_monitored(None, &["-js", "-sd", dir.to_str().expect("utf-8 path")]);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["ORDERS.*".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    for _ in 0..3 {
+        js.publish("ORDERS.new", "abc".into()).await.unwrap().await.unwrap();
+    }
+    let _ = api(&client, "$JS.API.STREAM.INFO.NOPE", "").await;
+
+    let jsz = common::http_json(http, "/jsz");
+    assert!(jsz.get("disabled").is_none(), "{jsz}");
+    assert_eq!((jsz["streams"].clone(), jsz["messages"].clone()), (1.into(), 3.into()));
+    assert!(jsz["storage"].as_u64().unwrap() > 0);
+    assert_eq!(jsz["accounts"], 1);
+    assert_eq!(jsz["api"]["level"], 4);
+    assert!(jsz["api"]["errors"].as_u64().unwrap() >= 1);
+    assert_eq!(jsz["config"]["sync_always"], true);
+    assert!(jsz["config"]["max_memory"].as_i64().unwrap() > 0);
+    assert!(jsz["config"]["store_dir"].as_str().unwrap().ends_with("jetstream"));
+    assert!(jsz.get("account_details").is_none());
+    assert_eq!(jsz["total"], 1);
+
+    let detailed = common::http_json(http, "/jsz?streams=true&config=true");
+    let account = &detailed["account_details"][0];
+    assert_eq!(account["name"], "$G");
+    let stream = &account["stream_detail"][0];
+    assert_eq!(stream["name"], "ORDERS");
+    assert_eq!(stream["state"]["messages"], 3);
+    assert_eq!(stream["config"]["subjects"][0], "ORDERS.*");
+    let without_config = common::http_json(http, "/jsz?streams=1");
+    assert!(without_config["account_details"][0]["stream_detail"][0]
+        .get("config")
+        .is_none());
+    let one = common::http_json(http, "/jsz?acc=$G");
+    assert_eq!(one["account_details"].as_array().map(Vec::len), Some(1));
+    let paged = common::http_json(http, "/jsz?accounts=true&offset=1");
+    assert!(paged.get("account_details").is_none(), "{paged}");
+
+    let varz = common::http_json(http, "/varz");
+    assert_eq!(varz["jetstream"]["config"]["sync_always"], true);
+    assert_eq!(varz["jetstream"]["stats"]["accounts"], 1);
+    assert!(varz["jetstream"]["stats"]["storage"].as_u64().unwrap() > 0);
+
+    let (status, _, _) = common::http_get(http, "/healthz?js-enabled-only=true");
+    assert_eq!(status, 200);
+    let (status, _, _) = common::http_get(http, "/healthz?stream=ORDERS");
+    assert_eq!(status, 200);
+    let (status, _, body) = common::http_get(http, "/healthz?stream=NOPE");
+    assert_eq!(status, 404, "{body}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

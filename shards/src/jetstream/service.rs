@@ -79,18 +79,27 @@ fn stream_dir(js: &JetStreamOptions, account: &str, name: &str) -> PathBuf {
 /// Opens the meta log, reopens every stream on its shard, and answers the API
 /// in every account until the shards stop. Errors are returned before any
 /// request is answered.
-pub async fn start(commander: Commander, opts: Arc<ServerOptions>) -> Result<(), StartError> {
-    let Some(js) = opts.jetstream.clone() else {
-        return Ok(());
+pub async fn start(
+    commander: Commander,
+    opts: Arc<ServerOptions>,
+) -> Result<Option<JetStream>, StartError> {
+    let Some(mut js) = opts.jetstream.clone() else {
+        return Ok(None);
     };
     let started = std::time::Instant::now();
     tracing::info!("Starting JetStream");
     let meta_dir = js.store_dir.join("jetstream");
-    banner(&js, &meta_dir);
     std::fs::create_dir_all(&meta_dir).map_err(|source| StartError::StoreDir {
         dir: meta_dir.clone(),
         source,
     })?;
+    if js.max_memory < 0 {
+        js.max_memory = default_max_memory();
+    }
+    if js.max_store < 0 {
+        js.max_store = default_max_store(&meta_dir);
+    }
+    banner(&js, &meta_dir);
     let (log, meta) = MetaLog::open(&meta_dir)?;
     let service = Rc::new(Service {
         commander,
@@ -140,7 +149,253 @@ pub async fn start(commander: Commander, opts: Arc<ServerOptions>) -> Result<(),
         "Took {} to start JetStream",
         crate::format_duration(started.elapsed())
     );
-    Ok(())
+    Ok(Some(JetStream(service)))
+}
+
+/// nats-server's default memory limit: three quarters of the machine's memory.
+fn default_max_memory() -> i64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<i64>().ok()
+        });
+    match total_kib {
+        Some(kib) => kib * 1024 / 4 * 3,
+        None => JETSTREAM_MAX_MEMORY_DEFAULT,
+    }
+}
+
+/// nats-server's default storage limit: three quarters of what the store's
+/// file system has available, or 1 TB when that cannot be told.
+fn default_max_store(dir: &std::path::Path) -> i64 {
+    match rustix::fs::statvfs(dir) {
+        Ok(fs) => (fs.f_bavail.saturating_mul(fs.f_frsize) / 4 * 3) as i64,
+        Err(_) => JETSTREAM_MAX_STORE_DEFAULT,
+    }
+}
+
+const JETSTREAM_MAX_MEMORY_DEFAULT: i64 = 256 << 20;
+const JETSTREAM_MAX_STORE_DEFAULT: i64 = 1 << 40;
+
+/// The running JetStream service, for monitoring (on the control executor).
+#[derive(Clone)]
+pub struct JetStream(Rc<Service>);
+
+/// `/jsz`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct JszOptions {
+    pub accounts: bool,
+    pub streams: bool,
+    pub consumers: bool,
+    pub config: bool,
+    pub offset: usize,
+    pub limit: usize,
+    pub account: Option<String>,
+}
+
+/// One stream's figures, as monitoring needs them.
+struct StreamFigures {
+    assignment: StreamAssignment,
+    state: Value,
+}
+
+impl JetStream {
+    /// Every stream with its state, in account then name order.
+    async fn figures(&self) -> Vec<StreamFigures> {
+        let assignments: Vec<StreamAssignment> = self.0.meta.borrow().all().cloned().collect();
+        let mut out = Vec::with_capacity(assignments.len());
+        for a in assignments {
+            let state = self
+                .0
+                .send_op(&a, StreamOp::state())
+                .await
+                .unwrap_or_else(|_| json!({}));
+            out.push(StreamFigures {
+                assignment: a,
+                state,
+            });
+        }
+        out
+    }
+
+    /// The JetStream-enabled accounts, by name.
+    fn accounts(&self) -> Vec<(u32, String)> {
+        let accounts = &self.0.opts.accounts;
+        let mut out: Vec<(u32, String)> = accounts
+            .active()
+            .filter(|(i, _)| accounts.jetstream(*i).is_some())
+            .map(|(i, a)| (i, a.name.clone()))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
+    /// nats-server's JetStreamConfig as monitoring shows it.
+    pub fn config_json(&self) -> Value {
+        let js = &self.0.js;
+        let mut out = Map::new();
+        out.insert("max_memory".into(), json!(js.max_memory));
+        out.insert("max_storage".into(), json!(js.max_store));
+        out.insert(
+            "store_dir".into(),
+            json!(js.store_dir.join("jetstream").display().to_string()),
+        );
+        match js.sync {
+            strait_storage::SyncPolicy::Always => {
+                out.insert("sync_always".into(), json!(true));
+            }
+            strait_storage::SyncPolicy::Interval(d) => {
+                out.insert("sync_interval".into(), json!(d.as_nanos() as u64));
+            }
+        }
+        if let Some(domain) = &js.domain {
+            out.insert("domain".into(), json!(domain));
+        }
+        out.insert("strict".into(), json!(true));
+        Value::Object(out)
+    }
+
+    /// The usage block shared by `/jsz` and `/varz` (nats-server's JetStreamStats).
+    fn stats_json(&self, figures: &[StreamFigures]) -> Value {
+        let (mut memory, mut storage) = (0u64, 0u64);
+        for f in figures {
+            let bytes = f.state["bytes"].as_u64().unwrap_or(0);
+            match f.assignment.config.storage {
+                StorageType::Memory => memory += bytes,
+                StorageType::File => storage += bytes,
+            }
+        }
+        let stats = self.0.stats.borrow();
+        let total: u64 = stats.values().map(|s| s.total).sum();
+        let errors: u64 = stats.values().map(|s| s.errors).sum();
+        json!({
+            "memory": memory,
+            "storage": storage,
+            "reserved_memory": 0,
+            "reserved_storage": 0,
+            "accounts": self.accounts().len(),
+            "ha_assets": 0,
+            "api": { "level": super::config::API_LEVEL, "total": total, "errors": errors },
+        })
+    }
+
+    /// The `jetstream` section of `/varz`.
+    pub async fn varz(&self) -> Value {
+        let figures = self.figures().await;
+        json!({
+            "config": self.config_json(),
+            "stats": self.stats_json(&figures),
+            "limits": {},
+        })
+    }
+
+    /// `/jsz`.
+    pub async fn jsz(&self, mut o: JszOptions) -> Value {
+        if o.limit == 0 {
+            o.limit = 1024;
+        }
+        if o.consumers {
+            o.streams = true;
+        }
+        if o.streams && o.account.is_none() {
+            o.accounts = true;
+        }
+        let figures = self.figures().await;
+        let Value::Object(mut out) = self.stats_json(&figures) else {
+            return Value::Null;
+        };
+        out.insert("server_id".into(), json!(self.0.opts.server_id));
+        out.insert("now".into(), json!(ts_rfc3339(now_ns())));
+        out.insert("config".into(), self.config_json());
+        out.insert("limits".into(), json!({}));
+        out.insert("streams".into(), json!(figures.len()));
+        out.insert("consumers".into(), json!(0));
+        let messages: u64 = figures.iter().filter_map(|f| f.state["messages"].as_u64()).sum();
+        let bytes: u64 = figures.iter().filter_map(|f| f.state["bytes"].as_u64()).sum();
+        out.insert("messages".into(), json!(messages));
+        out.insert("bytes".into(), json!(bytes));
+        let accounts = self.accounts();
+        let total = accounts.len();
+        let shown: Vec<(u32, String)> = match &o.account {
+            Some(name) if accounts.iter().any(|(_, n)| n == name) => {
+                accounts.into_iter().filter(|(_, n)| n == name).collect()
+            }
+            _ if o.accounts => accounts.into_iter().skip(o.offset).take(o.limit).collect(),
+            _ => Vec::new(),
+        };
+        if !shown.is_empty() {
+            let details: Vec<Value> = shown
+                .iter()
+                .map(|(index, name)| self.account_detail(*index, name, &figures, &o))
+                .collect();
+            out.insert("account_details".into(), json!(details));
+        }
+        out.insert("total".into(), json!(total));
+        Value::Object(out)
+    }
+
+    fn account_detail(
+        &self,
+        index: u32,
+        name: &str,
+        figures: &[StreamFigures],
+        o: &JszOptions,
+    ) -> Value {
+        let mine: Vec<&StreamFigures> = figures
+            .iter()
+            .filter(|f| f.assignment.account == name)
+            .collect();
+        let (mut memory, mut storage) = (0u64, 0u64);
+        for f in &mine {
+            let bytes = f.state["bytes"].as_u64().unwrap_or(0);
+            match f.assignment.config.storage {
+                StorageType::Memory => memory += bytes,
+                StorageType::File => storage += bytes,
+            }
+        }
+        let stats = self.0.stats.borrow().get(&index).copied().unwrap_or_default();
+        let mut out = Map::new();
+        out.insert("name".into(), json!(name));
+        out.insert("id".into(), json!(name));
+        out.insert("memory".into(), json!(memory));
+        out.insert("storage".into(), json!(storage));
+        // nats-server shows an account without reservations this way.
+        out.insert("reserved_memory".into(), json!(u64::MAX));
+        out.insert("reserved_storage".into(), json!(u64::MAX));
+        out.insert("accounts".into(), json!(0));
+        out.insert("ha_assets".into(), json!(0));
+        out.insert(
+            "api".into(),
+            json!({"level": 0, "total": stats.total, "errors": stats.errors}),
+        );
+        if o.streams && !mine.is_empty() {
+            let streams: Vec<Value> = mine
+                .iter()
+                .map(|f| {
+                    let mut s = Map::new();
+                    s.insert("name".into(), json!(f.assignment.config.name));
+                    s.insert("created".into(), json!(ts_rfc3339(f.assignment.created)));
+                    s.insert(
+                        "cluster".into(),
+                        json!({ "leader": self.0.opts.server_id }),
+                    );
+                    if o.config {
+                        s.insert("config".into(), json!(f.assignment.config));
+                    }
+                    s.insert("state".into(), f.state.clone());
+                    Value::Object(s)
+                })
+                .collect();
+            out.insert("stream_detail".into(), json!(streams));
+        }
+        Value::Object(out)
+    }
+
+    /// Whether `account` has a stream `name` (for `/healthz?stream=`).
+    pub fn has_stream(&self, account: &str, name: &str) -> bool {
+        self.0.meta.borrow().stream(account, name).is_some()
+    }
 }
 
 fn banner(js: &JetStreamOptions, meta_dir: &std::path::Path) {
