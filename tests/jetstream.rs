@@ -475,3 +475,54 @@ async fn monitoring_shows_jetstream_usage_accounts_and_streams() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn stream_changes_are_advised_as_nats_server_advises_them() {
+    use futures::StreamExt as _;
+    let dir = store_dir("advisories");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let mut events = client
+        .subscribe("$JS.EVENT.ADVISORY.STREAM.>")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let js = jetstream::new(client.clone());
+    let config = stream::Config {
+        name: "TMP".into(),
+        subjects: vec!["tmp.*".into()],
+        ..Default::default()
+    };
+    js.create_stream(config.clone()).await.expect("create");
+    js.create_stream(config.clone()).await.expect("same again: no advisory");
+    js.update_stream(stream::Config {
+        max_messages: 10,
+        ..config
+    })
+    .await
+    .expect("update");
+    js.delete_stream("TMP").await.expect("delete");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+            .await
+            .expect("an advisory")
+            .expect("open");
+        let body: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(body["type"], "io.nats.jetstream.advisory.v1.stream_action");
+        assert_eq!(body["stream"], "TMP");
+        assert_eq!(body["id"].as_str().map(str::len), Some(22));
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+        seen.push((msg.subject.to_string(), body["action"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("$JS.EVENT.ADVISORY.STREAM.CREATED.TMP".to_string(), "create".to_string()),
+            ("$JS.EVENT.ADVISORY.STREAM.UPDATED.TMP".to_string(), "modify".to_string()),
+            ("$JS.EVENT.ADVISORY.STREAM.DELETED.TMP".to_string(), "delete".to_string()),
+        ]
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

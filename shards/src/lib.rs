@@ -74,6 +74,17 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// A unique id in the form of nats-server's NUIDs (22 base62 characters), for
+/// the `id` of advisories and events.
+pub fn nuid() -> String {
+    use rand::Rng;
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    (0..22)
+        .map(|_| DIGITS[rng.gen_range(0..DIGITS.len())] as char)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::format_duration;

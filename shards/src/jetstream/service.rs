@@ -65,6 +65,9 @@ struct Service {
     meta: RefCell<MetaState>,
     log: RefCell<MetaLog>,
     stats: RefCell<std::collections::HashMap<u32, ApiStats>>,
+    /// Advisories (account, subject, body) of the requests being answered, each
+    /// published in its account after the response.
+    advisories: RefCell<Vec<(String, String, Value)>>,
 }
 
 /// The stream directory of `account`'s stream `name` under the store.
@@ -108,6 +111,7 @@ pub async fn start(
         meta: RefCell::new(meta),
         log: RefCell::new(log),
         stats: RefCell::default(),
+        advisories: RefCell::default(),
     });
     let assignments: Vec<StreamAssignment> = service.meta.borrow().all().cloned().collect();
     for a in assignments {
@@ -616,6 +620,18 @@ impl Service {
             let body = serde_json::to_vec(&response).unwrap_or_default();
             let reply = String::from_utf8_lossy(&msg.reply).into_owned();
             handle.publish(&reply, "", None, &body).await;
+            let advisories: Vec<(String, String, Value)> = {
+                let mut all = self.advisories.borrow_mut();
+                let (mine, others) = std::mem::take(&mut *all)
+                    .into_iter()
+                    .partition(|(a, _, _)| *a == account);
+                *all = others;
+                mine
+            };
+            for (_, subject, body) in advisories {
+                let body = serde_json::to_vec(&body).unwrap_or_default();
+                handle.publish(&subject, "", None, &body).await;
+            }
         }
     }
 
@@ -810,9 +826,34 @@ impl Service {
             "JetStream created stream '{account} > {name}' on shard {}",
             a.shard
         );
+        self.advise(account, name, "create");
         let mut body = self.info_body(&a, StreamOp::state(), false).await?;
         body.insert("did_create".into(), json!(true));
         Ok(Value::Object(body))
+    }
+
+    /// Queues `$JS.EVENT.ADVISORY.STREAM.CREATED|UPDATED|DELETED.<stream>`.
+    fn advise(&self, account: &str, stream: &str, action: &str) {
+        let event = match action {
+            "create" => "CREATED",
+            "modify" => "UPDATED",
+            _ => "DELETED",
+        };
+        let mut body = json!({
+            "type": "io.nats.jetstream.advisory.v1.stream_action",
+            "id": crate::nuid(),
+            "timestamp": ts_rfc3339(now_ns()),
+            "stream": stream,
+            "action": action,
+        });
+        if let Some(domain) = &self.js.domain {
+            body["domain"] = json!(domain);
+        }
+        self.advisories.borrow_mut().push((
+            account.to_string(),
+            format!("$JS.EVENT.ADVISORY.STREAM.{event}.{stream}"),
+            body,
+        ));
     }
 
     fn check_overlap(&self, account: &str, config: &StreamConfig) -> Result<(), ApiError> {
@@ -850,6 +891,7 @@ impl Service {
             config: config.clone(),
         })?;
         let a = StreamAssignment { config, ..existing };
+        self.advise(account, name, "modify");
         let body = self.info_body(&a, StreamOp::state(), false).await?;
         Ok(Value::Object(body))
     }
@@ -880,6 +922,7 @@ impl Service {
         .map_err(|e| errors::STREAM_DELETE.err(e.description))?;
         // The shard stops the stream and removes its files.
         self.send_op(&a, StreamOp::Delete).await?;
+        self.advise(account, name, "delete");
         Ok(json!({ "success": true }))
     }
 
