@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strait_shards::accounts::{
-    AccountError, AccountLimits, AccountsBuilder, Export, ImportDecl, JetStreamLimits, ResponseType,
-    DEFAULT_RESPONSE_THRESHOLD, GLOBAL_ACCOUNT_NAME,
+    AccountError, AccountLimits, AccountsBuilder, Export, ImportDecl, JetStreamLimits,
+    ResponseType, DEFAULT_RESPONSE_THRESHOLD, GLOBAL_ACCOUNT_NAME,
 };
 use strait_shards::auth::{NkeyUser, User};
 use strait_shards::permissions::{Permissions, ResponsePermission, SubjectPermission};

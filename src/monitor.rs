@@ -850,8 +850,7 @@ async fn accountz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         return Err(format!("Account {name} does not exist"));
     };
     let spec = &accounts.list[index as usize];
-    let jetstream_enabled =
-        ctx.jetstream.borrow().is_some() && accounts.jetstream(index).is_some();
+    let jetstream_enabled = ctx.jetstream.borrow().is_some() && accounts.jetstream(index).is_some();
     let sums = account_totals(ctx).await;
     let mine = sums
         .into_iter()

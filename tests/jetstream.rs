@@ -177,7 +177,11 @@ async fn direct(
             .expect("open");
         let status = msg.status.map_or(0, |s| s.as_u16());
         let done = status != 0 || !body.contains("batch") && !body.contains("multi_last");
-        out.push((status, msg.headers.unwrap_or_default(), msg.payload.to_vec()));
+        out.push((
+            status,
+            msg.headers.unwrap_or_default(),
+            msg.payload.to_vec(),
+        ));
         if done {
             return out;
         }
@@ -210,14 +214,21 @@ async fn direct_get_answers_every_form_with_headers_and_statuses() {
         ("ORDERS.new", "4"),
         ("ORDERS.paid", "5"),
     ] {
-        js.publish(subject, body.into()).await.unwrap().await.unwrap();
+        js.publish(subject, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     let ack = publish_payment(&js).await;
     assert_eq!(ack.sequence, 6);
 
     // The client's own calls.
     let m = orders.direct_get(3).await.expect("by sequence");
-    assert_eq!((m.subject.as_str(), &m.payload[..]), ("ORDERS.shipped", &b"3"[..]));
+    assert_eq!(
+        (m.subject.as_str(), &m.payload[..]),
+        ("ORDERS.shipped", &b"3"[..])
+    );
     let m = orders
         .direct_get_last_for_subject("ORDERS.new")
         .await
@@ -242,7 +253,12 @@ async fn direct_get_answers_every_form_with_headers_and_statuses() {
     assert_eq!(header(&got[0].1, "Nats-Sequence"), "3");
 
     // A batch: each message with what is still pending, then the EOB.
-    let got = direct(&client, "$JS.API.DIRECT.GET.ORDERS", r#"{"seq":1,"batch":3}"#).await;
+    let got = direct(
+        &client,
+        "$JS.API.DIRECT.GET.ORDERS",
+        r#"{"seq":1,"batch":3}"#,
+    )
+    .await;
     assert_eq!(got.len(), 4);
     let seqs: Vec<(&str, &str, &str)> = got[..3]
         .iter()
@@ -265,7 +281,10 @@ async fn direct_get_answers_every_form_with_headers_and_statuses() {
         r#"{"next_by_subj":"ORDERS.new","seq":2,"batch":10}"#,
     )
     .await;
-    let seqs: Vec<&str> = got.iter().map(|(_, h, _)| header(h, "Nats-Sequence")).collect();
+    let seqs: Vec<&str> = got
+        .iter()
+        .map(|(_, h, _)| header(h, "Nats-Sequence"))
+        .collect();
     assert_eq!(seqs, ["2", "4", ""]);
     // max_bytes stops a batch after the message that reaches it.
     let got = direct(
@@ -283,7 +302,10 @@ async fn direct_get_answers_every_form_with_headers_and_statuses() {
         r#"{"multi_last":["ORDERS.*"]}"#,
     )
     .await;
-    let seqs: Vec<&str> = got.iter().map(|(_, h, _)| header(h, "Nats-Sequence")).collect();
+    let seqs: Vec<&str> = got
+        .iter()
+        .map(|(_, h, _)| header(h, "Nats-Sequence"))
+        .collect();
     assert_eq!(seqs, ["3", "4", "6", ""]);
     assert_eq!(header(&got[3].1, "Nats-UpTo-Sequence"), "6");
     let got = direct(
@@ -292,7 +314,10 @@ async fn direct_get_answers_every_form_with_headers_and_statuses() {
         r#"{"multi_last":["ORDERS.new","ORDERS.paid"],"up_to_seq":5}"#,
     )
     .await;
-    let seqs: Vec<&str> = got.iter().map(|(_, h, _)| header(h, "Nats-Sequence")).collect();
+    let seqs: Vec<&str> = got
+        .iter()
+        .map(|(_, h, _)| header(h, "Nats-Sequence"))
+        .collect();
     assert_eq!(seqs, ["4", "5", ""]);
     // From a time: everything is newer than the epoch.
     let got = direct(
@@ -315,9 +340,17 @@ async fn direct_get_answers_every_form_with_headers_and_statuses() {
         ("$JS.API.DIRECT.GET.ORDERS", r#"{"seq":9999}"#, 404),
         ("$JS.API.DIRECT.GET.ORDERS", "", 408),
         ("$JS.API.DIRECT.GET.ORDERS", "{", 408),
-        ("$JS.API.DIRECT.GET.ORDERS", r#"{"seq":1,"last_by_subj":"a"}"#, 408),
+        (
+            "$JS.API.DIRECT.GET.ORDERS",
+            r#"{"seq":1,"last_by_subj":"a"}"#,
+            408,
+        ),
         ("$JS.API.DIRECT.GET.ORDERS.ORDERS.gone", "", 404),
-        ("$JS.API.DIRECT.GET.ORDERS", r#"{"multi_last":["nothing"]}"#, 404),
+        (
+            "$JS.API.DIRECT.GET.ORDERS",
+            r#"{"multi_last":["nothing"]}"#,
+            404,
+        ),
     ] {
         let got = direct(&client, subject, body).await;
         assert_eq!(got[0].0, status, "{subject} {body}");
@@ -392,13 +425,33 @@ async fn jetstream_is_per_account_with_the_account_limits() {
     let create = |name: &str, extra: &str| {
         format!(r#"{{"name":"{name}","subjects":["small.{name}"]{extra}}}"#)
     };
-    let body = api(&small, "$JS.API.STREAM.CREATE.X", &create("X", r#","max_bytes":600"#)).await;
+    let body = api(
+        &small,
+        "$JS.API.STREAM.CREATE.X",
+        &create("X", r#","max_bytes":600"#),
+    )
+    .await;
     assert!(body["error"].is_null(), "{body}");
-    let body = api(&small, "$JS.API.STREAM.CREATE.Y", &create("Y", r#","max_bytes":401"#)).await;
+    let body = api(
+        &small,
+        "$JS.API.STREAM.CREATE.Y",
+        &create("Y", r#","max_bytes":401"#),
+    )
+    .await;
     assert_eq!(body["error"]["err_code"], 10047, "{body}");
-    let body = api(&small, "$JS.API.STREAM.CREATE.Y", &create("Y", r#","max_consumers":4"#)).await;
+    let body = api(
+        &small,
+        "$JS.API.STREAM.CREATE.Y",
+        &create("Y", r#","max_consumers":4"#),
+    )
+    .await;
     assert_eq!(body["error"]["err_code"], 10026, "{body}");
-    let body = api(&small, "$JS.API.STREAM.CREATE.Y", &create("Y", r#","max_bytes":400"#)).await;
+    let body = api(
+        &small,
+        "$JS.API.STREAM.CREATE.Y",
+        &create("Y", r#","max_bytes":400"#),
+    )
+    .await;
     assert!(body["error"].is_null(), "{body}");
     let body = api(&small, "$JS.API.STREAM.CREATE.Z", &create("Z", "")).await;
     assert_eq!(body["error"]["err_code"], 10027, "{body}");
@@ -408,7 +461,13 @@ async fn jetstream_is_per_account_with_the_account_limits() {
     assert_eq!(info["limits"]["max_storage"], 1000);
     assert_eq!(info["limits"]["max_consumers"], 3);
     let info = api(&on, "$JS.API.INFO", "").await;
-    assert_eq!((info["streams"].clone(), info["limits"]["max_streams"].clone()), (1.into(), (-1).into()));
+    assert_eq!(
+        (
+            info["streams"].clone(),
+            info["limits"]["max_streams"].clone()
+        ),
+        (1.into(), (-1).into())
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -428,20 +487,30 @@ async fn monitoring_shows_jetstream_usage_accounts_and_streams() {
     .await
     .expect("create");
     for _ in 0..3 {
-        js.publish("ORDERS.new", "abc".into()).await.unwrap().await.unwrap();
+        js.publish("ORDERS.new", "abc".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     let _ = api(&client, "$JS.API.STREAM.INFO.NOPE", "").await;
 
     let jsz = common::http_json(http, "/jsz");
     assert!(jsz.get("disabled").is_none(), "{jsz}");
-    assert_eq!((jsz["streams"].clone(), jsz["messages"].clone()), (1.into(), 3.into()));
+    assert_eq!(
+        (jsz["streams"].clone(), jsz["messages"].clone()),
+        (1.into(), 3.into())
+    );
     assert!(jsz["storage"].as_u64().unwrap() > 0);
     assert_eq!(jsz["accounts"], 1);
     assert_eq!(jsz["api"]["level"], 4);
     assert!(jsz["api"]["errors"].as_u64().unwrap() >= 1);
     assert_eq!(jsz["config"]["sync_always"], true);
     assert!(jsz["config"]["max_memory"].as_i64().unwrap() > 0);
-    assert!(jsz["config"]["store_dir"].as_str().unwrap().ends_with("jetstream"));
+    assert!(jsz["config"]["store_dir"]
+        .as_str()
+        .unwrap()
+        .ends_with("jetstream"));
     assert!(jsz.get("account_details").is_none());
     assert_eq!(jsz["total"], 1);
 
@@ -494,7 +563,9 @@ async fn stream_changes_are_advised_as_nats_server_advises_them() {
         ..Default::default()
     };
     js.create_stream(config.clone()).await.expect("create");
-    js.create_stream(config.clone()).await.expect("same again: no advisory");
+    js.create_stream(config.clone())
+        .await
+        .expect("same again: no advisory");
     js.update_stream(stream::Config {
         max_messages: 10,
         ..config
@@ -513,14 +584,26 @@ async fn stream_changes_are_advised_as_nats_server_advises_them() {
         assert_eq!(body["stream"], "TMP");
         assert_eq!(body["id"].as_str().map(str::len), Some(22));
         assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
-        seen.push((msg.subject.to_string(), body["action"].as_str().unwrap().to_string()));
+        seen.push((
+            msg.subject.to_string(),
+            body["action"].as_str().unwrap().to_string(),
+        ));
     }
     assert_eq!(
         seen,
         [
-            ("$JS.EVENT.ADVISORY.STREAM.CREATED.TMP".to_string(), "create".to_string()),
-            ("$JS.EVENT.ADVISORY.STREAM.UPDATED.TMP".to_string(), "modify".to_string()),
-            ("$JS.EVENT.ADVISORY.STREAM.DELETED.TMP".to_string(), "delete".to_string()),
+            (
+                "$JS.EVENT.ADVISORY.STREAM.CREATED.TMP".to_string(),
+                "create".to_string()
+            ),
+            (
+                "$JS.EVENT.ADVISORY.STREAM.UPDATED.TMP".to_string(),
+                "modify".to_string()
+            ),
+            (
+                "$JS.EVENT.ADVISORY.STREAM.DELETED.TMP".to_string(),
+                "delete".to_string()
+            ),
         ]
     );
     drop(server);

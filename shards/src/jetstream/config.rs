@@ -550,7 +550,12 @@ mod tests {
             max_consumers: 6,
             ..Default::default()
         };
-        assert_eq!(check_account_room(&limits, &many, &[]).unwrap_err().err_code, 10026);
+        assert_eq!(
+            check_account_room(&limits, &many, &[])
+                .unwrap_err()
+                .err_code,
+            10026
+        );
         let memory = StreamConfig {
             storage: StorageType::Memory,
             max_bytes: 10,
@@ -560,7 +565,12 @@ mod tests {
             max_memory: 5,
             ..Default::default()
         };
-        assert_eq!(check_account_room(&tight, &memory, &[]).unwrap_err().err_code, 10028);
+        assert_eq!(
+            check_account_room(&tight, &memory, &[])
+                .unwrap_err()
+                .err_code,
+            10028
+        );
     }
 
     fn parse(json: &str) -> StreamConfig {

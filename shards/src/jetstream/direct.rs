@@ -103,12 +103,11 @@ pub fn parse_request(payload: &[u8]) -> Result<DirectRequest, Status> {
     let last = !r.last_for.is_empty();
     let next = !r.next_for.is_empty();
     let multi = !r.multi_last.is_empty();
-    let conflicting = (r.seq > 0 && last)
-        || (r.seq > 0 && r.start_time.is_some())
-        || (r.start_time.is_some() && last)
-        || (last && next)
-        || (last && r.batch > 0)
-        || (last && multi)
+    let by_seq = r.seq > 0;
+    let by_time = r.start_time.is_some();
+    // Last-by-subject stands alone; the other ways to start exclude each other.
+    let conflicting = (last && (by_seq || by_time || next || multi || r.batch > 0))
+        || (by_seq && by_time)
         || (next && multi)
         || (r.up_to_seq > 0 && r.up_to_time.is_some());
     if conflicting {
@@ -284,6 +283,9 @@ mod tests {
             )[..],
             b"NATS/1.0 204 EOB\r\nNats-Num-Pending: 7\r\nNats-Last-Sequence: 3\r\n\r\n"
         );
-        assert_eq!(&NOT_FOUND.header()[..], b"NATS/1.0 404 Message Not Found\r\n\r\n");
+        assert_eq!(
+            &NOT_FOUND.header()[..],
+            b"NATS/1.0 404 Message Not Found\r\n\r\n"
+        );
     }
 }

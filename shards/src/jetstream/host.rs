@@ -359,7 +359,9 @@ impl Hosted {
             direct::parse_request(msg.payload())
         };
         let answer = match request {
-            Ok(req) if !req.multi_last.is_empty() => self.direct_multi_last(shard, &req, &msg.reply).await,
+            Ok(req) if !req.multi_last.is_empty() => {
+                self.direct_multi_last(shard, &req, &msg.reply).await
+            }
             Ok(req) => self.direct_messages(shard, &req, &msg.reply).await,
             Err(status) => Err(status),
         };
@@ -524,7 +526,12 @@ impl Hosted {
                 break;
             }
         }
-        self.send(shard, reply, &direct::end_of_batch(position, Some(up_to)), &[]);
+        self.send(
+            shard,
+            reply,
+            &direct::end_of_batch(position, Some(up_to)),
+            &[],
+        );
         Ok(())
     }
 

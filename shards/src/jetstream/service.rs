@@ -315,8 +315,14 @@ impl JetStream {
         out.insert("limits".into(), json!({}));
         out.insert("streams".into(), json!(figures.len()));
         out.insert("consumers".into(), json!(0));
-        let messages: u64 = figures.iter().filter_map(|f| f.state["messages"].as_u64()).sum();
-        let bytes: u64 = figures.iter().filter_map(|f| f.state["bytes"].as_u64()).sum();
+        let messages: u64 = figures
+            .iter()
+            .filter_map(|f| f.state["messages"].as_u64())
+            .sum();
+        let bytes: u64 = figures
+            .iter()
+            .filter_map(|f| f.state["bytes"].as_u64())
+            .sum();
         out.insert("messages".into(), json!(messages));
         out.insert("bytes".into(), json!(bytes));
         let accounts = self.accounts();
@@ -358,7 +364,13 @@ impl JetStream {
                 StorageType::File => storage += bytes,
             }
         }
-        let stats = self.0.stats.borrow().get(&index).copied().unwrap_or_default();
+        let stats = self
+            .0
+            .stats
+            .borrow()
+            .get(&index)
+            .copied()
+            .unwrap_or_default();
         let mut out = Map::new();
         out.insert("name".into(), json!(name));
         out.insert("id".into(), json!(name));
@@ -380,10 +392,7 @@ impl JetStream {
                     let mut s = Map::new();
                     s.insert("name".into(), json!(f.assignment.config.name));
                     s.insert("created".into(), json!(ts_rfc3339(f.assignment.created)));
-                    s.insert(
-                        "cluster".into(),
-                        json!({ "leader": self.0.opts.server_id }),
-                    );
+                    s.insert("cluster".into(), json!({ "leader": self.0.opts.server_id }));
                     if o.config {
                         s.insert("config".into(), json!(f.assignment.config));
                     }
@@ -529,9 +538,7 @@ struct MsgDeleteRequest {
 impl Service {
     /// The JetStream limits of `account` (`None`: not enabled there).
     fn account_limits(&self, account: &str) -> Option<JetStreamLimits> {
-        self.opts
-            .accounts
-            .jetstream(self.account_index(account)?)
+        self.opts.accounts.jetstream(self.account_index(account)?)
     }
 
     /// What the server and the account add to the checks of a stream.

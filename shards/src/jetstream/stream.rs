@@ -117,8 +117,11 @@ pub fn header<'a>(headers: &'a [u8], name: &str) -> Option<&'a str> {
 /// Whether a request's `Nats-Required-Api-Level` asks for more than this
 /// server's API level (an unreadable level counts as more, as in nats-server).
 pub fn requires_newer_api(headers: &[u8]) -> bool {
-    header(headers, "Nats-Required-Api-Level")
-        .is_some_and(|level| level.parse::<u32>().map_or(true, |l| l > super::config::API_LEVEL))
+    header(headers, "Nats-Required-Api-Level").is_some_and(|level| {
+        level
+            .parse::<u32>()
+            .map_or(true, |l| l > super::config::API_LEVEL)
+    })
 }
 
 impl Stream {
