@@ -609,3 +609,120 @@ async fn stream_changes_are_advised_as_nats_server_advises_them() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Publishes up to 3000 `round.<n>` payloads with up to 256 PubAcks in flight
+/// until the connection fails; returns the (payload, sequence) pairs that were acknowledged.
+async fn publish_until_killed(js: &jetstream::Context, round: usize) -> Vec<(String, u64)> {
+    use futures::StreamExt as _;
+    let mut acked = Vec::new();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    // Bounded so that reading everything back each round stays quick.
+    for n in 0..3000 {
+        let payload = format!("{round}.{n}");
+        match js.publish("CRASH.x", payload.clone().into()).await {
+            Ok(ack) => in_flight.push(async move { (payload, ack.await) }),
+            Err(_) => break,
+        }
+        while in_flight.len() >= 256 {
+            match in_flight.next().await {
+                Some((payload, Ok(ack))) => acked.push((payload, ack.sequence)),
+                _ => return acked,
+            }
+        }
+    }
+    while let Some((payload, result)) = in_flight.next().await {
+        if let Ok(ack) = result {
+            acked.push((payload, ack.sequence));
+        }
+    }
+    acked
+}
+
+#[tokio::test]
+async fn no_acknowledged_message_is_lost_or_doubled_over_thirty_kills() {
+    let dir = store_dir("crashloop");
+    let mut acknowledged: Vec<(String, u64)> = Vec::new();
+    let mut killed_in_flight = 0;
+    for round in 0..30 {
+        let server = start(&dir);
+        let client = async_nats::ConnectOptions::new()
+            .max_reconnects(Some(0))
+            .connect(server.url())
+            .await
+            .expect("connect");
+        // In-flight PubAcks fail soon after the kill instead of after 5 s.
+        let js = jetstream::ContextBuilder::new()
+            .timeout(std::time::Duration::from_millis(500))
+            .build(client.clone());
+        if round == 0 {
+            js.create_stream(stream::Config {
+                name: "CRASH".into(),
+                subjects: vec!["CRASH.*".into()],
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+        }
+        // Every message acknowledged so far is at its sequence.
+        let mut stored: Vec<(String, u64)> = Vec::new();
+        let mut next = 1;
+        loop {
+            let got = direct(
+                &client,
+                "$JS.API.DIRECT.GET.CRASH",
+                &format!(r#"{{"seq":{next},"batch":10000,"max_bytes":100000000}}"#),
+            )
+            .await;
+            let before = stored.len();
+            for (status, headers, payload) in &got {
+                if *status == 0 {
+                    let seq: u64 = header(headers, "Nats-Sequence").parse().expect("seq");
+                    stored.push((String::from_utf8_lossy(payload).into_owned(), seq));
+                    next = seq + 1;
+                }
+            }
+            if stored.len() == before {
+                break;
+            }
+        }
+        let mut payloads: Vec<&str> = stored.iter().map(|(p, _)| p.as_str()).collect();
+        payloads.sort_unstable();
+        let total = payloads.len();
+        payloads.dedup();
+        assert_eq!(
+            payloads.len(),
+            total,
+            "round {round}: a message stored twice"
+        );
+        let at: std::collections::HashMap<u64, &str> =
+            stored.iter().map(|(p, s)| (*s, p.as_str())).collect();
+        for (payload, seq) in &acknowledged {
+            assert_eq!(
+                at.get(seq),
+                Some(&payload.as_str()),
+                "round {round}: lost {payload}@{seq}"
+            );
+        }
+        // Publish, and kill the server while PubAcks are in flight.
+        let publisher = {
+            let js = js.clone();
+            tokio::spawn(async move { publish_until_killed(&js, round).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        drop(server);
+        let acked = publisher.await.expect("publisher");
+        killed_in_flight += usize::from(acked.len() < 3000);
+        acknowledged.extend(acked);
+    }
+    assert!(
+        acknowledged.len() > 1000,
+        "only {} acknowledged",
+        acknowledged.len()
+    );
+    assert!(
+        killed_in_flight >= 10,
+        "only {killed_in_flight} kills hit PubAcks in flight"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
