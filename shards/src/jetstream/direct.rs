@@ -31,6 +31,17 @@ pub struct DirectRequest {
     pub no_headers: bool,
 }
 
+impl DirectRequest {
+    /// The most a reply may send; unset, the server's max_pending (as nats-server).
+    pub fn max_bytes_or(&self, max_pending: usize) -> usize {
+        if self.max_bytes > 0 {
+            self.max_bytes
+        } else {
+            max_pending
+        }
+    }
+}
+
 fn rfc3339_ns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let Some(text) = Option::<String>::deserialize(d)? else {
         return Ok(None);

@@ -436,11 +436,7 @@ impl Hosted {
             },
             last_seq: 0,
         };
-        let max_bytes = if req.max_bytes > 0 {
-            req.max_bytes
-        } else {
-            shard.max_pending()
-        };
+        let max_bytes = req.max_bytes_or(shard.max_pending());
         let mut sent_bytes = 0;
         for i in 0..req.batch.max(1) {
             let found = if !req.last_for.is_empty() {
@@ -502,11 +498,7 @@ impl Hosted {
         if seqs.is_empty() {
             return Err(direct::NO_RESULTS);
         }
-        let max_bytes = if req.max_bytes > 0 {
-            req.max_bytes
-        } else {
-            shard.max_pending()
-        };
+        let max_bytes = req.max_bytes_or(shard.max_pending());
         let mut position = BatchPosition {
             pending: seqs.len() as u64,
             last_seq: 0,

@@ -198,29 +198,28 @@ pub struct JszOptions {
     pub account: Option<String>,
 }
 
-/// One stream's figures, as monitoring needs them.
+/// One stream's figures, as usage reports need them.
 struct StreamFigures {
     assignment: StreamAssignment,
     state: Value,
 }
 
-impl JetStream {
-    /// Every stream with its state, in account then name order.
-    async fn figures(&self) -> Vec<StreamFigures> {
-        let assignments: Vec<StreamAssignment> = self.0.meta.borrow().all().cloned().collect();
-        let mut out = Vec::with_capacity(assignments.len());
-        for a in assignments {
-            let state = self
-                .0
-                .send_op(&a, StreamOp::state())
-                .await
-                .unwrap_or_else(|_| json!({}));
-            out.push(StreamFigures {
-                assignment: a,
-                state,
-            });
+/// Bytes held in memory and in files by these streams.
+fn memory_and_storage<'a>(streams: impl IntoIterator<Item = &'a StreamFigures>) -> (u64, u64) {
+    let (mut memory, mut storage) = (0u64, 0u64);
+    for f in streams {
+        let bytes = f.state["bytes"].as_u64().unwrap_or(0);
+        match f.assignment.config.storage {
+            StorageType::Memory => memory += bytes,
+            StorageType::File => storage += bytes,
         }
-        out
+    }
+    (memory, storage)
+}
+
+impl JetStream {
+    async fn figures(&self) -> Vec<StreamFigures> {
+        self.0.figures(None).await
     }
 
     /// The JetStream-enabled accounts, by name.
@@ -262,14 +261,7 @@ impl JetStream {
 
     /// The usage block shared by `/jsz` and `/varz` (nats-server's JetStreamStats).
     fn stats_json(&self, figures: &[StreamFigures]) -> Value {
-        let (mut memory, mut storage) = (0u64, 0u64);
-        for f in figures {
-            let bytes = f.state["bytes"].as_u64().unwrap_or(0);
-            match f.assignment.config.storage {
-                StorageType::Memory => memory += bytes,
-                StorageType::File => storage += bytes,
-            }
-        }
+        let (memory, storage) = memory_and_storage(figures);
         let stats = self.0.stats.borrow();
         let total: u64 = stats.values().map(|s| s.total).sum();
         let errors: u64 = stats.values().map(|s| s.errors).sum();
@@ -356,14 +348,7 @@ impl JetStream {
             .iter()
             .filter(|f| f.assignment.account == name)
             .collect();
-        let (mut memory, mut storage) = (0u64, 0u64);
-        for f in &mine {
-            let bytes = f.state["bytes"].as_u64().unwrap_or(0);
-            match f.assignment.config.storage {
-                StorageType::Memory => memory += bytes,
-                StorageType::File => storage += bytes,
-            }
-        }
+        let (memory, storage) = memory_and_storage(mine.iter().copied());
         let stats = self
             .0
             .stats
@@ -718,21 +703,33 @@ impl Service {
         }
     }
 
-    async fn account_info(&self, account: &str, index: u32) -> Result<Value, ApiError> {
-        let streams: Vec<StreamAssignment> =
-            self.meta.borrow().streams_of(account).cloned().collect();
-        let (mut memory, mut storage) = (0u64, 0u64);
-        for a in &streams {
-            let state = self
-                .stream_op(account, &a.config.name, StreamOp::state())
-                .await
-                .unwrap_or_default();
-            let bytes = state["bytes"].as_u64().unwrap_or(0);
-            match a.config.storage {
-                StorageType::Memory => memory += bytes,
-                StorageType::File => storage += bytes,
+    /// The streams (of one account, or all) with their states, in account then
+    /// name order.
+    async fn figures(&self, account: Option<&str>) -> Vec<StreamFigures> {
+        let assignments: Vec<StreamAssignment> = {
+            let meta = self.meta.borrow();
+            match account {
+                Some(account) => meta.streams_of(account).cloned().collect(),
+                None => meta.all().cloned().collect(),
             }
+        };
+        let mut out = Vec::with_capacity(assignments.len());
+        for a in assignments {
+            let state = self
+                .send_op(&a, StreamOp::state())
+                .await
+                .unwrap_or_else(|_| json!({}));
+            out.push(StreamFigures {
+                assignment: a,
+                state,
+            });
         }
+        out
+    }
+
+    async fn account_info(&self, account: &str, index: u32) -> Result<Value, ApiError> {
+        let streams = self.figures(Some(account)).await;
+        let (memory, storage) = memory_and_storage(&streams);
         let stats = self.stats.borrow().get(&index).copied().unwrap_or_default();
         let limits = self.account_limits(account).unwrap_or_default();
         Ok(json!({
