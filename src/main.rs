@@ -295,26 +295,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let start_time = std::time::SystemTime::now();
     let lame_duck = (opts.lame_duck_duration, opts.lame_duck_grace_period);
     rlimit::apply(opts.max_connections);
-    let handle = strait_shards::start(opts)?;
+    let handle = strait_shards::start_closed(opts)?;
     if let Some(pid_file) = &process.pid_file {
         std::fs::write(pid_file, std::process::id().to_string())
             .with_context(|| format!("could not write pid file {pid_file}"))?;
-    }
-    tracing::info!(
-        "Listening for client connections on {}",
-        host_port(&host, handle.port)
-    );
-    if let Some(tls) = &opts_snapshot.tls {
-        if opts_snapshot.allow_non_tls && !tls.handshake_first_only() {
-            tracing::info!("TLS available for client connections");
-        } else {
-            tracing::info!("TLS required for client connections");
-        }
-        if tls.handshake_first_only() {
-            tracing::warn!(
-                "Clients that are not using \"TLS Handshake First\" option will fail to connect"
-            );
-        }
     }
     let monitoring = process.http_port.map(|port| MonitorSetup {
         host: process.http_host.clone().unwrap_or_else(|| host.clone()),
@@ -333,6 +317,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .prof_cpu_rate
                 .unwrap_or(profiling::DEFAULT_CPU_RATE_HZ),
         });
+    // (TLS available to all, required of all, handshake first), for the log lines.
+    let tls_mode = opts_snapshot.tls.as_ref().map(|tls| {
+        (
+            opts_snapshot.allow_non_tls && !tls.handshake_first_only(),
+            tls.handshake_first_only(),
+        )
+    });
     let reloader = Reloader {
         cli: cli.clone(),
         running: opts_snapshot,
@@ -345,6 +336,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         reloader,
         (monitoring, profiling),
     )?;
+    // JetStream is up (spawn_control returns once it is): clients may come in.
+    handle.open_for_clients();
+    tracing::info!(
+        "Listening for client connections on {}",
+        host_port(&host, handle.port)
+    );
+    if let Some((optional, handshake_first)) = tls_mode {
+        if optional {
+            tracing::info!("TLS available for client connections");
+        } else {
+            tracing::info!("TLS required for client connections");
+        }
+        if handshake_first {
+            tracing::warn!(
+                "Clients that are not using \"TLS Handshake First\" option will fail to connect"
+            );
+        }
+    }
     // After every listener is up, so that random ports (-m -1, --profile -1) are in it.
     let ports_file = match &process.ports_file_dir {
         Some(dir) => Some(write_ports_file(dir, &host, handle.port, ports)?),

@@ -726,3 +726,72 @@ async fn no_acknowledged_message_is_lost_or_doubled_over_thirty_kills() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Kills the server it holds when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A harness that connects the moment the port answers and asks the JetStream API
+/// at once (as the nats CLI in a systemd `ExecStartPost`, or a test suite, does)
+/// gets its answer: the server accepts clients only once JetStream is up, as
+/// nats-server does, instead of answering "no responders" from a half-started server.
+#[test]
+fn the_first_client_finds_jetstream_already_up() {
+    use std::io::{Read, Write};
+    for round in 0..3 {
+        let dir = store_dir(&format!("first-{round}"));
+        let port = common::free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_strait"))
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn strait");
+        let _server = KillOnDrop(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut stream = loop {
+            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "strait never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(
+                b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
+                  SUB _INBOX.first 1\r\nPUB $JS.API.INFO _INBOX.first 0\r\n\r\n",
+            )
+            .expect("write");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while common::find(&got, b"MSG _INBOX.first").is_none() {
+            let n = stream.read(&mut chunk).expect("an answer to $JS.API.INFO");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        let at = text.find("MSG _INBOX.first").expect("reply line");
+        assert!(
+            text[at.saturating_sub(1)..].starts_with("\nMSG"),
+            "round {round}: a status (no responders) instead of the account info: {text}"
+        );
+        assert!(
+            text.contains("\"type\":\"io.nats.jetstream.api.v1.account_info_response\""),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

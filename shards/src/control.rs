@@ -37,6 +37,8 @@ pub enum Command {
         options: Arc<ServerOptions>,
         done: Option<flume::Sender<usize>>,
     },
+    /// Start accepting clients (once what must be up before them, JetStream, is).
+    OpenForClients,
     /// Stop accepting, tell the clients, close them gradually.
     LameDuck,
     /// Close the listener and every connection, and stop.
@@ -328,6 +330,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, commands: CommandReceiver) {
                     let _ = done.send(shard.id);
                 }
             }
+            Command::OpenForClients => shard.open_for_clients(),
             Command::LameDuck => shard.enter_lame_duck(),
             Command::Shutdown => {
                 shard.stop();

@@ -27,7 +27,7 @@ pub mod sublist;
 pub mod tls;
 
 pub use options::ServerOptions;
-pub use server::{start, ServerHandle, StartError};
+pub use server::{start, start_closed, ServerHandle, StartError};
 
 use std::time::Duration;
 

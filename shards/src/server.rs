@@ -49,6 +49,11 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Lets every shard accept client connections.
+    pub fn open_for_clients(&self) {
+        self.commander.broadcast(|| Command::OpenForClients);
+    }
+
     /// Asks every shard to close its listener and connections and stop.
     pub fn shutdown(&self) {
         self.commander.broadcast(|| Command::Shutdown);
@@ -81,6 +86,17 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, StartError> {
 
 /// Starts all shards; returns once every one of them accepts connections.
 pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
+    let handle = start_closed(opts)?;
+    handle.open_for_clients();
+    Ok(handle)
+}
+
+/// Starts all shards with their listeners bound but not accepting yet: commands
+/// (internal clients, subscriptions, JetStream) work, and clients that connect
+/// wait in the listen backlog until [`ServerHandle::open_for_clients`]. nats-server
+/// likewise brings JetStream up before it accepts, so a client's first request
+/// finds the API there.
+pub fn start_closed(opts: ServerOptions) -> Result<ServerHandle, StartError> {
     let addr = resolve(&opts.host, opts.port)?;
     // glommio listeners always set SO_REUSEPORT, so a second broker on the same port
     // would silently share its traffic. An exclusive bind first fails as it should.
@@ -186,8 +202,14 @@ async fn run_shard(
         }
     }
     glommio::spawn_local(crate::control::serve(shard.clone(), commands)).detach();
+    let shard_for_accept = shard.clone();
+    let gate = shard.close_for_clients();
     let _ = ready.send(Ok(()));
-    let acceptor = glommio::spawn_local(accept_loop(shard.clone(), listener));
+    let acceptor = glommio::spawn_local(async move {
+        // Err once the gate's sender is dropped: the server is open.
+        let _ = gate.recv_async().await;
+        accept_loop(shard_for_accept, listener).await
+    });
     housekeeping(&shard, acceptor).await;
 
     shard.close_all(CloseReason::ServerShutdown);

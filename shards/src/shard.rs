@@ -83,6 +83,9 @@ pub struct Shard {
     /// Told to enter lame duck mode / to stop (commands; the tick acts on them).
     lame_duck: Cell<bool>,
     stopping: Cell<bool>,
+    /// Held until the server opens for clients (JetStream up, as nats-server does
+    /// before it accepts); dropping it releases the accept loop.
+    clients_gate: RefCell<Option<flume::Sender<()>>>,
 }
 
 /// The router's view of its shard while it routes.
@@ -230,6 +233,7 @@ impl Shard {
             max_pending: Cell::new(opts_max_pending),
             lame_duck: Cell::new(false),
             stopping: Cell::new(false),
+            clients_gate: RefCell::new(None),
         }
     }
 
@@ -273,6 +277,17 @@ impl Shard {
     /// A copy of the INFO template.
     pub fn info(&self) -> ServerInfo {
         self.info.borrow().clone()
+    }
+
+    /// The accept loop waits on the receiver until [`Shard::open_for_clients`].
+    pub(crate) fn close_for_clients(&self) -> flume::Receiver<()> {
+        let (tx, rx) = flume::bounded(1);
+        *self.clients_gate.borrow_mut() = Some(tx);
+        rx
+    }
+
+    pub(crate) fn open_for_clients(&self) {
+        self.clients_gate.borrow_mut().take();
     }
 
     pub(crate) fn enter_lame_duck(&self) {
