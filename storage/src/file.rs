@@ -109,6 +109,12 @@ struct Segment {
     synced: u64,
     /// Rewrite `buf` even if nothing was appended (an erase patched it).
     force: bool,
+    /// Bytes of the file allocated so far. Allocation grows ahead of the writes, in
+    /// doublings up to the segment size, so appends rarely extend the file (which an
+    /// fdatasync would have to journal) and a small stream does not hold a whole
+    /// segment of disk: a thousand streams of a thousand messages would otherwise
+    /// reserve 64 GB.
+    allocated: u64,
 }
 
 impl Segment {
@@ -282,6 +288,7 @@ impl State {
                     buf,
                     synced: 0,
                     force: false,
+                    allocated: 0,
                 },
             );
             self.active = id;
@@ -411,11 +418,22 @@ impl FileStore {
             segments: ids.len(),
             ..Default::default()
         };
+        st.index
+            .reserve(expected_records(&cfg.dir, &ids, &name).await);
         let mut last_tail: Option<Vec<u8>> = None;
+        let mut scratch = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
             let is_last = i + 1 == ids.len();
-            let tail =
-                recover_segment(&cfg, keys.as_ref(), id, is_last, &mut st, &mut report).await?;
+            let tail = recover_segment(
+                &cfg,
+                keys.as_ref(),
+                id,
+                is_last,
+                &mut st,
+                &mut report,
+                &mut scratch,
+            )
+            .await?;
             if is_last {
                 last_tail = tail;
             }
@@ -575,6 +593,7 @@ impl FileStore {
                 Some(f) => f,
                 None => self.create_segment_file(id).await?,
             };
+            self.allocate_ahead(id, &file).await;
             let (base, end, mut dbuf) = {
                 let st = self.inner.st.borrow();
                 let Some(s) = st.segs.get(&id) else { continue };
@@ -624,15 +643,35 @@ impl FileStore {
         Ok(())
     }
 
+    /// Grows the segment's allocation to cover what the next write reaches: at
+    /// least [`FIRST_ALLOCATION`], doubling, at most the segment size. A failure
+    /// (a filesystem without fallocate) only costs the optimisation.
+    async fn allocate_ahead(&self, id: u64, file: &DmaFile) {
+        let segment_size = self.inner.cfg.segment_size;
+        let (allocated, reach) = match self.inner.st.borrow().segs.get(&id) {
+            Some(s) => (s.allocated, align_up(s.end)),
+            None => return,
+        };
+        if reach <= allocated {
+            return;
+        }
+        let target = reach
+            .max(allocated.saturating_mul(2))
+            .max(FIRST_ALLOCATION)
+            .min(segment_size.max(reach));
+        if let Err(e) = file.pre_allocate(target, false).await {
+            tracing::debug!(stream = %self.name(), error = %e, "segment pre-allocation failed");
+        }
+        if let Some(s) = self.inner.st.borrow_mut().segs.get_mut(&id) {
+            s.allocated = target;
+        }
+    }
+
     async fn create_segment_file(&self, id: u64) -> Result<Rc<DmaFile>> {
         let path = seg_path(&self.inner.cfg.dir, id);
         let f = open_dma(&path)
             .await
             .map_err(|e| StoreError::io(self.name(), "create segment", e))?;
-        // Allocate the whole segment up front so appends do not extend the file.
-        if let Err(e) = f.pre_allocate(self.inner.cfg.segment_size, false).await {
-            tracing::debug!(stream = %self.name(), error = %e, "segment pre-allocation failed");
-        }
         sync_dir(&self.inner.cfg.dir);
         let f = Rc::new(f);
         if let Some(s) = self.inner.st.borrow_mut().segs.get_mut(&id) {
@@ -991,12 +1030,49 @@ fn check_meta(dir: &Path, name: &str, keys: Option<&Keys>) -> Result<()> {
 }
 
 /// Reads a whole segment file (up to the end of its data).
-async fn read_segment(file: &DmaFile, name: &str) -> Result<Vec<u8>> {
+/// A new segment's first allocation.
+const FIRST_ALLOCATION: u64 = 1 << 20;
+
+/// About how many sequences the segments span, from the first and last segment
+/// headers (the sequence each starts at) and the last segment's size, so the index
+/// is sized once instead of doubling (and copying) all through the scan. A guess
+/// only: unreadable headers make it 0, and the scan still grows as needed.
+async fn expected_records(dir: &Path, ids: &[u64], name: &str) -> usize {
+    async fn starts_at(dir: &Path, id: u64) -> Option<(u64, u64)> {
+        let file = open_dma(&seg_path(dir, id)).await.ok()?;
+        let size = file.file_size().await.ok()?;
+        let page = file.read_at_aligned(0, PAGE).await.ok()?;
+        let header = SegmentHeader::decode(&page)?;
+        (header.id == id).then_some((header.next_seq, size))
+    }
+    let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+        return 0;
+    };
+    let (Some((first_seq, _)), Some((last_seq, last_size))) =
+        (starts_at(dir, first).await, starts_at(dir, last).await)
+    else {
+        tracing::debug!(
+            stream = name,
+            "segment headers unreadable; index not presized"
+        );
+        return 0;
+    };
+    // The smallest record is a header and a little: 64 bytes bounds the last
+    // segment's share from above.
+    let span = last_seq.saturating_sub(first_seq) + last_size / 64;
+    usize::try_from(span).unwrap_or(0).min(1 << 30)
+}
+
+/// Reads a segment's written data into `data` (cleared first). One buffer serves
+/// every segment of a recovery: growing a fresh one per segment costs a copy and
+/// page faults per doubling, which dominated the scan of a big stream.
+async fn read_segment(file: &DmaFile, name: &str, data: &mut Vec<u8>) -> Result<()> {
     let size = file
         .file_size()
         .await
         .map_err(|e| StoreError::io(name, "stat segment", e))?;
-    let mut data = Vec::new();
+    data.clear();
+    data.reserve(size as usize);
     let mut off = 0u64;
     while off < size {
         let n = ((size - off) as usize).min(SCAN_CHUNK);
@@ -1017,7 +1093,7 @@ async fn read_segment(file: &DmaFile, name: &str) -> Result<Vec<u8>> {
             break;
         }
     }
-    Ok(data)
+    Ok(())
 }
 
 /// Scans one segment into the index. Returns the tail (from the last page boundary to
@@ -1029,13 +1105,15 @@ async fn recover_segment(
     is_last: bool,
     st: &mut State,
     report: &mut RecoveryReport,
+    data: &mut Vec<u8>,
 ) -> Result<Option<Vec<u8>>> {
     let name = cfg.name.as_str();
     let path = seg_path(&cfg.dir, id);
     let file = open_dma(&path)
         .await
         .map_err(|e| StoreError::io(name, "open segment", e))?;
-    let data = read_segment(&file, name).await?;
+    read_segment(&file, name, data).await?;
+    let data: &[u8] = data;
     report.bytes_scanned += data.len() as u64;
     if data.iter().all(|&b| b == 0) {
         // Created (and pre-allocated) but killed before its first write reached the
@@ -1051,7 +1129,7 @@ async fn recover_segment(
         return Ok(None);
     }
     let mut healthy = true;
-    match SegmentHeader::decode(&data) {
+    match SegmentHeader::decode(data) {
         Some(h) if h.id == id => {
             st.index
                 .advance_last(h.next_seq.saturating_sub(1), h.last_ts);
@@ -1085,6 +1163,7 @@ async fn recover_segment(
         buf: Vec::new(),
         synced: 0,
         force: false,
+        allocated: 0,
     };
     let mut off = PAGE;
     let mut torn: Option<(usize, usize)> = None;
@@ -1489,6 +1568,10 @@ impl Store for FileStore {
 
     fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>> {
         self.inner.st.borrow().index.multi_last(filters, up_to, max)
+    }
+
+    fn with_headers_since(&self, ts: i64) -> Vec<u64> {
+        self.inner.st.borrow().index.with_headers_since(ts)
     }
 
     fn next_expiry(&self) -> Option<i64> {

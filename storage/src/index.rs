@@ -27,6 +27,9 @@ pub struct Entry<L> {
     pub expires: Option<i64>,
     /// TTL "never": exempt from `max_age`.
     pub no_age: bool,
+    /// The message carries headers (only those can hold a `Nats-Msg-Id`, so a restart
+    /// reads only those back to rebuild deduplication).
+    pub has_headers: bool,
     pub loc: L,
 }
 
@@ -41,7 +44,9 @@ pub struct Index<L> {
     base: u64,
     /// Slots for `[base, last_seq]`; the front slot is always occupied.
     slots: VecDeque<Option<Entry<L>>>,
-    subjects: HashMap<Rc<str>, BTreeSet<u64>>,
+    /// Keyed with ahash (randomly seeded, so clients cannot aim collisions): every
+    /// append and every recovered record hashes its subject here, twice.
+    subjects: HashMap<Rc<str>, BTreeSet<u64>, ahash::RandomState>,
     ttls: BTreeSet<(i64, u64)>,
     msgs: u64,
     bytes: u64,
@@ -55,13 +60,18 @@ impl<L> Index<L> {
             limits,
             base: 1,
             slots: VecDeque::new(),
-            subjects: HashMap::new(),
+            subjects: HashMap::default(),
             ttls: BTreeSet::new(),
             msgs: 0,
             bytes: 0,
             last_seq: 0,
             last_ts: 0,
         }
+    }
+
+    /// Makes room for `additional` more sequences at once (a recovery's estimate).
+    pub fn reserve(&mut self, additional: usize) {
+        self.slots.reserve(additional);
     }
 
     pub fn limits(&self) -> &Limits {
@@ -442,6 +452,14 @@ impl<L> Index<L> {
         }
     }
 
+    /// The sequences stored at or after `ts` (ns) whose messages carry headers.
+    pub fn with_headers_since(&self, ts: i64) -> Vec<u64> {
+        self.iter_from(self.seq_from_time(ts))
+            .filter(|(_, e)| e.has_headers)
+            .map(|(seq, _)| seq)
+            .collect()
+    }
+
     /// The last sequence of every subject matching one of `filters`, at or below
     /// `up_to` (0 = the last sequence), ascending; `None` when there are more than
     /// `max` of them.
@@ -613,6 +631,7 @@ mod tests {
             size: msg_size(subject.len(), 0, 1),
             expires: None,
             no_age: false,
+            has_headers: false,
             loc: (),
         }
     }
@@ -656,6 +675,20 @@ mod tests {
         assert_eq!(ix.first_seq(), 11);
         ix.compact(20);
         assert_eq!((ix.first_seq(), ix.last_seq()), (20, 19));
+    }
+
+    #[test]
+    fn messages_with_headers_since_a_time() {
+        let mut ix: Index<()> = Index::new(Limits::default());
+        for s in 1..=6u64 {
+            let mut entry = e("a", s as i64 * 10);
+            entry.has_headers = s % 2 == 0;
+            ix.insert(s, entry);
+        }
+        ix.remove(4);
+        assert_eq!(ix.with_headers_since(0), vec![2, 6]);
+        assert_eq!(ix.with_headers_since(30), vec![6]);
+        assert!(ix.with_headers_since(61).is_empty());
     }
 
     #[test]

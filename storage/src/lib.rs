@@ -141,6 +141,9 @@ pub trait Store {
     /// The last sequence per subject matching any of `filters`, at or below `up_to`
     /// (0 = no bound), ascending; `None` when more than `max` subjects match.
     fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>>;
+    /// The sequences stored at or after `ts` (ns) whose messages carry headers,
+    /// ascending.
+    fn with_headers_since(&self, ts: i64) -> Vec<u64>;
     /// When `expire` next has work to do (ns), for the shard's timer.
     fn next_expiry(&self) -> Option<i64>;
     /// Makes everything appended so far durable.
@@ -220,6 +223,9 @@ impl Store for AnyStore {
     }
     fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>> {
         delegate!(self, s => s.multi_last(filters, up_to, max))
+    }
+    fn with_headers_since(&self, ts: i64) -> Vec<u64> {
+        delegate!(self, s => s.with_headers_since(ts))
     }
     fn next_expiry(&self) -> Option<i64> {
         delegate!(self, s => s.next_expiry())

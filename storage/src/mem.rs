@@ -48,6 +48,7 @@ pub(crate) fn new_entry<L>(
         size: msg_size(subject.len(), hdr_len, payload_len),
         expires,
         no_age,
+        has_headers: hdr_len > 0,
         loc,
     }
 }
@@ -195,6 +196,10 @@ impl Store for MemStore {
 
     fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>> {
         self.index.borrow().multi_last(filters, up_to, max)
+    }
+
+    fn with_headers_since(&self, ts: i64) -> Vec<u64> {
+        self.index.borrow().with_headers_since(ts)
     }
 
     fn next_expiry(&self) -> Option<i64> {

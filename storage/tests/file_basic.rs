@@ -62,3 +62,43 @@ fn append_load_reopen() {
 fn pl(i: u64) -> String {
     format!("msg-{i}-{}", "x".repeat(150))
 }
+
+/// A small stream holds about what it stores, not a whole pre-allocated segment:
+/// allocation grows ahead of the writes. A big segment size makes the difference
+/// plain (1000 such streams would otherwise reserve 64 GB).
+#[test]
+fn a_small_stream_does_not_reserve_a_whole_segment() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmpdir();
+    let mut c = cfg(dir.path());
+    c.segment_size = 64 << 20;
+    run(async {
+        let s = open(&c).await;
+        for i in 1..=1000u64 {
+            s.append("small", b"", &[7u8; 128], i as i64, None)
+                .await
+                .unwrap();
+        }
+        let allocated: u64 = std::fs::read_dir(&c.dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .map(|e| e.metadata().unwrap().blocks() * 512)
+            .sum();
+        assert!(
+            allocated <= 2 << 20,
+            "1000 x 128 B took {allocated} bytes of disk"
+        );
+        // Growing past the first allocation keeps working, and it all reads back.
+        for i in 1001..=20_000u64 {
+            s.append("small", b"", &[7u8; 128], i as i64, None)
+                .await
+                .unwrap();
+        }
+        s.close().await.unwrap();
+        let s = open(&c).await;
+        assert_eq!(s.state().msgs, 20_000);
+        assert_eq!(s.load(19_999).await.unwrap().payload.len(), 128);
+        s.close().await.unwrap();
+    });
+}

@@ -279,16 +279,12 @@ impl Hosted {
             return;
         }
         let now = now_ns();
-        let since = now - window;
-        // Walk back from the end to the first message older than the window.
-        let mut seq = state.last_seq;
+        // Only messages with headers can carry an id; the index knows which they
+        // are, so a stream of header-less messages reads nothing back.
         let mut found = Vec::new();
-        while seq >= state.first_seq && seq > 0 {
+        for seq in self.store.with_headers_since(now - window) {
             match self.store.load(seq).await {
                 Ok(m) => {
-                    if m.ts < since {
-                        break;
-                    }
                     if let Some(id) = super::stream::header(&m.headers, super::stream::MSG_ID) {
                         found.push((id.to_string(), m.seq, m.ts));
                     }
@@ -296,10 +292,9 @@ impl Hosted {
                 Err(StoreError::NotFound) => {}
                 Err(_) => break,
             }
-            seq -= 1;
         }
         let mut s = self.stream.borrow_mut();
-        for (id, seq, ts) in found.into_iter().rev() {
+        for (id, seq, ts) in found {
             s.remember_msg_id(&id, seq, ts, now);
         }
     }
