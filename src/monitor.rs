@@ -922,7 +922,11 @@ async fn accountz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
 }
 
 /// Prometheus exposition, with prometheus-nats-exporter's metric names.
-async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
+/// `prefix` (the `?prefix=` asked for) replaces `gnatsd` and `jetstream` both, as the
+/// exporter's `-prefix` does.
+async fn metrics(ctx: &MonitorContext, asked_prefix: Option<&str>) -> String {
+    let prefix = asked_prefix.unwrap_or("gnatsd");
+    let js_system = asked_prefix.unwrap_or("jetstream");
     // One gather for the whole scrape.
     let snaps = ctx.gather(false).await;
     let figures = ServerFigures::read(ctx, &snaps);
@@ -1064,7 +1068,192 @@ async fn metrics(ctx: &MonitorContext, prefix: &str) -> String {
             ));
         }
     }
+    // JetStream, from the same /jsz the exporter's `-jsz=all` scrapes.
+    let js = ctx.jetstream.borrow().clone();
+    let jsz = match js {
+        Some(js) => {
+            js.jsz(JszOptions {
+                accounts: true,
+                streams: true,
+                config: true,
+                limit: usize::MAX,
+                ..JszOptions::default()
+            })
+            .await
+        }
+        None => jsz_disabled(ctx),
+    };
+    jetstream_metrics(&mut out, js_system, &jsz, opts.name());
     out
+}
+
+/// One gauge family in the exposition format; nothing when it has no samples.
+fn gauge_family(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    if samples.is_empty() {
+        return;
+    }
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+    for (labels, value) in samples {
+        out.push_str(&format!("{name}{{{labels}}} {value}\n"));
+    }
+}
+
+/// `/jsz?accounts&streams&config` as the gauges prometheus-nats-exporter makes of
+/// it: `<system>_server_*` (system `jetstream` unless a prefix is asked for), then
+/// `_account_*` and `_stream_*` with its labels. A single server leads its own meta
+/// state and every stream, so the leader labels name this server.
+fn jetstream_metrics(out: &mut String, system: &str, jsz: &Value, server_name: &str) {
+    let number = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let text = |v: &Value| label_value(v.as_str().unwrap_or(""));
+    let server = format!(
+        "server_id=\"{}\",server_name=\"{}\",cluster=\"\",domain=\"{}\",meta_leader=\"\",is_meta_leader=\"true\"",
+        text(&jsz["server_id"]),
+        label_value(server_name),
+        text(&jsz["config"]["domain"]),
+    );
+    let disabled = if jsz["disabled"].as_bool() == Some(true) {
+        1.0
+    } else {
+        0.0
+    };
+    let server_gauges: [(&str, &str, f64); 7] = [
+        (
+            "jetstream_disabled",
+            "1 when JetStream is off on this server",
+            disabled,
+        ),
+        (
+            "max_memory",
+            "Memory JetStream may use, bytes",
+            number(&jsz["config"]["max_memory"]),
+        ),
+        (
+            "max_storage",
+            "Disk JetStream may use, bytes",
+            number(&jsz["config"]["max_storage"]),
+        ),
+        (
+            "total_streams",
+            "Streams on this server",
+            number(&jsz["streams"]),
+        ),
+        (
+            "total_consumers",
+            "Consumers on this server",
+            number(&jsz["consumers"]),
+        ),
+        (
+            "total_messages",
+            "Messages stored in every stream",
+            number(&jsz["messages"]),
+        ),
+        (
+            "total_message_bytes",
+            "Bytes stored in every stream",
+            number(&jsz["bytes"]),
+        ),
+    ];
+    for (suffix, help, value) in server_gauges {
+        let name = format!("{system}_server_{suffix}");
+        gauge_family(out, &name, help, &[(server.clone(), value)]);
+    }
+    let accounts: &[Value] = jsz["account_details"].as_array().map_or(&[], Vec::as_slice);
+    let account_labels = |a: &Value| {
+        let name = text(&a["name"]);
+        format!(
+            "{server},account=\"{name}\",account_name=\"{name}\",account_id=\"{}\"",
+            text(&a["id"])
+        )
+    };
+    let account_gauges: [(&str, &str, &str); 4] = [
+        (
+            "max_memory",
+            "Memory reserved for the account's streams, bytes",
+            "reserved_memory",
+        ),
+        (
+            "max_storage",
+            "Disk reserved for the account's streams, bytes",
+            "reserved_storage",
+        ),
+        (
+            "storage_used",
+            "Bytes the account's file streams hold",
+            "storage",
+        ),
+        (
+            "memory_used",
+            "Bytes the account's memory streams hold",
+            "memory",
+        ),
+    ];
+    for (suffix, help, field) in account_gauges {
+        let samples: Vec<(String, f64)> = accounts
+            .iter()
+            .map(|a| (account_labels(a), number(&a[field])))
+            .collect();
+        gauge_family(out, &format!("{system}_account_{suffix}"), help, &samples);
+    }
+    let streams: Vec<(String, &Value)> = accounts
+        .iter()
+        .flat_map(|a| {
+            let labels = account_labels(a);
+            a["stream_detail"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .map(move |s| {
+                    let leader = s["cluster"]["leader"].as_str().unwrap_or("");
+                    (
+                        format!(
+                            "{labels},stream_name=\"{}\",stream_leader=\"{}\",is_stream_leader=\"{}\",stream_raft_group=\"\"",
+                            text(&s["name"]),
+                            label_value(leader),
+                            leader == server_name,
+                        ),
+                        s,
+                    )
+                })
+        })
+        .collect();
+    type Read = fn(&Value) -> &Value;
+    let stream_gauges: [(&str, &str, Read); 8] = [
+        ("total_messages", "Messages in the stream", |s| {
+            &s["state"]["messages"]
+        }),
+        ("total_bytes", "Bytes in the stream", |s| {
+            &s["state"]["bytes"]
+        }),
+        ("first_seq", "Sequence of the stream's first message", |s| {
+            &s["state"]["first_seq"]
+        }),
+        ("last_seq", "Sequence of the stream's last message", |s| {
+            &s["state"]["last_seq"]
+        }),
+        ("consumer_count", "Consumers of the stream", |s| {
+            &s["state"]["consumer_count"]
+        }),
+        ("subject_count", "Distinct subjects in the stream", |s| {
+            &s["state"]["num_subjects"]
+        }),
+        (
+            "limit_bytes",
+            "The stream's max_bytes (-1: no limit)",
+            |s| &s["config"]["max_bytes"],
+        ),
+        (
+            "limit_messages",
+            "The stream's max_msgs (-1: no limit)",
+            |s| &s["config"]["max_msgs"],
+        ),
+    ];
+    for (suffix, help, read) in stream_gauges {
+        let samples: Vec<(String, f64)> = streams
+            .iter()
+            .map(|(labels, s)| (labels.clone(), number(read(s))))
+            .collect();
+        gauge_family(out, &format!("{system}_stream_{suffix}"), help, &samples);
+    }
 }
 
 /// Escapes a Prometheus label value.
@@ -1204,8 +1393,7 @@ async fn handle(
             );
         }
         "/metrics" => {
-            let prefix = q.get("prefix").cloned().unwrap_or_else(|| "gnatsd".into());
-            let body = metrics(&ctx, &prefix).await;
+            let body = metrics(&ctx, q.get("prefix").map(String::as_str)).await;
             return respond(StatusCode::OK, "text/plain; version=0.0.4", body);
         }
         _ => {

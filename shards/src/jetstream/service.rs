@@ -377,7 +377,7 @@ impl JetStream {
                     let mut s = Map::new();
                     s.insert("name".into(), json!(f.assignment.config.name));
                     s.insert("created".into(), json!(ts_rfc3339(f.assignment.created)));
-                    s.insert("cluster".into(), json!({ "leader": self.0.opts.server_id }));
+                    s.insert("cluster".into(), json!({ "leader": self.0.opts.name() }));
                     if o.config {
                         s.insert("config".into(), json!(f.assignment.config));
                     }
@@ -766,7 +766,7 @@ impl Service {
         out.insert("created".into(), json!(ts_rfc3339(a.created)));
         out.insert("state".into(), state);
         if cluster {
-            out.insert("cluster".into(), json!({ "leader": self.opts.server_id }));
+            out.insert("cluster".into(), json!({ "leader": self.opts.name() }));
         }
         out.insert("ts".into(), json!(ts_rfc3339(now_ns())));
         Ok(out)
