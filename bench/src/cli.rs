@@ -28,10 +28,15 @@ pub enum Cmd {
     Pubsub(PubSubArgs),
     /// Request/reply with one request in flight; reports latency percentiles
     Reqrep(ReqRepArgs),
-    /// JetStream publish with sync or windowed async acks (not implemented yet)
+    /// JetStream publish into a fresh file stream, 1 ack awaited (sync) or a window of them
     JsPub(JsPubArgs),
-    /// JetStream pull consumer fetch (not implemented yet)
+    /// JetStream pull consumer fetch (needs consumers; answers not implemented yet)
     JsFetch(JsFetchArgs),
+    /// Restart time of two servers holding one big stream: after SIGKILL, then after a
+    /// clean stop, ratios A/B
+    JsRestart(JsRestartArgs),
+    /// Memory of two servers holding many small streams, ratios A/B
+    JsStreams(JsStreamsArgs),
     /// Start two servers and run named scenarios on both, interleaved; print ratios A/B
     Compare(CompareArgs),
     /// Connection storms on two servers: connects/s and RSS with N idle clients
@@ -127,6 +132,9 @@ pub enum AckMode {
 pub struct JsPubArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Number of publishing connections, each with its own window
+    #[arg(long, default_value_t = 1, value_parser = count_parser())]
+    pub publishers: usize,
     #[arg(long, value_enum, default_value = "sync")]
     pub ack: AckMode,
     /// Publishes outstanding with --ack async
@@ -186,6 +194,51 @@ pub struct ConnsArgs {
     pub modes: Vec<crate::conns::Mode>,
     /// Wait before reading RSS (idle, and with the clients connected)
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsRestartArgs {
+    /// NAME=COMMAND, exactly twice (A, then the reference B), each with JetStream on
+    /// and a relative store directory, e.g. `strait=target/release/strait -js -sd js`
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Messages in the stream
+    #[arg(long, default_value_t = 10_000_000, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
+    pub messages: u64,
+    /// Payload size
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    pub size: usize,
+    /// Connections filling the stream
+    #[arg(long, default_value_t = 4, value_parser = count_parser())]
+    pub publishers: usize,
+    /// PubAcks in flight per filling connection
+    #[arg(long, default_value_t = 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65536))]
+    pub window: usize,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsStreamsArgs {
+    /// NAME=COMMAND, exactly twice (A, then the reference B), each with JetStream on
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Streams to create
+    #[arg(long, default_value_t = 1000, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub streams: usize,
+    /// Messages published into each stream
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u64,
+    /// Payload size
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    pub size: usize,
+    /// Wait before reading RSS (idle, and with the streams full)
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub settle: Duration,
     /// Write the runs as JSON to this file
     #[arg(long)]
@@ -280,7 +333,7 @@ impl Cmd {
                 (
                     &a.common,
                     a.common
-                        .scenario("js-pub", Kind::JsPub { ack }, 1, 0, false),
+                        .scenario("js-pub", Kind::JsPub { ack }, a.publishers, 0, false),
                 )
             }
             Cmd::JsFetch(a) => (
@@ -288,7 +341,12 @@ impl Cmd {
                 a.common
                     .scenario("js-fetch", Kind::JsFetch { batch: a.batch }, 1, 1, false),
             ),
-            Cmd::Compare(_) | Cmd::Conns(_) | Cmd::Subs(_) | Cmd::Scenarios => return None,
+            Cmd::Compare(_)
+            | Cmd::Conns(_)
+            | Cmd::Subs(_)
+            | Cmd::JsRestart(_)
+            | Cmd::JsStreams(_)
+            | Cmd::Scenarios => return None,
         })
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::run::{self, Progress, RunResult, Target};
-use crate::scenario::{self, Goal, Limit, Scenario, M_IDLE_RSS, M_P50, M_P99, M_RATE};
+use crate::scenario::{self, Goal, Kind, Limit, Scenario, M_IDLE_RSS, M_P50, M_P99, M_RATE};
 use crate::server::{ServerProc, ServerSpec};
 use crate::stats::{ratio, Summary};
 
@@ -204,18 +204,32 @@ fn one_run(
     (idle, res)
 }
 
+/// Disk cache flushes per second during a run.
+pub const M_FLUSHES: &str = "flushes/s";
+
 /// (metric, which way is better, value) of a run.
 pub fn metrics(r: &RunResult) -> Vec<(&'static str, Better, f64)> {
     let mut m = Vec::new();
+    // Request/reply is about its latency; everything else about its rate first.
+    if r.kind != Kind::ReqRep {
+        m.push((M_RATE, Better::Higher, r.msgs_per_s));
+    }
     if let Some(l) = &r.latency {
         m.push((M_P50, Better::Lower, l.p50_us));
         m.push(("p90 us", Better::Lower, l.p90_us));
         m.push((M_P99, Better::Lower, l.p99_us));
         m.push(("p99.9 us", Better::Lower, l.p999_us));
         m.push(("max us", Better::Lower, l.max_us));
+    }
+    if r.kind == Kind::ReqRep {
         m.push(("req/s", Better::Higher, r.msgs_per_s));
-    } else {
-        m.push((M_RATE, Better::Higher, r.msgs_per_s));
+    }
+    if let Some(d) = &r.disk {
+        // Fewer flushes for the same acknowledged messages is better batching.
+        m.push((M_FLUSHES, Better::Lower, d.per_s));
+        if let Some(per_flush) = d.msgs_per_flush {
+            m.push(("msgs/flush", Better::Higher, per_flush));
+        }
     }
     if let Some(s) = &r.server {
         m.push(("server ns/msg", Better::Lower, s.cpu_ns_per_msg));
@@ -280,16 +294,25 @@ fn make_row(
 pub fn summarize(runs: &[CompareRun], names: [&str; 2], scenarios: &[String]) -> Vec<Row> {
     let mut rows = Vec::new();
     for sc in scenarios {
-        // The metric list comes from any successful run of the scenario.
-        let Some(example) = runs
+        // Every metric any successful run of the scenario has, in first-seen order
+        // (a run without disk flushes has no messages per flush).
+        let mut listed: Vec<(&'static str, Better)> = Vec::new();
+        for res in runs
             .iter()
             .filter(|r| &r.scenario == sc)
-            .find_map(|r| r.result.as_ref())
-        else {
+            .filter_map(|r| r.result.as_ref())
+        {
+            for (metric, better, _) in metrics(res) {
+                if !listed.iter().any(|(m, _)| *m == metric) {
+                    listed.push((metric, better));
+                }
+            }
+        }
+        if listed.is_empty() {
             rows.push(make_row(sc, M_RATE, Better::Higher, &[], &[]));
             continue;
-        };
-        for (metric, better, _) in metrics(example) {
+        }
+        for (metric, better) in listed {
             let a = samples(runs, names[0], sc, metric);
             let b = samples(runs, names[1], sc, metric);
             rows.push(make_row(sc, metric, better, &a, &b));
@@ -359,6 +382,7 @@ mod tests {
         RunResult {
             scenario: sc.into(),
             description: String::new(),
+            kind: Kind::PubSub,
             size: 16,
             elapsed_s: 1.0,
             published: 1,
@@ -378,6 +402,7 @@ mod tests {
                 peak_rss_kb: 2048,
             }),
             latency: None,
+            disk: None,
         }
     }
 

@@ -178,12 +178,7 @@ impl Conn {
 
     /// Fails early when the payload would be refused by the server.
     pub fn check_payload(&self, size: usize) -> Result<()> {
-        match self.max_payload {
-            Some(max) if size as u64 > max => {
-                bail!("payload of {size} bytes exceeds the server's max_payload of {max}")
-            }
-            _ => Ok(()),
-        }
+        payload_fits(self.max_payload, size)
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
@@ -223,6 +218,16 @@ impl Conn {
 
     pub fn sync(&mut self) -> Result<()> {
         self.sync_with(&mut || {})
+    }
+}
+
+/// Fails when a payload of `size` bytes exceeds the `max_payload` a server announced.
+pub fn payload_fits(max_payload: Option<u64>, size: usize) -> Result<()> {
+    match max_payload {
+        Some(max) if size as u64 > max => {
+            bail!("payload of {size} bytes exceeds the server's max_payload of {max}")
+        }
+        _ => Ok(()),
     }
 }
 

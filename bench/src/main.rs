@@ -61,6 +61,36 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::JsRestart(args) => {
+            let opts = strait_bench::js::RestartOptions {
+                servers: args.servers.clone(),
+                messages: args.messages,
+                size: args.size,
+                publishers: args.publishers,
+                window: args.window,
+            };
+            let runs = strait_bench::js::run_restart(&opts)?;
+            println!("{}", strait_bench::js::restart_table(&runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::JsStreams(args) => {
+            let opts = strait_bench::js::StreamsOptions {
+                servers: args.servers.clone(),
+                streams: args.streams,
+                messages: args.messages,
+                size: args.size,
+                settle: args.settle,
+            };
+            let runs = strait_bench::js::run_streams(&opts)?;
+            println!("{}", strait_bench::js::streams_table(&runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Scenarios => {
             list_scenarios();
             Ok(ExitCode::SUCCESS)

@@ -92,6 +92,25 @@ pub fn self_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Cache flushes the disk holding `pid`'s working directory has completed since boot
+/// (field 16 of its `/sys/dev/block/MAJ:MIN/stat`, Linux 5.5 and later): what fsync
+/// and fdatasync cost a disk, whichever process issued them. None where the kernel
+/// does not count them (older kernels, filesystems without a block device).
+pub fn disk_flushes(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(format!("/proc/{pid}/cwd")).ok()?.dev();
+    // The Linux encoding of dev_t (glibc's gnu_dev_major/minor).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    parse_flushes(&stat)
+}
+
+/// Flush requests completed, from a block device's `stat` line.
+pub fn parse_flushes(stat: &str) -> Option<u64> {
+    stat.split_whitespace().nth(15)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +127,13 @@ mod tests {
         let s = "Name:\tnats-server\nVmPeak:\t 1000 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
         assert_eq!(parse_status_mem(s), (Some(10240), Some(20480)));
         assert_eq!(parse_status_mem("Name: x\n"), (None, None));
+    }
+
+    #[test]
+    fn flushes_are_the_sixteenth_field() {
+        let line = " 1456584 41665 170022274 1786270 708606 254250 162381400 606695 0 271664 2434060 140523 42 129061032 27448 261577 13646\n";
+        assert_eq!(parse_flushes(line), Some(261577));
+        assert_eq!(parse_flushes("1 2 3 4 5 6 7 8 9 10 11"), None);
     }
 
     #[test]

@@ -72,10 +72,21 @@ pub struct Latency {
     pub max_us: f64,
 }
 
+/// Cache flushes of the disk under the server's store during a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct DiskFlushes {
+    pub flushes: u64,
+    pub per_s: f64,
+    /// Acknowledged messages per flush: how well the server batches (None without
+    /// flushes: the server acknowledged without syncing).
+    pub msgs_per_flush: Option<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunResult {
     pub scenario: String,
     pub description: String,
+    pub kind: Kind,
     pub size: usize,
     pub elapsed_s: f64,
     pub published: u64,
@@ -93,6 +104,8 @@ pub struct RunResult {
     pub harness_cores: f64,
     pub server: Option<ServerUsage>,
     pub latency: Option<Latency>,
+    /// JetStream runs: what the disk flushed (None where the kernel does not say).
+    pub disk: Option<DiskFlushes>,
 }
 
 /// A progress line on stderr: rewritten in place on a terminal, silent otherwise.
@@ -133,8 +146,9 @@ pub fn run(target: &Target, sc: &Scenario, progress: &Progress) -> Result<RunRes
     let res = match sc.kind {
         Kind::Pub | Kind::PubSub => run_pubsub(target, sc, progress),
         Kind::ReqRep => run_reqrep(target, sc, progress),
-        Kind::JsPub { .. } | Kind::JsFetch { .. } => Err(anyhow!(
-            "JetStream scenario {:?} is not implemented yet",
+        Kind::JsPub { .. } => crate::js::run_js_pub(target, sc, progress),
+        Kind::JsFetch { .. } => Err(anyhow!(
+            "JetStream scenario {:?} needs consumers, which strait does not have yet",
             sc.name
         )),
     }
@@ -156,7 +170,7 @@ pub fn run(target: &Target, sc: &Scenario, progress: &Progress) -> Result<RunRes
 }
 
 /// Subjects unique per run, so a run never sees traffic left over from another.
-fn unique_subject(prefix: &str) -> String {
+pub(crate) fn unique_subject(prefix: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}.{}.{seq}", std::process::id())
@@ -164,14 +178,14 @@ fn unique_subject(prefix: &str) -> String {
 
 /// Threads and sockets of a run. Dropping it stops and joins everything, on success
 /// and on every error path alike.
-struct Workers<T> {
+pub(crate) struct Workers<T> {
     stop: Arc<AtomicBool>,
-    sockets: Vec<TcpStream>,
-    handles: Vec<JoinHandle<T>>,
+    pub(crate) sockets: Vec<TcpStream>,
+    pub(crate) handles: Vec<JoinHandle<T>>,
 }
 
 impl<T> Workers<T> {
-    fn new(stop: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(stop: Arc<AtomicBool>) -> Self {
         Self {
             stop,
             sockets: Vec::new(),
@@ -179,7 +193,7 @@ impl<T> Workers<T> {
         }
     }
 
-    fn all_finished(&self) -> bool {
+    pub(crate) fn all_finished(&self) -> bool {
         self.handles.iter().all(|h| h.is_finished())
     }
 
@@ -191,7 +205,7 @@ impl<T> Workers<T> {
     }
 
     /// Joins all threads; a panicked thread becomes an error.
-    fn join(&mut self) -> Result<Vec<T>> {
+    pub(crate) fn join(&mut self) -> Result<Vec<T>> {
         let mut out = Vec::new();
         for h in self.handles.drain(..) {
             out.push(h.join().map_err(|_| anyhow!("a worker thread panicked"))?);
@@ -211,15 +225,15 @@ impl<T> Drop for Workers<T> {
 
 /// First error reported by any worker.
 #[derive(Default, Clone)]
-struct ErrorSlot(Arc<Mutex<Option<String>>>);
+pub(crate) struct ErrorSlot(Arc<Mutex<Option<String>>>);
 
 impl ErrorSlot {
-    fn set(&self, e: String) {
+    pub(crate) fn set(&self, e: String) {
         if let Ok(mut g) = self.0.lock() {
             g.get_or_insert(e);
         }
     }
-    fn get(&self) -> Option<String> {
+    pub(crate) fn get(&self) -> Option<String> {
         self.0.lock().ok().and_then(|g| g.clone())
     }
 }
@@ -370,13 +384,13 @@ fn subscriber(
     }
 }
 
-fn sample_server(pid: Option<u32>) -> Result<Option<(u32, ProcSample)>> {
+pub(crate) fn sample_server(pid: Option<u32>) -> Result<Option<(u32, ProcSample)>> {
     pid.map(|p| procstat::sample(p).map(|s| (p, s)))
         .transpose()
         .context("reading the server's /proc entries (is --server-pid right?)")
 }
 
-fn usage(
+pub(crate) fn usage(
     before: Option<(u32, ProcSample)>,
     after: Option<(u32, ProcSample)>,
     elapsed: f64,
@@ -572,6 +586,7 @@ fn run_pubsub(target: &Target, sc: &Scenario, progress: &Progress) -> Result<Run
     Ok(RunResult {
         scenario: sc.name.clone(),
         description: sc.describe(),
+        kind: sc.kind,
         size: sc.size,
         elapsed_s: elapsed,
         published: total_pub,
@@ -584,6 +599,7 @@ fn run_pubsub(target: &Target, sc: &Scenario, progress: &Progress) -> Result<Run
         harness_cores: harness_cpu / elapsed,
         server: usage(srv0, srv1, elapsed, msgs),
         latency: None,
+        disk: None,
     })
 }
 
@@ -830,6 +846,7 @@ fn run_reqrep(target: &Target, sc: &Scenario, progress: &Progress) -> Result<Run
     Ok(RunResult {
         scenario: sc.name.clone(),
         description: sc.describe(),
+        kind: sc.kind,
         size: sc.size,
         elapsed_s: elapsed,
         published: msgs,
@@ -842,6 +859,7 @@ fn run_reqrep(target: &Target, sc: &Scenario, progress: &Progress) -> Result<Run
         harness_cores: harness_cpu / elapsed,
         server: usage(srv0, srv1, elapsed, msgs),
         latency: Some(latency),
+        disk: None,
     })
 }
 

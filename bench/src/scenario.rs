@@ -79,14 +79,15 @@ impl Scenario {
                 "request/reply, 1 in flight, {} responder, {} B, {limit}",
                 self.subs, self.size
             ),
-            Kind::JsPub { ack: JsAck::Sync } => {
-                format!("JetStream publish, sync acks, {} B", self.size)
-            }
+            Kind::JsPub { ack: JsAck::Sync } => format!(
+                "{} JetStream pub, 1 ack awaited, {} B, {limit}",
+                self.publishers, self.size
+            ),
             Kind::JsPub {
                 ack: JsAck::Async { window },
             } => format!(
-                "JetStream publish, async acks (window {window}), {} B",
-                self.size
+                "{} JetStream pub, {window} acks in flight each, {} B, {limit}",
+                self.publishers, self.size
             ),
             Kind::JsFetch { batch } => {
                 format!("JetStream pull fetch, batch {batch}, {} B", self.size)
@@ -117,21 +118,33 @@ pub const NAMED: &[Named] = &[
     // Extras, run only when named.
     Named::new("pub1-16", Kind::Pub, 16, 1, 0, false),
     Named::new("fanout4-1k", Kind::PubSub, 1024, 1, 4, false),
+    // JetStream (start both servers with JetStream on and a store directory in
+    // their working directory, e.g. `-js -sd js`).
     Named::new(
-        "js-pub-sync",
+        "js-pub1-128",
         Kind::JsPub { ack: JsAck::Sync },
-        16,
+        128,
         1,
         0,
         false,
     ),
     Named::new(
-        "js-pub-async",
+        "js-pub256-128",
         Kind::JsPub {
             ack: JsAck::Async { window: 256 },
         },
-        16,
+        128,
         1,
+        0,
+        false,
+    ),
+    Named::new(
+        "js-pub4x256-128",
+        Kind::JsPub {
+            ack: JsAck::Async { window: 256 },
+        },
+        128,
+        4,
         0,
         false,
     ),

@@ -5,11 +5,10 @@
 //! (the workspace builds with `panic = "abort"`, where drops do not run); and each child
 //! asks the kernel for SIGKILL when the harness itself dies (PR_SET_PDEATHSIG).
 
-use std::fs::File;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
@@ -73,15 +72,51 @@ static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 static HOOK: Once = Once::new();
 
 fn kill_pid(pid: u32) {
+    send_signal(pid, libc::SIGKILL);
+}
+
+fn send_signal(pid: u32, signal: libc::c_int) {
     if let Ok(p) = libc::pid_t::try_from(pid) {
         if p > 0 {
             // SAFETY: kill has no memory-safety preconditions; the pid is one we
             // started and have not yet reaped, so it cannot name a recycled process.
             unsafe {
-                libc::kill(p, libc::SIGKILL);
+                libc::kill(p, signal);
             }
         }
     }
+}
+
+const PIDFILE: &str = "server.pid";
+const LOG: &str = "server.log";
+
+/// Runs the command in `dir` on `port`, output to `server.log` there (appended, so a
+/// restarted server's log follows its predecessor's).
+fn spawn(spec: &ServerSpec, dir: &Path, port: u16) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(LOG))
+        .context("opening server log")?;
+    let log2 = log.try_clone().context("cloning log handle")?;
+    let mut cmd = Command::new(&spec.command[0]);
+    cmd.args(&spec.command[1..])
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-P"])
+        .arg(dir.join(PIDFILE))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: the closure runs in the forked child before exec; prctl is
+    // async-signal-safe and the closure neither allocates nor takes locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting server {} ({:?})", spec.name, spec.command))
 }
 
 fn install_panic_hook() {
@@ -117,6 +152,10 @@ pub struct ServerProc {
     pub pid: u32,
     child: Child,
     dir: PathBuf,
+    spec: ServerSpec,
+    /// Stopped and reaped by [`ServerProc::stop`]: its pid may belong to another
+    /// process by now, so nothing may signal it.
+    stopped: bool,
 }
 
 pub fn free_port() -> Result<u16> {
@@ -159,33 +198,11 @@ impl ServerProc {
         install_panic_hook();
         let dir = unique_dir()?;
         let port = free_port()?;
-        let pidfile = dir.join("server.pid");
-        let log_path = dir.join("server.log");
-        let log = File::create(&log_path).context("creating server log")?;
-        let log2 = log.try_clone().context("cloning log handle")?;
-        let mut cmd = Command::new(&spec.command[0]);
-        cmd.args(&spec.command[1..])
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-P"])
-            .arg(&pidfile)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        // SAFETY: the closure runs in the forked child before exec; prctl is
-        // async-signal-safe and the closure neither allocates nor takes locks.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                Ok(())
-            });
-        }
-        let child = match cmd.spawn() {
+        let child = match spawn(spec, &dir, port) {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(e).with_context(|| {
-                    format!("starting server {} ({:?})", spec.name, spec.command)
-                });
+                return Err(e);
             }
         };
         let child_pid = child.id();
@@ -196,15 +213,67 @@ impl ServerProc {
             pid: child_pid,
             child,
             dir,
+            spec: spec.clone(),
+            stopped: false,
         };
-        me.wait_ready(&pidfile)
+        me.wait_ready(READY_TIMEOUT)
             .with_context(|| format!("server {} ({:?})", spec.name, spec.command))?;
         Ok(me)
     }
 
+    /// Sends `signal` (SIGTERM: a graceful stop; SIGKILL: a crash) and waits up to
+    /// `timeout` for the process to exit; then SIGKILL, so it never outlives the call.
+    pub fn stop(&mut self, signal: libc::c_int, timeout: Duration) -> Result<ExitStatus> {
+        send_signal(self.pid, signal);
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().context("polling server")? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                kill_pid(self.pid);
+                let status = self.child.wait().context("reaping server")?;
+                unregister(self.pid);
+                self.stopped = true;
+                bail!(
+                    "server {} did not exit within {timeout:?} of signal {signal} ({status})",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        unregister(self.pid);
+        unregister(self.child.id());
+        self.stopped = true;
+        Ok(status)
+    }
+
+    /// Starts the same command again in the same directory on the same port, as
+    /// systemd restarts a service: the store the last process left is what this one
+    /// opens. Returns once the port accepts clients (at most `ready` later).
+    pub fn respawn(&mut self, ready: Duration) -> Result<()> {
+        if self.child.try_wait().context("polling server")?.is_none() {
+            bail!("server {} is still running", self.name);
+        }
+        // The old pid file must not be mistaken for the new process's.
+        let _ = std::fs::remove_file(self.dir.join(PIDFILE));
+        self.child = spawn(&self.spec, &self.dir, self.port)?;
+        self.pid = self.child.id();
+        self.stopped = false;
+        register(self.pid);
+        self.wait_ready(ready)
+            .with_context(|| format!("restarting server {}", self.name))
+    }
+
+    /// The directory the server runs in (its relative store directory lives here).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Until the port answers with INFO; fails early if the process exits.
-    fn wait_ready(&mut self, pidfile: &Path) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let pidfile = self.dir.join(PIDFILE);
+        let deadline = Instant::now() + timeout;
         let ep = self.endpoint();
         loop {
             if let Some(status) = self.child.try_wait().context("polling server")? {
@@ -218,14 +287,14 @@ impl ServerProc {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "not accepting connections on 127.0.0.1:{} after {READY_TIMEOUT:?}; log:\n{}",
+                    "not accepting connections on 127.0.0.1:{} after {timeout:?}; log:\n{}",
                     self.port,
                     self.log_tail()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(pid) = std::fs::read_to_string(pidfile)
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
         {
@@ -250,7 +319,7 @@ impl ServerProc {
     }
 
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.dir.join(LOG)).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
@@ -271,7 +340,7 @@ impl ServerProc {
 impl Drop for ServerProc {
     fn drop(&mut self) {
         let child_pid = self.child.id();
-        if self.pid != child_pid {
+        if self.pid != child_pid && !self.stopped {
             kill_pid(self.pid);
             unregister(self.pid);
         }

@@ -123,9 +123,92 @@ fn harness_vs_nats_server() {
     .expect("timed");
     assert!(r.msgs > 0 && r.elapsed_s >= 0.3 && r.lost == 0);
 
+    // Without JetStream the stream cannot be created, and the run says why.
     let js = scenario(Kind::JsPub { ack: JsAck::Sync }, 1, 0, false, count);
-    let err = run::run(&target, &js, &progress).expect_err("JetStream is not implemented");
-    assert!(format!("{err:#}").contains("not implemented yet"));
+    let err = run::run(&target, &js, &progress).expect_err("no JetStream on this server");
+    assert!(
+        format!("{err:#}").contains("is JetStream enabled"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn jetstream_scenarios_vs_nats_server() {
+    let bin = reference_server();
+    let spec = |name: &str| ServerSpec {
+        name: name.into(),
+        command: vec![
+            bin.to_string_lossy().into_owned(),
+            "-js".into(),
+            "-sd".into(),
+            "js".into(),
+        ],
+    };
+    let srv = ServerProc::start(&spec("ref")).expect("start reference server");
+    let target = Target {
+        endpoint: srv.endpoint(),
+        pid: Some(srv.pid),
+    };
+    let progress = Progress::new("[test]");
+
+    let mut one = scenario(
+        Kind::JsPub { ack: JsAck::Sync },
+        1,
+        0,
+        false,
+        Limit::Count(200),
+    );
+    one.size = 128;
+    let r = run::run(&target, &one, &progress).expect("sync acks");
+    assert_eq!((r.published, r.msgs, r.lost), (200, 200, 0));
+    let l = r.latency.expect("ack latency");
+    assert_eq!(l.count, 200);
+    assert!(l.p50_us > 0.0 && l.p50_us <= l.max_us);
+
+    let windowed = scenario(
+        Kind::JsPub {
+            ack: JsAck::Async { window: 64 },
+        },
+        3,
+        0,
+        false,
+        Limit::Count(2_000),
+    );
+    let r = run::run(&target, &windowed, &progress).expect("windowed acks");
+    assert_eq!((r.published, r.msgs, r.lost), (6_000, 6_000, 0));
+    if let Some(d) = r.disk {
+        assert!(d.per_s >= 0.0 && d.msgs_per_flush.is_none_or(|m| m > 0.0));
+    }
+    drop(srv);
+
+    // Restart and many-streams runs, the reference against itself.
+    let servers = vec![spec("ref-a"), spec("ref-b")];
+    let runs = strait_bench::js::run_restart(&strait_bench::js::RestartOptions {
+        servers: servers.clone(),
+        messages: 20_000,
+        size: 128,
+        publishers: 2,
+        window: 256,
+    })
+    .expect("restart runs");
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        assert_eq!(r.messages, 20_000);
+        assert_eq!((r.after_kill.found, r.after_stop.found), (20_000, 20_000));
+        assert!(r.store_bytes > 20_000 * 128, "{} bytes", r.store_bytes);
+        assert!(r.after_kill.seconds > 0.0 && r.after_stop.seconds > 0.0);
+    }
+    assert!(strait_bench::js::restart_table(&runs).contains("restart speed-up ref-a/ref-b"));
+
+    let runs = strait_bench::js::run_streams(&strait_bench::js::StreamsOptions {
+        servers,
+        streams: 20,
+        messages: 50,
+        size: 128,
+        settle: Duration::from_millis(100),
+    })
+    .expect("streams runs");
+    assert!(runs.iter().all(|r| r.streams == 20 && r.rss_kb > 0));
 }
 
 #[test]
