@@ -795,3 +795,179 @@ fn the_first_client_finds_jetstream_already_up() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Until consumers exist, every consumer request is answered at once with a clear
+/// error or an empty list (a client must not sit out its timeout), with the
+/// response types and error codes nats-server uses.
+#[tokio::test]
+async fn consumer_requests_get_clear_answers_before_consumers_exist() {
+    let dir = store_dir("consumers-not-yet");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(stream::Config {
+            name: "EVENTS".into(),
+            subjects: vec!["events.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+
+    // A client we did not write gets the refusal as a JetStream error.
+    let started = std::time::Instant::now();
+    let err = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("pull".into()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("consumers are not there yet");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("consumers are not supported by this server yet"),
+        "{err}"
+    );
+
+    let create =
+        r#"{"stream_name":"EVENTS","config":{"durable_name":"d","ack_policy":"explicit"}}"#;
+    for subject in [
+        "$JS.API.CONSUMER.CREATE.EVENTS.d",
+        "$JS.API.CONSUMER.CREATE.EVENTS",
+        "$JS.API.CONSUMER.DURABLE.CREATE.EVENTS.d",
+    ] {
+        let v = api(&client, subject, create).await;
+        assert_eq!(
+            v["type"], "io.nats.jetstream.api.v1.consumer_create_response",
+            "{v}"
+        );
+        assert_eq!(
+            (v["error"]["code"].as_u64(), v["error"]["err_code"].as_u64()),
+            (Some(500), Some(10012)),
+            "{v}"
+        );
+    }
+    for (subject, kind) in [
+        ("$JS.API.CONSUMER.INFO.EVENTS.d", "consumer_info_response"),
+        (
+            "$JS.API.CONSUMER.DELETE.EVENTS.d",
+            "consumer_delete_response",
+        ),
+        ("$JS.API.CONSUMER.PAUSE.EVENTS.d", "consumer_pause_response"),
+    ] {
+        let v = api(&client, subject, "").await;
+        assert_eq!(v["type"], format!("io.nats.jetstream.api.v1.{kind}"), "{v}");
+        assert_eq!(v["error"]["err_code"], 10014, "{v}");
+        assert_eq!(v["error"]["description"], "consumer not found", "{v}");
+    }
+    let names = api(&client, "$JS.API.CONSUMER.NAMES.EVENTS", "").await;
+    assert_eq!(
+        names,
+        serde_json::json!({"type": "io.nats.jetstream.api.v1.consumer_names_response",
+            "total": 0, "offset": 0, "limit": 1024, "consumers": []})
+    );
+    let list = api(&client, "$JS.API.CONSUMER.LIST.EVENTS", "").await;
+    assert_eq!(
+        list["type"],
+        "io.nats.jetstream.api.v1.consumer_list_response"
+    );
+    assert_eq!(list["consumers"], serde_json::json!([]));
+    // An unknown stream is not found first.
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.NOPE.d", create).await;
+    assert_eq!(v["error"]["err_code"], 10059, "{v}");
+    // A create naming a filter (which has dots of its own) is answered too.
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.EVENTS.d.events.x.y",
+        create,
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10012, "{v}");
+    let v = api(&client, "$JS.API.CONSUMER.NAMES.NOPE", "").await;
+    assert_eq!(v["error"]["err_code"], 10059, "{v}");
+    assert!(v["consumers"].is_null(), "{v}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stream's subject details come in pages, as nats-server sends them: `total`,
+/// `offset` and `limit` (100 000) say where a page sits, and an `offset` request
+/// gets the sorted subjects from there (async-nats pages `info_with_subjects` so).
+#[tokio::test]
+async fn stream_info_pages_its_subjects_by_offset() {
+    let dir = store_dir("subject-pages");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "PAGED".into(),
+        subjects: vec!["paged.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    for i in [5, 3, 1, 4, 2] {
+        js.publish(format!("paged.{i}"), "x".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let first = api(
+        &client,
+        "$JS.API.STREAM.INFO.PAGED",
+        r#"{"subjects_filter":">"}"#,
+    )
+    .await;
+    assert_eq!(
+        (
+            first["total"].as_u64(),
+            first["offset"].as_u64(),
+            first["limit"].as_u64()
+        ),
+        (Some(5), Some(0), Some(100_000)),
+        "{first}"
+    );
+    assert_eq!(
+        first["state"]["subjects"].as_object().map(|m| m.len()),
+        Some(5),
+        "{first}"
+    );
+    let rest = api(
+        &client,
+        "$JS.API.STREAM.INFO.PAGED",
+        r#"{"subjects_filter":"paged.*","offset":3}"#,
+    )
+    .await;
+    assert_eq!(
+        (rest["total"].as_u64(), rest["offset"].as_u64()),
+        (Some(5), Some(3)),
+        "{rest}"
+    );
+    assert_eq!(
+        rest["state"]["subjects"],
+        serde_json::json!({"paged.4": 1, "paged.5": 1}),
+        "{rest}"
+    );
+    let plain = api(&client, "$JS.API.STREAM.INFO.PAGED", "").await;
+    assert_eq!(
+        (plain["total"].as_u64(), plain["limit"].as_u64()),
+        (Some(0), Some(0)),
+        "{plain}"
+    );
+    // The client's own paging sees every subject once.
+    let stream = js.get_stream("PAGED").await.expect("stream");
+    let mut info = stream.info_with_subjects("paged.>").await.expect("info");
+    let mut seen = 0;
+    while let Some(subject) = futures::StreamExt::next(&mut info).await {
+        subject.expect("subject");
+        seen += 1;
+    }
+    assert_eq!(seen, 5);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

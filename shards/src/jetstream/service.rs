@@ -468,6 +468,16 @@ fn response_kind(tokens: &[&str]) -> Option<&'static str> {
         ["STREAM", "LIST"] => "stream_list_response",
         ["STREAM", "MSG", "GET", _] => "stream_msg_get_response",
         ["STREAM", "MSG", "DELETE", _] => "stream_msg_delete_response",
+        // The filter after the consumer name may have dots of its own.
+        ["CONSUMER", "CREATE", _, ..] => "consumer_create_response",
+        ["CONSUMER", "DURABLE", "CREATE", _, _] => "consumer_create_response",
+        ["CONSUMER", "INFO", _, _] => "consumer_info_response",
+        ["CONSUMER", "DELETE", _, _] => "consumer_delete_response",
+        ["CONSUMER", "NAMES", _] => "consumer_names_response",
+        ["CONSUMER", "LIST", _] => "consumer_list_response",
+        ["CONSUMER", "PAUSE", _, _] => "consumer_pause_response",
+        ["CONSUMER", "UNPIN", _, _] => "consumer_unpin_response",
+        ["CONSUMER", "LEADER", "STEPDOWN", _, _] => "consumer_leader_stepdown_response",
         _ => return None,
     })
 }
@@ -488,7 +498,12 @@ fn drop_nulls(value: &mut Value) {
 struct InfoRequest {
     subjects_filter: Option<String>,
     deleted_details: bool,
+    offset: usize,
 }
+
+/// Most subjects one stream info response lists (nats-server's JSMaxSubjectDetails);
+/// clients page through the rest with `offset`.
+const SUBJECTS_PAGE: usize = 100_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -674,6 +689,12 @@ impl Service {
                         out.insert("limit".into(), json!(0));
                         out.insert("streams".into(), Value::Null);
                     }
+                    "consumer_names_response" | "consumer_list_response" => {
+                        out.insert("total".into(), json!(0));
+                        out.insert("offset".into(), json!(0));
+                        out.insert("limit".into(), json!(0));
+                        out.insert("consumers".into(), Value::Null);
+                    }
                     _ => {}
                 }
             }
@@ -699,7 +720,44 @@ impl Service {
             ["STREAM", "LIST"] => self.list(account, payload).await,
             ["STREAM", "MSG", "GET", name] => self.msg_get(account, name, payload).await,
             ["STREAM", "MSG", "DELETE", name] => self.msg_delete(account, name, payload).await,
+            ["CONSUMER", rest @ ..] => self.consumers_not_yet(account, rest, payload),
             _ => Err(errors::BAD_REQUEST.error()),
+        }
+    }
+
+    /// Consumers come with the next part of JetStream. Until then every consumer
+    /// request gets a clear answer instead of a client's timeout: a create is
+    /// refused as not supported, a named consumer is not found (none can exist),
+    /// and the lists are empty; an unknown stream is not found first, as in
+    /// nats-server.
+    fn consumers_not_yet(
+        &self,
+        account: &str,
+        tokens: &[&str],
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        let stream = match tokens {
+            ["DURABLE", "CREATE", stream, _] | ["LEADER", "STEPDOWN", stream, _] => stream,
+            [_, stream, ..] => stream,
+            _ => return Err(errors::BAD_REQUEST.error()),
+        };
+        if self.meta.borrow().stream(account, stream).is_none() {
+            return Err(errors::STREAM_NOT_FOUND.error());
+        }
+        match tokens {
+            ["CREATE", ..] | ["DURABLE", "CREATE", ..] => {
+                Err(errors::CONSUMER_CREATE.err("consumers are not supported by this server yet"))
+            }
+            ["NAMES", _] | ["LIST", _] => {
+                let req: ListRequest = parse(payload)?;
+                Ok(json!({
+                    "total": 0,
+                    "offset": req.offset,
+                    "limit": NAMES_LIMIT,
+                    "consumers": [],
+                }))
+            }
+            _ => Err(errors::CONSUMER_NOT_FOUND.error()),
         }
     }
 
@@ -907,11 +965,33 @@ impl Service {
             subjects_filter: req.subjects_filter,
             deleted_details: req.deleted_details,
         };
-        let body = self.info_body(&a, op, true).await?;
+        let mut body = self.info_body(&a, op, true).await?;
         let mut out = Map::new();
         out.insert("total".into(), json!(0));
         out.insert("offset".into(), json!(0));
         out.insert("limit".into(), json!(0));
+        if let Some(Value::Object(subjects)) = body
+            .get_mut("state")
+            .and_then(|state| state.get_mut("subjects"))
+        {
+            let total = subjects.len();
+            if total > 0 {
+                out.insert("total".into(), json!(total));
+                out.insert("offset".into(), json!(req.offset));
+                out.insert("limit".into(), json!(SUBJECTS_PAGE));
+                if req.offset > 0 || total > SUBJECTS_PAGE {
+                    let mut names: Vec<String> = subjects.keys().cloned().collect();
+                    names.sort_unstable();
+                    let start = req.offset.min(total);
+                    let end = (start + SUBJECTS_PAGE).min(total);
+                    let page: Map<String, Value> = names[start..end]
+                        .iter()
+                        .filter_map(|n| subjects.get(n).map(|v| (n.clone(), v.clone())))
+                        .collect();
+                    *subjects = page;
+                }
+            }
+        }
         out.extend(body);
         Ok(Value::Object(out))
     }
