@@ -369,15 +369,12 @@ impl StreamConfig {
                     "subject delete marker TTL must be at least 1 second",
                 ));
             }
-            if !cfg.allow_msg_ttl {
-                return Err(invalid(
-                    "subject delete marker cannot be set if message TTLs are disabled",
-                ));
-            }
+            // What markers need comes with them, as nats-server does for every
+            // request that is not pedantic.
+            cfg.allow_msg_ttl = true;
             if !cfg.allow_rollup_hdrs {
-                return Err(invalid(
-                    "subject delete marker cannot be set if roll-ups are disabled",
-                ));
+                cfg.allow_rollup_hdrs = true;
+                cfg.deny_purge = false;
             }
         } else if cfg.subject_delete_marker_ttl < 0 {
             return Err(invalid("subject delete marker TTL must not be negative"));
@@ -435,6 +432,8 @@ impl StreamConfig {
     fn refuse_missing_features(&self, cfg: &StreamConfig) -> Result<(), ApiError> {
         let missing = if cfg.mirror.is_some() {
             Some("mirrors")
+        } else if cfg.subject_delete_marker_ttl > 0 {
+            Some("subject delete markers")
         } else if cfg.sources.as_ref().is_some_and(|s| !s.is_empty()) {
             Some("sources")
         } else if cfg.compression == Compression::S2 {
@@ -575,6 +574,26 @@ mod tests {
 
     fn parse(json: &str) -> StreamConfig {
         serde_json::from_str(json).expect("config")
+    }
+
+    /// nats-server turns on what markers need (message TTLs, roll-ups) unless the
+    /// request is pedantic; strait then refuses the markers themselves, which it
+    /// cannot write yet, rather than the prerequisites it would not have demanded.
+    #[test]
+    fn subject_delete_markers_are_refused_plainly() {
+        let cfg = parse(r#"{"name":"M","subject_delete_marker_ttl":2000000000}"#);
+        let e = cfg.normalized(&ServerLimits::default()).unwrap_err();
+        assert_eq!(e.err_code, 10049, "{e}");
+        assert_eq!(
+            e.description,
+            "subject delete markers are not supported by this server yet"
+        );
+        let short = parse(r#"{"name":"M","subject_delete_marker_ttl":1000}"#);
+        let e = short.normalized(&ServerLimits::default()).unwrap_err();
+        assert_eq!(
+            e.description,
+            "subject delete marker TTL must be at least 1 second"
+        );
     }
 
     #[test]
