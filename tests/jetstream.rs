@@ -727,16 +727,6 @@ async fn no_acknowledged_message_is_lost_or_doubled_over_thirty_kills() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Kills the server it holds when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A harness that connects the moment the port answers and asks the JetStream API
 /// at once (as the nats CLI in a systemd `ExecStartPost`, or a test suite, does)
 /// gets its answer: the server accepts clients only once JetStream is up, as
@@ -754,7 +744,7 @@ fn the_first_client_finds_jetstream_already_up() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn strait");
-        let _server = KillOnDrop(child);
+        let _server = common::KillOnDrop(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let mut stream = loop {
             if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Raw, Server, CONNECT};
+use common::{free_port, KillOnDrop, Raw, Server, CONNECT};
 
 fn http_get(port: u16, path: &str) -> String {
     common::http_get(port, path).2
@@ -25,14 +25,6 @@ fn tool(name: &str) -> std::path::PathBuf {
         }
     }
     panic!("{name} not found: run scripts/test.sh, which fetches Debian's prometheus package");
-}
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -125,7 +117,7 @@ fn prometheus_scrapes_metrics() {
         ),
     )
     .unwrap();
-    let _prom = Kill(
+    let _prom = KillOnDrop(
         Command::new(tool("prometheus"))
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(

@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 use crate::conn::{payload_fits, read_some, Conn, Endpoint, POLL};
 use crate::procstat;
 use crate::run::{
-    fmt_count, sample_server, unique_subject, usage, DiskFlushes, ErrorSlot, Latency, Progress,
-    RunResult, Target, Workers,
+    fmt_count, latency_histogram, sample_server, unique_subject, usage, DiskFlushes, ErrorSlot,
+    Latency, Progress, RunResult, Target, Workers,
 };
 use crate::scenario::{JsAck, Kind, Limit, Scenario};
 use crate::server::{ServerProc, ServerSpec};
@@ -260,12 +260,6 @@ pub struct Published {
     pub end: Instant,
 }
 
-fn new_histogram() -> Result<Histogram<u64>> {
-    // 1 ns to 60 s at 3 significant digits.
-    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-        .map_err(|e| anyhow!("creating histogram: {e:?}"))
-}
-
 /// Publishes `size`-byte messages to `subject` with up to `window` awaiting their
 /// PubAck, until `until`; then waits for the outstanding acks. `acked` is kept
 /// current for progress lines.
@@ -285,7 +279,7 @@ pub fn publish_acked(
     frame.extend_from_slice(b"\r\n");
     let frame_len = frame.len();
     let frames = frame.repeat(window);
-    let mut latency = new_histogram()?;
+    let mut latency = latency_histogram()?;
     let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(window);
     let (mut sent, mut acked) = (0u64, 0u64);
     let mut last_ack = Instant::now();
@@ -459,21 +453,12 @@ pub fn run_js_pub(target: &Target, sc: &Scenario, progress: &Progress) -> Result
     let (sent, acked): (u64, u64) = done
         .iter()
         .fold((0, 0), |(s, a), p| (s + p.sent, a + p.acked));
-    let mut hist = new_histogram()?;
+    let mut hist = latency_histogram()?;
     for p in &done {
         hist.add(&p.latency)
             .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
     }
-    let us = |v: u64| v as f64 / 1000.0;
-    let latency = Latency {
-        count: hist.len(),
-        mean_us: hist.mean() / 1000.0,
-        p50_us: us(hist.value_at_quantile(0.50)),
-        p90_us: us(hist.value_at_quantile(0.90)),
-        p99_us: us(hist.value_at_quantile(0.99)),
-        p999_us: us(hist.value_at_quantile(0.999)),
-        max_us: us(hist.max()),
-    };
+    let latency = Latency::from_histogram(&hist);
     let disk = flushes0.zip(flushes1).map(|(a, b)| {
         let flushes = b.saturating_sub(a);
         DiskFlushes {

@@ -61,6 +61,12 @@ pub struct ServerUsage {
     pub peak_rss_kb: u64,
 }
 
+/// A histogram of nanoseconds, 1 ns to 60 s at 3 significant digits.
+pub(crate) fn latency_histogram() -> Result<Histogram<u64>> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| anyhow!("creating histogram: {e:?}"))
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Latency {
     pub count: u64,
@@ -70,6 +76,22 @@ pub struct Latency {
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+}
+
+impl Latency {
+    /// Percentiles of a histogram of nanoseconds, in microseconds.
+    pub(crate) fn from_histogram(hist: &Histogram<u64>) -> Self {
+        let us = |v: u64| v as f64 / 1000.0;
+        Latency {
+            count: hist.len(),
+            mean_us: hist.mean() / 1000.0,
+            p50_us: us(hist.value_at_quantile(0.50)),
+            p90_us: us(hist.value_at_quantile(0.90)),
+            p99_us: us(hist.value_at_quantile(0.99)),
+            p999_us: us(hist.value_at_quantile(0.999)),
+            max_us: us(hist.max()),
+        }
+    }
 }
 
 /// Cache flushes of the disk under the server's store during a run.
@@ -668,9 +690,7 @@ struct ReqPlan {
 }
 
 fn requester(mut c: Conn, p: ReqPlan) -> Result<(Histogram<u64>, Instant)> {
-    // 1 ns to 60 s at 3 significant digits.
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-        .map_err(|e| anyhow!("creating histogram: {e:?}"))?;
+    let mut hist = latency_histogram()?;
     let mut buf = vec![0u8; 16 * 1024];
     let mut n_done: u64 = 0;
     loop {
@@ -832,16 +852,7 @@ fn run_reqrep(target: &Target, sc: &Scenario, progress: &Progress) -> Result<Run
 
     let elapsed = (end - start).as_secs_f64().max(1e-9);
     let msgs = hist.len();
-    let us = |v: u64| v as f64 / 1000.0;
-    let latency = Latency {
-        count: msgs,
-        mean_us: hist.mean() / 1000.0,
-        p50_us: us(hist.value_at_quantile(0.50)),
-        p90_us: us(hist.value_at_quantile(0.90)),
-        p99_us: us(hist.value_at_quantile(0.99)),
-        p999_us: us(hist.value_at_quantile(0.999)),
-        max_us: us(hist.max()),
-    };
+    let latency = Latency::from_histogram(&hist);
     let harness_cpu = cpu1.saturating_sub(cpu0).as_secs_f64();
     Ok(RunResult {
         scenario: sc.name.clone(),

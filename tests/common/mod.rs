@@ -177,6 +177,16 @@ impl Drop for Server {
 }
 
 /// A raw protocol connection, for byte-exact checks.
+/// A child process (a server, a Prometheus) killed when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Raw {
     pub stream: TcpStream,
     pub info: String,
