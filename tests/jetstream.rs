@@ -961,3 +961,83 @@ async fn stream_info_pages_its_subjects_by_offset() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Polls a stream's info until `done` holds, for up to `secs` seconds.
+async fn info_until(
+    stream: &mut jetstream::stream::Stream,
+    secs: u64,
+    done: impl Fn(&stream::State) -> bool,
+) -> stream::State {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let state = stream.info().await.expect("info").state.clone();
+        if done(&state) || std::time::Instant::now() > deadline {
+            return state;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// With `subject_delete_marker_ttl`, the last message of a subject that ages out
+/// is replaced by a marker saying so (as KV watchers expect), which expires in
+/// turn; a shorter message TTL is raised to the marker's.
+#[tokio::test]
+async fn expired_subjects_leave_delete_markers_that_expire_in_turn() {
+    let dir = store_dir("markers");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let created = api(
+        &client,
+        "$JS.API.STREAM.CREATE.MARKED",
+        r#"{"name":"MARKED","subjects":["marked.>"],"max_age":1000000000,"subject_delete_marker_ttl":2000000000}"#,
+    )
+    .await;
+    assert_eq!(
+        (
+            created["config"]["allow_msg_ttl"].as_bool(),
+            created["config"]["allow_rollup_hdrs"].as_bool()
+        ),
+        (Some(true), Some(true)),
+        "{created}"
+    );
+    for subject in ["marked.a", "marked.a", "marked.b"] {
+        js.publish(subject, "x".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let mut short = async_nats::HeaderMap::new();
+    short.insert("Nats-TTL", "1s");
+    js.publish_with_headers("marked.t", short, "x".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let mut stream = js.get_stream("MARKED").await.expect("stream");
+    let raised = stream.get_raw_message(4).await.expect("message 4");
+    assert_eq!(header(&raised.headers, "Nats-TTL"), "2");
+
+    let state = info_until(&mut stream, 5, |s| s.last_sequence == 7).await;
+    assert_eq!((state.messages, state.last_sequence), (3, 7), "{state:?}");
+    for (subject, seq) in [("marked.a", 5), ("marked.b", 6), ("marked.t", 7)] {
+        let marker = stream
+            .get_last_raw_message_by_subject(subject)
+            .await
+            .expect("marker");
+        assert_eq!(marker.sequence, seq, "{subject}");
+        assert!(marker.payload.is_empty());
+        assert_eq!(header(&marker.headers, "Nats-Marker-Reason"), "MaxAge");
+        assert_eq!(header(&marker.headers, "Nats-TTL"), "2s");
+        assert_eq!(header(&marker.headers, "Nats-Rollup"), "sub");
+    }
+    // The markers age out like any message, and leave no marker behind.
+    let state = info_until(&mut stream, 5, |s| s.messages == 0).await;
+    assert_eq!((state.messages, state.last_sequence), (0, 7), "{state:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let state = stream.info().await.expect("info").state.clone();
+    assert_eq!((state.messages, state.last_sequence), (0, 7), "{state:?}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

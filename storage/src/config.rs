@@ -28,6 +28,10 @@ pub struct Limits {
     pub discard_new_per_subject: bool,
     /// Accept per-message TTLs (nats-server's `allow_msg_ttl`).
     pub allow_msg_ttl: bool,
+    /// Expiry leaves the last message of each subject in place, for the stream to
+    /// replace with a subject delete marker (nats-server's
+    /// `subject_delete_marker_ttl`): see `Store::expired_last_of_subjects`.
+    pub subject_delete_markers: bool,
 }
 
 /// When an append counts as done.

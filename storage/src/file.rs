@@ -1574,6 +1574,10 @@ impl Store for FileStore {
         self.inner.st.borrow().index.with_headers_since(ts)
     }
 
+    fn expired_last_of_subjects(&self, now: i64) -> Vec<u64> {
+        self.inner.st.borrow().index.expired_last_of_subjects(now)
+    }
+
     fn next_expiry(&self) -> Option<i64> {
         self.inner.st.borrow().index.next_expiry()
     }

@@ -307,29 +307,59 @@ impl<L> Index<L> {
         out
     }
 
-    /// Removes messages older than `max_age` and those whose TTL has passed, at `now` (ns).
+    /// Removes messages older than `max_age` and those whose TTL has passed, at `now`
+    /// (ns), oldest first. With subject delete markers on, the last message of each
+    /// subject stays: see `expired_last_of_subjects`.
     pub fn expire(&mut self, now: i64) -> Removed<L> {
         let mut out = Vec::new();
-        while let Some(&(exp, seq)) = self.ttls.first() {
-            if exp > now {
-                break;
+        let leave_last = self.limits.subject_delete_markers;
+        for seq in self.expired(now) {
+            if leave_last && self.is_last_of_subject(seq) {
+                continue;
             }
-            self.ttls.pop_first();
             self.remove_into(seq, &mut out);
         }
+        out
+    }
+
+    /// The messages past their age or TTL at `now` that `expire` leaves because each
+    /// is the last of its subject (only with subject delete markers on), ascending.
+    pub fn expired_last_of_subjects(&self, now: i64) -> Vec<u64> {
+        if !self.limits.subject_delete_markers {
+            return Vec::new();
+        }
+        let mut left = self.expired(now);
+        left.retain(|&seq| self.is_last_of_subject(seq));
+        left
+    }
+
+    fn is_last_of_subject(&self, seq: u64) -> bool {
+        self.get(seq)
+            .and_then(|e| self.subjects.get(&*e.subject))
+            .is_some_and(|set| set.len() == 1)
+    }
+
+    /// Sequences past their TTL or `max_age` at `now`, ascending; allocates only
+    /// when there are some.
+    fn expired(&self, now: i64) -> Vec<u64> {
+        let mut seqs: Vec<u64> = self
+            .ttls
+            .iter()
+            .take_while(|(exp, _)| *exp <= now)
+            .map(|&(_, seq)| seq)
+            .collect();
         if let Some(age) = self.limits.max_age {
             let cutoff = now.saturating_sub(age.as_nanos().min(i64::MAX as u128) as i64);
-            let victims: Vec<u64> = self
-                .iter_from(self.base)
-                .take_while(|(_, e)| e.ts <= cutoff)
-                .filter(|(_, e)| !e.no_age)
-                .map(|(s, _)| s)
-                .collect();
-            for seq in victims {
-                self.remove_into(seq, &mut out);
-            }
+            seqs.extend(
+                self.iter_from(self.base)
+                    .take_while(|(_, e)| e.ts <= cutoff)
+                    .filter(|(_, e)| !e.no_age)
+                    .map(|(s, _)| s),
+            );
         }
-        out
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs
     }
 
     /// The earliest time (ns) at which `expire` would remove something.
@@ -657,6 +687,32 @@ mod tests {
             ix.check_append("a", 0, 1, None),
             Err(StoreError::MaxMsgs)
         ));
+    }
+
+    #[test]
+    fn expiry_with_delete_markers_leaves_each_subjects_last_message() {
+        let mut ix: Index<()> = Index::new(Limits {
+            max_age: Some(std::time::Duration::from_nanos(10)),
+            subject_delete_markers: true,
+            ..Default::default()
+        });
+        // a: 1, 2, 3 all expire; b: 4 expires but 6 does not; c: 5 expires alone.
+        for (seq, subject, ts) in [(1, "a", 0), (2, "a", 1), (3, "a", 2), (4, "b", 3)] {
+            ix.insert(seq, e(subject, ts));
+        }
+        ix.insert(5, e("c", 4));
+        ix.insert(6, e("b", 100));
+        let removed: Vec<u64> = ix.expire(50).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(removed, vec![1, 2, 4]);
+        assert_eq!(ix.expired_last_of_subjects(50), vec![3, 5]);
+        assert_eq!(ix.msgs(), 3);
+        // Without markers the same expiry removes them all.
+        ix.set_limits(Limits {
+            max_age: Some(std::time::Duration::from_nanos(10)),
+            ..Default::default()
+        });
+        assert!(ix.expired_last_of_subjects(50).is_empty());
+        assert_eq!(ix.expire(50).len(), 2);
     }
 
     #[test]

@@ -144,6 +144,10 @@ pub trait Store {
     /// The sequences stored at or after `ts` (ns) whose messages carry headers,
     /// ascending.
     fn with_headers_since(&self, ts: i64) -> Vec<u64>;
+    /// The messages past their age or TTL at `now` (ns) that `expire` left because
+    /// each is the last of its subject and subject delete markers are on; the stream
+    /// replaces each with a marker (or removes it, when it is a marker). Ascending.
+    fn expired_last_of_subjects(&self, now: i64) -> Vec<u64>;
     /// When `expire` next has work to do (ns), for the shard's timer.
     fn next_expiry(&self) -> Option<i64>;
     /// Makes everything appended so far durable.
@@ -226,6 +230,9 @@ impl Store for AnyStore {
     }
     fn with_headers_since(&self, ts: i64) -> Vec<u64> {
         delegate!(self, s => s.with_headers_since(ts))
+    }
+    fn expired_last_of_subjects(&self, now: i64) -> Vec<u64> {
+        delegate!(self, s => s.expired_last_of_subjects(now))
     }
     fn next_expiry(&self) -> Option<i64> {
         delegate!(self, s => s.next_expiry())

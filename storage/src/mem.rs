@@ -202,6 +202,10 @@ impl Store for MemStore {
         self.index.borrow().with_headers_since(ts)
     }
 
+    fn expired_last_of_subjects(&self, now: i64) -> Vec<u64> {
+        self.index.borrow().expired_last_of_subjects(now)
+    }
+
     fn next_expiry(&self) -> Option<i64> {
         self.index.borrow().next_expiry()
     }

@@ -432,8 +432,6 @@ impl StreamConfig {
     fn refuse_missing_features(&self, cfg: &StreamConfig) -> Result<(), ApiError> {
         let missing = if cfg.mirror.is_some() {
             Some("mirrors")
-        } else if cfg.subject_delete_marker_ttl > 0 {
-            Some("subject delete markers")
         } else if cfg.sources.as_ref().is_some_and(|s| !s.is_empty()) {
             Some("sources")
         } else if cfg.compression == Compression::S2 {
@@ -577,17 +575,13 @@ mod tests {
     }
 
     /// nats-server turns on what markers need (message TTLs, roll-ups) unless the
-    /// request is pedantic; strait then refuses the markers themselves, which it
-    /// cannot write yet, rather than the prerequisites it would not have demanded.
+    /// request is pedantic.
     #[test]
-    fn subject_delete_markers_are_refused_plainly() {
-        let cfg = parse(r#"{"name":"M","subject_delete_marker_ttl":2000000000}"#);
-        let e = cfg.normalized(&ServerLimits::default()).unwrap_err();
-        assert_eq!(e.err_code, 10049, "{e}");
-        assert_eq!(
-            e.description,
-            "subject delete markers are not supported by this server yet"
-        );
+    fn subject_delete_markers_bring_what_they_need() {
+        let cfg = parse(r#"{"name":"M","subject_delete_marker_ttl":2000000000,"deny_purge":true}"#)
+            .normalized(&ServerLimits::default())
+            .unwrap();
+        assert!(cfg.allow_msg_ttl && cfg.allow_rollup_hdrs && !cfg.deny_purge);
         let short = parse(r#"{"name":"M","subject_delete_marker_ttl":1000}"#);
         let e = short.normalized(&ServerLimits::default()).unwrap_err();
         assert_eq!(

@@ -155,6 +155,7 @@ pub fn store_limits(cfg: &StreamConfig) -> Limits {
         },
         discard_new_per_subject: cfg.discard_new_per_subject,
         allow_msg_ttl: cfg.allow_msg_ttl,
+        subject_delete_markers: cfg.subject_delete_marker_ttl > 0,
     }
 }
 
@@ -247,7 +248,9 @@ async fn run(shard: Rc<Shard>, hosted: Rc<Hosted>, receiver: InternalReceiver) {
     }
 }
 
-/// Removes what `max_age` and per-message TTLs expire, when they do.
+/// Removes what `max_age` and per-message TTLs expire, when they do, and
+/// replaces the last message of a subject with a delete marker when the stream
+/// asks for markers.
 async fn expire(hosted: Rc<Hosted>) {
     const IDLE: Duration = Duration::from_secs(1);
     while !hosted.closed.get() {
@@ -261,13 +264,58 @@ async fn expire(hosted: Rc<Hosted>) {
         if hosted.closed.get() {
             break;
         }
-        if let Err(e) = hosted.store.expire(now_ns()).await {
+        let now = now_ns();
+        let mut result = hosted.store.expire(now).await.map(drop);
+        if result.is_ok() {
+            result = hosted.replace_with_markers(now).await;
+        }
+        if let Err(e) = result {
             tracing::warn!("JetStream stream expiry failed: {e}");
+            // What failed is still due: do not spin on it.
+            glommio::timer::sleep(IDLE).await;
         }
     }
 }
 
+type Append = Pin<Box<dyn std::future::Future<Output = Result<u64, StoreError>>>>;
+
 impl Hosted {
+    /// The expired messages that are the last of their subjects become delete
+    /// markers (a marker that expires is simply removed).
+    async fn replace_with_markers(&self, now: i64) -> Result<(), StoreError> {
+        for seq in self.store.expired_last_of_subjects(now) {
+            let m = match self.store.load(seq).await {
+                Ok(m) => m,
+                Err(StoreError::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            // A publish on the subject while the message was read makes it no
+            // longer the last: then it simply expires.
+            let still_last = self.store.filtered_state(&m.subject).msgs == 1;
+            let marker = if still_last && !super::stream::is_delete_marker(&m.headers) {
+                self.stream.borrow().delete_marker()
+            } else {
+                None
+            };
+            match marker {
+                Some((headers, accepted)) => {
+                    let append = self.append(
+                        m.subject,
+                        Bytes::from(headers),
+                        Bytes::new(),
+                        now_ns(),
+                        &accepted,
+                    );
+                    append.await?;
+                }
+                None => {
+                    self.store.delete(seq, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A restart keeps deduplicating what came within the window: the message
     /// ids are in the stored headers.
     async fn recover_msg_ids(&self) {
@@ -564,32 +612,17 @@ impl Hosted {
             Decision::Store(a) => a,
         };
         let predicted = self.store.fast_state().last_seq + 1;
-        let store = self.store.clone();
-        let subject = subject.to_string();
-        let headers = msg.message.slice(..msg.header_len);
+        let mut headers = msg.message.slice(..msg.header_len);
+        if accepted.ttl_raised {
+            let ttl = accepted.ttl.unwrap_or_default().to_string();
+            headers = Bytes::from(super::stream::with_header(
+                &headers,
+                super::stream::TTL,
+                &ttl,
+            ));
+        }
         let payload = msg.message.slice(msg.header_len..);
-        let ttl = accepted.ttl.map(|t| match t {
-            t if t < 0 => MsgTtl::Never,
-            t => MsgTtl::After(Duration::from_secs(t as u64)),
-        });
-        let rollup = accepted.rollup;
-        let mut append: Pin<Box<dyn std::future::Future<Output = _>>> = Box::pin(async move {
-            let seq = store.append(&subject, &headers, &payload, now, ttl).await?;
-            if let Some(rollup) = rollup {
-                let filter = match rollup {
-                    Rollup::Subject => subject,
-                    Rollup::All => String::new(),
-                };
-                store
-                    .purge(&Purge {
-                        filter,
-                        up_to: seq,
-                        keep: 0,
-                    })
-                    .await?;
-            }
-            Ok::<u64, StoreError>(seq)
-        });
+        let mut append = self.append(subject.to_string(), headers, payload, now, &accepted);
         // The first poll stages the record (its sequence and index entry) before
         // the next message is checked against the store; the rest waits for the
         // group commit in its own task.
@@ -611,6 +644,42 @@ impl Hosted {
                 .detach();
             }
         }
+    }
+
+    /// Appends an accepted message (and rolls its subject or the stream up when
+    /// it asks to). The first poll stages the record; the future completes with
+    /// the group commit.
+    fn append(
+        &self,
+        subject: String,
+        headers: Bytes,
+        payload: Bytes,
+        now: i64,
+        accepted: &super::stream::Accepted,
+    ) -> Append {
+        let store = self.store.clone();
+        let ttl = accepted.ttl.map(|t| match t {
+            t if t < 0 => MsgTtl::Never,
+            t => MsgTtl::After(Duration::from_secs(t as u64)),
+        });
+        let rollup = accepted.rollup;
+        Box::pin(async move {
+            let seq = store.append(&subject, &headers, &payload, now, ttl).await?;
+            if let Some(rollup) = rollup {
+                let filter = match rollup {
+                    Rollup::Subject => subject,
+                    Rollup::All => String::new(),
+                };
+                store
+                    .purge(&Purge {
+                        filter,
+                        up_to: seq,
+                        keep: 0,
+                    })
+                    .await?;
+            }
+            Ok(seq)
+        })
     }
 
     fn appended(&self, shard: &Shard, reply: &[u8], result: Result<u64, StoreError>) {

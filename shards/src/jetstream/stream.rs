@@ -20,6 +20,9 @@ pub const EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: &str = "Nats-Expected-Last-Subject-
 pub const EXPECTED_LAST_MSG_ID: &str = "Nats-Expected-Last-Msg-Id";
 pub const ROLLUP: &str = "Nats-Rollup";
 pub const TTL: &str = "Nats-TTL";
+pub const MARKER_REASON: &str = "Nats-Marker-Reason";
+/// The KV operation header; a `PURGE` is a delete marker written by a client.
+pub const KV_OPERATION: &str = "KV-Operation";
 
 /// What the stream needs to know of its store to check a message.
 pub trait StoreView {
@@ -45,6 +48,9 @@ pub struct Accepted {
     pub ttl: Option<i64>,
     pub rollup: Option<Rollup>,
     pub msg_id: Option<String>,
+    /// The TTL was raised to the subject delete marker TTL, so the stored
+    /// `Nats-TTL` header must say so.
+    pub ttl_raised: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +118,31 @@ pub fn header<'a>(headers: &'a [u8], name: &str) -> Option<&'a str> {
         let (key, value) = line.split_once(':')?;
         key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
     })
+}
+
+/// Whether a stored message is a subject delete marker: one the server wrote
+/// (`Nats-Marker-Reason`) or a KV purge.
+pub fn is_delete_marker(headers: &[u8]) -> bool {
+    !headers.is_empty()
+        && (header(headers, MARKER_REASON).is_some_and(|r| !r.is_empty())
+            || header(headers, KV_OPERATION) == Some("PURGE"))
+}
+
+/// A header block with `name` set to `value` (any earlier value removed).
+pub fn with_header(headers: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(headers);
+    let mut lines = text.split("\r\n");
+    let status = lines.next().filter(|l| !l.is_empty()).unwrap_or("NATS/1.0");
+    let mut out = format!("{status}\r\n");
+    for line in lines.filter(|l| !l.is_empty()) {
+        let key = line.split_once(':').map_or(line, |(k, _)| k).trim();
+        if !key.eq_ignore_ascii_case(name) {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(&format!("{name}: {value}\r\n\r\n"));
+    out.into_bytes()
 }
 
 /// Whether a request's `Nats-Required-Api-Level` asks for more than this
@@ -183,6 +214,13 @@ impl Stream {
                 Some(t)
             }
         };
+        // A message must outlive the marker its subject may already have, or that
+        // marker could be missed (nats-server's rule; one message per subject
+        // cannot miss one).
+        let marker_ttl = self.marker_ttl_secs();
+        let ttl_raised = matches!(ttl, Some(t) if t > 0 && t < marker_ttl)
+            && self.config.max_msgs_per_subject != 1;
+        let ttl = if ttl_raised { Some(marker_ttl) } else { ttl };
         if let Some(expected) = hdr(EXPECTED_LAST_SUBJECT_SEQ) {
             let on = hdr(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT).unwrap_or(subject);
             let last = store.last_seq_for(on);
@@ -231,7 +269,33 @@ impl Stream {
             ttl,
             rollup,
             msg_id: msg_id.map(str::to_string),
+            ttl_raised,
         })
+    }
+
+    /// `subject_delete_marker_ttl` in whole seconds; 0 when markers are off.
+    fn marker_ttl_secs(&self) -> i64 {
+        self.config.subject_delete_marker_ttl.max(0) / 1_000_000_000
+    }
+
+    /// The message that replaces the last one of a subject when it expires, as
+    /// nats-server writes it: a marker with its own TTL that rolls the subject up.
+    /// `None` when the stream has no subject delete markers.
+    pub fn delete_marker(&self) -> Option<(Vec<u8>, Accepted)> {
+        let secs = self.marker_ttl_secs();
+        if secs <= 0 {
+            return None;
+        }
+        let ttl = crate::format_duration(std::time::Duration::from_secs(secs as u64));
+        let headers =
+            format!("NATS/1.0\r\n{MARKER_REASON}: MaxAge\r\n{TTL}: {ttl}\r\n{ROLLUP}: sub\r\n\r\n");
+        let accepted = Accepted {
+            ttl: Some(secs),
+            rollup: Some(Rollup::Subject),
+            msg_id: None,
+            ttl_raised: false,
+        };
+        Some((headers.into_bytes(), accepted))
     }
 
     /// The store took an accepted message at `seq`.
@@ -486,7 +550,8 @@ mod tests {
             Decision::Store(Accepted {
                 ttl: Some(1),
                 rollup: None,
-                msg_id: None
+                msg_id: None,
+                ttl_raised: false,
             })
         );
         assert!(matches!(
@@ -516,6 +581,43 @@ mod tests {
             Decision::Refuse(e) => assert_eq!(e.description, "rollup value invalid: \"x\""),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn delete_markers_and_the_ttls_they_raise() {
+        let mut s = stream(
+            r#"{"name":"KV_b","subjects":["$KV.b.>"],"subject_delete_marker_ttl":5000000000}"#,
+        );
+        let (headers, accepted) = s.delete_marker().unwrap();
+        assert_eq!(
+            headers,
+            b"NATS/1.0\r\nNats-Marker-Reason: MaxAge\r\nNats-TTL: 5s\r\nNats-Rollup: sub\r\n\r\n"
+        );
+        assert_eq!(
+            (accepted.ttl, accepted.rollup),
+            (Some(5), Some(Rollup::Subject))
+        );
+        assert!(is_delete_marker(&headers));
+        assert!(is_delete_marker(&hdrs(&[(KV_OPERATION, "PURGE")])));
+        assert!(!is_delete_marker(&hdrs(&[(KV_OPERATION, "DEL")])));
+        assert!(!is_delete_marker(b""));
+        let v = View {
+            last: 0,
+            per_subject: HashMap::new(),
+        };
+        match s.check("$KV.b.k", &hdrs(&[(TTL, "1s")]), 1, 0, &v) {
+            Decision::Store(a) => assert_eq!((a.ttl, a.ttl_raised), (Some(5), true)),
+            other => panic!("{other:?}"),
+        }
+        match s.check("$KV.b.k", &hdrs(&[(TTL, "9s")]), 1, 0, &v) {
+            Decision::Store(a) => assert_eq!((a.ttl, a.ttl_raised), (Some(9), false)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            with_header(&hdrs(&[("A", "1"), (TTL, "1s")]), TTL, "5"),
+            b"NATS/1.0\r\nA: 1\r\nNats-TTL: 5\r\n\r\n"
+        );
+        assert!(stream(r#"{"name":"P"}"#).delete_marker().is_none());
     }
 
     #[test]
