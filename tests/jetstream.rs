@@ -1041,3 +1041,125 @@ async fn expired_subjects_leave_delete_markers_that_expire_in_turn() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `subject_transform` changes what a message is stored under; `republish`
+/// publishes every stored message again, once durable, with the stream's facts
+/// in nats-server's headers (or only those, with the size, when headers only).
+#[tokio::test]
+async fn subject_transforms_and_republish() {
+    use futures::StreamExt as _;
+    let dir = store_dir("republish");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let mut seen = client.subscribe("seen.>").await.expect("subscribe");
+    let mut sizes = client.subscribe("sizes.>").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let created = api(
+        &client,
+        "$JS.API.STREAM.CREATE.ORIGIN",
+        r#"{"name":"ORIGIN","subjects":["orders.*"],"subject_transform":{"src":"orders.*","dest":"stored.orders.$1"},"republish":{"dest":"seen.>"}}"#,
+    )
+    .await;
+    assert_eq!(
+        created["config"]["republish"],
+        serde_json::json!({"src": ">", "dest": "seen.>"}),
+        "{created}"
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Order-Kind", "rush");
+    for _ in 0..2 {
+        js.publish_with_headers("orders.new", headers.clone(), "first".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let stream = js.get_stream("ORIGIN").await.expect("stream");
+    let stored = stream.get_raw_message(1).await.expect("message 1");
+    assert_eq!(stored.subject.as_str(), "stored.orders.new");
+    for (seq, last) in [(1, 0), (2, 1)] {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), seen.next())
+            .await
+            .expect("republished in time")
+            .expect("message");
+        assert_eq!(m.subject.as_str(), "seen.stored.orders.new");
+        assert_eq!(&m.payload[..], b"first");
+        let h = m.headers.as_ref().expect("headers");
+        assert_eq!(header(h, "Order-Kind"), "rush");
+        assert_eq!(header(h, "Nats-Stream"), "ORIGIN");
+        assert_eq!(header(h, "Nats-Subject"), "stored.orders.new");
+        assert_eq!(header(h, "Nats-Sequence"), seq.to_string());
+        assert_eq!(header(h, "Nats-Last-Sequence"), last.to_string());
+        assert!(!header(h, "Nats-Time-Stamp").is_empty());
+        assert_eq!(header(h, "Nats-Msg-Size"), "");
+    }
+
+    api(
+        &client,
+        "$JS.API.STREAM.CREATE.LIGHT",
+        r#"{"name":"LIGHT","subjects":["light.>"],"republish":{"src":"light.*","dest":"sizes.$1","headers_only":true}}"#,
+    )
+    .await;
+    js.publish("light.a", "12345".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    js.publish("light.a.b", "not republished".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let m = tokio::time::timeout(std::time::Duration::from_secs(5), sizes.next())
+        .await
+        .expect("republished in time")
+        .expect("message");
+    assert_eq!(m.subject.as_str(), "sizes.a");
+    assert!(m.payload.is_empty());
+    assert_eq!(
+        header(m.headers.as_ref().expect("headers"), "Nats-Msg-Size"),
+        "5"
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), sizes.next())
+            .await
+            .is_err(),
+        "only subjects matching the republish source go out"
+    );
+
+    let refusals = [
+        (
+            r#"{"name":"CYCLE","subjects":["loop.>"],"republish":{"src":">","dest":"loop.again.>"}}"#,
+            10052,
+            "stream configuration for republish destination forms a cycle",
+        ),
+        (
+            r#"{"name":"BADDEST","subjects":["bad.*"],"subject_transform":{"src":"bad.*","dest":"worse.*"}}"#,
+            10156,
+            "stream transform: invalid subject",
+        ),
+        (
+            r#"{"name":"BADSRC","subjects":["src.*"],"subject_transform":{"src":"src..x","dest":"dst"}}"#,
+            10155,
+            "stream transform source: invalid subject src..x",
+        ),
+    ];
+    for (config, code, description) in refusals {
+        let name = serde_json::from_str::<serde_json::Value>(config).expect("json")["name"]
+            .as_str()
+            .expect("name")
+            .to_string();
+        let answer = api(&client, &format!("$JS.API.STREAM.CREATE.{name}"), config).await;
+        assert_eq!(
+            (
+                answer["error"]["err_code"].as_u64(),
+                answer["error"]["description"].as_str()
+            ),
+            (Some(code), Some(description)),
+            "{answer}"
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -519,6 +519,33 @@ impl SubjectTransform {
     /// both sides or neither, and every `*` of the source used in the destination.
     /// Errors read as nats-server's.
     pub fn new(source: &str, destination: &str) -> Result<SubjectTransform, String> {
+        Self::build(source, destination, true)
+    }
+
+    /// Builds a stream's transform (`subject_transform`, `republish`) with
+    /// nats-server's looser rules: an empty source is `>`, the destination names
+    /// wildcards only by position (`$1`, `{{wildcard(1)}}`) and need not use them
+    /// all. The other mapping functions are refused plainly.
+    pub fn for_stream(source: &str, destination: &str) -> Result<SubjectTransform, String> {
+        let source = if source.is_empty() { ">" } else { source };
+        if !crate::subject::is_valid_subject(source.as_bytes())
+            || !crate::subject::is_valid_subject(destination.as_bytes())
+            || destination.split('.').any(|t| t == "*")
+        {
+            return Err("invalid subject".into());
+        }
+        if let Some(function) = destination
+            .split('.')
+            .find(|t| t.starts_with("{{") && !t.starts_with("{{wildcard("))
+        {
+            return Err(format!(
+                "mapping function {function} is not supported by this server yet"
+            ));
+        }
+        Self::build(source, destination, false)
+    }
+
+    fn build(source: &str, destination: &str, strict: bool) -> Result<SubjectTransform, String> {
         let source: Vec<String> = source.split('.').map(str::to_string).collect();
         let wildcards = source.iter().filter(|t| *t == "*").count();
         let has_tail = source.last().is_some_and(|t| t == ">");
@@ -566,7 +593,7 @@ impl SubjectTransform {
             }
             dest.push(t);
         }
-        if used < wildcards {
+        if strict && used < wildcards {
             return Err(format!(
                 "invalid mapping destination: not using all of the token wildcard(s) in {destination}"
             ));
@@ -645,6 +672,22 @@ mod tests {
             to: None,
             share: false,
         }
+    }
+
+    #[test]
+    fn stream_transforms_are_looser_than_imports() {
+        let t = SubjectTransform::for_stream("", "archive.>").unwrap();
+        assert_eq!(t.apply(b"orders.new").unwrap(), b"archive.orders.new");
+        let t = SubjectTransform::for_stream("orders.*.*", "by-region.$2").unwrap();
+        assert_eq!(t.apply(b"orders.1.eu").unwrap(), b"by-region.eu");
+        assert_eq!(
+            SubjectTransform::for_stream("a.*", "b.*").unwrap_err(),
+            "invalid subject"
+        );
+        assert!(SubjectTransform::for_stream("a.*", "b.{{partition(3,1)}}")
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(SubjectTransform::for_stream("a", "b.$1").is_err());
     }
 
     #[test]

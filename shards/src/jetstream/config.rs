@@ -87,6 +87,63 @@ pub struct RePublish {
     pub headers_only: bool,
 }
 
+/// nats-server's rules for `subject_transform` and `republish`, with its
+/// defaults: an empty republish source is `>`, and `>` to `>` on a stream whose
+/// one subject is the transform's source republishes the transformed subjects.
+fn check_transforms(cfg: &mut StreamConfig) -> Result<(), ApiError> {
+    if let Some(t) = &cfg.subject_transform {
+        if !t.source.is_empty() && !subject::is_valid_subject(t.source.as_bytes()) {
+            return Err(errors::STREAM_TRANSFORM_INVALID_SOURCE
+                .err(format!("invalid subject {}", t.source)));
+        }
+        if !t.destination.is_empty() {
+            SubjectTransform::compile(t)
+                .map_err(|e| errors::STREAM_TRANSFORM_INVALID_DESTINATION.err(e))?;
+        }
+    }
+    let Some(republish) = cfg.republish.as_mut() else {
+        return Ok(());
+    };
+    if republish.source.is_empty() {
+        republish.source = ">".into();
+    }
+    if let Some(t) = &cfg.subject_transform {
+        let implicit = republish.source == ">"
+            && republish.destination == ">"
+            && cfg.subjects.len() == 1
+            && t.source == cfg.subjects[0];
+        if implicit {
+            republish.source.clone_from(&t.destination);
+            republish.destination.clone_from(&t.destination);
+        }
+    }
+    if cfg
+        .subjects
+        .iter()
+        .any(|s| subject::collide(&republish.destination, s))
+    {
+        return Err(invalid(
+            "stream configuration for republish destination forms a cycle",
+        ));
+    }
+    if crate::accounts::SubjectTransform::for_stream(&republish.source, &republish.destination)
+        .is_err()
+    {
+        return Err(invalid(format!(
+            "stream configuration for republish with transform from '{}' to '{}' not valid",
+            republish.source, republish.destination
+        )));
+    }
+    Ok(())
+}
+
+impl SubjectTransform {
+    /// The transform this configuration describes.
+    pub fn compile(&self) -> Result<crate::accounts::SubjectTransform, String> {
+        crate::accounts::SubjectTransform::for_stream(&self.source, &self.destination)
+    }
+}
+
 /// The stream configuration, field for field as nats-server writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamConfig {
@@ -418,6 +475,7 @@ impl StreamConfig {
                 }
             }
         }
+        check_transforms(&mut cfg)?;
         if limits.max_bytes_required && cfg.max_bytes <= 0 {
             return Err(errors::STREAM_MAX_BYTES_REQUIRED.error());
         }
@@ -436,10 +494,6 @@ impl StreamConfig {
             Some("sources")
         } else if cfg.compression == Compression::S2 {
             Some("s2 compression")
-        } else if cfg.subject_transform.is_some() {
-            Some("subject transforms")
-        } else if cfg.republish.is_some() {
-            Some("republish")
         } else if cfg.allow_msg_counter {
             Some("counter streams")
         } else if cfg.allow_atomic || cfg.allow_batched {

@@ -162,15 +162,25 @@ pub struct BatchPosition {
     pub last_seq: u64,
 }
 
-/// The headers of one answered message: its own headers first, then the
-/// stream's facts about it.
+impl BatchPosition {
+    /// The headers a message of a batch carries about its place in it.
+    pub fn facts(self) -> [(&'static str, u64); 2] {
+        [
+            ("Nats-Num-Pending", self.pending),
+            ("Nats-Last-Sequence", self.last_seq),
+        ]
+    }
+}
+
+/// The headers of a message as a stream hands it out (direct gets, republish):
+/// its own headers first, then the stream's facts about it, then `more`.
 pub fn message_headers(
     stored: &[u8],
     stream: &str,
     subject: &str,
     seq: u64,
     time: &str,
-    batch: Option<BatchPosition>,
+    more: &[(&str, u64)],
 ) -> Bytes {
     let mut out = BytesMut::with_capacity(stored.len() + 160);
     match stored.strip_suffix(b"\r\n\r\n") {
@@ -190,9 +200,8 @@ pub fn message_headers(
     field("Nats-Subject", subject);
     field("Nats-Sequence", itoa::Buffer::new().format(seq));
     field("Nats-Time-Stamp", time);
-    if let Some(b) = batch {
-        field("Nats-Num-Pending", itoa::Buffer::new().format(b.pending));
-        field("Nats-Last-Sequence", itoa::Buffer::new().format(b.last_seq));
+    for (name, value) in more {
+        field(name, itoa::Buffer::new().format(*value));
     }
     out.put_slice(b"\r\n");
     out.freeze()
@@ -263,7 +272,7 @@ mod tests {
             "ORDERS.new",
             6,
             "2026-11-26T15:23:36.173025919Z",
-            None,
+            &[],
         );
         assert_eq!(
             &h[..],
@@ -275,10 +284,11 @@ mod tests {
             "ORDERS.new",
             1,
             "t",
-            Some(BatchPosition {
+            &BatchPosition {
                 pending: 9,
                 last_seq: 0,
-            }),
+            }
+            .facts(),
         );
         assert_eq!(
             &h[..],

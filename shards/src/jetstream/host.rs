@@ -277,6 +277,19 @@ async fn expire(hosted: Rc<Hosted>) {
     }
 }
 
+/// A stored message to publish again once it is durable.
+struct Republish {
+    destination: Vec<u8>,
+    headers_only: bool,
+    /// What it was stored under.
+    subject: String,
+    /// The sequence of the subject's previous message (0 when none).
+    last_seq: u64,
+    headers: Bytes,
+    payload: Bytes,
+    ts: i64,
+}
+
 type Append = Pin<Box<dyn std::future::Future<Output = Result<u64, StoreError>>>>;
 
 impl Hosted {
@@ -440,6 +453,7 @@ impl Hosted {
             self.send(shard, reply, &[], &m.payload);
             return;
         }
+        let facts = batch.map(BatchPosition::facts);
         let headers = {
             let s = self.stream.borrow();
             direct::message_headers(
@@ -448,7 +462,7 @@ impl Hosted {
                 &m.subject,
                 m.seq,
                 &ts_rfc3339(m.ts),
-                batch,
+                facts.as_ref().map_or(&[][..], |f| &f[..]),
             )
         };
         self.send(shard, reply, &headers, &m.payload);
@@ -585,8 +599,9 @@ impl Hosted {
             return;
         };
         let now = now_ns();
+        let subject = self.stream.borrow().stored_subject(subject);
         let decision = self.stream.borrow_mut().check(
-            subject,
+            &subject,
             msg.headers(),
             msg.payload().len(),
             now,
@@ -622,7 +637,20 @@ impl Hosted {
             ));
         }
         let payload = msg.message.slice(msg.header_len..);
-        let mut append = self.append(subject.to_string(), headers, payload, now, &accepted);
+        let republish =
+            self.stream
+                .borrow()
+                .republish_subject(&subject)
+                .map(|(destination, headers_only)| Republish {
+                    destination,
+                    headers_only,
+                    subject: subject.to_string(),
+                    last_seq: self.store.last_seq_for(&subject),
+                    headers: headers.clone(),
+                    payload: payload.clone(),
+                    ts: now,
+                });
+        let mut append = self.append(subject.into_owned(), headers, payload, now, &accepted);
         // The first poll stages the record (its sequence and index entry) before
         // the next message is checked against the store; the rest waits for the
         // group commit in its own task.
@@ -632,13 +660,13 @@ impl Hosted {
             self.stream.borrow_mut().stored(&accepted, predicted, now);
         }
         match first {
-            std::task::Poll::Ready(result) => self.appended(shard, &reply, result),
+            std::task::Poll::Ready(result) => self.appended(shard, &reply, result, republish),
             std::task::Poll::Pending => {
                 let hosted = self.clone();
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
                     let result = append.await;
-                    hosted.appended(&shard, &reply, result);
+                    hosted.appended(&shard, &reply, result, republish);
                     shard.flush_lanes().await;
                 })
                 .detach();
@@ -682,9 +710,18 @@ impl Hosted {
         })
     }
 
-    fn appended(&self, shard: &Shard, reply: &[u8], result: Result<u64, StoreError>) {
+    fn appended(
+        &self,
+        shard: &Shard,
+        reply: &[u8],
+        result: Result<u64, StoreError>,
+        republish: Option<Republish>,
+    ) {
         match result {
             Ok(seq) => {
+                if let Some(r) = republish {
+                    self.republish(shard, r, seq);
+                }
                 let ack = self.stream.borrow().ack(seq, false);
                 self.reply(shard, reply, &ack);
             }
@@ -693,6 +730,31 @@ impl Hosted {
                 self.reply(shard, reply, &refusal);
             }
         }
+    }
+
+    /// Publishes a stored message again on the republish destination, with the
+    /// stream's facts about it (nats-server's headers, in its order); headers
+    /// only when so configured, with the size of the payload left out.
+    fn republish(&self, shard: &Shard, r: Republish, seq: u64) {
+        let size = r.payload.len() as u64;
+        let mut facts = vec![("Nats-Last-Sequence", r.last_seq)];
+        if r.headers_only {
+            facts.push(("Nats-Msg-Size", size));
+        }
+        let headers = direct::message_headers(
+            &r.headers,
+            &self.stream.borrow().config().name,
+            &r.subject,
+            seq,
+            &ts_rfc3339(r.ts),
+            &facts,
+        );
+        let payload = if r.headers_only {
+            &[][..]
+        } else {
+            &r.payload[..]
+        };
+        self.send(shard, &r.destination, &headers, payload);
     }
 
     async fn op(&self, shard: &Rc<Shard>, op: StreamOp) -> Result<Value, ApiError> {

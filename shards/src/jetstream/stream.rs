@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::config::StreamConfig;
 use super::errors::{self, ApiError};
+use crate::accounts::SubjectTransform;
 
 pub const MSG_ID: &str = "Nats-Msg-Id";
 pub const EXPECTED_STREAM: &str = "Nats-Expected-Stream";
@@ -105,6 +106,10 @@ impl Dedupe {
 #[derive(Debug)]
 pub struct Stream {
     config: StreamConfig,
+    /// `subject_transform`, compiled: what a message is stored under.
+    ingest: Option<SubjectTransform>,
+    /// `republish`, compiled.
+    republish: Option<SubjectTransform>,
     /// The server's JetStream domain, echoed in PubAcks.
     domain: Option<String>,
     dedupe: Dedupe,
@@ -157,20 +162,65 @@ pub fn requires_newer_api(headers: &[u8]) -> bool {
 
 impl Stream {
     pub fn new(config: StreamConfig, domain: Option<String>) -> Stream {
-        Stream {
-            config,
+        let mut stream = Stream {
+            config: StreamConfig::default(),
+            ingest: None,
+            republish: None,
             domain,
             dedupe: Dedupe::default(),
             last_msg_id: String::new(),
-        }
+        };
+        stream.set_config(config);
+        stream
     }
 
     pub fn config(&self) -> &StreamConfig {
         &self.config
     }
 
+    /// Takes a validated configuration (its transforms compile: `normalized`
+    /// checked them).
     pub fn set_config(&mut self, config: StreamConfig) {
+        self.ingest = config
+            .subject_transform
+            .as_ref()
+            .filter(|t| !t.destination.is_empty())
+            .and_then(|t| t.compile().ok());
+        self.republish = config
+            .republish
+            .as_ref()
+            .and_then(|r| SubjectTransform::for_stream(&r.source, &r.destination).ok());
         self.config = config;
+    }
+
+    /// The subject a message published on `subject` is stored under.
+    pub fn stored_subject<'a>(&self, subject: &'a str) -> std::borrow::Cow<'a, str> {
+        match self
+            .ingest
+            .as_ref()
+            .and_then(|t| t.apply(subject.as_bytes()))
+        {
+            Some(mapped) => match String::from_utf8(mapped) {
+                Ok(mapped) => std::borrow::Cow::Owned(mapped),
+                Err(_) => std::borrow::Cow::Borrowed(subject),
+            },
+            None => std::borrow::Cow::Borrowed(subject),
+        }
+    }
+
+    /// Where a message stored under `subject` is published again, and whether
+    /// only its headers go (`republish`); `None` when it is not.
+    pub fn republish_subject(&self, subject: &str) -> Option<(Vec<u8>, bool)> {
+        let mapped = self.republish.as_ref()?.apply(subject.as_bytes())?;
+        if !crate::subject::is_valid_literal_subject(&mapped) {
+            return None;
+        }
+        let headers_only = self
+            .config
+            .republish
+            .as_ref()
+            .is_some_and(|r| r.headers_only);
+        Some((mapped, headers_only))
     }
 
     /// Decides what to do with a message published at `now` (ns since the epoch).
