@@ -3,7 +3,7 @@
 //! run; sequential read throughput; recovery time of a large stream.
 //!
 //! cargo run --release -p strait-storage --example store_bench -- \
-//!     [--dir /tmp/strait-store-bench] [--seconds 3] [--recovery-mb 1024]
+//!     [--dir /tmp/strait-store-bench] [--seconds 3] [--recovery-mb 1024] [--recovery-size 1024]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,8 @@ struct Args {
     dir: PathBuf,
     seconds: f64,
     recovery_mb: u64,
+    /// Payload bytes of the big stream's messages.
+    recovery_size: usize,
 }
 
 fn args() -> Args {
@@ -23,6 +25,7 @@ fn args() -> Args {
         dir: PathBuf::from("/tmp/strait-store-bench"),
         seconds: 3.0,
         recovery_mb: 1024,
+        recovery_size: 1024,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -32,6 +35,7 @@ fn args() -> Args {
             "--dir" => a.dir = PathBuf::from(val),
             "--seconds" => a.seconds = val.parse().expect("--seconds"),
             "--recovery-mb" => a.recovery_mb = val.parse().expect("--recovery-mb"),
+            "--recovery-size" => a.recovery_size = val.parse().expect("--recovery-size"),
             other => panic!("unknown flag {other}"),
         }
         i += 2;
@@ -118,11 +122,11 @@ fn main() {
             }
         }
 
-        // Large stream: filled with 1 KiB records (interval sync to fill fast), then
+        // Large stream: filled with `recovery_size` records (interval sync to fill fast), then
         // read back sequentially, then reopened cold to time recovery.
         let mut cfg = fresh(&a.dir, "big");
         cfg.sync = SyncPolicy::Interval(Duration::from_millis(100));
-        let size = 1024usize;
+        let size = a.recovery_size;
         let n = a.recovery_mb * (1 << 20) / (size as u64 + 64);
         let s = FileStore::open(cfg.clone()).await.expect("open big");
         let payload = vec![0x5au8; size];
@@ -136,7 +140,7 @@ fn main() {
         let fill = t0.elapsed().as_secs_f64();
         println!();
         println!(
-            "fill (interval sync): {n} x 1 KiB in {fill:.2} s = {:.0} appends/s, {:.0} MB/s",
+            "fill (interval sync): {n} x {size} B in {fill:.2} s = {:.0} appends/s, {:.0} MB/s",
             n as f64 / fill,
             n as f64 * size as f64 / fill / 1e6
         );

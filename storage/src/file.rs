@@ -6,7 +6,9 @@
 //! - `meta`: one record (see [`crate::record`]) holding a key check, encrypted when the
 //!   store is;
 //! - `NNNNNNNNNNNNNNNNNNNN.seg`: log segments; page 0 is the segment header, records
-//!   follow from offset 4096.
+//!   follow from offset 4096;
+//! - `NNNNNNNNNNNNNNNNNNNN.sum`: the summary of a sealed segment (see
+//!   [`crate::summary`]), which a restart reads instead of the segment.
 //!
 //! Writing: records are encoded into the active segment's in-memory tail (`buf`, which
 //! starts at the last 4 KiB boundary that is on disk). A flush writes `buf` padded to
@@ -29,8 +31,9 @@ use glommio::io::{DmaFile, OpenOptions, ReadResult};
 use crate::config::{FileStoreConfig, Limits, SyncPolicy};
 use crate::error::{Result, StoreError};
 use crate::index::{Index, Removed};
-use crate::mem::new_entry;
+use crate::mem::{entry_with, new_entry};
 use crate::record::{self, DecodeError, Keys, Record, SegmentHeader, PAGE};
+use crate::summary::{Summary, SummaryBuilder, SummaryRecord};
 use crate::{FilteredState, MsgTtl, Purge, Store, StoredMessage, StreamState};
 
 const META_CHECK: &[u8] = b"strait-storage key check v1";
@@ -40,6 +43,12 @@ const MAX_UNFLUSHED: usize = 8 << 20;
 const READ_WINDOW: u64 = 64 << 10;
 /// Recovery reads segments in chunks of this size.
 const SCAN_CHUNK: usize = 4 << 20;
+/// How long a sealed segment must have been left alone before its summary is
+/// written. Summaries are trusted only when strictly newer than their segment, and
+/// file times tick coarsely (milliseconds): the wait makes a summary's time fall in
+/// a later tick than the segment's last write, so any later write to the segment (an
+/// erase, a hand edit) is seen as one and the segment is scanned instead.
+const SUMMARY_SETTLE: Duration = Duration::from_millis(25);
 
 fn align_down(v: u64) -> u64 {
     v & !(PAGE as u64 - 1)
@@ -52,14 +61,34 @@ fn pos(seg: u64, off: u64) -> u64 {
     (seg << 40) | off
 }
 
-/// Where a message record lives.
+/// Where a message record lives. Every message has one in the index, so it is
+/// kept small: offsets fit 32 bits because segments are capped at
+/// [`MAX_SEGMENT_SIZE`] (plus one oversized record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
     pub seg: u64,
-    pub off: u64,
+    off: u32,
     /// Padded record length.
     pub len: u32,
 }
+
+impl Loc {
+    fn new(seg: u64, off: u64, len: u32) -> Loc {
+        debug_assert!(off <= u64::from(u32::MAX));
+        Loc {
+            seg,
+            off: off as u32,
+            len,
+        }
+    }
+
+    pub fn off(&self) -> u64 {
+        u64::from(self.off)
+    }
+}
+
+/// The largest segment (a configured size above is lowered to it).
+pub const MAX_SEGMENT_SIZE: u64 = 2 << 30;
 
 /// Damage found at open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +110,8 @@ pub struct Corruption {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub segments: usize,
+    /// Segments read from their summaries instead of scanned.
+    pub summarized: usize,
     pub records: u64,
     pub bytes_scanned: u64,
     /// A torn write at the end of the last segment, `(segment, offset, len)`; it was
@@ -115,6 +146,11 @@ struct Segment {
     /// segment of disk: a thousand streams of a thousand messages would otherwise
     /// reserve 64 GB.
     allocated: u64,
+    /// The records written so far, until the sealed segment's summary is written
+    /// (`None` once it is, or when the segment must be scanned: it was damaged).
+    summary: Option<SummaryBuilder>,
+    /// When the segment was found sealed and synced (for [`SUMMARY_SETTLE`]).
+    settled_since: Option<Instant>,
 }
 
 impl Segment {
@@ -143,6 +179,8 @@ struct State {
     cache: Option<ReadCache>,
     /// fdatasyncs issued by flushes (for group-commit statistics).
     flushes: u64,
+    /// Some sealed segment may still want its summary written.
+    summaries_due: bool,
 }
 
 struct Inner {
@@ -161,6 +199,14 @@ pub struct FileStore {
 
 fn seg_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
+}
+
+fn sum_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.sum"))
+}
+
+fn parse_sum_name(name: &str) -> Option<u64> {
+    parse_seg_name(&format!("{}.seg", name.strip_suffix(".sum")?))
 }
 
 fn parse_seg_name(name: &str) -> Option<u64> {
@@ -269,6 +315,7 @@ impl State {
 
     /// Starts segment `id` (in memory; its file is created by the first flush).
     fn roll(&mut self, id: u64) {
+        self.summaries_due = true;
         {
             let hdr = SegmentHeader {
                 id,
@@ -289,6 +336,8 @@ impl State {
                     synced: 0,
                     force: false,
                     allocated: 0,
+                    summary: Some(SummaryBuilder::new(id, hdr.next_seq, hdr.last_ts)),
+                    settled_since: None,
                 },
             );
             self.active = id;
@@ -317,23 +366,28 @@ impl State {
         let max = seqs.iter().copied().max().unwrap_or(0);
         let first = self.index.first_seq();
         let mut out = Vec::new();
-        if max < first {
+        let (last_seq, last_ts) = (self.index.last_seq(), self.index.last_ts());
+        let tombstones = if max < first {
             // A prefix is gone: one marker however many there were.
-            record::encode_compact(
-                &mut out,
-                keys,
-                first,
-                self.index.last_seq(),
-                self.index.last_ts(),
-            );
+            record::encode_compact(&mut out, keys, first, last_seq, last_ts);
+            None
         } else {
-            record::encode_tombstones(&mut out, keys, &ranges(&mut seqs));
-        }
-        self.reserve(out.len(), seg_size);
+            let r = ranges(&mut seqs);
+            record::encode_tombstones(&mut out, keys, &r);
+            Some(r)
+        };
+        let (seg, off) = self.reserve(out.len(), seg_size);
         self.push_bytes(&out);
         let refmax = max.max(first.saturating_sub(1));
-        if let Some(s) = self.segs.get_mut(&self.active) {
+        if let Some(s) = self.segs.get_mut(&seg) {
             s.tomb_max_ref = s.tomb_max_ref.max(refmax);
+            if let Some(b) = s.summary.as_mut() {
+                let len = out.len() as u32;
+                match &tombstones {
+                    Some(r) => b.tombstones(off, len, r),
+                    None => b.compact(off, len, first, last_seq, last_ts),
+                }
+            }
         }
         if self
             .cache
@@ -348,6 +402,14 @@ impl State {
     /// to records that no longer exist on disk.
     fn dead_segments(&self) -> Vec<u64> {
         let mut dead = Vec::new();
+        // Every commit asks: answer the common "none" without allocating.
+        let candidate = self
+            .segs
+            .iter()
+            .any(|(&id, s)| id != self.active && s.live == 0 && !s.pending());
+        if !candidate {
+            return dead;
+        }
         let ids: Vec<u64> = self.segs.keys().copied().collect();
         for &id in &ids {
             if id == self.active {
@@ -380,7 +442,11 @@ impl FileStore {
         let t0 = Instant::now();
         let name = cfg.name.clone();
         let mut cfg = cfg;
-        cfg.segment_size = cfg.segment_size.max(64 << 10).div_ceil(64 << 10) * (64 << 10);
+        cfg.segment_size = cfg
+            .segment_size
+            .clamp(64 << 10, MAX_SEGMENT_SIZE)
+            .div_ceil(64 << 10)
+            * (64 << 10);
         std::fs::create_dir_all(&cfg.dir).map_err(|e| StoreError::io(&name, "create dir", e))?;
         let probe = open_probe(&cfg.dir, &name).await?;
         let keys = match &cfg.encryption {
@@ -413,6 +479,7 @@ impl FileStore {
             failed: None,
             cache: None,
             flushes: 0,
+            summaries_due: true,
         };
         let mut report = RecoveryReport {
             segments: ids.len(),
@@ -422,8 +489,16 @@ impl FileStore {
             .reserve(expected_records(&cfg.dir, &ids, &name).await);
         let mut last_tail: Option<Vec<u8>> = None;
         let mut scratch = Vec::new();
+        remove_stray_summaries(&cfg.dir, &ids);
         for (i, &id) in ids.iter().enumerate() {
             let is_last = i + 1 == ids.len();
+            if !is_last
+                && recover_from_summary(&cfg, keys.as_ref(), id, &mut st, &mut report)
+                    .await
+                    .is_some()
+            {
+                continue;
+            }
             let tail = recover_segment(
                 &cfg,
                 keys.as_ref(),
@@ -446,6 +521,9 @@ impl FileStore {
                     s.buf = tail;
                     st.active = id;
                     st.synced_pos = pos(id, s.end);
+                    // It takes appends again: a summary from when it was sealed
+                    // would soon be stale.
+                    let _ = std::fs::remove_file(sum_path(&cfg.dir, id));
                 }
             }
         }
@@ -477,6 +555,7 @@ impl FileStore {
             fs.sync().await?;
         }
         fs.remove_dead_segments().await;
+        fs.write_summaries();
         if let SyncPolicy::Interval(every) = sync {
             let weak = Rc::downgrade(&fs.inner);
             glommio::spawn_local(interval_flusher(weak, every)).detach();
@@ -697,6 +776,9 @@ impl FileStore {
             return;
         }
         for id in &dead {
+            // The summary first: a summary without its segment is ignored, a
+            // segment without its summary is scanned.
+            let _ = std::fs::remove_file(sum_path(&self.inner.cfg.dir, *id));
             let path = seg_path(&self.inner.cfg.dir, *id);
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(stream = %self.name(), segment = id, error = %e, "removing segment failed");
@@ -705,6 +787,58 @@ impl FileStore {
             }
         }
         sync_dir(&self.inner.cfg.dir);
+    }
+
+    /// Writes the summary of every sealed segment that is synced and has been left
+    /// alone for [`SUMMARY_SETTLE`]. A summary is a hint, never needed for
+    /// correctness: it is written to a temporary name and renamed, and one that
+    /// fails its CRC, is older than its segment or is missing gets the segment
+    /// scanned instead.
+    fn write_summaries(&self) {
+        if !self.inner.st.borrow().summaries_due {
+            return;
+        }
+        let now = Instant::now();
+        let ready: Vec<(u64, Vec<u8>)> = {
+            let mut st = self.inner.st.borrow_mut();
+            let active = st.active;
+            let mut ready = Vec::new();
+            let mut waiting = false;
+            for (&id, seg) in st.segs.iter_mut() {
+                if id == active || seg.summary.is_none() {
+                    continue;
+                }
+                waiting = true;
+                if seg.pending() || seg.synced < seg.end {
+                    continue;
+                }
+                let since = *seg.settled_since.get_or_insert(now);
+                if now.duration_since(since) < SUMMARY_SETTLE {
+                    continue;
+                }
+                if let Some(b) = seg.summary.take() {
+                    ready.push((id, b.finish(seg.end)));
+                }
+            }
+            st.summaries_due = waiting;
+            ready
+        };
+        for (id, body) in ready {
+            let mut framed = Vec::with_capacity(body.len() + 64);
+            record::encode_meta(&mut framed, self.inner.keys.as_ref(), &body);
+            if framed.len() > record::MAX_RECORD {
+                // Too big for one record: this segment is always scanned.
+                continue;
+            }
+            let dir = &self.inner.cfg.dir;
+            let tmp = dir.join(format!("{id:020}.sum.tmp"));
+            let written = std::fs::write(&tmp, &framed)
+                .and_then(|()| std::fs::rename(&tmp, sum_path(dir, id)));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::debug!(stream = %self.name(), segment = id, error = %e, "segment summary not written");
+            }
+        }
     }
 
     /// Waits for durability according to the sync policy.
@@ -718,6 +852,7 @@ impl FileStore {
             }
         }
         self.remove_dead_segments().await;
+        self.write_summaries();
         Ok(())
     }
 
@@ -725,22 +860,22 @@ impl FileStore {
         let (file, written) = {
             let st = self.inner.st.borrow();
             let seg = st.segs.get(&loc.seg).ok_or(StoreError::NotFound)?;
-            let end = loc.off + loc.len as u64;
-            if loc.off >= seg.buf_base && end <= seg.buf_base + seg.buf.len() as u64 {
-                let a = (loc.off - seg.buf_base) as usize;
+            let end = loc.off() + loc.len as u64;
+            if loc.off() >= seg.buf_base && end <= seg.buf_base + seg.buf.len() as u64 {
+                let a = (loc.off() - seg.buf_base) as usize;
                 return Ok(seg.buf[a..a + loc.len as usize].to_vec());
             }
             if let Some(c) = &st.cache {
-                if c.seg == loc.seg && loc.off >= c.start && end <= c.valid_end {
-                    let a = (loc.off - c.start) as usize;
+                if c.seg == loc.seg && loc.off() >= c.start && end <= c.valid_end {
+                    let a = (loc.off() - c.start) as usize;
                     return Ok(c.data[a..a + loc.len as usize].to_vec());
                 }
             }
             let file = seg.file.clone().ok_or(StoreError::NotFound)?;
             (file, seg.synced.min(seg.buf_base.max(seg.synced)))
         };
-        let start = align_down(loc.off);
-        let end = loc.off + loc.len as u64;
+        let start = align_down(loc.off());
+        let end = loc.off() + loc.len as u64;
         let size = (align_up(end) - start).max(READ_WINDOW);
         let data = file
             .read_at_aligned(start, size as usize)
@@ -752,7 +887,7 @@ impl FileStore {
                 detail: format!("segment {} is shorter than its index says", loc.seg),
             });
         }
-        let a = (loc.off - start) as usize;
+        let a = (loc.off() - start) as usize;
         let out = data[a..a + loc.len as usize].to_vec();
         let valid_end = (start + data.len() as u64).min(written);
         self.inner.st.borrow_mut().cache = Some(ReadCache {
@@ -786,10 +921,10 @@ impl FileStore {
     }
 
     fn corrupt_read(&self, seq: u64, loc: Loc, what: &str) -> StoreError {
-        tracing::warn!(stream = %self.name(), segment = loc.seg, offset = loc.off, seq, "{what}");
+        tracing::warn!(stream = %self.name(), segment = loc.seg, offset = loc.off(), seq, "{what}");
         StoreError::Corrupt {
             stream: self.name().to_string(),
-            detail: format!("segment {} offset {} seq {seq}: {what}", loc.seg, loc.off),
+            detail: format!("segment {} offset {} seq {seq}: {what}", loc.seg, loc.off()),
         }
     }
 
@@ -835,25 +970,35 @@ impl FileStore {
             let Some(e) = st.index.remove(seq) else {
                 return Ok(false);
             };
-            let loc = e.loc;
+            let (loc, ts) = (e.loc, e.ts);
             st.cache = None;
-            let bytes = record::encode_erased(seq, e.ts, loc.len as usize);
-            let Some(s) = st.segs.get_mut(&loc.seg) else {
-                return Ok(true);
-            };
-            s.live = s.live.saturating_sub(1);
-            // The part inside the in-memory tail is patched there; the rest on disk.
-            let mut disk = Vec::new();
-            for (i, b) in bytes.iter().enumerate() {
-                let off = loc.off + i as u64;
-                if off >= s.buf_base && off < s.buf_base + s.buf.len() as u64 {
-                    s.buf[(off - s.buf_base) as usize] = *b;
-                    s.force = true;
-                } else {
-                    disk.push((off, *b));
+            // Logged like any removal as well: a segment summary written before
+            // the overwrite still lists the message, and the tombstone after it
+            // removes it again.
+            st.persist_removals(
+                vec![(seq, e)],
+                self.inner.keys.as_ref(),
+                self.inner.cfg.segment_size,
+            );
+            let bytes = record::encode_erased(seq, ts, loc.len as usize);
+            match st.segs.get_mut(&loc.seg) {
+                None => (loc, None, Vec::new()),
+                Some(s) => {
+                    // The part inside the in-memory tail is patched there; the rest
+                    // on disk.
+                    let mut disk = Vec::new();
+                    for (i, b) in bytes.iter().enumerate() {
+                        let off = loc.off() + i as u64;
+                        if off >= s.buf_base && off < s.buf_base + s.buf.len() as u64 {
+                            s.buf[(off - s.buf_base) as usize] = *b;
+                            s.force = true;
+                        } else {
+                            disk.push((off, *b));
+                        }
+                    }
+                    (loc, s.file.clone(), disk)
                 }
             }
-            (loc, s.file.clone(), disk)
         };
         if !patch_disk.is_empty() {
             let file = file.ok_or(StoreError::NotFound)?;
@@ -938,6 +1083,23 @@ impl FileStore {
     /// hold a store); open it afterwards with [`FileStore::open`].
     pub fn restore<R: std::io::Read>(dir: &Path, input: &mut R) -> Result<()> {
         crate::snapshot::restore(dir, input)
+    }
+}
+
+/// Summaries without their segment (removed by a crash between the two
+/// unlinks) and half-written ones.
+fn remove_stray_summaries(dir: &Path, ids: &[u64]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stray = name.ends_with(".sum.tmp")
+            || parse_sum_name(name).is_some_and(|id| ids.binary_search(&id).is_err());
+        if stray {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -1129,10 +1291,12 @@ async fn recover_segment(
         return Ok(None);
     }
     let mut healthy = true;
+    let mut summary = None;
     match SegmentHeader::decode(data) {
         Some(h) if h.id == id => {
             st.index
                 .advance_last(h.next_seq.saturating_sub(1), h.last_ts);
+            summary = Some(SummaryBuilder::new(id, h.next_seq, h.last_ts));
         }
         _ => {
             healthy = false;
@@ -1164,6 +1328,9 @@ async fn recover_segment(
         synced: 0,
         force: false,
         allocated: 0,
+        summary,
+        // Found sealed and synced: nothing is waiting for it to settle.
+        settled_since: Instant::now().checked_sub(SUMMARY_SETTLE),
     };
     let mut off = PAGE;
     let mut torn: Option<(usize, usize)> = None;
@@ -1280,6 +1447,11 @@ async fn recover_segment(
     }
     seg.synced = seg.end;
     seg.buf_base = seg.end;
+    if !healthy || (torn.is_some() && !is_last) {
+        // Damage is reported at every open: such a segment is always scanned (a
+        // torn tail of the last segment is zeroed above, and gone).
+        seg.summary = None;
+    }
     let end = seg.end as usize;
     st.segs.insert(id, seg);
     if is_last && healthy {
@@ -1303,69 +1475,240 @@ fn apply_record(
     rec: Record,
     name: &str,
 ) {
+    let len = len as u32;
     match rec {
         Record::Msg(m) => {
-            if m.seq <= st.index.last_seq() {
-                tracing::warn!(
-                    stream = name,
-                    segment = id,
-                    seq = m.seq,
-                    "out-of-order record ignored"
-                );
-                return;
-            }
-            let ttl = MsgTtl::from_nanos(m.ttl);
-            let loc = Loc {
-                seg: id,
+            let subject = st.index.intern(&m.subject);
+            let msg = RecoveredMsg {
+                seq: m.seq,
                 off,
-                len: len as u32,
+                len,
+                ts: m.ts,
+                ttl: m.ttl,
+                hdr_len: m.headers.len(),
+                payload_len: m.payload.len(),
             };
-            let e = new_entry(
-                &st.index,
-                &m.subject,
-                m.headers.len(),
-                m.payload.len(),
-                m.ts,
-                ttl,
-                loc,
-            );
-            st.index.insert(m.seq, e);
-            seg.live += 1;
-            seg.first_msg_seq.get_or_insert(m.seq);
+            apply_msg(st, seg, id, msg, subject, name);
         }
         Record::Tombstones(rs) => {
-            for (a, b) in rs {
-                seg.tomb_max_ref = seg.tomb_max_ref.max(b);
-                let lo = a.max(st.index.first_seq());
-                let hi = b.min(st.index.last_seq());
-                let mut s = lo;
-                while s <= hi {
-                    remove_recovered(st, seg, id, s);
-                    s += 1;
-                }
+            if let Some(b) = seg.summary.as_mut() {
+                b.tombstones(off, len, &rs);
             }
+            apply_tombstones(st, seg, id, &rs);
         }
         Record::Compact {
             first,
             last_seq,
             last_ts,
         } => {
-            seg.tomb_max_ref = seg.tomb_max_ref.max(first.saturating_sub(1));
-            let removed = st.index.compact(first);
-            for (_, e) in removed {
-                if e.loc.seg == id {
-                    seg.live = seg.live.saturating_sub(1);
-                } else if let Some(s) = st.segs.get_mut(&e.loc.seg) {
-                    s.live = s.live.saturating_sub(1);
-                }
+            if let Some(b) = seg.summary.as_mut() {
+                b.compact(off, len, first, last_seq, last_ts);
             }
-            st.index.advance_last(last_seq, last_ts);
+            apply_compact(st, seg, id, first, last_seq, last_ts);
         }
         Record::Erased { seq, ts } => {
+            if let Some(b) = seg.summary.as_mut() {
+                b.erased(off, len, seq, ts);
+            }
             st.index.advance_last(seq, ts);
         }
         Record::Meta(_) => {}
     }
+}
+
+/// A message record as recovery needs it (from a scan or a summary).
+struct RecoveredMsg {
+    seq: u64,
+    off: u64,
+    len: u32,
+    ts: i64,
+    ttl: i64,
+    hdr_len: usize,
+    payload_len: usize,
+}
+
+fn apply_msg(
+    st: &mut State,
+    seg: &mut Segment,
+    id: u64,
+    m: RecoveredMsg,
+    subject: Rc<str>,
+    name: &str,
+) {
+    if m.seq <= st.index.last_seq() {
+        tracing::warn!(
+            stream = name,
+            segment = id,
+            seq = m.seq,
+            "out-of-order record ignored"
+        );
+        return;
+    }
+    if let Some(b) = seg.summary.as_mut() {
+        b.msg(
+            m.seq,
+            m.off,
+            m.len,
+            m.ts,
+            m.ttl,
+            &subject,
+            m.hdr_len,
+            m.payload_len,
+        );
+    }
+    let loc = Loc::new(id, m.off, m.len);
+    let ttl = MsgTtl::from_nanos(m.ttl);
+    let e = entry_with(subject, m.hdr_len, m.payload_len, m.ts, ttl, loc);
+    st.index.insert(m.seq, e);
+    seg.live += 1;
+    seg.first_msg_seq.get_or_insert(m.seq);
+}
+
+fn apply_tombstones(st: &mut State, seg: &mut Segment, id: u64, ranges: &[(u64, u64)]) {
+    for &(a, b) in ranges {
+        seg.tomb_max_ref = seg.tomb_max_ref.max(b);
+        let lo = a.max(st.index.first_seq());
+        let hi = b.min(st.index.last_seq());
+        let mut s = lo;
+        while s <= hi {
+            remove_recovered(st, seg, id, s);
+            s += 1;
+        }
+    }
+}
+
+fn apply_compact(
+    st: &mut State,
+    seg: &mut Segment,
+    id: u64,
+    first: u64,
+    last_seq: u64,
+    last_ts: i64,
+) {
+    seg.tomb_max_ref = seg.tomb_max_ref.max(first.saturating_sub(1));
+    let removed = st.index.compact(first);
+    for (_, e) in removed {
+        if e.loc.seg == id {
+            seg.live = seg.live.saturating_sub(1);
+        } else if let Some(s) = st.segs.get_mut(&e.loc.seg) {
+            s.live = s.live.saturating_sub(1);
+        }
+    }
+    st.index.advance_last(last_seq, last_ts);
+}
+
+/// Rebuilds segment `id` into the index from its summary instead of scanning it,
+/// when the summary can be trusted: newer than the segment file (which has not
+/// been written since), intact (its record's CRC, or its seal), and describing this
+/// very segment (its header). `None` when it cannot: the caller scans.
+async fn recover_from_summary(
+    cfg: &FileStoreConfig,
+    keys: Option<&Keys>,
+    id: u64,
+    st: &mut State,
+    report: &mut RecoveryReport,
+) -> Option<()> {
+    let name = cfg.name.as_str();
+    let path = sum_path(&cfg.dir, id);
+    let sum_time = std::fs::metadata(&path).ok()?.modified().ok()?;
+    let seg_file = seg_path(&cfg.dir, id);
+    let seg_meta = std::fs::metadata(&seg_file).ok()?;
+    if seg_meta.modified().ok()? >= sum_time {
+        tracing::debug!(
+            stream = name,
+            segment = id,
+            "segment written after its summary; scanning it"
+        );
+        return None;
+    }
+    let data = std::fs::read(&path).ok()?;
+    let body = match record::decode(&data, keys) {
+        Ok((Record::Meta(body), _)) => body,
+        _ => {
+            tracing::debug!(
+                stream = name,
+                segment = id,
+                "segment summary unreadable; scanning the segment"
+            );
+            return None;
+        }
+    };
+    let summary = match Summary::parse(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(stream = name, segment = id, error = %e, "scanning the segment");
+            return None;
+        }
+    };
+    let facts = summary.facts;
+    if facts.id != id || facts.end > seg_meta.len() {
+        return None;
+    }
+    let file = open_dma(&seg_file).await.ok()?;
+    let page = file.read_at_aligned(0, PAGE).await.ok()?;
+    let header = SegmentHeader::decode(&page)?;
+    if (header.id, header.next_seq, header.last_ts) != (id, facts.next_seq, facts.last_ts) {
+        return None;
+    }
+    st.index
+        .advance_last(facts.next_seq.saturating_sub(1), facts.last_ts);
+    let subjects: Vec<Rc<str>> = summary
+        .subjects
+        .iter()
+        .map(|s| st.index.intern(s))
+        .collect();
+    let mut seg = Segment {
+        file: Some(Rc::new(file)),
+        live: 0,
+        first_msg_seq: None,
+        tomb_max_ref: 0,
+        end: facts.end,
+        buf_base: facts.end,
+        buf: Vec::new(),
+        synced: facts.end,
+        force: false,
+        allocated: 0,
+        summary: None,
+        settled_since: None,
+    };
+    report.records += summary.records.len() as u64;
+    report.bytes_scanned += data.len() as u64;
+    report.summarized += 1;
+    for r in summary.records {
+        match r {
+            SummaryRecord::Msg {
+                seq,
+                off,
+                len,
+                ts,
+                ttl,
+                subject,
+                hdr_len,
+                payload_len,
+            } => {
+                let msg = RecoveredMsg {
+                    seq,
+                    off,
+                    len,
+                    ts,
+                    ttl,
+                    hdr_len: hdr_len as usize,
+                    payload_len: payload_len as usize,
+                };
+                let subject = subjects[subject as usize].clone();
+                apply_msg(st, &mut seg, id, msg, subject, name);
+            }
+            SummaryRecord::Tombstones(rs) => apply_tombstones(st, &mut seg, id, &rs),
+            SummaryRecord::Compact {
+                first,
+                last_seq,
+                last_ts,
+            } => apply_compact(st, &mut seg, id, first, last_seq, last_ts),
+            SummaryRecord::Erased { seq, ts } => st.index.advance_last(seq, ts),
+        }
+    }
+    st.segs.insert(id, seg);
+    Some(())
 }
 
 fn remove_recovered(st: &mut State, seg: &mut Segment, id: u64, seq: u64) {
@@ -1415,11 +1758,7 @@ impl Store for FileStore {
                     );
                     let (seg, off) = st.reserve(n, seg_size);
                     st.push_bytes(&rec);
-                    let loc = Loc {
-                        seg,
-                        off,
-                        len: n as u32,
-                    };
+                    let loc = Loc::new(seg, off, n as u32);
                     let e = new_entry(
                         &st.index,
                         subject,
@@ -1429,10 +1768,23 @@ impl Store for FileStore {
                         ttl,
                         loc,
                     );
+                    let interned = e.subject.clone();
                     st.index.insert(seq, e);
                     if let Some(s) = st.segs.get_mut(&seg) {
                         s.live += 1;
                         s.first_msg_seq.get_or_insert(seq);
+                        if let Some(b) = s.summary.as_mut() {
+                            b.msg(
+                                seq,
+                                off,
+                                n as u32,
+                                ts,
+                                ttl.map(MsgTtl::to_nanos).unwrap_or(0),
+                                &interned,
+                                headers.len(),
+                                payload.len(),
+                            );
+                        }
                     }
                     let removed = st.index.enforce_limits(Some(subject));
                     st.persist_removals(removed, keys, seg_size);

@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use crate::config::{Discard, Limits};
 use crate::error::{Result, StoreError};
+use crate::seqset::SeqSet;
 use crate::subject::{has_wildcard, is_match_all, is_valid_literal, subject_matches};
 use crate::{MsgTtl, StreamState};
 
@@ -22,9 +23,9 @@ pub fn msg_size(subject_len: usize, hdr_len: usize, payload_len: usize) -> u64 {
 pub struct Entry<L> {
     pub subject: Rc<str>,
     pub ts: i64,
-    pub size: u64,
-    /// Absolute expiry (ns) from a per-message TTL.
-    pub expires: Option<i64>,
+    pub size: u32,
+    /// Absolute expiry (ns) from a per-message TTL; 0 for none.
+    pub expires: i64,
     /// TTL "never": exempt from `max_age`.
     pub no_age: bool,
     /// The message carries headers (only those can hold a `Nats-Msg-Id`, so a restart
@@ -46,7 +47,7 @@ pub struct Index<L> {
     slots: VecDeque<Option<Entry<L>>>,
     /// Keyed with ahash (randomly seeded, so clients cannot aim collisions): every
     /// append and every recovered record hashes its subject here, twice.
-    subjects: HashMap<Rc<str>, BTreeSet<u64>, ahash::RandomState>,
+    subjects: HashMap<Rc<str>, SeqSet, ahash::RandomState>,
     ttls: BTreeSet<(i64, u64)>,
     msgs: u64,
     bytes: u64,
@@ -192,9 +193,9 @@ impl<L> Index<L> {
             }
         }
         self.msgs += 1;
-        self.bytes += entry.size;
-        if let Some(exp) = entry.expires {
-            self.ttls.insert((exp, seq));
+        self.bytes += u64::from(entry.size);
+        if entry.expires != 0 {
+            self.ttls.insert((entry.expires, seq));
         }
         self.subjects
             .entry(entry.subject.clone())
@@ -231,12 +232,12 @@ impl<L> Index<L> {
         let i = (seq - self.base) as usize;
         let e = self.slots.get_mut(i)?.take()?;
         self.msgs -= 1;
-        self.bytes -= e.size;
-        if let Some(exp) = e.expires {
-            self.ttls.remove(&(exp, seq));
+        self.bytes -= u64::from(e.size);
+        if e.expires != 0 {
+            self.ttls.remove(&(e.expires, seq));
         }
         if let Some(set) = self.subjects.get_mut(&*e.subject) {
-            set.remove(&seq);
+            set.remove(seq);
             if set.is_empty() {
                 self.subjects.remove(&*e.subject);
             }
@@ -282,7 +283,7 @@ impl<L> Index<L> {
             for s in subjects {
                 loop {
                     let first = match self.subjects.get(&s) {
-                        Some(set) if set.len() as u64 > maxp => set.first().copied(),
+                        Some(set) if set.len() as u64 > maxp => set.first(),
                         _ => None,
                     };
                     match first {
@@ -398,14 +399,14 @@ impl<L> Index<L> {
             return self.iter_from(start).map(|(s, _)| s).next();
         }
         if !has_wildcard(filter.as_bytes()) {
-            return self.subjects.get(filter)?.range(start..).next().copied();
+            return self.subjects.get(filter)?.first_from(start);
         }
         let remaining = self.last_seq - start + 1;
         if (self.subjects.len() as u64) < remaining {
             self.subjects
                 .iter()
                 .filter(|(s, _)| subject_matches(filter, s))
-                .filter_map(|(_, set)| set.range(start..).next().copied())
+                .filter_map(|(_, set)| set.first_from(start))
                 .min()
         } else {
             self.iter_from(start)
@@ -426,12 +427,12 @@ impl<L> Index<L> {
             });
         }
         if !has_wildcard(filter.as_bytes()) {
-            return self.subjects.get(filter)?.last().copied();
+            return self.subjects.get(filter)?.last();
         }
         self.subjects
             .iter()
             .filter(|(s, _)| subject_matches(filter, s))
-            .filter_map(|(_, set)| set.last().copied())
+            .filter_map(|(_, set)| set.last())
             .max()
     }
 
@@ -448,12 +449,12 @@ impl<L> Index<L> {
             return self
                 .subjects
                 .get(filter)
-                .map_or(0, |set| set.range(start..).count() as u64);
+                .map_or(0, |set| set.count_from(start) as u64);
         }
         self.subjects
             .iter()
             .filter(|(s, _)| subject_matches(filter, s))
-            .map(|(_, set)| set.range(start..).count() as u64)
+            .map(|(_, set)| set.count_from(start) as u64)
             .sum()
     }
 
@@ -499,8 +500,8 @@ impl<L> Index<L> {
         for filter in filters {
             for (subject, set) in &self.subjects {
                 if subject_matches(filter, subject) {
-                    if let Some(seq) = set.range(..=up_to).next_back() {
-                        seqs.insert(*seq);
+                    if let Some(seq) = set.last_up_to(up_to) {
+                        seqs.insert(seq);
                     }
                 }
             }
@@ -520,7 +521,7 @@ impl<L> Index<L> {
             .subjects
             .iter()
             .filter(|(s, _)| subject_matches(filter, s))
-            .flat_map(|(_, set)| set.iter().copied())
+            .flat_map(|(_, set)| set.iter())
             .collect();
         v.sort_unstable();
         v
@@ -616,8 +617,8 @@ impl<L> Index<L> {
         for (s, set) in &self.subjects {
             if subject_matches(filter, s) {
                 n += set.len() as u64;
-                first = first.min(*set.first().unwrap_or(&u64::MAX));
-                last = last.max(*set.last().unwrap_or(&0));
+                first = first.min(set.first().unwrap_or(u64::MAX));
+                last = last.max(set.last().unwrap_or(0));
             }
         }
         (n, if n == 0 { 0 } else { first }, last)
@@ -658,8 +659,8 @@ mod tests {
         Entry {
             subject: Rc::from(subject),
             ts,
-            size: msg_size(subject.len(), 0, 1),
-            expires: None,
+            size: msg_size(subject.len(), 0, 1) as u32,
+            expires: 0,
             no_age: false,
             has_headers: false,
             loc: (),
@@ -687,6 +688,12 @@ mod tests {
             ix.check_append("a", 0, 1, None),
             Err(StoreError::MaxMsgs)
         ));
+    }
+
+    /// Every message has an entry: its size is the index's memory per message.
+    #[test]
+    fn an_entry_stays_small() {
+        assert!(std::mem::size_of::<Option<Entry<crate::file::Loc>>>() <= 56);
     }
 
     #[test]

@@ -13,8 +13,10 @@ pub mod file;
 pub mod index;
 pub mod mem;
 pub mod record;
+pub mod seqset;
 pub mod snapshot;
 pub mod subject;
+pub mod summary;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use bytes::Bytes;
 
@@ -34,18 +35,32 @@ pub(crate) fn new_entry<L>(
     ttl: Option<MsgTtl>,
     loc: L,
 ) -> Entry<L> {
+    entry_with(index.intern(subject), hdr_len, payload_len, ts, ttl, loc)
+}
+
+/// An index entry for a subject already interned.
+pub(crate) fn entry_with<L>(
+    subject: Rc<str>,
+    hdr_len: usize,
+    payload_len: usize,
+    ts: i64,
+    ttl: Option<MsgTtl>,
+    loc: L,
+) -> Entry<L> {
     let (expires, no_age) = match ttl {
-        None => (None, false),
-        Some(MsgTtl::Never) => (None, true),
+        None => (0, false),
+        Some(MsgTtl::Never) => (0, true),
         Some(MsgTtl::After(d)) => (
-            Some(ts.saturating_add(d.as_nanos().min(i64::MAX as u128) as i64)),
+            ts.saturating_add(d.as_nanos().min(i64::MAX as u128) as i64)
+                .max(1),
             false,
         ),
     };
     Entry {
-        subject: index.intern(subject),
+        // A message is at most a record (64 MiB), far below 4 GiB.
+        size: msg_size(subject.len(), hdr_len, payload_len).min(u64::from(u32::MAX)) as u32,
+        subject,
         ts,
-        size: msg_size(subject.len(), hdr_len, payload_len),
         expires,
         no_age,
         has_headers: hdr_len > 0,

@@ -84,6 +84,7 @@ fn limits() -> impl Strategy<Value = Limits> {
             discard,
             discard_new_per_subject: dnp,
             allow_msg_ttl: ttl,
+            subject_delete_markers: false,
         })
 }
 
