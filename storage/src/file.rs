@@ -1671,42 +1671,42 @@ async fn recover_from_summary(
         summary: None,
         settled_since: None,
     };
-    report.records += summary.records.len() as u64;
+    report.records += summary.len() as u64;
     report.bytes_scanned += data.len() as u64;
     report.summarized += 1;
-    for r in summary.records {
-        match r {
-            SummaryRecord::Msg {
+    // Checked whole by `parse`: the replay cannot stop half way.
+    let replayed = summary.for_each(|r| match r {
+        SummaryRecord::Msg {
+            seq,
+            off,
+            len,
+            ts,
+            ttl,
+            subject,
+            hdr_len,
+            payload_len,
+        } => {
+            let msg = RecoveredMsg {
                 seq,
                 off,
                 len,
                 ts,
                 ttl,
-                subject,
-                hdr_len,
-                payload_len,
-            } => {
-                let msg = RecoveredMsg {
-                    seq,
-                    off,
-                    len,
-                    ts,
-                    ttl,
-                    hdr_len: hdr_len as usize,
-                    payload_len: payload_len as usize,
-                };
-                let subject = subjects[subject as usize].clone();
-                apply_msg(st, &mut seg, id, msg, subject, name);
-            }
-            SummaryRecord::Tombstones(rs) => apply_tombstones(st, &mut seg, id, &rs),
-            SummaryRecord::Compact {
-                first,
-                last_seq,
-                last_ts,
-            } => apply_compact(st, &mut seg, id, first, last_seq, last_ts),
-            SummaryRecord::Erased { seq, ts } => st.index.advance_last(seq, ts),
+                hdr_len: hdr_len as usize,
+                payload_len: payload_len as usize,
+            };
+            let subject = subjects[subject as usize].clone();
+            apply_msg(st, &mut seg, id, msg, subject, name);
         }
-    }
+        SummaryRecord::Tombstones(rs) => apply_tombstones(st, &mut seg, id, &rs),
+        SummaryRecord::Compact {
+            first,
+            last_seq,
+            last_ts,
+        } => apply_compact(st, &mut seg, id, first, last_seq, last_ts),
+        SummaryRecord::Erased { seq, ts } => st.index.advance_last(seq, ts),
+    });
+    debug_assert!(replayed.is_ok());
     st.segs.insert(id, seg);
     Some(())
 }

@@ -43,7 +43,12 @@ impl SeqSet {
                 if last.len() < CHUNK {
                     last.push(seq);
                 } else {
-                    self.chunks.push_back(vec![seq]);
+                    // A subject this big keeps growing: its later chunks are
+                    // allocated whole rather than by doubling (a small subject's
+                    // only chunk stays small).
+                    let mut chunk = Vec::with_capacity(CHUNK);
+                    chunk.push(seq);
+                    self.chunks.push_back(chunk);
                 }
             }
             None => self.chunks.push_back(vec![seq]),

@@ -249,12 +249,15 @@ impl SummaryBuilder {
     }
 }
 
-/// A parsed summary.
+/// A checked summary. Its records are decoded as they are visited
+/// ([`Summary::for_each`]): a segment's worth of them as one `Vec` cost more in
+/// allocation, page faults and unmapping than the replay itself.
 #[derive(Debug)]
-pub struct Summary {
+pub struct Summary<'a> {
     pub facts: SegmentFacts,
     pub subjects: Vec<String>,
-    pub records: Vec<SummaryRecord>,
+    count: usize,
+    records: &'a [u8],
 }
 
 struct Reader<'a> {
@@ -295,8 +298,9 @@ impl Reader<'_> {
     }
 }
 
-impl Summary {
-    pub fn parse(body: &[u8]) -> Result<Summary, SummaryError> {
+impl<'a> Summary<'a> {
+    /// Checks the whole summary; a summary that parses replays without error.
+    pub fn parse(body: &'a [u8]) -> Result<Summary<'a>, SummaryError> {
         let mut r = Reader { buf: body };
         if r.take(8)? != MAGIC {
             return Err(SummaryError("not a summary"));
@@ -326,7 +330,31 @@ impl Summary {
         if count > r.buf.len() {
             return Err(SummaryError("record count out of range"));
         }
-        let mut records = Vec::with_capacity(count);
+        let summary = Summary {
+            facts,
+            subjects,
+            count,
+            records: r.buf,
+        };
+        summary.for_each(|_| {})?;
+        Ok(summary)
+    }
+
+    /// How many records there are.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Visits the records in log order.
+    pub fn for_each(&self, mut visit: impl FnMut(SummaryRecord)) -> Result<(), SummaryError> {
+        let facts = self.facts;
+        let subjects = self.subjects.len();
+        let count = self.count;
+        let mut r = Reader { buf: self.records };
         let mut prev_end = crate::record::PAGE as u64;
         let mut prev_seq = facts.next_seq.saturating_sub(1);
         let mut prev_ts = facts.last_ts;
@@ -357,7 +385,7 @@ impl Summary {
                         0
                     };
                     let subject = r.u32_varint()?;
-                    if subject as usize >= subjects.len() {
+                    if subject as usize >= subjects {
                         return Err(SummaryError("subject out of range"));
                     }
                     let hdr_len = if tag & HAS_HEADERS != 0 {
@@ -425,16 +453,12 @@ impl Summary {
             if prev_end > facts.end {
                 return Err(SummaryError("record past the segment's end"));
             }
-            records.push(record);
+            visit(record);
         }
         if !r.buf.is_empty() {
             return Err(SummaryError("trailing bytes"));
         }
-        Ok(Summary {
-            facts,
-            subjects,
-            records,
-        })
+        Ok(())
     }
 }
 
@@ -485,16 +509,18 @@ mod tests {
             }
         );
         assert_eq!(s.subjects, vec!["orders.new", "orders.paid"]);
-        assert_eq!(s.records.len(), 7);
+        assert_eq!(s.len(), 7);
+        let mut records = Vec::new();
+        s.for_each(|r| records.push(r)).unwrap();
         assert_eq!(
-            s.records[6],
+            records[6],
             SummaryRecord::Erased {
                 seq: 111,
                 ts: 6_600
             }
         );
         assert_eq!(
-            s.records[2],
+            records[2],
             SummaryRecord::Msg {
                 seq: 103,
                 off: page + 352,
@@ -507,11 +533,11 @@ mod tests {
             }
         );
         assert_eq!(
-            s.records[3],
+            records[3],
             SummaryRecord::Tombstones(vec![(101, 101), (5, 9)])
         );
         assert_eq!(
-            s.records[4],
+            records[4],
             SummaryRecord::Msg {
                 seq: 110,
                 off: page + 600,
@@ -524,7 +550,7 @@ mod tests {
             }
         );
         assert_eq!(
-            s.records[5],
+            records[5],
             SummaryRecord::Compact {
                 first: 103,
                 last_seq: 110,
