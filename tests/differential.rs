@@ -226,3 +226,189 @@ fn stream_imports_vs_nats_server() {
         );
     }
 }
+
+/// Keys whose values differ between any two servers or runs (times, ids, the
+/// server's name and version): compared by type only.
+const VOLATILE: &[&str] = &[
+    "created",
+    "ts",
+    "time",
+    "first_ts",
+    "last_ts",
+    "server",
+    "server_id",
+    "id",
+    "leader",
+    "timestamp",
+    "_nats.ver",
+    "leader_since",
+];
+
+/// A JSON answer with every volatile value replaced by its type, so two servers'
+/// answers compare by keys and types everywhere and by value elsewhere.
+fn comparable(value: &serde_json::Value, key: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), comparable(v, k)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| comparable(v, key)).collect()),
+        other if VOLATILE.contains(&key) => Value::String(
+            match other {
+                Value::String(_) => "<string>",
+                Value::Number(_) => "<number>",
+                Value::Bool(_) => "<bool>",
+                _ => "<other>",
+            }
+            .into(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The same JetStream API requests and publishes, in the same order, to strait and
+/// to nats-server: every answer must have the same keys, the same types and the
+/// same deterministic values (configs with their defaults, states, PubAcks, error
+/// codes and texts, the account's usage and API counts).
+#[tokio::test]
+async fn jetstream_api_vs_nats_server() {
+    let base = std::env::temp_dir().join(format!("strait-jsdiff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("dir");
+    let store = |name: &str| base.join(name).display().to_string();
+    let strait = Server::start_with_config(
+        Some(&format!(
+            "jetstream {{ store_dir: {:?} }}\n",
+            store("strait")
+        )),
+        &["--shards", "1"],
+    );
+    let reference_conf = base.join("reference.conf");
+    std::fs::write(
+        &reference_conf,
+        format!("jetstream {{ store_dir: {:?} }}\n", store("reference")),
+    )
+    .expect("reference config");
+    let reference = Reference::start(&reference_conf);
+    let clients = [
+        async_nats::connect(format!("127.0.0.1:{}", strait.port))
+            .await
+            .expect("connect strait"),
+        async_nats::connect(format!("127.0.0.1:{}", reference.port))
+            .await
+            .expect("connect nats-server"),
+    ];
+    let requests: &[(&str, &str)] = &[
+        ("$JS.API.INFO", ""),
+        (
+            "$JS.API.STREAM.CREATE.ORDERS",
+            r#"{"name":"ORDERS","subjects":["orders.*"],"storage":"file","num_replicas":1}"#,
+        ),
+        (
+            "$JS.API.STREAM.CREATE.ORDERS",
+            r#"{"name":"ORDERS","subjects":["orders.*"],"storage":"file","num_replicas":1}"#,
+        ),
+        (
+            "$JS.API.STREAM.CREATE.ORDERS",
+            r#"{"name":"ORDERS","subjects":["orders.*"],"storage":"memory"}"#,
+        ),
+        ("orders.new", "first"),
+        ("orders.new", "second"),
+        ("orders.paid", "third"),
+        ("orders.none.deeper", "no stream"),
+        ("$JS.API.STREAM.INFO.ORDERS", ""),
+        ("$JS.API.STREAM.INFO.ORDERS", r#"{"subjects_filter":">"}"#),
+        ("$JS.API.STREAM.NAMES", ""),
+        ("$JS.API.STREAM.LIST", ""),
+        ("$JS.API.STREAM.MSG.GET.ORDERS", r#"{"seq":1}"#),
+        (
+            "$JS.API.STREAM.MSG.GET.ORDERS",
+            r#"{"last_by_subj":"orders.new"}"#,
+        ),
+        ("$JS.API.STREAM.MSG.GET.ORDERS", r#"{"seq":99}"#),
+        ("$JS.API.STREAM.MSG.DELETE.ORDERS", r#"{"seq":2}"#),
+        ("$JS.API.STREAM.MSG.DELETE.ORDERS", r#"{"seq":2}"#),
+        ("$JS.API.STREAM.INFO.ORDERS", r#"{"deleted_details":true}"#),
+        (
+            "$JS.API.STREAM.UPDATE.ORDERS",
+            r#"{"name":"ORDERS","subjects":["orders.*"],"max_msgs":10,"storage":"file"}"#,
+        ),
+        (
+            "$JS.API.STREAM.UPDATE.ORDERS",
+            r#"{"name":"ORDERS","subjects":["orders.*"],"storage":"memory"}"#,
+        ),
+        ("$JS.API.STREAM.PURGE.ORDERS", r#"{"filter":"orders.paid"}"#),
+        (
+            "$JS.API.STREAM.CREATE.OVERLAP",
+            r#"{"name":"OVERLAP","subjects":["orders.new"]}"#,
+        ),
+        (
+            "$JS.API.STREAM.CREATE.REPLICAS",
+            r#"{"name":"REPLICAS","subjects":["rep.>"],"num_replicas":3}"#,
+        ),
+        ("$JS.API.STREAM.CREATE.BAD", "{not json"),
+        ("$JS.API.STREAM.CREATE.NAME", r#"{"name":"OTHER"}"#),
+        (
+            "$JS.API.STREAM.CREATE.KV_cfg",
+            r#"{"name":"KV_cfg","subjects":["$KV.cfg.>"],"max_msgs_per_subject":5,"allow_rollup_hdrs":true,"deny_delete":true,"allow_direct":true,"discard":"new","duplicate_window":120000000000}"#,
+        ),
+        ("$KV.cfg.a", "1"),
+        ("$JS.API.STREAM.INFO.NOPE", ""),
+        ("$JS.API.STREAM.DELETE.KV_cfg", ""),
+        ("$JS.API.STREAM.PURGE.ORDERS", ""),
+        ("$JS.API.STREAM.DELETE.ORDERS", ""),
+        ("$JS.API.STREAM.DELETE.ORDERS", ""),
+        (
+            "$JS.API.STREAM.CREATE.MARKED",
+            r#"{"name":"MARKED","subjects":["marked.>"],"max_age":60000000000,"subject_delete_marker_ttl":5000000000}"#,
+        ),
+        (
+            "$JS.API.STREAM.CREATE.SHAPED",
+            r#"{"name":"SHAPED","subjects":["in.*"],"subject_transform":{"src":"in.*","dest":"kept.$1"},"republish":{"dest":"out.>","headers_only":true}}"#,
+        ),
+        ("in.a", "transformed"),
+        ("$JS.API.STREAM.MSG.GET.SHAPED", r#"{"seq":1}"#),
+        (
+            "$JS.API.STREAM.CREATE.CYCLE",
+            r#"{"name":"CYCLE","subjects":["loop.>"],"republish":{"src":">","dest":"loop.x.>"}}"#,
+        ),
+        ("$JS.API.STREAM.DELETE.MARKED", ""),
+        ("$JS.API.STREAM.DELETE.SHAPED", ""),
+        ("$JS.API.INFO", ""),
+    ];
+    for (i, (subject, body)) in requests.iter().enumerate() {
+        let mut answers = Vec::new();
+        for client in &clients {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.request(subject.to_string(), body.to_string().into()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("request {i} {subject}: no answer in time"));
+            answers.push(match answer {
+                Ok(m) => match serde_json::from_slice::<serde_json::Value>(&m.payload) {
+                    Ok(json) => {
+                        let mut json = comparable(&json, "");
+                        // Go's and serde's JSON parsers word their complaints
+                        // differently; the code and the prefix are nats-server's.
+                        if json["error"]["err_code"] == 10025 {
+                            json["error"]["description"] = "invalid JSON: <parser>".into();
+                        }
+                        json
+                    }
+                    Err(_) => serde_json::json!({"not json": String::from_utf8_lossy(&m.payload)}),
+                },
+                Err(e) => serde_json::json!({"request error": format!("{:?}", e.kind())}),
+            });
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "request {i}: {subject} {body}\nstrait (left) and nats-server (right) differ"
+        );
+    }
+    drop(strait);
+    drop(reference);
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -30,7 +30,7 @@ use glommio::io::{DmaFile, OpenOptions, ReadResult};
 
 use crate::config::{FileStoreConfig, Limits, SyncPolicy};
 use crate::error::{Result, StoreError};
-use crate::index::{Index, Removed};
+use crate::index::{Accounting, Index, Removed};
 use crate::mem::{entry_with, new_entry};
 use crate::record::{self, DecodeError, Keys, Record, SegmentHeader, PAGE};
 use crate::summary::{Summary, SummaryBuilder, SummaryRecord};
@@ -468,7 +468,7 @@ impl FileStore {
         ids.sort_unstable();
 
         let mut st = State {
-            index: Index::new(cfg.limits.clone()),
+            index: Index::with_accounting(cfg.limits.clone(), Accounting::File),
             segs: BTreeMap::new(),
             active: 0,
             synced_pos: 0,
@@ -1558,7 +1558,8 @@ fn apply_msg(
     }
     let loc = Loc::new(id, m.off, m.len);
     let ttl = MsgTtl::from_nanos(m.ttl);
-    let e = entry_with(subject, m.hdr_len, m.payload_len, m.ts, ttl, loc);
+    let size = st.index.size_of(subject.len(), m.hdr_len, m.payload_len);
+    let e = entry_with(subject, size, m.hdr_len > 0, m.ts, ttl, loc);
     st.index.insert(m.seq, e);
     seg.live += 1;
     seg.first_msg_seq.get_or_insert(m.seq);

@@ -18,6 +18,23 @@ pub fn msg_size(subject_len: usize, hdr_len: usize, payload_len: usize) -> u64 {
     (subject_len + hdr_len + payload_len + 16) as u64
 }
 
+/// The same in nats-server's file store: its record's length (length, sequence,
+/// time, subject length: 22 bytes), the subject, the header length (4) and headers
+/// when there are any, the payload and its 8-byte hash.
+pub fn file_msg_size(subject_len: usize, hdr_len: usize, payload_len: usize) -> u64 {
+    let headers = if hdr_len > 0 { 4 + hdr_len } else { 0 };
+    (22 + subject_len + headers + payload_len + 8) as u64
+}
+
+/// Which of nats-server's two byte accountings a store follows, so that
+/// `max_bytes` and the state's `bytes` read as they would there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accounting {
+    #[default]
+    Memory,
+    File,
+}
+
 /// One stored message's metadata.
 #[derive(Debug, Clone)]
 pub struct Entry<L> {
@@ -41,6 +58,7 @@ pub type Removed<L> = Vec<(u64, Entry<L>)>;
 #[derive(Debug)]
 pub struct Index<L> {
     limits: Limits,
+    accounting: Accounting,
     /// Sequence of `slots[0]`; when empty, `last_seq + 1`.
     base: u64,
     /// Slots for `[base, last_seq]`; the front slot is always occupied.
@@ -57,8 +75,13 @@ pub struct Index<L> {
 
 impl<L> Index<L> {
     pub fn new(limits: Limits) -> Self {
+        Index::with_accounting(limits, Accounting::Memory)
+    }
+
+    pub fn with_accounting(limits: Limits, accounting: Accounting) -> Self {
         Index {
             limits,
+            accounting,
             base: 1,
             slots: VecDeque::new(),
             subjects: HashMap::default(),
@@ -67,6 +90,14 @@ impl<L> Index<L> {
             bytes: 0,
             last_seq: 0,
             last_ts: 0,
+        }
+    }
+
+    /// The bytes a message counts for in this store.
+    pub fn size_of(&self, subject_len: usize, hdr_len: usize, payload_len: usize) -> u64 {
+        match self.accounting {
+            Accounting::Memory => msg_size(subject_len, hdr_len, payload_len),
+            Accounting::File => file_msg_size(subject_len, hdr_len, payload_len),
         }
     }
 
@@ -169,7 +200,7 @@ impl<L> Index<L> {
                     }
                 }
                 if let Some(max) = self.limits.max_bytes {
-                    if self.bytes + msg_size(subject.len(), hdr_len, payload_len) > max {
+                    if self.bytes + self.size_of(subject.len(), hdr_len, payload_len) > max {
                         return Err(StoreError::MaxBytes);
                     }
                 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::config::Limits;
 use crate::error::{Result, StoreError};
-use crate::index::{msg_size, Entry, Index};
+use crate::index::{Entry, Index};
 use crate::{FilteredState, MsgTtl, Purge, Store, StoredMessage, StreamState};
 
 /// Headers and payload of a message held in memory.
@@ -35,14 +35,15 @@ pub(crate) fn new_entry<L>(
     ttl: Option<MsgTtl>,
     loc: L,
 ) -> Entry<L> {
-    entry_with(index.intern(subject), hdr_len, payload_len, ts, ttl, loc)
+    let size = index.size_of(subject.len(), hdr_len, payload_len);
+    entry_with(index.intern(subject), size, hdr_len > 0, ts, ttl, loc)
 }
 
-/// An index entry for a subject already interned.
+/// An index entry for a subject already interned, counting `size` bytes.
 pub(crate) fn entry_with<L>(
     subject: Rc<str>,
-    hdr_len: usize,
-    payload_len: usize,
+    size: u64,
+    has_headers: bool,
     ts: i64,
     ttl: Option<MsgTtl>,
     loc: L,
@@ -58,12 +59,12 @@ pub(crate) fn entry_with<L>(
     };
     Entry {
         // A message is at most a record (64 MiB), far below 4 GiB.
-        size: msg_size(subject.len(), hdr_len, payload_len).min(u64::from(u32::MAX)) as u32,
+        size: size.min(u64::from(u32::MAX)) as u32,
         subject,
         ts,
         expires,
         no_age,
-        has_headers: hdr_len > 0,
+        has_headers,
         loc,
     }
 }

@@ -514,8 +514,9 @@ impl StreamConfig {
         }
     }
 
-    /// The `_nats.*` keys nats-server adds: its API level, the level the
-    /// stream's features require, and its version.
+    /// The `_nats.*` key nats-server keeps in a stream's configuration: the API
+    /// level its features require. The server's own level and version are not
+    /// stored (they change with the server): see [`Self::with_dynamic_metadata`].
     fn set_version_metadata(&mut self) {
         let required = if self.allow_msg_ttl || self.subject_delete_marker_ttl > 0 {
             1
@@ -523,11 +524,29 @@ impl StreamConfig {
             0
         };
         self.metadata
-            .insert("_nats.level".into(), API_LEVEL.to_string());
-        self.metadata
             .insert("_nats.req.level".into(), required.to_string());
-        self.metadata
+        self.metadata.remove("_nats.level");
+        self.metadata.remove("_nats.ver");
+    }
+
+    /// The configuration as stream info, create and update answers show it: with
+    /// the server's API level and version added (stream lists show it without).
+    pub fn with_dynamic_metadata(&self) -> StreamConfig {
+        let mut cfg = self.clone();
+        cfg.metadata
+            .insert("_nats.level".into(), API_LEVEL.to_string());
+        cfg.metadata
             .insert("_nats.ver".into(), crate::options::NATS_VERSION.to_string());
+        cfg
+    }
+
+    /// The configuration as a stream list shows it (also for one stored by an
+    /// earlier strait that kept the server's level and version).
+    pub fn without_dynamic_metadata(&self) -> StreamConfig {
+        let mut cfg = self.clone();
+        cfg.metadata.remove("_nats.level");
+        cfg.metadata.remove("_nats.ver");
+        cfg
     }
 
     /// Equal apart from the metadata the server maintains: a create repeated with
@@ -650,7 +669,8 @@ mod tests {
             r#"{"name":"ORDERS","subjects":["ORDERS.*"],"storage":"file","allow_direct":true,"allow_rollup_hdrs":true}"#,
         )
         .normalized(&ServerLimits::default())
-        .unwrap();
+        .unwrap()
+        .with_dynamic_metadata();
         let want: serde_json::Value = serde_json::from_str(
             r#"{"name":"ORDERS","subjects":["ORDERS.*"],"retention":"limits","max_consumers":-1,
             "max_msgs":-1,"max_bytes":-1,"max_age":0,"max_msgs_per_subject":-1,"max_msg_size":-1,

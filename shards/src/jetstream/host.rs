@@ -815,13 +815,24 @@ impl Hosted {
                 out.insert("time".into(), json!(ts_rfc3339(m.ts)));
                 Ok(Value::Object(out))
             }
-            StreamOp::DeleteMsg { seq, erase } => match self.store.delete(seq, erase).await {
-                Ok(true) => Ok(json!(true)),
-                Ok(false) | Err(StoreError::NotFound) => {
-                    Err(errors::STREAM_MSG_DELETE_FAILED.err("no message found"))
+            StreamOp::DeleteMsg { seq, erase } => {
+                let state = self.store.fast_state();
+                match self.store.delete(seq, erase).await {
+                    Ok(true) => Ok(json!(true)),
+                    // As nats-server tells them apart: past the end of the stream,
+                    // before it (or 0), and a sequence in it already deleted.
+                    Ok(false) | Err(StoreError::NotFound) if seq > state.last_seq => {
+                        Err(errors::STREAM_MSG_DELETE_FAILED.err("stream EOF"))
+                    }
+                    Ok(false) | Err(StoreError::NotFound) if seq < state.first_seq.max(1) => {
+                        Err(errors::STREAM_MSG_DELETE_FAILED.err("no message found"))
+                    }
+                    Ok(false) | Err(StoreError::NotFound) => {
+                        Err(errors::SEQUENCE_NOT_FOUND.with(&[("seq", &seq)]))
+                    }
+                    Err(e) => Err(errors::STREAM_MSG_DELETE_FAILED.err(e)),
                 }
-                Err(e) => Err(errors::STREAM_MSG_DELETE_FAILED.err(e)),
-            },
+            }
             StreamOp::Delete => {
                 self.closed.set(true);
                 shard.remove_internal(self.internal);

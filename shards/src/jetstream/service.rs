@@ -664,10 +664,15 @@ impl Service {
             self.execute(&tokens, account, index, msg.payload()).await
         };
         {
+            // Counted as nats-server counts them: a message got answers without
+            // going through its API accounting, and a failed message delete is
+            // answered as a response that carries an error, not as an error.
+            let counted = !(kind == "stream_msg_get_response" && result.is_ok());
+            let error = result.is_err() && kind != "stream_msg_delete_response";
             let mut stats = self.stats.borrow_mut();
             let s = stats.entry(index).or_default();
-            s.total += 1;
-            s.errors += u64::from(result.is_err());
+            s.total += u64::from(counted);
+            s.errors += u64::from(error);
         }
         let mut out = Map::new();
         out.insert("type".into(), json!(format!("{TYPE_PREFIX}{kind}")));
@@ -812,15 +817,23 @@ impl Service {
     }
 
     /// The config, created, state (and with `cluster`, the leader) of a stream.
+    /// A stream's info; `listing` for a stream list (no cluster section, and the
+    /// configuration without the server's level and version, as nats-server).
     async fn info_body(
         &self,
         a: &StreamAssignment,
         op: StreamOp,
         cluster: bool,
+        listing: bool,
     ) -> Result<Map<String, Value>, ApiError> {
         let state = self.send_op(a, op).await?;
         let mut out = Map::new();
-        out.insert("config".into(), json!(a.config));
+        let config = if listing {
+            a.config.without_dynamic_metadata()
+        } else {
+            a.config.with_dynamic_metadata()
+        };
+        out.insert("config".into(), json!(config));
         out.insert("created".into(), json!(ts_rfc3339(a.created)));
         out.insert("state".into(), state);
         if cluster {
@@ -856,7 +869,9 @@ impl Service {
             if !existing.config.same_as_requested(&config) {
                 return Err(errors::STREAM_NAME_EXIST.error());
             }
-            let mut body = self.info_body(&existing, StreamOp::state(), false).await?;
+            let mut body = self
+                .info_body(&existing, StreamOp::state(), false, false)
+                .await?;
             body.insert("did_create".into(), json!(true));
             return Ok(Value::Object(body));
         }
@@ -889,7 +904,7 @@ impl Service {
             a.shard
         );
         self.advise(account, name, "create");
-        let mut body = self.info_body(&a, StreamOp::state(), false).await?;
+        let mut body = self.info_body(&a, StreamOp::state(), false, false).await?;
         body.insert("did_create".into(), json!(true));
         Ok(Value::Object(body))
     }
@@ -954,7 +969,7 @@ impl Service {
         })?;
         let a = StreamAssignment { config, ..existing };
         self.advise(account, name, "modify");
-        let body = self.info_body(&a, StreamOp::state(), false).await?;
+        let body = self.info_body(&a, StreamOp::state(), false, false).await?;
         Ok(Value::Object(body))
     }
 
@@ -965,7 +980,7 @@ impl Service {
             subjects_filter: req.subjects_filter,
             deleted_details: req.deleted_details,
         };
-        let mut body = self.info_body(&a, op, true).await?;
+        let mut body = self.info_body(&a, op, true, false).await?;
         let mut out = Map::new();
         out.insert("total".into(), json!(0));
         out.insert("offset".into(), json!(0));
@@ -1073,7 +1088,7 @@ impl Service {
         let mut streams = Vec::new();
         for a in matching.iter().skip(req.offset).take(LIST_LIMIT) {
             let op = StreamOp::state();
-            if let Ok(body) = self.info_body(a, op, false).await {
+            if let Ok(body) = self.info_body(a, op, false, true).await {
                 streams.push(Value::Object(body));
             }
         }
