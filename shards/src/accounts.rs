@@ -556,14 +556,15 @@ impl SubjectTransform {
         let mut used = 0;
         let mut dest = Vec::new();
         for token in destination.split('.') {
-            let reference = token
-                .strip_prefix('$')
-                .or_else(|| {
-                    token
-                        .strip_prefix("{{wildcard(")
-                        .and_then(|t| t.strip_suffix(")}}"))
-                })
-                .map(|n| n.trim().parse::<usize>());
+            // `$N` names a wildcard; `$` before anything else is a literal (`$KV`,
+            // `$JS`), as nats-server reads it.
+            let reference = match token.strip_prefix('$') {
+                Some(n) => n.parse::<usize>().ok().map(Ok),
+                None => token
+                    .strip_prefix("{{wildcard(")
+                    .and_then(|t| t.strip_suffix(")}}"))
+                    .map(|n| n.trim().parse::<usize>()),
+            };
             let t = match (token, reference) {
                 (_, Some(Ok(n))) if n >= 1 && n <= wildcards => DestToken::Wildcard(n - 1),
                 (_, Some(Ok(n))) => {
@@ -688,6 +689,8 @@ mod tests {
             .unwrap_err()
             .contains("not supported"));
         assert!(SubjectTransform::for_stream("a", "b.$1").is_err());
+        let t = SubjectTransform::for_stream("A.>", "$KV.test.>").unwrap();
+        assert_eq!(t.apply(b"A.b").unwrap(), b"$KV.test.b");
     }
 
     #[test]
