@@ -1163,3 +1163,127 @@ async fn subject_transforms_and_republish() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Publishes `payload` on `subject` with a reply and returns the PubAck body.
+async fn publish_raw(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: &[u8],
+) -> serde_json::Value {
+    api(
+        client,
+        subject,
+        std::str::from_utf8(payload).expect("utf-8"),
+    )
+    .await
+}
+
+/// Publishes 100-byte messages on `subject` until one is refused; returns how
+/// many were stored and the refusal.
+async fn fill(client: &async_nats::Client, subject: &str) -> (usize, serde_json::Value) {
+    let payload = [b'x'; 100];
+    for stored in 0..10_000 {
+        let ack = publish_raw(client, subject, &payload).await;
+        if !ack["error"].is_null() {
+            return (stored, ack);
+        }
+    }
+    panic!("{subject}: no limit was reached");
+}
+
+#[tokio::test]
+async fn publishes_past_the_account_or_server_storage_are_refused() {
+    let dir = store_dir("usage");
+    let config = format!(
+        r#"
+        jetstream {{ store_dir: "{}", max_file_store: 6000 }}
+        accounts {{
+            SMALL: {{
+                jetstream: {{ max_file: 2000 }}
+                users: [{{user: small, password: small}}]
+            }}
+            BIG: {{ jetstream: enabled, users: [{{user: big, password: big}}] }}
+        }}
+        "#,
+        dir.display()
+    );
+    let connect = |url: String, user: &'static str| async move {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+            .connect(url)
+            .await
+            .expect("connect")
+    };
+    let server = Server::start_with_config(Some(&config), &[]);
+    let small = connect(server.url(), "small").await;
+    let big = connect(server.url(), "big").await;
+    for (client, name, subject) in [(&small, "L", "l.x"), (&big, "B", "b.x")] {
+        let body = api(
+            client,
+            &format!("$JS.API.STREAM.CREATE.{name}"),
+            &format!(r#"{{"name":"{name}","subjects":["{subject}"]}}"#),
+        )
+        .await;
+        assert!(body["error"].is_null(), "{body}");
+    }
+    // A 100-byte payload on "l.x" counts 22 + 3 + 100 + 8 = 133 bytes on file:
+    // 15 fit in the account's 2000, the 16th does not.
+    let (stored, refusal) = fill(&small, "l.x").await;
+    assert_eq!(stored, 15, "{refusal}");
+    assert_eq!(refusal["error"]["err_code"], 10002, "{refusal}");
+    assert_eq!(
+        refusal["error"]["description"],
+        "resource limits exceeded for account"
+    );
+    assert_eq!(refusal["stream"], "L");
+    let info = api(&small, "$JS.API.STREAM.INFO.L", "").await;
+    assert_eq!(info["state"]["messages"], 15);
+    assert_eq!(info["state"]["bytes"], 15 * 133);
+    // A purge gives the room back.
+    let body = api(&small, "$JS.API.STREAM.PURGE.L", "").await;
+    assert_eq!(body["purged"], 15, "{body}");
+    let ack = publish_raw(&small, "l.x", &[b'x'; 100]).await;
+    assert!(ack["error"].is_null(), "{ack}");
+    // Streams on other shards see a stream's bytes within a step; any request
+    // to it (here an info) brings its ledgers up to date at once.
+    let info = api(&small, "$JS.API.STREAM.INFO.L", "").await;
+    assert_eq!(info["state"]["bytes"], 133);
+
+    // The server's 6000 bytes: the other account's stream may take what is left
+    // (the publish that crosses the ceiling is taken, as in nats-server)...
+    let (stored, refusal) = fill(&big, "b.x").await;
+    assert_eq!(refusal["error"]["err_code"], 10023, "{refusal}");
+    assert_eq!(refusal["error"]["description"], "insufficient resources");
+    assert_eq!(stored, (6000 - 133) / 133 + 1, "{refusal}");
+    // ...and then nothing fits anywhere, the small account included.
+    let info = api(&big, "$JS.API.STREAM.INFO.B", "").await;
+    assert_eq!(info["state"]["messages"], stored as u64);
+    let ack = publish_raw(&small, "l.x", &[b'x'; 100]).await;
+    assert_eq!(ack["error"]["err_code"], 10023, "{ack}");
+    assert!(server.wait_for_log(
+        "JetStream file resource limits exceeded for server",
+        std::time::Duration::from_secs(5)
+    ));
+    // Deleting the big stream frees the server.
+    let body = api(&big, "$JS.API.STREAM.DELETE.B", "").await;
+    assert_eq!(body["success"], true, "{body}");
+    let (stored, refusal) = fill(&small, "l.x").await;
+    assert_eq!(
+        (stored, refusal["error"]["err_code"].clone()),
+        (14, 10002.into())
+    );
+
+    // A restart counts what the streams hold again.
+    drop(small);
+    drop(big);
+    drop(server);
+    let server = Server::start_with_config(Some(&config), &[]);
+    let small = connect(server.url(), "small").await;
+    let ack = publish_raw(&small, "l.x", &[b'x'; 100]).await;
+    assert_eq!(ack["error"]["err_code"], 10002, "{ack}");
+    let body = api(&small, "$JS.API.STREAM.PURGE.L", "").await;
+    assert_eq!(body["purged"], 15, "{body}");
+    let ack = publish_raw(&small, "l.x", &[b'x'; 100]).await;
+    assert!(ack["error"].is_null(), "{ack}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

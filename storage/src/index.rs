@@ -35,6 +35,16 @@ pub enum Accounting {
     File,
 }
 
+impl Accounting {
+    /// The bytes a message counts for under this accounting.
+    pub fn size_of(self, subject_len: usize, hdr_len: usize, payload_len: usize) -> u64 {
+        match self {
+            Accounting::Memory => msg_size(subject_len, hdr_len, payload_len),
+            Accounting::File => file_msg_size(subject_len, hdr_len, payload_len),
+        }
+    }
+}
+
 /// One stored message's metadata.
 #[derive(Debug, Clone)]
 pub struct Entry<L> {
@@ -95,10 +105,7 @@ impl<L> Index<L> {
 
     /// The bytes a message counts for in this store.
     pub fn size_of(&self, subject_len: usize, hdr_len: usize, payload_len: usize) -> u64 {
-        match self.accounting {
-            Accounting::Memory => msg_size(subject_len, hdr_len, payload_len),
-            Accounting::File => file_msg_size(subject_len, hdr_len, payload_len),
-        }
+        self.accounting.size_of(subject_len, hdr_len, payload_len)
     }
 
     /// Makes room for `additional` more sequences at once (a recovery's estimate).

@@ -11,19 +11,21 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 use strait_storage::{
-    AnyStore, Encryption, FileStore, FileStoreConfig, Limits, MemStore, MsgTtl, Purge, Store,
-    StoreError, SyncPolicy,
+    index::Accounting, AnyStore, Encryption, FileStore, FileStoreConfig, Limits, MemStore, MsgTtl,
+    Purge, Store, StoreError, SyncPolicy,
 };
 
 use super::config::{Discard, StorageType, StreamConfig};
 use super::direct::{self, BatchPosition, DirectRequest, Status};
 use super::errors::{self, ApiError};
 use super::stream::{Decision, Rollup, StoreView, Stream};
+use super::usage::{Ledger, StreamUsage};
 use crate::internal::{InternalMsg, InternalReceiver};
 use crate::router::SubscriberId;
 use crate::shard::Shard;
@@ -62,6 +64,10 @@ pub struct StreamSpec {
     pub sync: SyncPolicy,
     pub encryption: Option<Encryption>,
     pub domain: Option<String>,
+    /// The account's name and its and the server's byte ledgers.
+    pub account_name: String,
+    pub account_usage: Arc<Ledger>,
+    pub server_usage: Arc<Ledger>,
 }
 
 /// A request about one hosted stream.
@@ -129,6 +135,7 @@ pub struct Hosted {
     direct_sids: RefCell<Vec<Bytes>>,
     dir: PathBuf,
     closed: Cell<bool>,
+    usage: StreamUsage,
 }
 
 impl StoreView for AnyStore {
@@ -182,7 +189,13 @@ pub(crate) async fn handle(shard: &Rc<Shard>, command: StreamCommand) {
             let hosted = shard.streams.borrow().get(&(account, name)).cloned();
             let result = match hosted {
                 None => Err(errors::STREAM_NOT_FOUND.error()),
-                Some(h) => h.op(shard, op).await,
+                Some(h) => {
+                    let result = h.op(shard, op).await;
+                    if !h.closed.get() {
+                        h.report_usage();
+                    }
+                    result
+                }
             };
             let _ = reply.send(result);
         }
@@ -218,6 +231,12 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
         direct_sids: RefCell::new(Vec::new()),
         dir: spec.dir,
         closed: Cell::new(false),
+        usage: StreamUsage::new(
+            spec.account_name,
+            spec.account_usage,
+            spec.server_usage,
+            spec.config.storage,
+        ),
     });
     if let Err(e) = hosted.subscribe(shard, &spec.config) {
         shard.remove_internal(internal);
@@ -225,6 +244,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
     }
     shard.barrier().await;
     hosted.recover_msg_ids().await;
+    hosted.report_usage();
     shard.streams.borrow_mut().insert(key, hosted.clone());
     glommio::spawn_local(run(shard.clone(), hosted.clone(), receiver)).detach();
     glommio::spawn_local(expire(hosted)).detach();
@@ -269,6 +289,7 @@ async fn expire(hosted: Rc<Hosted>) {
         if result.is_ok() {
             result = hosted.replace_with_markers(now).await;
         }
+        hosted.report_usage();
         if let Err(e) = result {
             tracing::warn!("JetStream stream expiry failed: {e}");
             // What failed is still due: do not spin on it.
@@ -293,6 +314,19 @@ struct Republish {
 type Append = Pin<Box<dyn std::future::Future<Output = Result<u64, StoreError>>>>;
 
 impl Hosted {
+    /// How this stream's store counts a message's bytes.
+    fn accounting(&self) -> Accounting {
+        match self.store.as_ref() {
+            AnyStore::Memory(_) => Accounting::Memory,
+            AnyStore::File(_) => Accounting::File,
+        }
+    }
+
+    /// Tells the account's and the server's ledgers what the stream holds now.
+    fn report_usage(&self) {
+        self.usage.report(self.store.fast_state().bytes, true);
+    }
+
     /// The expired messages that are the last of their subjects become delete
     /// markers (a marker that expires is simply removed).
     async fn replace_with_markers(&self, now: i64) -> Result<(), StoreError> {
@@ -626,6 +660,19 @@ impl Hosted {
             }
             Decision::Store(a) => a,
         };
+        let size = self.accounting().size_of(
+            subject.len(),
+            msg.header_len,
+            msg.message.len() - msg.header_len,
+        );
+        if let Err(e) = self
+            .usage
+            .room_for(self.store.fast_state().bytes, size, now)
+        {
+            let refusal = self.stream.borrow().refusal(e);
+            self.reply(shard, &reply, &refusal);
+            return;
+        }
         let predicted = self.store.fast_state().last_seq + 1;
         let mut headers = msg.message.slice(..msg.header_len);
         if accepted.ttl_raised {
@@ -656,9 +703,11 @@ impl Hosted {
         // group commit in its own task.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let first = append.as_mut().poll(&mut cx);
-        if self.store.fast_state().last_seq == predicted {
+        let staged = self.store.fast_state();
+        if staged.last_seq == predicted {
             self.stream.borrow_mut().stored(&accepted, predicted, now);
         }
+        self.usage.report(staged.bytes, false);
         match first {
             std::task::Poll::Ready(result) => self.appended(shard, &reply, result, republish),
             std::task::Poll::Pending => {
@@ -839,6 +888,7 @@ impl Hosted {
                 let name = self.stream.borrow().config().name.clone();
                 shard.streams.borrow_mut().remove(&(self.account, name));
                 let _ = self.store.close().await;
+                self.usage.release();
                 if self.dir.exists() {
                     let _ = std::fs::remove_dir_all(&self.dir);
                 }

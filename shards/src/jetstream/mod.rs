@@ -14,3 +14,4 @@ pub mod host;
 pub mod meta;
 pub mod service;
 pub mod stream;
+pub mod usage;

@@ -17,6 +17,7 @@ use super::config::{ServerLimits, StorageType, StreamConfig};
 use super::errors::{self, ApiError};
 use super::host::{now_ns, ts_rfc3339, StreamCommand, StreamOp, StreamRequest, StreamSpec};
 use super::meta::{MetaChange, MetaLog, MetaState, StreamAssignment};
+use super::usage::Ledger;
 use crate::accounts::JetStreamLimits;
 use crate::control::{Command, Commander, InternalHandle};
 use crate::internal::InternalMsg;
@@ -68,6 +69,10 @@ struct Service {
     /// Advisories (account, subject, body) of the requests being answered, each
     /// published in its account after the response.
     advisories: RefCell<Vec<(String, String, Value)>>,
+    /// The bytes all streams hold, against `max_memory_store` / `max_file_store`.
+    server_usage: Arc<Ledger>,
+    /// The same per account, against the account's `max_memory` / `max_file`.
+    account_usage: RefCell<std::collections::HashMap<String, Arc<Ledger>>>,
 }
 
 /// The stream directory of `account`'s stream `name` under the store.
@@ -107,11 +112,13 @@ pub async fn start(
     let service = Rc::new(Service {
         commander,
         opts,
-        js,
         meta: RefCell::new(meta),
         log: RefCell::new(log),
         stats: RefCell::default(),
         advisories: RefCell::default(),
+        server_usage: Ledger::new(js.max_memory, js.max_store),
+        account_usage: RefCell::default(),
+        js,
     });
     let assignments: Vec<StreamAssignment> = service.meta.borrow().all().cloned().collect();
     for a in assignments {
@@ -561,7 +568,19 @@ impl Service {
             .account_index(&a.account)
             .ok_or_else(|| errors::STREAM_CREATE.err(format!("account {:?} is gone", a.account)))?;
         let shard = self.shard_of(a);
+        let account_usage = self
+            .account_usage
+            .borrow_mut()
+            .entry(a.account.clone())
+            .or_insert_with(|| {
+                let limits = self.account_limits(&a.account).unwrap_or_default();
+                Ledger::new(limits.max_memory, limits.max_store)
+            })
+            .clone();
         let spec = StreamSpec {
+            account_name: a.account.clone(),
+            account_usage,
+            server_usage: self.server_usage.clone(),
             account,
             config: a.config.clone(),
             dir: stream_dir(&self.js, &a.account, &a.config.name),
