@@ -221,7 +221,10 @@ mod tests {
         assert_eq!(server.used(StorageType::File), 0);
         a.report(REPORT_STEP as u64, false);
         assert_eq!(server.used(StorageType::File), REPORT_STEP);
+        // Shrinking by less than a step waits too; by a step, it goes out.
         a.report(10, false);
-        assert_eq!(account.used(StorageType::File), 10);
+        assert_eq!(account.used(StorageType::File), REPORT_STEP);
+        a.report(0, false);
+        assert_eq!(account.used(StorageType::File), 0);
     }
 }
