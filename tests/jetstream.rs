@@ -1287,3 +1287,159 @@ async fn publishes_past_the_account_or_server_storage_are_refused() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn encryption_at_rest_hides_everything_and_a_wrong_key_loads_nothing_it_cannot_read() {
+    let dir = store_dir("encryption");
+    let config = |encryption: &str| {
+        format!(
+            "jetstream {{\n store_dir: \"{}\"\n {encryption}\n}}",
+            dir.display()
+        )
+    };
+    let stored = |client: async_nats::Client, stream: &'static str, seq: u64| async move {
+        let body = api(
+            &client,
+            &format!("$JS.API.STREAM.MSG.GET.{stream}"),
+            &format!(r#"{{"seq":{seq}}}"#),
+        )
+        .await;
+        body["message"]["data"].as_str().map(|d| {
+            String::from_utf8(data_encoding::BASE64.decode(d.as_bytes()).expect("base64"))
+                .expect("utf-8")
+        })
+    };
+    let create = |client: async_nats::Client, name: &'static str, subjects: &'static str| async move {
+        let body = api(
+            &client,
+            &format!("$JS.API.STREAM.CREATE.{name}"),
+            &format!(r#"{{"name":"{name}","subjects":["{subjects}"],"description":"confidential-{name}"}}"#),
+        )
+        .await;
+        assert!(body["error"].is_null(), "{body}");
+    };
+
+    // A plaintext stream, before encryption is switched on.
+    let server = Server::start_with_config(Some(&config("")), &[]);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    create(client.clone(), "PLAIN", "plain.>").await;
+    let ack = publish_raw(&client, "plain.one", b"visible-payload").await;
+    assert_eq!(ack["seq"], 1, "{ack}");
+    drop(client);
+    drop(server);
+
+    let right = config(r#"cipher: chachapoly, key: "s3cr3t-key""#);
+    let server = Server::start_with_config(Some(&right), &[]);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    assert_eq!(
+        stored(client.clone(), "PLAIN", 1).await.as_deref(),
+        Some("visible-payload")
+    );
+    let ack = publish_raw(&client, "plain.two", b"later-payload").await;
+    assert_eq!(ack["seq"], 2, "{ack}");
+    create(client.clone(), "SECRET", "hidden.subject.>").await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("X-Secret", "header-value");
+    let answer = client
+        .request_with_headers("hidden.subject.one", headers, "payload-secret".into())
+        .await
+        .expect("ack");
+    let ack: serde_json::Value = serde_json::from_slice(&answer.payload).expect("JSON");
+    assert_eq!(ack["seq"], 1, "{ack}");
+    drop(client);
+    server.terminate();
+    // Nothing written under the key is readable on disk: not the new stream's
+    // configuration, subjects, headers or payloads, nor what the old stream got.
+    for needle in [
+        &b"hidden.subject"[..],
+        b"header-value",
+        b"payload-secret",
+        b"later-payload",
+        b"plain.two",
+        b"confidential-SECRET",
+    ] {
+        let holding = files_holding(&dir, needle);
+        assert!(
+            holding.is_empty(),
+            "{} in {holding:?}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+
+    // A wrong key, then no key: nats-server's log line, nothing it cannot read
+    // is loaded, and the server serves new streams.
+    for (encryption, reason) in [
+        (
+            r#"cipher: chachapoly, key: "wrong-key""#,
+            "unable to recover keys",
+        ),
+        ("", "encryption not enabled"),
+    ] {
+        let server = Server::start_with_config(Some(&config(encryption)), &[]);
+        assert!(
+            server.wait_for_log(
+                &format!("Error decrypting our stream metafile: {reason}"),
+                std::time::Duration::from_secs(5)
+            ),
+            "{}",
+            server.log_text()
+        );
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let info = api(&client, "$JS.API.STREAM.INFO.SECRET", "").await;
+        assert_eq!(info["error"]["err_code"], 10059, "{info}");
+        // Its configuration was plain, its messages are not.
+        let info = api(&client, "$JS.API.STREAM.INFO.PLAIN", "").await;
+        assert_eq!(info["error"]["err_code"], 10059, "{info}");
+        let body = api(&client, "$JS.API.STREAM.CREATE.NEW", r#"{"name":"NEW"}"#).await;
+        assert!(body["error"].is_null(), "{body}");
+        let ack = publish_raw(&client, "NEW", b"x").await;
+        assert_eq!(ack["seq"], 1, "{ack}");
+        let body = api(&client, "$JS.API.STREAM.DELETE.NEW", "").await;
+        assert_eq!(body["success"], true, "{body}");
+        drop(client);
+        server.terminate();
+    }
+
+    // The right key again, with the other cipher: everything is back.
+    let server = Server::start_with_config(Some(&config(r#"cipher: aes, key: "s3cr3t-key""#)), &[]);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    assert_eq!(
+        stored(client.clone(), "PLAIN", 1).await.as_deref(),
+        Some("visible-payload")
+    );
+    assert_eq!(
+        stored(client.clone(), "PLAIN", 2).await.as_deref(),
+        Some("later-payload")
+    );
+    assert_eq!(
+        stored(client.clone(), "SECRET", 1).await.as_deref(),
+        Some("payload-secret")
+    );
+    let info = api(&client, "$JS.API.STREAM.INFO.SECRET", "").await;
+    assert_eq!(info["config"]["subjects"][0], "hidden.subject.>", "{info}");
+    assert!(server
+        .log_text()
+        .contains("Restored 2 messages for stream '$G > PLAIN'"));
+    drop(client);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -215,11 +215,21 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
             cfg.limits = limits;
             cfg.sync = spec.sync;
             cfg.encryption = spec.encryption.clone();
-            AnyStore::File(
-                FileStore::open(cfg)
-                    .await
-                    .map_err(|e| errors::STREAM_CREATE.err(e))?,
-            )
+            AnyStore::File(FileStore::open(cfg).await.map_err(|e| {
+                // nats-server's words for a stream its key cannot open.
+                match &e {
+                    StoreError::WrongKey { .. } => tracing::warn!(
+                        "  Error decrypting our stream metafile: unable to recover keys"
+                    ),
+                    StoreError::KeyRequired { .. } => {
+                        tracing::warn!(
+                            "  Error decrypting our stream metafile: encryption not enabled"
+                        )
+                    }
+                    _ => {}
+                }
+                errors::STREAM_CREATE.err(e)
+            })?)
         }
     };
     let (internal, receiver) = shard.add_internal(spec.account);

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use strait_storage::record::{self, DecodeError, Keys, Record};
+use strait_storage::Encryption;
+
 use super::config::StreamConfig;
 
 /// Where one stream lives and what it is.
@@ -129,30 +132,109 @@ pub enum MetaLogError {
     },
 }
 
-/// The meta state's durable log: one JSON change per line, each synced before
-/// the change is applied. A torn last line (a crash mid-write) is dropped at
-/// load; when the log holds many more lines than the state has streams, it is
+/// The meta state's durable log: one change per line, each synced before the
+/// change is applied. A torn last line (a crash mid-write) is dropped at load;
+/// when the log holds many more lines than the state has streams, it is
 /// rewritten as the state (a new file, synced, renamed over the old one).
+///
+/// With encryption at rest, each line is a sealed change (the store's framed,
+/// authenticated record, base64) next to the account and stream it concerns —
+/// names the store's directories show anyway. Plain lines written before
+/// encryption was switched on stay readable. A stream any of whose lines cannot
+/// be opened (a wrong key, or encryption switched off) is left out of the
+/// state with nats-server's log line, and its lines are kept as they are, so
+/// that starting again with the right key brings it back.
 pub struct MetaLog {
     path: PathBuf,
     file: std::fs::File,
     lines: usize,
+    keys: Option<Keys>,
+    /// The lines of streams that could not be read, verbatim. While there are
+    /// any, the log is not compacted: a run with the wrong key rewrites nothing.
+    kept: Vec<((String, String), String)>,
 }
 
 const COMPACT_FACTOR: usize = 2;
 const COMPACT_MIN: usize = 64;
 
+/// What the meta log's key is derived for: a name no stream can have.
+const META_KEY_CONTEXT: &str = "meta.log";
+
+/// A line of the log once encryption is on.
+#[derive(Serialize, Deserialize)]
+struct SealedLine {
+    account: String,
+    stream: String,
+    sealed: String,
+}
+
+impl MetaChange {
+    /// The (account, stream) it is about.
+    fn stream_key(&self) -> (String, String) {
+        match self {
+            MetaChange::AddStream(a) => (a.account.clone(), a.config.name.clone()),
+            MetaChange::UpdateStream { account, config } => (account.clone(), config.name.clone()),
+            MetaChange::DeleteStream { account, name } => (account.clone(), name.clone()),
+        }
+    }
+}
+
+/// One line read back.
+enum LineRead {
+    Change(MetaChange),
+    /// Sealed, and not to be opened with the key at hand (nats-server's reason).
+    Unreadable {
+        key: (String, String),
+        reason: &'static str,
+    },
+    Malformed(String),
+}
+
+fn read_line(line: &str, keys: Option<&Keys>) -> LineRead {
+    if let Ok(sealed) = serde_json::from_str::<SealedLine>(line) {
+        let key = (sealed.account, sealed.stream);
+        let Ok(frame) = data_encoding::BASE64.decode(sealed.sealed.as_bytes()) else {
+            return LineRead::Malformed("sealed entry is not base64".into());
+        };
+        return match record::decode(&frame, keys) {
+            Ok((Record::Meta(body), _)) => match serde_json::from_slice::<MetaChange>(&body) {
+                Ok(change) if change.stream_key() == key => LineRead::Change(change),
+                Ok(_) => LineRead::Malformed("sealed entry names another stream".into()),
+                Err(e) => LineRead::Malformed(e.to_string()),
+            },
+            Err(DecodeError::KeyRequired) => LineRead::Unreadable {
+                key,
+                reason: "encryption not enabled",
+            },
+            Err(DecodeError::WrongKey) => LineRead::Unreadable {
+                key,
+                reason: "unable to recover keys",
+            },
+            Ok(_) => LineRead::Malformed("sealed entry is not a meta record".into()),
+            Err(e) => LineRead::Malformed(format!("{e:?}")),
+        };
+    }
+    match serde_json::from_str::<MetaChange>(line) {
+        Ok(change) => LineRead::Change(change),
+        Err(e) => LineRead::Malformed(e.to_string()),
+    }
+}
+
 impl MetaLog {
-    /// Opens (or creates) the log in `dir` and replays it.
-    pub fn open(dir: &Path) -> Result<(MetaLog, MetaState), MetaLogError> {
+    /// Opens (or creates) the log in `dir` and replays it; `encryption` seals
+    /// what is written from now on.
+    pub fn open(
+        dir: &Path,
+        encryption: Option<&Encryption>,
+    ) -> Result<(MetaLog, MetaState), MetaLogError> {
         let path = dir.join("meta.log");
         let io = |source| MetaLogError::Io {
             path: path.clone(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let mut state = MetaState::default();
-        let mut lines = 0;
+        let keys = encryption.map(|e| Keys::derive(e.cipher, &e.key, META_KEY_CONTEXT));
+        let mut read = Vec::new();
         let mut good_len = 0u64;
         if let Ok(file) = std::fs::File::open(&path) {
             let mut reader = std::io::BufReader::new(file);
@@ -167,17 +249,49 @@ impl MetaLog {
                     tracing::warn!("JetStream meta log {path:?}: dropping a torn last entry");
                     break;
                 }
-                match serde_json::from_str::<MetaChange>(line.trim_end()) {
-                    Ok(change) => state.apply(&change),
-                    Err(e) => {
+                let text = line.trim_end();
+                match read_line(text, keys.as_ref()) {
+                    LineRead::Malformed(e) => {
                         tracing::warn!(
                             "JetStream meta log {path:?}: dropping an unreadable entry: {e}"
                         );
                         break;
                     }
+                    entry => read.push((text.to_string(), entry)),
                 }
                 good_len += n as u64;
-                lines += 1;
+            }
+        }
+        // A stream with a line that cannot be opened is left out whole: its
+        // readable lines alone would give it a configuration it no longer has.
+        // A delete (never sealed: it holds only names) ends that.
+        let mut unreadable = BTreeMap::new();
+        for (_, entry) in &read {
+            match entry {
+                LineRead::Unreadable { key, reason } => {
+                    unreadable.entry(key.clone()).or_insert(*reason);
+                }
+                LineRead::Change(c @ MetaChange::DeleteStream { .. }) => {
+                    unreadable.remove(&c.stream_key());
+                }
+                _ => {}
+            }
+        }
+        for ((account, stream), reason) in &unreadable {
+            tracing::warn!("  Error decrypting our stream metafile: {reason}");
+            tracing::warn!("  Stream '{account} > {stream}' is not loaded: its metadata cannot be read with the configured encryption");
+        }
+        let mut state = MetaState::default();
+        let mut kept = Vec::new();
+        let lines = read.len();
+        for (text, entry) in read {
+            match entry {
+                LineRead::Change(c) if !unreadable.contains_key(&c.stream_key()) => state.apply(&c),
+                LineRead::Change(c) => kept.push((c.stream_key(), text)),
+                LineRead::Unreadable { key, .. } if unreadable.contains_key(&key) => {
+                    kept.push((key, text))
+                }
+                _ => {}
             }
         }
         let file = std::fs::OpenOptions::new()
@@ -186,19 +300,46 @@ impl MetaLog {
             .open(&path)
             .map_err(io)?;
         file.set_len(good_len).map_err(io)?;
-        let mut log = MetaLog { path, file, lines };
+        let mut log = MetaLog {
+            path,
+            file,
+            lines,
+            keys,
+            kept,
+        };
         log.maybe_compact(&state)?;
         Ok((log, state))
     }
 
-    /// Writes `change` durably, then applies it to `state`.
+    /// The line `change` is written as: sealed when encryption is on.
+    fn line(&self, change: &MetaChange) -> Vec<u8> {
+        let json = serde_json::to_vec(change).unwrap_or_default();
+        let mut line = match &self.keys {
+            Some(keys) if !matches!(change, MetaChange::DeleteStream { .. }) => {
+                let mut frame = Vec::new();
+                record::encode_meta(&mut frame, Some(keys), &json);
+                let (account, stream) = change.stream_key();
+                let sealed = SealedLine {
+                    account,
+                    stream,
+                    sealed: data_encoding::BASE64.encode(&frame),
+                };
+                serde_json::to_vec(&sealed).unwrap_or_default()
+            }
+            _ => json,
+        };
+        line.push(b'\n');
+        line
+    }
+
+    /// Writes `change` durably, then applies it to `state`. A delete also
+    /// forgets the lines of an unreadable stream of that name.
     pub fn commit(
         &mut self,
         state: &mut MetaState,
         change: MetaChange,
     ) -> Result<(), MetaLogError> {
-        let mut line = serde_json::to_vec(&change).unwrap_or_default();
-        line.push(b'\n');
+        let line = self.line(&change);
         let io = |source| MetaLogError::Io {
             path: self.path.clone(),
             source,
@@ -206,12 +347,19 @@ impl MetaLog {
         self.file.write_all(&line).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.lines += 1;
+        if matches!(change, MetaChange::DeleteStream { .. }) {
+            let key = change.stream_key();
+            self.kept.retain(|(k, _)| *k != key);
+        }
         state.apply(&change);
         self.maybe_compact(state)
     }
 
     fn maybe_compact(&mut self, state: &MetaState) -> Result<(), MetaLogError> {
-        if self.lines < COMPACT_MIN || self.lines < state.len() * COMPACT_FACTOR {
+        if !self.kept.is_empty()
+            || self.lines < COMPACT_MIN
+            || self.lines < state.len() * COMPACT_FACTOR
+        {
             return Ok(());
         }
         let io = |source| MetaLogError::Io {
@@ -222,8 +370,7 @@ impl MetaLog {
         let mut out = Vec::new();
         let changes = state.as_changes();
         for change in &changes {
-            out.extend(serde_json::to_vec(change).unwrap_or_default());
-            out.push(b'\n');
+            out.extend(self.line(change));
         }
         {
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -291,7 +438,7 @@ mod tests {
     fn the_log_survives_reopening_a_torn_tail_and_compaction() {
         let dir = std::env::temp_dir().join(format!("strait-meta-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (mut log, mut state) = MetaLog::open(&dir).unwrap();
+        let (mut log, mut state) = MetaLog::open(&dir, None).unwrap();
         for i in 0..100 {
             let name = format!("S{i}");
             log.commit(&mut state, MetaChange::AddStream(assignment("A", &name, 0)))
@@ -316,7 +463,7 @@ mod tests {
             .unwrap();
         f.write_all(br#"{"op":"add_stream","acc"#).unwrap();
         drop(f);
-        let (mut log, mut reopened) = MetaLog::open(&dir).unwrap();
+        let (mut log, mut reopened) = MetaLog::open(&dir, None).unwrap();
         assert_eq!(reopened, state);
         log.commit(
             &mut reopened,
@@ -324,11 +471,90 @@ mod tests {
         )
         .unwrap();
         drop(log);
-        let (_, again) = MetaLog::open(&dir).unwrap();
+        let (_, again) = MetaLog::open(&dir, None).unwrap();
         assert_eq!(again.len(), 51);
         assert!(again.stream("A", "Z").is_some());
         let text = std::fs::read_to_string(dir.join("meta.log")).unwrap();
         assert!(text.lines().count() < 150, "compacted");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn key(cipher: strait_storage::Cipher, key: &str) -> Encryption {
+        Encryption {
+            cipher,
+            key: key.as_bytes().to_vec(),
+        }
+    }
+
+    fn secret(account: &str, name: &str) -> MetaChange {
+        let mut a = assignment(account, name, 0);
+        a.config.subjects = vec![format!("hidden.{name}.>")];
+        a.config.description = "confidential description".into();
+        MetaChange::AddStream(a)
+    }
+
+    #[test]
+    fn an_encrypted_log_hides_configs_and_keeps_what_a_wrong_key_cannot_read() {
+        use strait_storage::Cipher;
+        let dir = std::env::temp_dir().join(format!("strait-meta-enc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let right = key(Cipher::ChaCha, "s3cr3t");
+        // Written before encryption was switched on.
+        let (mut log, mut state) = MetaLog::open(&dir, None).unwrap();
+        log.commit(&mut state, secret("A", "PLAIN")).unwrap();
+        drop(log);
+        let (mut log, mut state) = MetaLog::open(&dir, Some(&right)).unwrap();
+        assert!(
+            state.stream("A", "PLAIN").is_some(),
+            "plain lines stay readable"
+        );
+        log.commit(&mut state, secret("A", "X")).unwrap();
+        log.commit(&mut state, secret("B", "Y")).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(dir.join("meta.log")).unwrap();
+        assert!(
+            !text.contains("hidden.X") && !text.contains("hidden.Y"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("confidential").count(),
+            1,
+            "only the old plain line"
+        );
+        let all = state.clone();
+
+        // A wrong key and no key: the sealed streams are left out, the rest loads,
+        // and enough commits to compact the log keep the unreadable lines.
+        for wrong in [Some(key(Cipher::ChaCha, "nope")), None] {
+            let (mut log, mut partial) = MetaLog::open(&dir, wrong.as_ref()).unwrap();
+            let names: Vec<_> = partial.all().map(|a| a.config.name.clone()).collect();
+            assert_eq!(names, ["PLAIN"]);
+            for i in 0..COMPACT_MIN {
+                let name = format!("T{i}");
+                log.commit(&mut partial, secret("C", &name)).unwrap();
+                log.commit(
+                    &mut partial,
+                    MetaChange::DeleteStream {
+                        account: "C".into(),
+                        name,
+                    },
+                )
+                .unwrap();
+            }
+        }
+        // Runs that could not read everything rewrote nothing.
+        let lines = std::fs::read_to_string(dir.join("meta.log")).unwrap();
+        assert!(lines.lines().count() > 4 * COMPACT_MIN);
+        // The right key, with another cipher: everything is back (what the wrong
+        // key created and deleted is simply gone), and the log is compacted.
+        let (_, again) = MetaLog::open(&dir, Some(&key(Cipher::Aes, "s3cr3t"))).unwrap();
+        assert_eq!(again, all);
+        let lines = std::fs::read_to_string(dir.join("meta.log")).unwrap();
+        assert_eq!(lines.lines().count(), 3, "{lines}");
+        assert!(
+            !lines.contains("confidential"),
+            "compaction seals the old line"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -108,7 +108,7 @@ pub async fn start(
         js.max_store = default_max_store(&meta_dir);
     }
     banner(&js, &meta_dir);
-    let (log, meta) = MetaLog::open(&meta_dir)?;
+    let (log, meta) = MetaLog::open(&meta_dir, js.encryption.as_ref())?;
     let service = Rc::new(Service {
         commander,
         opts,
@@ -123,13 +123,28 @@ pub async fn start(
     let assignments: Vec<StreamAssignment> = service.meta.borrow().all().cloned().collect();
     for a in assignments {
         let name = a.config.name.clone();
+        tracing::info!("  Starting restore for stream '{} > {name}'", a.account);
+        let began = std::time::Instant::now();
         if let Err(e) = service.open_on_shard(&a).await {
             tracing::error!(
                 "JetStream could not restore stream '{} > {name}': {}",
                 a.account,
                 e.description
             );
+            continue;
         }
+        let messages = match service.send_op(&a, StreamOp::state()).await {
+            Ok(state) => state["messages"].as_u64().unwrap_or(0),
+            Err(_) => 0,
+        };
+        tracing::info!(
+            "  Restored {} messages for stream '{} > {name}' in {}",
+            with_commas(messages),
+            a.account,
+            crate::format_duration(std::time::Duration::from_millis(
+                began.elapsed().as_millis() as u64
+            ))
+        );
     }
     let accounts: Vec<(u32, String)> = service
         .opts
@@ -161,6 +176,19 @@ pub async fn start(
         crate::format_duration(started.elapsed())
     );
     Ok(Some(JetStream(service)))
+}
+
+/// `1234567` as `1,234,567`, as nats-server writes counts in its logs.
+fn with_commas(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// nats-server's default memory limit: three quarters of the machine's memory.
