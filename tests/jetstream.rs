@@ -1443,3 +1443,83 @@ async fn encryption_at_rest_hides_everything_and_a_wrong_key_loads_nothing_it_ca
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_api_and_stream_subjects_imported_from_another_account_act_there() {
+    let dir = store_dir("imports");
+    let config = format!(
+        r#"
+        jetstream {{ store_dir: "{}" }}
+        accounts {{
+            JS: {{
+                jetstream: enabled
+                users: [{{user: js, password: js}}]
+                exports: [{{service: "$JS.API.>"}}, {{service: "ord.>"}}]
+            }}
+            IU: {{
+                users: [{{user: iu, password: iu}}]
+                imports: [
+                    {{service: {{subject: "$JS.API.>", account: JS}}, to: "jsapi.>"}}
+                    {{service: {{subject: "ord.>", account: JS}}}}
+                ]
+            }}
+            OWN: {{
+                jetstream: enabled
+                users: [{{user: own, password: own}}]
+                imports: [{{service: {{subject: "$JS.API.>", account: JS}}}}]
+            }}
+        }}
+        "#,
+        dir.display()
+    );
+    let server = Server::start_with_config(Some(&config), &[]);
+    let connect = |user: &'static str| {
+        let url = server.url();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+                .connect(url)
+                .await
+                .expect("connect")
+        }
+    };
+    let js = connect("js").await;
+    let iu = connect("iu").await;
+    let own = connect("own").await;
+    let body = api(
+        &js,
+        "$JS.API.STREAM.CREATE.ORD",
+        r#"{"name":"ORD","subjects":["ord.>"]}"#,
+    )
+    .await;
+    assert!(body["error"].is_null(), "{body}");
+    // An account without JetStream uses the exporter's through its mapping.
+    let info = api(&iu, "jsapi.INFO", "").await;
+    assert!(info["error"].is_null(), "{info}");
+    assert_eq!(info["streams"], 1);
+    let body = api(
+        &iu,
+        "jsapi.STREAM.CREATE.FROMIU",
+        r#"{"name":"FROMIU","subjects":["fromiu"]}"#,
+    )
+    .await;
+    assert!(body["error"].is_null(), "{body}");
+    let names = api(&js, "$JS.API.STREAM.NAMES", "").await;
+    assert_eq!(names["streams"], serde_json::json!(["FROMIU", "ORD"]));
+    // Its own `$JS.API` unmapped, and no JetStream of its own: not enabled.
+    let body = api(&iu, "$JS.API.INFO", "").await;
+    assert_eq!(body["error"]["err_code"], 10039, "{body}");
+    // An account with JetStream that imports the API gets the exporter's.
+    let names = api(&own, "$JS.API.STREAM.NAMES", "").await;
+    assert_eq!(names["streams"], serde_json::json!(["FROMIU", "ORD"]));
+    // A stream subject imported as a service: stored there, acknowledged here.
+    let ack = publish_raw(&iu, "ord.new", b"from-iu").await;
+    assert_eq!(
+        (ack["stream"].clone(), ack["seq"].clone()),
+        ("ORD".into(), 1.into()),
+        "{ack}"
+    );
+    let info = api(&js, "$JS.API.STREAM.INFO.ORD", "").await;
+    assert_eq!(info["state"]["messages"], 1);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

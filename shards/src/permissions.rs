@@ -44,7 +44,7 @@ impl Pattern {
 
 /// Whether every subject `sub` can match is also matched by `pattern` (both may
 /// hold wildcards): nats-server's `subjectIsSubsetMatch`.
-fn is_subset(sub: &str, pattern: &str) -> bool {
+pub(crate) fn is_subset(sub: &str, pattern: &str) -> bool {
     let sub: Vec<&str> = sub.split('.').collect();
     let pat: Vec<&str> = pattern.split('.').collect();
     for (i, p) in pat.iter().enumerate() {

@@ -22,6 +22,7 @@ use crate::accounts::JetStreamLimits;
 use crate::control::{Command, Commander, InternalHandle};
 use crate::internal::InternalMsg;
 use crate::options::{JetStreamOptions, ServerOptions};
+use crate::permissions::is_subset;
 
 const API_PREFIX: &str = "$JS.API.";
 /// What the service answers (an unknown subject under these gets no answer, as
@@ -160,12 +161,27 @@ pub async fn start(
             continue;
         };
         // Everything but direct gets, which the streams that allow them answer
-        // themselves (without one, a direct get finds no responders).
+        // themselves (without one, a direct get finds no responders). What the
+        // account imports from another account is that account's JetStream, as
+        // in nats-server, where an account's own API is an import that an
+        // explicit one replaces.
+        let imported: Vec<String> = service
+            .opts
+            .accounts
+            .list
+            .get(index as usize)
+            .map(|a| a.service_imports.iter().map(|i| i.local.clone()).collect())
+            .unwrap_or_default();
         let mut subscribed = true;
+        let mut any = false;
         for subject in API_SUBJECTS {
+            if imported.iter().any(|local| is_subset(subject, local)) {
+                continue;
+            }
+            any = true;
             subscribed &= handle.subscribe(subject, None).await.is_some();
         }
-        if !subscribed {
+        if !subscribed || !any {
             continue;
         }
         let service = service.clone();
