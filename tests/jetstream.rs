@@ -1523,3 +1523,75 @@ async fn the_api_and_stream_subjects_imported_from_another_account_act_there() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn every_api_request_is_audited_with_the_client_that_made_it() {
+    use futures::StreamExt as _;
+    let dir = store_dir("audit");
+    let server = start(&dir);
+    let monitor = async_nats::connect(server.url()).await.expect("connect");
+    let mut audits = monitor
+        .subscribe("$JS.EVENT.ADVISORY.API")
+        .await
+        .expect("subscribe");
+    let mut listened = monitor.subscribe("$JS.API.>").await.expect("subscribe");
+    monitor.flush().await.expect("flush");
+    // Clients on both shards (the API is served on one of them).
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("app-{i}"))
+            .connect(server.url())
+            .await
+            .expect("connect");
+        common::await_interest(&monitor, &client).await;
+        clients.push(client);
+    }
+    let shards: std::collections::BTreeSet<u64> = clients
+        .iter()
+        .map(|c| c.server_info().client_id % 2)
+        .collect();
+    assert_eq!(shards.len(), 2, "clients on both shards");
+    for (i, client) in clients.iter().enumerate() {
+        let body = format!(r#"{{"name":"S{i}"}}"#);
+        let answer = api(client, &format!("$JS.API.STREAM.CREATE.S{i}"), &body).await;
+        assert!(answer["error"].is_null(), "{answer}");
+        let audit = tokio::time::timeout(std::time::Duration::from_secs(5), audits.next())
+            .await
+            .expect("an audit")
+            .expect("open");
+        let audit: serde_json::Value = serde_json::from_slice(&audit.payload).expect("JSON");
+        assert_eq!(audit["type"], "io.nats.jetstream.advisory.v1.api_audit");
+        assert_eq!(audit["subject"], format!("$JS.API.STREAM.CREATE.S{i}"));
+        assert_eq!(audit["request"], body);
+        let response: serde_json::Value =
+            serde_json::from_str(audit["response"].as_str().expect("a string")).expect("JSON");
+        assert_eq!(response, answer);
+        assert_eq!(audit["server"], server_id(client));
+        let who = &audit["client"];
+        assert_eq!(who["id"], client.server_info().client_id, "{audit}");
+        assert_eq!(who["name"], format!("app-{i}"));
+        assert_eq!(who["acc"], "$G");
+        assert_eq!(who["lang"], "rust");
+        assert_eq!(who["kind"], "Client");
+        // A client listening on the API sees the request as it was sent.
+        let heard = tokio::time::timeout(std::time::Duration::from_secs(5), listened.next())
+            .await
+            .expect("the request")
+            .expect("open");
+        assert!(
+            heard
+                .headers
+                .as_ref()
+                .is_none_or(|h| h.get("Nats-Request-Info").is_none()),
+            "{heard:?}"
+        );
+        assert_eq!(heard.payload, body.as_bytes());
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn server_id(client: &async_nats::Client) -> String {
+    client.server_info().server_id
+}

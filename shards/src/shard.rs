@@ -109,6 +109,23 @@ impl ShardIo<'_> {
         if sub.delivery_filter && client.delivery_denied(msg.subject) {
             return None;
         }
+        // The requester's identity stamped on a JetStream API request is for the
+        // server's own API, not for clients listening in.
+        let unstamped;
+        let msg = &if msg.header_len > 0 && crate::router::is_audited_api(msg.subject) {
+            let (message, header_len) =
+                proto::remove_header(msg.message, msg.header_len, "Nats-Request-Info");
+            unstamped = Bytes::from(message);
+            Message {
+                message: &unstamped,
+                owner: &unstamped,
+                header_len,
+                zeros: proto::SizeZeros::default(),
+                ..*msg
+            }
+        } else {
+            *msg
+        };
         // Clients that did not ask for headers get the payload alone, with its
         // size as nats-server computes it.
         let (header_len, message, zeros) = if msg.header_len > 0 && !client.headers() {

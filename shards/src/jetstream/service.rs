@@ -35,6 +35,8 @@ const API_SUBJECTS: [&str; 6] = [
     "$JS.API.META.>",
     "$JS.API.SERVER.>",
 ];
+/// Where every answered API request is audited.
+const AUDIT_SUBJECT: &str = "$JS.EVENT.ADVISORY.API";
 const TYPE_PREFIX: &str = "io.nats.jetstream.api.v1.";
 /// How long a shard may take to answer for a stream.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -702,7 +704,43 @@ impl Service {
                 let body = serde_json::to_vec(&body).unwrap_or_default();
                 handle.publish(&subject, "", None, &body).await;
             }
+            // After the stream's own advisories, as nats-server sends them.
+            let audit = serde_json::to_vec(&self.audit(&msg, &body)).unwrap_or_default();
+            handle.publish(AUDIT_SUBJECT, "", None, &audit).await;
         }
+    }
+
+    /// nats-server's audit of one answered request: who asked (the
+    /// `Nats-Request-Info` the router stamped on it), what, and the answer.
+    fn audit(&self, msg: &InternalMsg, response: &[u8]) -> Value {
+        let mut body = Map::new();
+        body.insert(
+            "type".into(),
+            json!("io.nats.jetstream.advisory.v1.api_audit"),
+        );
+        body.insert("id".into(), json!(crate::nuid()));
+        body.insert("timestamp".into(), json!(ts_rfc3339(now_ns())));
+        body.insert("server".into(), json!(self.opts.server_id));
+        if let Some(client) = crate::proto::header_value(msg.headers(), "Nats-Request-Info")
+            .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+        {
+            body.insert("client".into(), client);
+        }
+        body.insert(
+            "subject".into(),
+            json!(String::from_utf8_lossy(&msg.subject)),
+        );
+        if !msg.payload().is_empty() {
+            body.insert(
+                "request".into(),
+                json!(String::from_utf8_lossy(msg.payload())),
+            );
+        }
+        body.insert("response".into(), json!(String::from_utf8_lossy(response)));
+        if let Some(domain) = &self.js.domain {
+            body.insert("domain".into(), json!(domain));
+        }
+        Value::Object(body)
     }
 
     /// The response to one request, or `None` where nats-server sends none (an

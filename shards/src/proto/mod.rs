@@ -670,11 +670,9 @@ pub fn no_responders_header(subject: &[u8]) -> Vec<u8> {
     h
 }
 
-/// A message (headers and payload) with header `key` set to `value`: the existing
-/// header block without any `key` line, then `key: value`, as nats-server's
-/// `setHeader` writes it. Returns the message and its new header length.
-pub fn set_header(message: &[u8], header_len: usize, key: &str, value: &str) -> (Vec<u8>, usize) {
-    let mut out = Vec::with_capacity(message.len() + key.len() + value.len() + 16);
+/// Appends the header block of `message` without its status line's end and
+/// without any `key` line (a bare `NATS/1.0` line when there is no block).
+fn header_lines_without(out: &mut Vec<u8>, message: &[u8], header_len: usize, key: &str) {
     if header_len > 2 && header_len <= message.len() {
         let block = &message[..header_len - 2];
         let mut lines = block.split_inclusive(|&b| b == b'\n');
@@ -690,11 +688,35 @@ pub fn set_header(message: &[u8], header_len: usize, key: &str, value: &str) -> 
     } else {
         out.extend_from_slice(b"NATS/1.0\r\n");
     }
+}
+
+/// A message (headers and payload) with header `key` set to `value`: the existing
+/// header block without any `key` line, then `key: value`, as nats-server's
+/// `setHeader` writes it. Returns the message and its new header length.
+pub fn set_header(message: &[u8], header_len: usize, key: &str, value: &str) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(message.len() + key.len() + value.len() + 16);
+    header_lines_without(&mut out, message, header_len, key);
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     let new_header_len = out.len();
+    out.extend_from_slice(&message[header_len.min(message.len())..]);
+    (out, new_header_len)
+}
+
+/// The message without header `key`; without any header block when nothing but
+/// a plain `NATS/1.0` line would be left. Returns it and its header length.
+pub fn remove_header(message: &[u8], header_len: usize, key: &str) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(message.len());
+    header_lines_without(&mut out, message, header_len, key);
+    let new_header_len = if out == b"NATS/1.0\r\n" {
+        out.clear();
+        0
+    } else {
+        out.extend_from_slice(b"\r\n");
+        out.len()
+    };
     out.extend_from_slice(&message[header_len.min(message.len())..]);
     (out, new_header_len)
 }
@@ -713,6 +735,21 @@ pub fn header_value<'a>(headers: &'a [u8], key: &str) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_is_removed_and_an_empty_block_with_it() {
+        let (m, n) = set_header(b"payload", 0, "Nats-Request-Info", "{}");
+        assert_eq!(
+            remove_header(&m, n, "nats-request-info"),
+            (b"payload".to_vec(), 0)
+        );
+        let m = b"NATS/1.0\r\nX: 1\r\nNats-Request-Info: {}\r\n\r\nbody";
+        let (out, n) = remove_header(m, m.len() - 4, "Nats-Request-Info");
+        assert_eq!(out, b"NATS/1.0\r\nX: 1\r\n\r\nbody");
+        assert_eq!(&out[n..], b"body");
+        let m = b"NATS/1.0 503\r\n\r\n";
+        assert_eq!(remove_header(m, m.len(), "X").0, m.to_vec());
+    }
 
     #[test]
     fn headers_are_set_and_replaced() {

@@ -64,6 +64,14 @@ impl Message<'_> {
     }
 }
 
+/// JetStream API requests that nats-server audits: all but direct gets and
+/// pull requests, which are on the data path.
+pub fn is_audited_api(subject: &[u8]) -> bool {
+    subject.starts_with(b"$JS.API.")
+        && !subject.starts_with(b"$JS.API.DIRECT.")
+        && !subject.starts_with(b"$JS.API.CONSUMER.MSG.NEXT.")
+}
+
 /// Who a `share` service import tells the exporter the requester is.
 #[derive(Debug, Clone, Default)]
 pub struct RequesterInfo {
@@ -762,6 +770,24 @@ impl Router {
         account: u32,
         msg: Message<'_>,
     ) -> Routed {
+        // JetStream's API learns who asks (its audit advisories name the
+        // client), as nats-server's import of the API gives it
+        // `Nats-Request-Info`; clients subscribed to the API do not see it.
+        let stamped;
+        let msg = match publisher.requester {
+            Some(describe) if is_audited_api(msg.subject) => {
+                let (message, header_len) = self.request_info(account, Some(describe), msg, 0);
+                stamped = Bytes::from(message);
+                Message {
+                    message: &stamped,
+                    owner: &stamped,
+                    header_len,
+                    zeros: proto::SizeZeros::default(),
+                    ..msg
+                }
+            }
+            _ => msg,
+        };
         let routed = self.route(io, publisher, account, msg, 0);
         if publisher.no_responders && !routed.any() && !msg.reply.is_empty() {
             if let Some(id) = publisher.id {
