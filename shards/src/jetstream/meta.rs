@@ -181,7 +181,7 @@ impl MetaChange {
 
 /// One line read back.
 enum LineRead {
-    Change(MetaChange),
+    Change(Box<MetaChange>),
     /// Sealed, and not to be opened with the key at hand (nats-server's reason).
     Unreadable {
         key: (String, String),
@@ -198,7 +198,7 @@ fn read_line(line: &str, keys: Option<&Keys>) -> LineRead {
         };
         return match record::decode(&frame, keys) {
             Ok((Record::Meta(body), _)) => match serde_json::from_slice::<MetaChange>(&body) {
-                Ok(change) if change.stream_key() == key => LineRead::Change(change),
+                Ok(change) if change.stream_key() == key => LineRead::Change(Box::new(change)),
                 Ok(_) => LineRead::Malformed("sealed entry names another stream".into()),
                 Err(e) => LineRead::Malformed(e.to_string()),
             },
@@ -215,7 +215,7 @@ fn read_line(line: &str, keys: Option<&Keys>) -> LineRead {
         };
     }
     match serde_json::from_str::<MetaChange>(line) {
-        Ok(change) => LineRead::Change(change),
+        Ok(change) => LineRead::Change(Box::new(change)),
         Err(e) => LineRead::Malformed(e.to_string()),
     }
 }
@@ -271,7 +271,7 @@ impl MetaLog {
                 LineRead::Unreadable { key, reason } => {
                     unreadable.entry(key.clone()).or_insert(*reason);
                 }
-                LineRead::Change(c @ MetaChange::DeleteStream { .. }) => {
+                LineRead::Change(c) if matches!(**c, MetaChange::DeleteStream { .. }) => {
                     unreadable.remove(&c.stream_key());
                 }
                 _ => {}
