@@ -1271,6 +1271,24 @@ async fn publishes_past_the_account_or_server_storage_are_refused() {
         (stored, refusal["error"]["err_code"].clone()),
         (14, 10002.into())
     );
+    // What streams reserve with max_bytes, in any account, against the server's
+    // 6000 (nats-server's answers, checked side by side).
+    for (name, max_bytes, refused) in [
+        ("H1", 6001, true),
+        ("H2", 5000, false),
+        ("H3", 1001, true),
+        ("H4", 1000, false),
+        ("H5", -1, true),
+    ] {
+        let body = api(
+            &big,
+            &format!("$JS.API.STREAM.CREATE.{name}"),
+            &format!(r#"{{"name":"{name}","max_bytes":{max_bytes}}}"#),
+        )
+        .await;
+        let code = body["error"]["err_code"].as_u64();
+        assert_eq!(code, refused.then_some(10047), "{name}: {body}");
+    }
 
     // A restart counts what the streams hold again.
     drop(small);

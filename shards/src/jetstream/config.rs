@@ -294,6 +294,29 @@ pub fn check_account_room(
     {
         return Err(errors::MAXIMUM_CONSUMERS_LIMIT.error());
     }
+    check_reservation(limits.max_memory, limits.max_store, config, existing)
+}
+
+/// nats-server's server-wide check on a new stream: the bytes every account's
+/// streams reserve with `max_bytes`, against `max_memory_store` /
+/// `max_file_store` (`all` are the server's other streams).
+pub fn check_server_room(
+    max_memory: i64,
+    max_store: i64,
+    config: &StreamConfig,
+    all: &[&StreamConfig],
+) -> Result<(), ApiError> {
+    check_reservation(max_memory, max_store, config, all)
+}
+
+/// Whether `config`'s `max_bytes` (a byte when it has none) fits beside what
+/// `existing` reserve, under the ceiling for its storage (-1: none).
+fn check_reservation(
+    max_memory: i64,
+    max_store: i64,
+    config: &StreamConfig,
+    existing: &[&StreamConfig],
+) -> Result<(), ApiError> {
     let reserved: i64 = existing
         .iter()
         .filter(|c| c.storage == config.storage && c.max_bytes > 0)
@@ -302,8 +325,8 @@ pub fn check_account_room(
     // A stream without max_bytes still needs a byte of room.
     let wanted = config.max_bytes.max(1);
     let (limit, exceeded) = match config.storage {
-        StorageType::Memory => (limits.max_memory, errors::MEMORY_RESOURCES_EXCEEDED),
-        StorageType::File => (limits.max_store, errors::STORAGE_RESOURCES_EXCEEDED),
+        StorageType::Memory => (max_memory, errors::MEMORY_RESOURCES_EXCEEDED),
+        StorageType::File => (max_store, errors::STORAGE_RESOURCES_EXCEEDED),
     };
     if limit >= 0 && (reserved > limit || wanted > limit - reserved) {
         return Err(exceeded.error());
@@ -507,8 +530,7 @@ impl StreamConfig {
         };
         match missing {
             Some(what) => {
-                Err(errors::STREAM_CREATE
-                    .err(format!("{what} are not supported by this server yet")))
+                Err(errors::STREAM_CREATE.err(format!("this server does not support {what} yet")))
             }
             None => Ok(()),
         }

@@ -982,6 +982,8 @@ impl Service {
             let others: Vec<&StreamConfig> = meta.streams_of(account).map(|a| &a.config).collect();
             let limits = self.account_limits(account).unwrap_or_default();
             super::config::check_account_room(&limits, &config, &others)?;
+            let all: Vec<&StreamConfig> = meta.all().map(|a| &a.config).collect();
+            super::config::check_server_room(self.js.max_memory, self.js.max_store, &config, &all)?;
         }
         let a = StreamAssignment {
             account: account.to_string(),
