@@ -1613,3 +1613,128 @@ async fn every_api_request_is_audited_with_the_client_that_made_it() {
 fn server_id(client: &async_nats::Client) -> String {
     client.server_info().server_id
 }
+
+#[tokio::test]
+async fn interest_streams_keep_nothing_without_consumers_and_work_queues_keep_all() {
+    let dir = store_dir("retention");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let state = |client: async_nats::Client, name: &'static str| async move {
+        let info = api(&client, &format!("$JS.API.STREAM.INFO.{name}"), "").await;
+        let s = &info["state"];
+        (
+            s["messages"].clone(),
+            s["first_seq"].clone(),
+            s["last_seq"].clone(),
+        )
+    };
+    let n = |v: u64| serde_json::Value::from(v);
+    for (name, retention) in [("I", "interest"), ("W", "workqueue")] {
+        let body = api(
+            &client,
+            &format!("$JS.API.STREAM.CREATE.{name}"),
+            &format!(
+                r#"{{"name":"{name}","subjects":["{}.>"],"retention":"{retention}"}}"#,
+                name.to_lowercase()
+            ),
+        )
+        .await;
+        assert_eq!(body["config"]["retention"], retention, "{body}");
+    }
+    let js = jetstream::new(client.clone());
+    for seq in 1..=2 {
+        let ack = js
+            .publish("i.a", "x".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        assert_eq!(ack.sequence, seq);
+    }
+    let first = js
+        .send_publish(
+            "i.a",
+            Publish::build().message_id("one").payload("x".into()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let again = js
+        .send_publish(
+            "i.a",
+            Publish::build().message_id("one").payload("x".into()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert_eq!(
+        (first.sequence, again.sequence, again.duplicate),
+        (3, 3, true)
+    );
+    js.publish("w.a", "x".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert_eq!(state(client.clone(), "I").await, (n(0), n(4), n(3)));
+    assert_eq!(state(client.clone(), "W").await, (n(1), n(1), n(1)));
+    // nats-server's update rules: limits and interest change into each other.
+    for (name, to) in [("W", "limits"), ("I", "workqueue")] {
+        let body = api(
+            &client,
+            &format!("$JS.API.STREAM.UPDATE.{name}"),
+            &format!(
+                r#"{{"name":"{name}","subjects":["{}.>"],"retention":"{to}"}}"#,
+                name.to_lowercase()
+            ),
+        )
+        .await;
+        assert_eq!(
+            body["error"]["description"],
+            "stream configuration update can not change retention policy to/from workqueue",
+            "{body}"
+        );
+    }
+    let update = |client: async_nats::Client, retention: &'static str| async move {
+        let body = api(
+            &client,
+            "$JS.API.STREAM.UPDATE.I",
+            &format!(r#"{{"name":"I","subjects":["i.>"],"retention":"{retention}"}}"#),
+        )
+        .await;
+        assert!(body["error"].is_null(), "{body}");
+    };
+    update(client.clone(), "limits").await;
+    js.publish("i.a", "kept".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    update(client.clone(), "interest").await;
+    // What was kept stays; what nobody wants is not kept.
+    let ack = js
+        .publish("i.a", "x".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert_eq!(ack.sequence, 5);
+    assert_eq!(state(client.clone(), "I").await, (n(1), n(4), n(5)));
+    drop(client);
+    drop(server);
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    assert_eq!(state(client.clone(), "I").await, (n(1), n(4), n(5)));
+    let js = jetstream::new(client.clone());
+    let ack = js
+        .publish("i.a", "x".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert_eq!(ack.sequence, 6);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -523,8 +523,6 @@ impl StreamConfig {
             Some("batch publishing")
         } else if cfg.allow_msg_schedules {
             Some("message schedules")
-        } else if cfg.retention != Retention::Limits {
-            Some("interest and work-queue retention")
         } else {
             None
         };
@@ -596,8 +594,12 @@ impl StreamConfig {
         if new.storage != self.storage {
             return refuse("storage type");
         }
-        if new.retention != self.retention {
-            return refuse("retention policy");
+        // Limits and interest may change into each other, not to or from a
+        // work queue.
+        if new.retention != self.retention
+            && (new.retention == Retention::WorkQueue || self.retention == Retention::WorkQueue)
+        {
+            return refuse("retention policy to/from workqueue");
         }
         if self.sealed && !new.sealed {
             return refuse("sealed state");

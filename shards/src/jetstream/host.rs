@@ -694,19 +694,18 @@ impl Hosted {
             ));
         }
         let payload = msg.message.slice(msg.header_len..);
-        let republish =
-            self.stream
-                .borrow()
-                .republish_subject(&subject)
-                .map(|(destination, headers_only)| Republish {
-                    destination,
-                    headers_only,
-                    subject: subject.to_string(),
-                    last_seq: self.store.last_seq_for(&subject),
-                    headers: headers.clone(),
-                    payload: payload.clone(),
-                    ts: now,
-                });
+        let republish = (!accepted.skip)
+            .then(|| self.stream.borrow().republish_subject(&subject))
+            .flatten()
+            .map(|(destination, headers_only)| Republish {
+                destination,
+                headers_only,
+                subject: subject.to_string(),
+                last_seq: self.store.last_seq_for(&subject),
+                headers: headers.clone(),
+                payload: payload.clone(),
+                ts: now,
+            });
         let mut append = self.append(subject.into_owned(), headers, payload, now, &accepted);
         // The first poll stages the record (its sequence and index entry) before
         // the next message is checked against the store; the rest waits for the
@@ -750,8 +749,27 @@ impl Hosted {
             t => MsgTtl::After(Duration::from_secs(t as u64)),
         });
         let rollup = accepted.rollup;
+        let skip = accepted.skip;
         Box::pin(async move {
-            let seq = store.append(&subject, &headers, &payload, now, ttl).await?;
+            let seq = if skip {
+                // The next sequence is taken without a message; this part runs
+                // at the first poll, before the next publish is checked. Into an
+                // empty stream that is a move of its first sequence; messages
+                // kept from before (a limits stream turned interest) stay, so
+                // there it is stored and removed again.
+                let state = store.fast_state();
+                if state.msgs == 0 {
+                    let seq = state.last_seq + 1;
+                    store.compact(seq + 1).await?;
+                    seq
+                } else {
+                    let seq = store.append(&subject, &headers, &payload, now, ttl).await?;
+                    store.delete(seq, false).await?;
+                    seq
+                }
+            } else {
+                store.append(&subject, &headers, &payload, now, ttl).await?
+            };
             if let Some(rollup) = rollup {
                 let filter = match rollup {
                     Rollup::Subject => subject,

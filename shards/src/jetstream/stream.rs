@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use super::config::StreamConfig;
+use super::config::{Retention, StreamConfig};
 use super::errors::{self, ApiError};
 use crate::accounts::SubjectTransform;
 
@@ -52,6 +52,9 @@ pub struct Accepted {
     /// The TTL was raised to the subject delete marker TTL, so the stored
     /// `Nats-TTL` header must say so.
     pub ttl_raised: bool,
+    /// Nobody is interested (interest retention): the message takes its
+    /// sequence and is acknowledged, but is not kept.
+    pub skip: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,6 +323,9 @@ impl Stream {
             rollup,
             msg_id: msg_id.map(str::to_string),
             ttl_raised,
+            // Interest is what consumers have, and there are none yet: an
+            // interest stream keeps nothing (as nats-server without consumers).
+            skip: self.config.retention == Retention::Interest,
         })
     }
 
@@ -344,6 +350,7 @@ impl Stream {
             rollup: Some(Rollup::Subject),
             msg_id: None,
             ttl_raised: false,
+            skip: false,
         };
         Some((headers.into_bytes(), accepted))
     }
@@ -602,6 +609,7 @@ mod tests {
                 rollup: None,
                 msg_id: None,
                 ttl_raised: false,
+                skip: false,
             })
         );
         assert!(matches!(
