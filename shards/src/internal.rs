@@ -128,8 +128,8 @@ impl InternalClient {
     pub fn deliver(&self, sub: &Subscription, msg: &Message<'_>) -> Option<usize> {
         let item = InternalMsg {
             sid: sub.sid.clone(),
-            subject: Bytes::copy_from_slice(msg.subject),
-            reply: Bytes::copy_from_slice(msg.reply),
+            subject: msg.share(msg.subject),
+            reply: msg.share(msg.reply),
             header_len: msg.header_len,
             message: msg.share(msg.message),
         };

@@ -357,7 +357,7 @@ impl Hosted {
             match marker {
                 Some((headers, accepted)) => {
                     let append = self.append(
-                        m.subject,
+                        Bytes::from(m.subject),
                         Bytes::from(headers),
                         Bytes::new(),
                         now_ns(),
@@ -706,7 +706,12 @@ impl Hosted {
                 payload: payload.clone(),
                 ts: now,
             });
-        let mut append = self.append(subject.into_owned(), headers, payload, now, &accepted);
+        // The subject as stored, without a copy unless a transform made it.
+        let subject = match subject {
+            std::borrow::Cow::Borrowed(_) => msg.subject.clone(),
+            std::borrow::Cow::Owned(mapped) => Bytes::from(mapped),
+        };
+        let mut append = self.append(subject, headers, payload, now, &accepted);
         // The first poll stages the record (its sequence and index entry) before
         // the next message is checked against the store; the rest waits for the
         // group commit in its own task.
@@ -737,7 +742,7 @@ impl Hosted {
     /// the group commit.
     fn append(
         &self,
-        subject: String,
+        subject: Bytes,
         headers: Bytes,
         payload: Bytes,
         now: i64,
@@ -751,6 +756,8 @@ impl Hosted {
         let rollup = accepted.rollup;
         let skip = accepted.skip;
         Box::pin(async move {
+            // Checked as UTF-8 when the message was accepted.
+            let subject = std::str::from_utf8(&subject).map_err(|_| StoreError::InvalidSubject)?;
             let seq = if skip {
                 // The next sequence is taken without a message; this part runs
                 // at the first poll, before the next publish is checked. Into an
@@ -763,16 +770,16 @@ impl Hosted {
                     store.compact(seq + 1).await?;
                     seq
                 } else {
-                    let seq = store.append(&subject, &headers, &payload, now, ttl).await?;
+                    let seq = store.append(subject, &headers, &payload, now, ttl).await?;
                     store.delete(seq, false).await?;
                     seq
                 }
             } else {
-                store.append(&subject, &headers, &payload, now, ttl).await?
+                store.append(subject, &headers, &payload, now, ttl).await?
             };
             if let Some(rollup) = rollup {
                 let filter = match rollup {
-                    Rollup::Subject => subject,
+                    Rollup::Subject => subject.to_string(),
                     Rollup::All => String::new(),
                 };
                 store
