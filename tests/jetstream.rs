@@ -1554,22 +1554,30 @@ async fn every_api_request_is_audited_with_the_client_that_made_it() {
         .expect("subscribe");
     let mut listened = monitor.subscribe("$JS.API.>").await.expect("subscribe");
     monitor.flush().await.expect("flush");
-    // Clients on both shards (the API is served on one of them).
+    // Two clients on each shard (the API is served on one of them): the kernel
+    // spreads connections over the shards' listeners, so keep connecting until
+    // both shards hold two.
     let mut clients = Vec::new();
-    for i in 0..4 {
+    let mut per_shard = [0usize; 2];
+    for _ in 0..200 {
+        let i = clients.len();
         let client = async_nats::ConnectOptions::new()
             .name(format!("app-{i}"))
             .connect(server.url())
             .await
             .expect("connect");
+        let shard = (client.server_info().client_id % 2) as usize;
+        if per_shard[shard] == 2 {
+            continue;
+        }
+        per_shard[shard] += 1;
         common::await_interest(&monitor, &client).await;
         clients.push(client);
+        if clients.len() == 4 {
+            break;
+        }
     }
-    let shards: std::collections::BTreeSet<u64> = clients
-        .iter()
-        .map(|c| c.server_info().client_id % 2)
-        .collect();
-    assert_eq!(shards.len(), 2, "clients on both shards");
+    assert_eq!(per_shard, [2, 2], "clients on both shards");
     for (i, client) in clients.iter().enumerate() {
         let body = format!(r#"{{"name":"S{i}"}}"#);
         let answer = api(client, &format!("$JS.API.STREAM.CREATE.S{i}"), &body).await;

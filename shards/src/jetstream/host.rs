@@ -136,6 +136,17 @@ pub struct Hosted {
     dir: PathBuf,
     closed: Cell<bool>,
     usage: StreamUsage,
+    /// Appends staged but not yet durable, oldest first, and the task that
+    /// acknowledges them when it waits for more.
+    pending: RefCell<std::collections::VecDeque<PendingAck>>,
+    acker: Cell<Option<std::task::Waker>>,
+}
+
+/// A staged append and what its acknowledgement needs.
+struct PendingAck {
+    append: Append,
+    reply: Bytes,
+    republish: Option<Republish>,
 }
 
 impl StoreView for AnyStore {
@@ -247,6 +258,8 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
             spec.server_usage,
             spec.config.storage,
         ),
+        pending: RefCell::default(),
+        acker: Cell::new(None),
     });
     if let Err(e) = hosted.subscribe(shard, &spec.config) {
         shard.remove_internal(internal);
@@ -257,6 +270,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
     hosted.report_usage();
     shard.streams.borrow_mut().insert(key, hosted.clone());
     glommio::spawn_local(run(shard.clone(), hosted.clone(), receiver)).detach();
+    glommio::spawn_local(hosted.clone().acknowledge(shard.clone())).detach();
     glommio::spawn_local(expire(hosted)).detach();
     Ok(())
 }
@@ -725,14 +739,49 @@ impl Hosted {
         match first {
             std::task::Poll::Ready(result) => self.appended(shard, &reply, result, republish),
             std::task::Poll::Pending => {
-                let hosted = self.clone();
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let result = append.await;
-                    hosted.appended(&shard, &reply, result, republish);
+                self.pending.borrow_mut().push_back(PendingAck {
+                    append,
+                    reply,
+                    republish,
+                });
+                if let Some(waker) = self.acker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Acknowledges the appends still waiting for their group commit, in order:
+    /// one task per stream rather than one per message, and one flush to the
+    /// mesh for all the acknowledgements a commit releases.
+    async fn acknowledge(self: Rc<Self>, shard: Rc<Shard>) {
+        loop {
+            let next = std::future::poll_fn(|cx| {
+                if let Some(item) = self.pending.borrow_mut().pop_front() {
+                    return std::task::Poll::Ready(Some(item));
+                }
+                if self.closed.get() {
+                    return std::task::Poll::Ready(None);
+                }
+                self.acker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            })
+            .await;
+            let Some(mut item) = next else {
+                return;
+            };
+            // What is ready now is acknowledged before the lanes are flushed.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let result = match item.append.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(result) => result,
+                std::task::Poll::Pending => {
                     shard.flush_lanes().await;
-                })
-                .detach();
+                    item.append.await
+                }
+            };
+            self.appended(&shard, &item.reply, result, item.republish);
+            if self.pending.borrow().is_empty() {
+                shard.flush_lanes().await;
             }
         }
     }
@@ -919,6 +968,9 @@ impl Hosted {
             }
             StreamOp::Delete => {
                 self.closed.set(true);
+                if let Some(waker) = self.acker.take() {
+                    waker.wake();
+                }
                 shard.remove_internal(self.internal);
                 let name = self.stream.borrow().config().name.clone();
                 shard.streams.borrow_mut().remove(&(self.account, name));
