@@ -33,6 +33,7 @@ use crate::error::{Result, StoreError};
 use crate::index::{Accounting, Index, Removed};
 use crate::mem::{entry_with, new_entry};
 use crate::record::{self, DecodeError, Keys, Record, SegmentHeader, PAGE};
+use crate::subject::Subject;
 use crate::summary::{Summary, SummaryBuilder, SummaryRecord};
 use crate::{FilteredState, MsgTtl, Purge, Store, StoredMessage, StreamState};
 
@@ -66,7 +67,8 @@ fn pos(seg: u64, off: u64) -> u64 {
 /// [`MAX_SEGMENT_SIZE`] (plus one oversized record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
-    pub seg: u64,
+    /// Segment ids count up from 1: 2^32 segments are exabytes.
+    seg: u32,
     off: u32,
     /// Padded record length.
     pub len: u32,
@@ -75,11 +77,16 @@ pub struct Loc {
 impl Loc {
     fn new(seg: u64, off: u64, len: u32) -> Loc {
         debug_assert!(off <= u64::from(u32::MAX));
+        debug_assert!(seg <= u64::from(u32::MAX));
         Loc {
-            seg,
+            seg: seg as u32,
             off: off as u32,
             len,
         }
+    }
+
+    pub fn seg(&self) -> u64 {
+        u64::from(self.seg)
     }
 
     pub fn off(&self) -> u64 {
@@ -214,7 +221,8 @@ fn parse_seg_name(name: &str) -> Option<u64> {
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    stem.parse().ok()
+    // An index entry keeps the id in 32 bits: a larger one is no segment of ours.
+    stem.parse::<u32>().ok().map(u64::from)
 }
 
 async fn open_dma(path: &Path) -> std::io::Result<DmaFile> {
@@ -358,7 +366,7 @@ impl State {
         }
         let mut seqs = Vec::with_capacity(removed.len());
         for (seq, e) in removed.drain(..) {
-            if let Some(s) = self.segs.get_mut(&e.loc.seg) {
+            if let Some(s) = self.segs.get_mut(&e.loc.seg()) {
                 s.live = s.live.saturating_sub(1);
             }
             seqs.push(seq);
@@ -492,12 +500,18 @@ impl FileStore {
         remove_stray_summaries(&cfg.dir, &ids);
         for (i, &id) in ids.iter().enumerate() {
             let is_last = i + 1 == ids.len();
-            if !is_last
-                && recover_from_summary(&cfg, keys.as_ref(), id, &mut st, &mut report)
-                    .await
-                    .is_some()
-            {
-                continue;
+            if !is_last {
+                match recover_from_summary(&cfg, keys.as_ref(), id, &mut st, &mut report).await {
+                    Some(SummaryReplay::Applied) => continue,
+                    Some(SummaryReplay::Broken) => {
+                        // Each retry has one summary fewer: this ends.
+                        std::fs::remove_file(sum_path(&cfg.dir, id))
+                            .map_err(|e| StoreError::io(&name, "remove summary", e))?;
+                        drop((st, probe));
+                        return Box::pin(FileStore::open(cfg)).await;
+                    }
+                    None => {}
+                }
             }
             let tail = recover_segment(
                 &cfg,
@@ -859,14 +873,14 @@ impl FileStore {
     async fn read_record(&self, loc: Loc) -> Result<Vec<u8>> {
         let (file, written) = {
             let st = self.inner.st.borrow();
-            let seg = st.segs.get(&loc.seg).ok_or(StoreError::NotFound)?;
+            let seg = st.segs.get(&loc.seg()).ok_or(StoreError::NotFound)?;
             let end = loc.off() + loc.len as u64;
             if loc.off() >= seg.buf_base && end <= seg.buf_base + seg.buf.len() as u64 {
                 let a = (loc.off() - seg.buf_base) as usize;
                 return Ok(seg.buf[a..a + loc.len as usize].to_vec());
             }
             if let Some(c) = &st.cache {
-                if c.seg == loc.seg && loc.off() >= c.start && end <= c.valid_end {
+                if c.seg == loc.seg() && loc.off() >= c.start && end <= c.valid_end {
                     let a = (loc.off() - c.start) as usize;
                     return Ok(c.data[a..a + loc.len as usize].to_vec());
                 }
@@ -884,14 +898,14 @@ impl FileStore {
         if (data.len() as u64) < end - start {
             return Err(StoreError::Corrupt {
                 stream: self.name().to_string(),
-                detail: format!("segment {} is shorter than its index says", loc.seg),
+                detail: format!("segment {} is shorter than its index says", loc.seg()),
             });
         }
         let a = (loc.off() - start) as usize;
         let out = data[a..a + loc.len as usize].to_vec();
         let valid_end = (start + data.len() as u64).min(written);
         self.inner.st.borrow_mut().cache = Some(ReadCache {
-            seg: loc.seg,
+            seg: loc.seg(),
             start,
             valid_end,
             data,
@@ -921,10 +935,14 @@ impl FileStore {
     }
 
     fn corrupt_read(&self, seq: u64, loc: Loc, what: &str) -> StoreError {
-        tracing::warn!(stream = %self.name(), segment = loc.seg, offset = loc.off(), seq, "{what}");
+        tracing::warn!(stream = %self.name(), segment = loc.seg(), offset = loc.off(), seq, "{what}");
         StoreError::Corrupt {
             stream: self.name().to_string(),
-            detail: format!("segment {} offset {} seq {seq}: {what}", loc.seg, loc.off()),
+            detail: format!(
+                "segment {} offset {} seq {seq}: {what}",
+                loc.seg(),
+                loc.off()
+            ),
         }
     }
 
@@ -981,7 +999,7 @@ impl FileStore {
                 self.inner.cfg.segment_size,
             );
             let bytes = record::encode_erased(seq, ts, loc.len as usize);
-            match st.segs.get_mut(&loc.seg) {
+            match st.segs.get_mut(&loc.seg()) {
                 None => (loc, None, Vec::new()),
                 Some(s) => {
                     // The part inside the in-memory tail is patched there; the rest
@@ -1035,7 +1053,7 @@ impl FileStore {
             self.fail(&e);
             return Err(e);
         }
-        tracing::debug!(stream = %self.name(), seq, segment = loc.seg, "message erased");
+        tracing::debug!(stream = %self.name(), seq, segment = loc.seg(), "message erased");
         drop(_g);
         self.remove_dead_segments().await;
         Ok(true)
@@ -1532,7 +1550,7 @@ fn apply_msg(
     seg: &mut Segment,
     id: u64,
     m: RecoveredMsg,
-    subject: Rc<str>,
+    subject: Subject,
     name: &str,
 ) {
     if m.seq <= st.index.last_seq() {
@@ -1559,8 +1577,8 @@ fn apply_msg(
     let loc = Loc::new(id, m.off, m.len);
     let ttl = MsgTtl::from_nanos(m.ttl);
     let size = st.index.size_of(subject.len(), m.hdr_len, m.payload_len);
-    let e = entry_with(subject, size, m.hdr_len > 0, m.ts, ttl, loc);
-    st.index.insert(m.seq, e);
+    let (e, expires) = entry_with(subject, size, m.hdr_len > 0, m.ts, ttl, loc);
+    st.index.insert(m.seq, e, expires);
     seg.live += 1;
     seg.first_msg_seq.get_or_insert(m.seq);
 }
@@ -1589,9 +1607,9 @@ fn apply_compact(
     seg.tomb_max_ref = seg.tomb_max_ref.max(first.saturating_sub(1));
     let removed = st.index.compact(first);
     for (_, e) in removed {
-        if e.loc.seg == id {
+        if e.loc.seg() == id {
             seg.live = seg.live.saturating_sub(1);
-        } else if let Some(s) = st.segs.get_mut(&e.loc.seg) {
+        } else if let Some(s) = st.segs.get_mut(&e.loc.seg()) {
             s.live = s.live.saturating_sub(1);
         }
     }
@@ -1608,7 +1626,7 @@ async fn recover_from_summary(
     id: u64,
     st: &mut State,
     report: &mut RecoveryReport,
-) -> Option<()> {
+) -> Option<SummaryReplay> {
     let name = cfg.name.as_str();
     let path = sum_path(&cfg.dir, id);
     let sum_time = std::fs::metadata(&path).ok()?.modified().ok()?;
@@ -1634,7 +1652,7 @@ async fn recover_from_summary(
             return None;
         }
     };
-    let summary = match Summary::parse(&body) {
+    let summary = match Summary::open(&body) {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(stream = name, segment = id, error = %e, "scanning the segment");
@@ -1653,7 +1671,7 @@ async fn recover_from_summary(
     }
     st.index
         .advance_last(facts.next_seq.saturating_sub(1), facts.last_ts);
-    let subjects: Vec<Rc<str>> = summary
+    let subjects: Vec<Subject> = summary
         .subjects
         .iter()
         .map(|s| st.index.intern(s))
@@ -1675,7 +1693,6 @@ async fn recover_from_summary(
     report.records += summary.len() as u64;
     report.bytes_scanned += data.len() as u64;
     report.summarized += 1;
-    // Checked whole by `parse`: the replay cannot stop half way.
     let replayed = summary.for_each(|r| match r {
         SummaryRecord::Msg {
             seq,
@@ -1707,16 +1724,28 @@ async fn recover_from_summary(
         } => apply_compact(st, &mut seg, id, first, last_seq, last_ts),
         SummaryRecord::Erased { seq, ts } => st.index.advance_last(seq, ts),
     });
-    debug_assert!(replayed.is_ok());
+    if let Err(e) = replayed {
+        // Past its CRC yet not what the writer writes: the index holds part of it.
+        tracing::warn!(stream = name, segment = id, error = %e, "segment summary inconsistent; recovering again by scanning the segment");
+        return Some(SummaryReplay::Broken);
+    }
     st.segs.insert(id, seg);
-    Some(())
+    Some(SummaryReplay::Applied)
+}
+
+/// How a summary's replay went, when it was used at all.
+enum SummaryReplay {
+    Applied,
+    /// It stopped part way: what it applied cannot be taken back, so recovery
+    /// starts over without that summary.
+    Broken,
 }
 
 fn remove_recovered(st: &mut State, seg: &mut Segment, id: u64, seq: u64) {
     if let Some(e) = st.index.remove(seq) {
-        if e.loc.seg == id {
+        if e.loc.seg() == id {
             seg.live = seg.live.saturating_sub(1);
-        } else if let Some(s) = st.segs.get_mut(&e.loc.seg) {
+        } else if let Some(s) = st.segs.get_mut(&e.loc.seg()) {
             s.live = s.live.saturating_sub(1);
         }
     }
@@ -1760,7 +1789,7 @@ impl Store for FileStore {
                     let (seg, off) = st.reserve(n, seg_size);
                     st.push_bytes(&rec);
                     let loc = Loc::new(seg, off, n as u32);
-                    let e = new_entry(
+                    let (e, expires) = new_entry(
                         &st.index,
                         subject,
                         headers.len(),
@@ -1770,7 +1799,7 @@ impl Store for FileStore {
                         loc,
                     );
                     let interned = e.subject.clone();
-                    st.index.insert(seq, e);
+                    st.index.insert(seq, e, expires);
                     if let Some(s) = st.segs.get_mut(&seg) {
                         s.live += 1;
                         s.first_msg_seq.get_or_insert(seq);
@@ -1855,7 +1884,7 @@ impl Store for FileStore {
                 let n = removed.len() as u64;
                 let mut out = Vec::new();
                 for (_, e) in removed {
-                    if let Some(s) = st.segs.get_mut(&e.loc.seg) {
+                    if let Some(s) = st.segs.get_mut(&e.loc.seg()) {
                         s.live = s.live.saturating_sub(1);
                     }
                 }

@@ -3,13 +3,12 @@
 //! always passed in. The memory store keeps message bodies as the location `L`; the file
 //! store keeps where the record lives on disk.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::rc::Rc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use crate::config::{Discard, Limits};
 use crate::error::{Result, StoreError};
 use crate::seqset::SeqSet;
-use crate::subject::{has_wildcard, is_match_all, is_valid_literal, subject_matches};
+use crate::subject::{has_wildcard, is_match_all, is_valid_literal, subject_matches, Subject};
 use crate::{MsgTtl, StreamState};
 
 /// Bytes a message counts for against `max_bytes` and in the state (nats-server's
@@ -45,20 +44,63 @@ impl Accounting {
     }
 }
 
-/// One stored message's metadata.
+/// One stored message's metadata. Every message has one, so it is kept to 32 bytes
+/// in the file store: a one-word subject, the flags folded into the size, and a
+/// per-message TTL's expiry kept beside the index (few messages have one).
 #[derive(Debug, Clone)]
 pub struct Entry<L> {
-    pub subject: Rc<str>,
+    pub subject: Subject,
     pub ts: i64,
-    pub size: u32,
-    /// Absolute expiry (ns) from a per-message TTL; 0 for none.
-    pub expires: i64,
-    /// TTL "never": exempt from `max_age`.
-    pub no_age: bool,
-    /// The message carries headers (only those can hold a `Nats-Msg-Id`, so a restart
-    /// reads only those back to rebuild deduplication).
-    pub has_headers: bool,
+    /// The counted size in the low bits, [`HAS_HEADERS`] and [`NO_AGE`] above.
+    size_flags: u32,
     pub loc: L,
+}
+
+/// The message carries headers (only those can hold a `Nats-Msg-Id`, so a restart
+/// reads only those back to rebuild deduplication).
+const HAS_HEADERS: u32 = 1 << 31;
+/// TTL "never": exempt from `max_age`.
+const NO_AGE: u32 = 1 << 30;
+const SIZE_MASK: u32 = NO_AGE - 1;
+
+impl<L> Entry<L> {
+    /// `size` is what the message counts for; a message is at most a record
+    /// (64 MiB), far below the 1 GiB the size field holds.
+    pub fn new(
+        subject: Subject,
+        ts: i64,
+        size: u64,
+        has_headers: bool,
+        no_age: bool,
+        loc: L,
+    ) -> Self {
+        debug_assert!(size <= u64::from(SIZE_MASK));
+        let mut size_flags = size.min(u64::from(SIZE_MASK)) as u32;
+        if has_headers {
+            size_flags |= HAS_HEADERS;
+        }
+        if no_age {
+            size_flags |= NO_AGE;
+        }
+        Entry {
+            subject,
+            ts,
+            size_flags,
+            loc,
+        }
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size_flags & SIZE_MASK
+    }
+
+    pub fn has_headers(&self) -> bool {
+        self.size_flags & HAS_HEADERS != 0
+    }
+
+    pub fn no_age(&self) -> bool {
+        self.size_flags & NO_AGE != 0
+    }
 }
 
 /// Removed messages, returned so the store shell can release what backs them.
@@ -75,8 +117,14 @@ pub struct Index<L> {
     slots: VecDeque<Option<Entry<L>>>,
     /// Keyed with ahash (randomly seeded, so clients cannot aim collisions): every
     /// append and every recovered record hashes its subject here, twice.
-    subjects: HashMap<Rc<str>, SeqSet, ahash::RandomState>,
+    subjects: HashSet<Subject, ahash::RandomState>,
+    /// Each subject's sequences, at the slot its `Subject` names; `free_sets` are
+    /// the slots of subjects that emptied, for the next new subject.
+    sets: Vec<SeqSet>,
+    free_sets: Vec<usize>,
+    /// Per-message TTLs by expiry, and each such message's expiry by sequence.
     ttls: BTreeSet<(i64, u64)>,
+    expiries: HashMap<u64, i64, ahash::RandomState>,
     msgs: u64,
     bytes: u64,
     last_seq: u64,
@@ -94,8 +142,11 @@ impl<L> Index<L> {
             accounting,
             base: 1,
             slots: VecDeque::new(),
-            subjects: HashMap::default(),
+            subjects: HashSet::default(),
+            sets: Vec::new(),
+            free_sets: Vec::new(),
             ttls: BTreeSet::new(),
+            expiries: HashMap::default(),
             msgs: 0,
             bytes: 0,
             last_seq: 0,
@@ -161,11 +212,45 @@ impl<L> Index<L> {
     }
 
     /// Interns a subject so the many entries of one subject share one allocation.
-    pub fn intern(&self, subject: &str) -> Rc<str> {
-        match self.subjects.get_key_value(subject) {
-            Some((k, _)) => k.clone(),
-            None => Rc::from(subject),
+    pub fn intern(&self, subject: &str) -> Subject {
+        match self.subjects.get(subject) {
+            Some(k) => k.clone(),
+            None => Subject::new(subject),
         }
+    }
+
+    /// The sequences of a literal subject.
+    fn set_of(&self, subject: &str) -> Option<&SeqSet> {
+        self.sets.get(self.subjects.get(subject)?.slot()?)
+    }
+
+    /// Every subject with its sequences.
+    fn subject_sets(&self) -> impl Iterator<Item = (&Subject, &SeqSet)> + '_ {
+        self.subjects
+            .iter()
+            .filter_map(|s| Some((s, self.sets.get(s.slot()?)?)))
+    }
+
+    /// The slot of `subject`'s sequences, made the one `Subject` of its name that
+    /// this index keeps them under (a subject interned twice before its first
+    /// message, or one that emptied and came back, is replaced by the registered one).
+    fn register(&mut self, subject: &mut Subject) -> usize {
+        if let Some(canon) = self.subjects.get(subject.as_str()) {
+            if let Some(slot) = canon.slot() {
+                *subject = canon.clone();
+                return slot;
+            }
+        }
+        let slot = match self.free_sets.pop() {
+            Some(slot) => slot,
+            None => {
+                self.sets.push(SeqSet::default());
+                self.sets.len() - 1
+            }
+        };
+        subject.set_slot(Some(slot));
+        self.subjects.replace(subject.clone());
+        slot
     }
 
     /// Checks a new message against the limits that refuse rather than discard.
@@ -191,10 +276,7 @@ impl<L> Index<L> {
             // At the per-subject limit the new message replaces that subject's oldest, so
             // it does not grow the stream (nats-server's "asl").
             let at_subject_limit = match self.limits.max_msgs_per_subject {
-                Some(maxp) => self
-                    .subjects
-                    .get(subject)
-                    .is_some_and(|s| s.len() as u64 >= maxp),
+                Some(maxp) => self.set_of(subject).is_some_and(|s| s.len() as u64 >= maxp),
                 None => false,
             };
             if at_subject_limit && self.limits.discard_new_per_subject {
@@ -216,9 +298,10 @@ impl<L> Index<L> {
         Ok(())
     }
 
-    /// Inserts a message at `seq` (> last sequence; gaps become deleted slots).
+    /// Inserts a message at `seq` (> last sequence; gaps become deleted slots),
+    /// expiring at `expires` (ns; 0 for no per-message TTL).
     /// Limits are not applied: see `enforce_limits`.
-    pub fn insert(&mut self, seq: u64, entry: Entry<L>) {
+    pub fn insert(&mut self, seq: u64, mut entry: Entry<L>, expires: i64) {
         debug_assert!(seq > self.last_seq);
         if seq <= self.last_seq {
             return;
@@ -231,14 +314,16 @@ impl<L> Index<L> {
             }
         }
         self.msgs += 1;
-        self.bytes += u64::from(entry.size);
-        if entry.expires != 0 {
-            self.ttls.insert((entry.expires, seq));
+        self.bytes += u64::from(entry.size());
+        if expires != 0 {
+            self.ttls.insert((expires, seq));
+            self.expiries.insert(seq, expires);
         }
-        self.subjects
-            .entry(entry.subject.clone())
-            .or_default()
-            .insert(seq);
+        let slot = match entry.subject.slot() {
+            Some(slot) => slot,
+            None => self.register(&mut entry.subject),
+        };
+        self.sets[slot].insert(seq);
         self.last_seq = seq;
         self.last_ts = entry.ts;
         self.slots.push_back(Some(entry));
@@ -270,14 +355,19 @@ impl<L> Index<L> {
         let i = (seq - self.base) as usize;
         let e = self.slots.get_mut(i)?.take()?;
         self.msgs -= 1;
-        self.bytes -= u64::from(e.size);
-        if e.expires != 0 {
-            self.ttls.remove(&(e.expires, seq));
+        self.bytes -= u64::from(e.size());
+        if !self.expiries.is_empty() {
+            if let Some(expires) = self.expiries.remove(&seq) {
+                self.ttls.remove(&(expires, seq));
+            }
         }
-        if let Some(set) = self.subjects.get_mut(&*e.subject) {
+        if let Some(slot) = e.subject.slot() {
+            let set = &mut self.sets[slot];
             set.remove(seq);
             if set.is_empty() {
-                self.subjects.remove(&*e.subject);
+                self.subjects.remove(e.subject.as_str());
+                e.subject.set_slot(None);
+                self.free_sets.push(slot);
             }
         }
         self.trim_front();
@@ -304,23 +394,17 @@ impl<L> Index<L> {
     pub fn enforce_limits(&mut self, subject: Option<&str>) -> Removed<L> {
         let mut out = Vec::new();
         if let Some(maxp) = self.limits.max_msgs_per_subject {
-            let subjects: Vec<Rc<str>> = match subject {
-                Some(s) => self
-                    .subjects
-                    .get_key_value(s)
-                    .map(|(k, _)| k.clone())
-                    .into_iter()
-                    .collect(),
+            let subjects: Vec<Subject> = match subject {
+                Some(s) => self.subjects.get(s).cloned().into_iter().collect(),
                 None => self
-                    .subjects
-                    .iter()
+                    .subject_sets()
                     .filter(|(_, v)| v.len() as u64 > maxp)
                     .map(|(k, _)| k.clone())
                     .collect(),
             };
             for s in subjects {
                 loop {
-                    let first = match self.subjects.get(&s) {
+                    let first = match s.slot().and_then(|slot| self.sets.get(slot)) {
                         Some(set) if set.len() as u64 > maxp => set.first(),
                         _ => None,
                     };
@@ -374,7 +458,7 @@ impl<L> Index<L> {
 
     fn is_last_of_subject(&self, seq: u64) -> bool {
         self.get(seq)
-            .and_then(|e| self.subjects.get(&*e.subject))
+            .and_then(|e| self.sets.get(e.subject.slot()?))
             .is_some_and(|set| set.len() == 1)
     }
 
@@ -392,7 +476,7 @@ impl<L> Index<L> {
             seqs.extend(
                 self.iter_from(self.base)
                     .take_while(|(_, e)| e.ts <= cutoff)
-                    .filter(|(_, e)| !e.no_age)
+                    .filter(|(_, e)| !e.no_age())
                     .map(|(s, _)| s),
             );
         }
@@ -407,7 +491,7 @@ impl<L> Index<L> {
         let age = self.limits.max_age.and_then(|age| {
             let a = age.as_nanos().min(i64::MAX as u128) as i64;
             self.iter_from(self.base)
-                .find(|(_, e)| !e.no_age)
+                .find(|(_, e)| !e.no_age())
                 .map(|(_, e)| e.ts.saturating_add(a))
         });
         match (ttl, age) {
@@ -437,12 +521,11 @@ impl<L> Index<L> {
             return self.iter_from(start).map(|(s, _)| s).next();
         }
         if !has_wildcard(filter.as_bytes()) {
-            return self.subjects.get(filter)?.first_from(start);
+            return self.set_of(filter)?.first_from(start);
         }
         let remaining = self.last_seq - start + 1;
         if (self.subjects.len() as u64) < remaining {
-            self.subjects
-                .iter()
+            self.subject_sets()
                 .filter(|(s, _)| subject_matches(filter, s))
                 .filter_map(|(_, set)| set.first_from(start))
                 .min()
@@ -465,10 +548,9 @@ impl<L> Index<L> {
             });
         }
         if !has_wildcard(filter.as_bytes()) {
-            return self.subjects.get(filter)?.last();
+            return self.set_of(filter)?.last();
         }
-        self.subjects
-            .iter()
+        self.subject_sets()
             .filter(|(s, _)| subject_matches(filter, s))
             .filter_map(|(_, set)| set.last())
             .max()
@@ -485,12 +567,10 @@ impl<L> Index<L> {
         }
         if !has_wildcard(filter.as_bytes()) {
             return self
-                .subjects
-                .get(filter)
+                .set_of(filter)
                 .map_or(0, |set| set.count_from(start) as u64);
         }
-        self.subjects
-            .iter()
+        self.subject_sets()
             .filter(|(s, _)| subject_matches(filter, s))
             .map(|(_, set)| set.count_from(start) as u64)
             .sum()
@@ -524,7 +604,7 @@ impl<L> Index<L> {
     /// The sequences stored at or after `ts` (ns) whose messages carry headers.
     pub fn with_headers_since(&self, ts: i64) -> Vec<u64> {
         self.iter_from(self.seq_from_time(ts))
-            .filter(|(_, e)| e.has_headers)
+            .filter(|(_, e)| e.has_headers())
             .map(|(seq, _)| seq)
             .collect()
     }
@@ -536,7 +616,7 @@ impl<L> Index<L> {
         let up_to = if up_to == 0 { self.last_seq } else { up_to };
         let mut seqs = BTreeSet::new();
         for filter in filters {
-            for (subject, set) in &self.subjects {
+            for (subject, set) in self.subject_sets() {
                 if subject_matches(filter, subject) {
                     if let Some(seq) = set.last_up_to(up_to) {
                         seqs.insert(seq);
@@ -556,8 +636,7 @@ impl<L> Index<L> {
             return self.iter_from(self.base).map(|(s, _)| s).collect();
         }
         let mut v: Vec<u64> = self
-            .subjects
-            .iter()
+            .subject_sets()
             .filter(|(s, _)| subject_matches(filter, s))
             .flat_map(|(_, set)| set.iter())
             .collect();
@@ -596,8 +675,13 @@ impl<L> Index<L> {
                 out.push((base + i as u64, e));
             }
         }
-        self.subjects.clear();
+        for s in self.subjects.drain() {
+            s.set_slot(None);
+        }
+        self.sets.clear();
+        self.free_sets.clear();
         self.ttls.clear();
+        self.expiries.clear();
         self.msgs = 0;
         self.bytes = 0;
         self.base = self.last_seq + 1;
@@ -636,8 +720,7 @@ impl<L> Index<L> {
 
     /// Message count per subject matching `filter`.
     pub fn subjects_state(&self, filter: &str) -> BTreeMap<String, u64> {
-        self.subjects
-            .iter()
+        self.subject_sets()
             .filter(|(s, _)| subject_matches(filter, s))
             .map(|(s, set)| (s.to_string(), set.len() as u64))
             .collect()
@@ -652,7 +735,7 @@ impl<L> Index<L> {
         let mut n = 0;
         let mut first = u64::MAX;
         let mut last = 0;
-        for (s, set) in &self.subjects {
+        for (s, set) in self.subject_sets() {
             if subject_matches(filter, s) {
                 n += set.len() as u64;
                 first = first.min(set.first().unwrap_or(u64::MAX));
@@ -694,15 +777,14 @@ mod tests {
     use crate::config::Discard;
 
     fn e(subject: &str, ts: i64) -> Entry<()> {
-        Entry {
-            subject: Rc::from(subject),
+        Entry::new(
+            Subject::new(subject),
             ts,
-            size: msg_size(subject.len(), 0, 1) as u32,
-            expires: 0,
-            no_age: false,
-            has_headers: false,
-            loc: (),
-        }
+            msg_size(subject.len(), 0, 1),
+            false,
+            false,
+            (),
+        )
     }
 
     #[test]
@@ -712,7 +794,7 @@ mod tests {
             ..Default::default()
         });
         for s in 1..=3 {
-            ix.insert(s, e("a", s as i64));
+            ix.insert(s, e("a", s as i64), 0);
             ix.enforce_limits(Some("a"));
         }
         assert_eq!(ix.state(true).first_seq, 2);
@@ -731,7 +813,7 @@ mod tests {
     /// Every message has an entry: its size is the index's memory per message.
     #[test]
     fn an_entry_stays_small() {
-        assert!(std::mem::size_of::<Option<Entry<crate::file::Loc>>>() <= 56);
+        assert!(std::mem::size_of::<Option<Entry<crate::file::Loc>>>() <= 32);
     }
 
     #[test]
@@ -743,10 +825,10 @@ mod tests {
         });
         // a: 1, 2, 3 all expire; b: 4 expires but 6 does not; c: 5 expires alone.
         for (seq, subject, ts) in [(1, "a", 0), (2, "a", 1), (3, "a", 2), (4, "b", 3)] {
-            ix.insert(seq, e(subject, ts));
+            ix.insert(seq, e(subject, ts), 0);
         }
-        ix.insert(5, e("c", 4));
-        ix.insert(6, e("b", 100));
+        ix.insert(5, e("c", 4), 0);
+        ix.insert(6, e("b", 100), 0);
         let removed: Vec<u64> = ix.expire(50).into_iter().map(|(s, _)| s).collect();
         assert_eq!(removed, vec![1, 2, 4]);
         assert_eq!(ix.expired_last_of_subjects(50), vec![3, 5]);
@@ -760,11 +842,77 @@ mod tests {
         assert_eq!(ix.expire(50).len(), 2);
     }
 
+    /// A subject's sequences live at the slot its `Subject` carries: two interned
+    /// copies of one name, a subject that empties and comes back, and a purge all
+    /// keep one set per name.
+    #[test]
+    fn one_set_per_subject_however_it_was_interned() {
+        let mut ix: Index<()> = Index::new(Limits::default());
+        let (a1, a2) = (ix.intern("a"), ix.intern("a"));
+        ix.insert(1, Entry::new(a1, 1, 10, false, false, ()), 0);
+        ix.insert(2, Entry::new(a2, 2, 10, false, false, ()), 0);
+        ix.insert(3, e("b", 3), 0);
+        assert_eq!(ix.num_subjects(), 2);
+        assert_eq!(ix.num_pending(1, "a"), 2);
+        ix.remove(3);
+        assert_eq!(ix.num_subjects(), 1);
+        let kept_b = ix.get(2).map(|e| e.subject.clone());
+        ix.insert(4, e("b", 4), 0);
+        ix.insert(5, e("c", 5), 0);
+        assert_eq!(ix.num_pending(1, "b"), 1);
+        assert_eq!(ix.num_pending(1, "c"), 1);
+        assert_eq!(
+            ix.subjects_state(">").into_iter().collect::<Vec<_>>(),
+            vec![("a".into(), 2), ("b".into(), 1), ("c".into(), 1)]
+        );
+        ix.purge_all();
+        assert_eq!(ix.num_subjects(), 0);
+        ix.insert(
+            6,
+            Entry::new(
+                kept_b.unwrap_or_else(|| Subject::new("a")),
+                6,
+                10,
+                false,
+                false,
+                (),
+            ),
+            0,
+        );
+        ix.insert(7, e("a", 7), 0);
+        assert_eq!(ix.num_subjects(), 1);
+        assert_eq!(ix.num_pending(1, "a"), 2);
+        assert_eq!(ix.last_match("a"), Some(7));
+    }
+
+    /// A TTL is kept beside the entry: removing the message, however it goes,
+    /// drops its expiry too.
+    #[test]
+    fn a_removed_message_takes_its_expiry_along() {
+        let mut ix: Index<()> = Index::new(Limits::default());
+        let ttl = Some(MsgTtl::After(std::time::Duration::from_nanos(100)));
+        for seq in 1..=4u64 {
+            let (entry, expires) =
+                crate::mem::entry_with(Subject::new("t"), 10, false, seq as i64, ttl, ());
+            ix.insert(seq, entry, expires);
+        }
+        assert_eq!(ix.next_expiry(), Some(101));
+        ix.remove(1);
+        assert_eq!(ix.next_expiry(), Some(102));
+        ix.purge("t", 3, 0);
+        assert_eq!(ix.next_expiry(), Some(103));
+        assert_eq!(ix.expire(103).len(), 1);
+        assert_eq!(ix.next_expiry(), Some(104));
+        ix.purge_all();
+        assert_eq!(ix.next_expiry(), None);
+        assert!(ix.expiries.is_empty() && ix.ttls.is_empty());
+    }
+
     #[test]
     fn purge_compact_deleted() {
         let mut ix: Index<()> = Index::new(Limits::default());
         for s in 1..=10 {
-            ix.insert(s, e(if s % 2 == 0 { "even" } else { "odd" }, 0));
+            ix.insert(s, e(if s % 2 == 0 { "even" } else { "odd" }, 0), 0);
         }
         ix.remove(5);
         assert_eq!(ix.deleted(), vec![5]);
@@ -782,9 +930,8 @@ mod tests {
     fn messages_with_headers_since_a_time() {
         let mut ix: Index<()> = Index::new(Limits::default());
         for s in 1..=6u64 {
-            let mut entry = e("a", s as i64 * 10);
-            entry.has_headers = s % 2 == 0;
-            ix.insert(s, entry);
+            let entry = Entry::new(Subject::new("a"), s as i64 * 10, 10, s % 2 == 0, false, ());
+            ix.insert(s, entry, 0);
         }
         ix.remove(4);
         assert_eq!(ix.with_headers_since(0), vec![2, 6]);
@@ -798,7 +945,7 @@ mod tests {
         // seq 1..=9 at ts 10, 20, ..., subjects a.1 a.2 b.1 repeating.
         let subjects = ["a.1", "a.2", "b.1"];
         for s in 1..=9u64 {
-            ix.insert(s, e(subjects[(s as usize - 1) % 3], s as i64 * 10));
+            ix.insert(s, e(subjects[(s as usize - 1) % 3], s as i64 * 10), 0);
         }
         ix.remove(4);
         ix.remove(5);

@@ -2,13 +2,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::rc::Rc;
 
 use bytes::Bytes;
 
 use crate::config::Limits;
 use crate::error::{Result, StoreError};
 use crate::index::{Entry, Index};
+use crate::subject::Subject;
 use crate::{FilteredState, MsgTtl, Purge, Store, StoredMessage, StreamState};
 
 /// Headers and payload of a message held in memory.
@@ -25,7 +25,8 @@ pub struct MemStore {
     closed: Cell<bool>,
 }
 
-/// Builds an index entry; shared with the file store so both account identically.
+/// Builds an index entry and its expiry (0 for none); shared with the file store so
+/// both account identically.
 pub(crate) fn new_entry<L>(
     index: &Index<L>,
     subject: &str,
@@ -34,20 +35,21 @@ pub(crate) fn new_entry<L>(
     ts: i64,
     ttl: Option<MsgTtl>,
     loc: L,
-) -> Entry<L> {
+) -> (Entry<L>, i64) {
     let size = index.size_of(subject.len(), hdr_len, payload_len);
     entry_with(index.intern(subject), size, hdr_len > 0, ts, ttl, loc)
 }
 
-/// An index entry for a subject already interned, counting `size` bytes.
+/// An index entry for a subject already interned, counting `size` bytes, and its
+/// expiry.
 pub(crate) fn entry_with<L>(
-    subject: Rc<str>,
+    subject: Subject,
     size: u64,
     has_headers: bool,
     ts: i64,
     ttl: Option<MsgTtl>,
     loc: L,
-) -> Entry<L> {
+) -> (Entry<L>, i64) {
     let (expires, no_age) = match ttl {
         None => (0, false),
         Some(MsgTtl::Never) => (0, true),
@@ -57,16 +59,10 @@ pub(crate) fn entry_with<L>(
             false,
         ),
     };
-    Entry {
-        // A message is at most a record (64 MiB), far below 4 GiB.
-        size: size.min(u64::from(u32::MAX)) as u32,
-        subject,
-        ts,
+    (
+        Entry::new(subject, ts, size, has_headers, no_age, loc),
         expires,
-        no_age,
-        has_headers,
-        loc,
-    }
+    )
 }
 
 impl MemStore {
@@ -121,9 +117,9 @@ impl Store for MemStore {
             headers: Bytes::copy_from_slice(headers),
             payload: Bytes::copy_from_slice(payload),
         };
-        let e = new_entry(&ix, subject, headers.len(), payload.len(), ts, ttl, body);
+        let (e, expires) = new_entry(&ix, subject, headers.len(), payload.len(), ts, ttl, body);
         let seq = ix.next_seq();
-        ix.insert(seq, e);
+        ix.insert(seq, e, expires);
         ix.enforce_limits(Some(subject));
         Ok(seq)
     }

@@ -5,6 +5,99 @@
 //! `*` as a whole token matches exactly one token and `>` as the last whole token
 //! matches one or more; inside a longer token both are ordinary characters.
 
+use std::borrow::Borrow;
+use std::cell::Cell;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+use std::rc::Rc;
+
+/// A stored subject, interned: one allocation per distinct subject, shared by the
+/// index entries of its messages through a one-word pointer (an `Rc<str>` takes two,
+/// and an entry is paid once per message). It also carries where the index keeps
+/// its sequences, so appending a message to its subject hashes nothing. Compares and
+/// hashes as its string.
+#[derive(Clone)]
+pub struct Subject(Rc<Interned>);
+
+struct Interned {
+    name: Box<str>,
+    /// The index's slot for this subject's sequences; [`NO_SLOT`] while it has none.
+    slot: Cell<u32>,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+impl Subject {
+    pub fn new(subject: &str) -> Subject {
+        Subject(Rc::new(Interned {
+            name: subject.into(),
+            slot: Cell::new(NO_SLOT),
+        }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Identifies the shared allocation: equal for every clone, never reused while
+    /// one lives.
+    pub fn addr(&self) -> usize {
+        Rc::as_ptr(&self.0) as usize
+    }
+
+    pub(crate) fn slot(&self) -> Option<usize> {
+        let slot = self.0.slot.get();
+        (slot != NO_SLOT).then_some(slot as usize)
+    }
+
+    /// Seen by every clone.
+    pub(crate) fn set_slot(&self, slot: Option<usize>) {
+        let slot = slot.map_or(NO_SLOT, |s| u32::try_from(s).unwrap_or(NO_SLOT));
+        self.0.slot.set(slot);
+    }
+}
+
+impl Deref for Subject {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for Subject {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Subject {
+    fn eq(&self, other: &Subject) -> bool {
+        Rc::ptr_eq(&self.0, &other.0) || self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Subject {}
+
+impl Hash for Subject {
+    /// As `str` hashes, which `Borrow<str>` lookups require.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Token separator.
 pub const SEP: u8 = b'.';
 /// Single-token wildcard.

@@ -13,8 +13,8 @@
 //! The store frames the body as a meta record (CRC32C, sealed when encrypted: the
 //! subjects are in it).
 
+use crate::subject::Subject;
 use std::collections::HashMap;
-use std::rc::Rc;
 
 const MAGIC: &[u8; 8] = b"STRAITSM";
 const VERSION: u8 = 1;
@@ -86,10 +86,10 @@ pub struct SummaryBuilder {
     id: u64,
     next_seq: u64,
     last_ts: i64,
-    /// Subjects by the address of their interned string; the `Rc` held in
+    /// Subjects by the address of their interned string; the `Subject` held in
     /// `subjects` keeps the address from being reused.
     subject_ids: HashMap<usize, u32, ahash::RandomState>,
-    subjects: Vec<Rc<str>>,
+    subjects: Vec<Subject>,
     records: Vec<u8>,
     count: u64,
     prev_end: u64,
@@ -138,7 +138,7 @@ impl SummaryBuilder {
         len: u32,
         ts: i64,
         ttl: i64,
-        subject: &Rc<str>,
+        subject: &Subject,
         hdr_len: usize,
         payload_len: usize,
     ) {
@@ -162,7 +162,7 @@ impl SummaryBuilder {
         if ttl != 0 {
             put_varint(out, zigzag(ttl));
         }
-        let key = Rc::as_ptr(subject) as *const u8 as usize;
+        let key = subject.addr();
         let id = match self.subject_ids.get(&key) {
             Some(&id) => id,
             None => {
@@ -301,6 +301,15 @@ impl Reader<'_> {
 impl<'a> Summary<'a> {
     /// Checks the whole summary; a summary that parses replays without error.
     pub fn parse(body: &'a [u8]) -> Result<Summary<'a>, SummaryError> {
+        let summary = Summary::open(body)?;
+        summary.for_each(|_| {})?;
+        Ok(summary)
+    }
+
+    /// Reads the header and the subjects; the records are checked as
+    /// [`Summary::for_each`] visits them, so a replay may stop part way (recovery
+    /// reads each summary once, and starts over without it when that happens).
+    pub fn open(body: &'a [u8]) -> Result<Summary<'a>, SummaryError> {
         let mut r = Reader { buf: body };
         if r.take(8)? != MAGIC {
             return Err(SummaryError("not a summary"));
@@ -330,14 +339,12 @@ impl<'a> Summary<'a> {
         if count > r.buf.len() {
             return Err(SummaryError("record count out of range"));
         }
-        let summary = Summary {
+        Ok(Summary {
             facts,
             subjects,
             count,
             records: r.buf,
-        };
-        summary.for_each(|_| {})?;
-        Ok(summary)
+        })
     }
 
     /// How many records there are.
@@ -487,8 +494,8 @@ mod tests {
     fn records_round_trip_compactly() {
         let page = PAGE as u64;
         let mut b = SummaryBuilder::new(7, 101, 5_000);
-        let a: Rc<str> = Rc::from("orders.new");
-        let c: Rc<str> = Rc::from("orders.paid");
+        let a = Subject::new("orders.new");
+        let c = Subject::new("orders.paid");
         b.msg(101, page, 176, 6_000, 0, &a, 0, 128);
         b.msg(102, page + 176, 176, 6_900, 0, &c, 0, 128);
         b.msg(103, page + 352, 200, 7_000, -1, &a, 22, 128);
@@ -571,7 +578,7 @@ mod tests {
     fn damaged_summaries_are_refused() {
         let page = PAGE as u64;
         let mut b = SummaryBuilder::new(1, 1, 0);
-        let a: Rc<str> = Rc::from("a");
+        let a = Subject::new("a");
         b.msg(1, page, 64, 1, 0, &a, 0, 1);
         let body = b.finish(page + 64);
         assert!(Summary::parse(&body).is_ok());

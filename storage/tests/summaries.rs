@@ -247,3 +247,43 @@ fn stray_and_half_written_summaries_are_ignored_and_removed() {
         s.close().await.unwrap();
     });
 }
+
+/// A summary is read once, applied as it is decoded: one that passes its CRC yet
+/// stops part way (what only a writer bug makes) has already put some of its
+/// messages in the index, so recovery starts over without it and scans that
+/// segment, and the result is what a full scan gives.
+#[test]
+fn a_summary_that_stops_part_way_is_dropped_and_its_segment_scanned() {
+    let dir = tmpdir();
+    let mut c = cfg(dir.path());
+    c.limits = limits();
+    run(async {
+        fill(&c).await;
+        let sums = files(&c.dir, "sum");
+        let victim = &sums[sums.len() / 2];
+        let data = std::fs::read(victim).unwrap();
+        let body = match strait_storage::record::decode(&data, None) {
+            Ok((strait_storage::record::Record::Meta(body), _)) => body,
+            other => panic!("not a summary record: {other:?}"),
+        };
+        let mut framed = Vec::new();
+        strait_storage::record::encode_meta(&mut framed, None, &body[..body.len() - 3]);
+        std::fs::write(victim, &framed).unwrap();
+
+        let s = FileStore::open(c.clone()).await.unwrap();
+        let report = s.recovery_report().clone();
+        assert_eq!(report.summarized, sums.len() - 1, "{report:?}");
+        // Removed, and written again whole from the scan.
+        assert_ne!(std::fs::read(victim).ok(), Some(framed));
+        let recovered = seen(&s).await;
+        s.close().await.unwrap();
+
+        for sum in files(&c.dir, "sum") {
+            std::fs::remove_file(sum).unwrap();
+        }
+        let s = FileStore::open(c.clone()).await.unwrap();
+        assert_eq!(s.recovery_report().summarized, 0);
+        assert_eq!(seen(&s).await, recovered);
+        s.close().await.unwrap();
+    });
+}
