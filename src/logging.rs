@@ -247,7 +247,11 @@ pub fn init(opts: &LogOptions) -> anyhow::Result<()> {
             _ => true,
         }
     });
-    let layer = tracing_subscriber::fmt::layer().event_format(format);
+    // nats-server writes fields as plain text; tracing's default italic field
+    // names would leave escape codes in log files and journald.
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .event_format(format);
     let registry = tracing_subscriber::registry();
     if to_syslog {
         let sink = Syslog::connect(opts.remote_syslog.as_deref())?;

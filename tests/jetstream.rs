@@ -1746,3 +1746,27 @@ async fn interest_streams_keep_nothing_without_consumers_and_work_queues_keep_al
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Debug lines from the store carry structured fields; written to a file they
+/// must be plain text like nats-server's, without terminal escape codes.
+#[tokio::test]
+async fn debug_log_lines_are_plain_text() {
+    let dir = store_dir("plainlog");
+    let server = Server::start(&["-js", "-sd", dir.to_str().expect("utf-8 path"), "-D"]);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    js.create_stream(stream::Config {
+        name: "LOGGED".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    assert!(server.wait_for_log("file store opened", std::time::Duration::from_secs(5)));
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("file store opened"))
+        .expect("store line");
+    assert!(line.contains("stream=LOGGED"), "{line}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log}");
+}
