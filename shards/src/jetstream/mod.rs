@@ -8,6 +8,8 @@
 //! control executor.
 
 pub mod config;
+pub mod consumer;
+pub mod consumer_config;
 pub mod direct;
 pub mod errors;
 pub mod host;

@@ -1,0 +1,1315 @@
+//! A consumer as a state machine without I/O: which stream sequence it hands
+//! out next, to which waiting pull request, what is pending acknowledgement
+//! and when it is due again, and what each ack does. Time is passed in (ns
+//! since the epoch) and the stream is seen through [`Source`], so the same
+//! core runs under the shard's task today and under a Raft log later. The
+//! host loads the messages, builds the ack subjects and sends; the core says
+//! what to send through [`Action`]s.
+//!
+//! Not here yet (docs/consumers.md, in order): push delivery, persistence of
+//! the state, priority groups, and retention driven by acks.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+
+use serde::Deserialize;
+
+use super::consumer_config::{AckPolicy, ConsumerConfig, DeliverPolicy};
+use super::stream::parse_go_duration;
+
+/// What the core needs to know of its stream.
+pub trait Source {
+    /// The first message at or after `start` whose subject matches one of
+    /// `filters` (none: every subject), with its size as `max_bytes` counts it.
+    fn next_match(&self, start: u64, filters: &[String]) -> Option<(u64, u64)>;
+    /// The size of a stored message; `None` once it is gone.
+    fn size_of(&self, seq: u64) -> Option<u64>;
+    /// How many messages at or after `start` match `filters`.
+    fn num_pending(&self, start: u64, filters: &[String]) -> u64;
+    /// The last sequence the stream has assigned.
+    fn last_seq(&self) -> u64;
+    /// The last sequence of each subject matching `filters`, ascending.
+    fn last_per_subject(&self, filters: &[String]) -> Vec<u64>;
+    /// The first sequence stored at or after `ts` (ns).
+    fn seq_from_time(&self, ts: i64) -> u64;
+}
+
+/// A consumer and a stream sequence, as consumer info reports `delivered`
+/// and `ack_floor`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SequencePair {
+    pub consumer: u64,
+    pub stream: u64,
+}
+
+/// A delivery waiting for its ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// The consumer sequence of its latest delivery.
+    pub consumer_seq: u64,
+    /// When it was last delivered (ns).
+    pub delivered_at: i64,
+    /// How many times it has been delivered.
+    pub deliveries: u64,
+    /// When it is due for redelivery (ns).
+    pub due: i64,
+}
+
+/// The body of `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` (or of `+NXT`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct PullRequest {
+    #[serde(default)]
+    pub batch: i64,
+    /// Nanoseconds from now; 0: no expiry.
+    #[serde(default)]
+    pub expires: i64,
+    #[serde(default)]
+    pub no_wait: bool,
+    #[serde(default)]
+    pub max_bytes: i64,
+    #[serde(default, rename = "idle_heartbeat")]
+    pub heartbeat: i64,
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub min_pending: i64,
+    #[serde(default)]
+    pub min_ack_pending: i64,
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+impl PullRequest {
+    /// Reads a request as nats-server does: empty is one message, a number is
+    /// a batch of that many, otherwise JSON. Errors are the text after
+    /// `Bad Request - `.
+    pub fn parse(body: &[u8]) -> Result<PullRequest, String> {
+        let body = body.trim_ascii();
+        let mut req = match body.first() {
+            None => PullRequest::default(),
+            Some(b'{') => serde_json::from_slice::<PullRequest>(body).map_err(|e| e.to_string())?,
+            Some(_) => PullRequest {
+                batch: std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1),
+                ..Default::default()
+            },
+        };
+        if req.heartbeat > 0 && req.heartbeat.saturating_mul(2) > req.expires {
+            return Err("heartbeat value too large".into());
+        }
+        if req.batch <= 0 {
+            req.batch = 1;
+        }
+        Ok(req)
+    }
+}
+
+/// What an ack message says, from its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckKind {
+    Ack,
+    /// Redeliver, after the delay (ns) when there is one.
+    Nak(Option<i64>),
+    /// Still working: restart the ack wait.
+    Progress,
+    /// Ack, then treat the body as a pull request from the ack's reply subject.
+    Next(PullRequest),
+    /// Never redeliver; the reason goes into the advisory.
+    Term(String),
+}
+
+impl AckKind {
+    /// nats-server's reading of an ack body: anything it does not know acks.
+    pub fn parse(body: &[u8]) -> AckKind {
+        let text = std::str::from_utf8(body).unwrap_or("").trim();
+        let (word, rest) = match text.find(|c: char| c.is_ascii_whitespace()) {
+            Some(i) => (&text[..i], text[i..].trim()),
+            None => (text, ""),
+        };
+        match word {
+            "-NAK" => AckKind::Nak(parse_nak_delay(rest)),
+            "+WPI" => AckKind::Progress,
+            "+NXT" => AckKind::Next(PullRequest::parse(rest.as_bytes()).unwrap_or(PullRequest {
+                batch: 1,
+                ..Default::default()
+            })),
+            "+TERM" => AckKind::Term(rest.to_string()),
+            _ => AckKind::Ack,
+        }
+    }
+}
+
+fn parse_nak_delay(rest: &str) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Delay {
+        #[serde(default)]
+        delay: i64,
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let delay = if rest.starts_with('{') {
+        serde_json::from_str::<Delay>(rest).ok()?.delay
+    } else {
+        parse_go_duration(rest)?
+    };
+    (delay > 0).then_some(delay)
+}
+
+/// A pull status line as nats-server writes it: `NATS/1.0 <code> <text>` with
+/// the pending counts where it adds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    NoMessages,
+    RequestTimeout {
+        messages: u64,
+        bytes: u64,
+    },
+    MessageSizeExceedsMaxBytes {
+        messages: u64,
+        bytes: u64,
+    },
+    IdleHeartbeat {
+        last_consumer: u64,
+        last_stream: u64,
+    },
+    ExceededMaxWaiting,
+    RequestsPending,
+    PushBased,
+    BadRequest(String),
+    /// 409 with a text of nats-server's (`Exceeded MaxRequestBatch of 10` ...).
+    Conflict(String),
+}
+
+impl Status {
+    /// The header block, ready to send with an empty payload.
+    pub fn header(&self) -> String {
+        let counts = |code: &str, messages: &u64, bytes: &u64| {
+            format!(
+                "NATS/1.0 {code}\r\nNats-Pending-Messages: {messages}\r\nNats-Pending-Bytes: {bytes}\r\n\r\n"
+            )
+        };
+        match self {
+            Status::NoMessages => "NATS/1.0 404 No Messages\r\n\r\n".into(),
+            Status::RequestTimeout { messages, bytes } => {
+                counts("408 Request Timeout", messages, bytes)
+            }
+            Status::MessageSizeExceedsMaxBytes { messages, bytes } => {
+                counts("409 Message Size Exceeds MaxBytes", messages, bytes)
+            }
+            Status::IdleHeartbeat {
+                last_consumer,
+                last_stream,
+            } => format!(
+                "NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: {last_consumer}\r\nNats-Last-Stream: {last_stream}\r\n\r\n"
+            ),
+            Status::ExceededMaxWaiting => "NATS/1.0 409 Exceeded MaxWaiting\r\n\r\n".into(),
+            Status::RequestsPending => "NATS/1.0 408 Requests Pending\r\n\r\n".into(),
+            Status::PushBased => "NATS/1.0 409 Consumer is push based\r\n\r\n".into(),
+            Status::BadRequest(text) => format!("NATS/1.0 400 Bad Request - {text}\r\n\r\n"),
+            Status::Conflict(text) => format!("NATS/1.0 409 {text}\r\n\r\n"),
+        }
+    }
+}
+
+/// What the host is to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Load `stream_seq` and send it to `to` with the ack subject these numbers make.
+    Deliver {
+        to: Rc<str>,
+        stream_seq: u64,
+        consumer_seq: u64,
+        deliveries: u64,
+        /// Messages left for the consumer after this one (the ack subject's last token).
+        pending: u64,
+    },
+    /// Send this status to `to` (headers only).
+    Status { to: Rc<str>, status: Status },
+    /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`: no more redeliveries.
+    MaxDeliveries { stream_seq: u64, deliveries: u64 },
+    /// `$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED`.
+    Terminated {
+        stream_seq: u64,
+        deliveries: u64,
+        reason: String,
+    },
+    /// `$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED`.
+    Naked { stream_seq: u64, deliveries: u64 },
+}
+
+/// A pull request waiting for messages.
+#[derive(Debug, Clone)]
+struct Waiting {
+    reply: Rc<str>,
+    /// Messages still wanted.
+    remaining: u64,
+    /// Bytes still allowed; 0: no byte limit.
+    bytes_left: u64,
+    has_byte_limit: bool,
+    no_wait: bool,
+    delivered: u64,
+    expires_at: Option<i64>,
+    heartbeat: i64,
+    next_heartbeat: i64,
+}
+
+/// The consumer's state and its rules.
+#[derive(Debug)]
+pub struct Consumer {
+    cfg: ConsumerConfig,
+    filters: Vec<String>,
+    /// The next stream sequence a new delivery starts looking at.
+    next_seq: u64,
+    delivered: SequencePair,
+    ack_floor: SequencePair,
+    pending: BTreeMap<u64, Pending>,
+    /// (due, stream sequence) of every pending delivery, for the next deadline.
+    due: BTreeSet<(i64, u64)>,
+    /// Sequences to redeliver, in the order they became due.
+    redeliver: VecDeque<u64>,
+    waiting: VecDeque<Waiting>,
+    /// Matching messages at or after `next_seq`, kept up to date by appends.
+    num_pending: u64,
+}
+
+impl Consumer {
+    /// A new consumer on `source`, positioned as its deliver policy says.
+    pub fn new(cfg: ConsumerConfig, source: &impl Source) -> Consumer {
+        let filters: Vec<String> = cfg.filters().into_iter().map(str::to_string).collect();
+        let last = source.last_seq();
+        let start = match cfg.deliver_policy {
+            DeliverPolicy::All => 1,
+            DeliverPolicy::New => last + 1,
+            DeliverPolicy::Last => source
+                .last_per_subject(&filters)
+                .last()
+                .copied()
+                .unwrap_or(last + 1),
+            DeliverPolicy::LastPerSubject => source
+                .last_per_subject(&filters)
+                .first()
+                .copied()
+                .unwrap_or(last + 1),
+            DeliverPolicy::ByStartSequence => cfg.opt_start_seq.max(1),
+            DeliverPolicy::ByStartTime => cfg
+                .opt_start_time
+                .as_deref()
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map_or(1, |t| {
+                    source.seq_from_time(t.unix_timestamp_nanos().clamp(0, i64::MAX as i128) as i64)
+                }),
+        };
+        let before = start.saturating_sub(1);
+        let mut consumer = Consumer {
+            num_pending: source.num_pending(start, &filters),
+            cfg,
+            filters,
+            next_seq: start,
+            delivered: SequencePair {
+                consumer: 0,
+                stream: before,
+            },
+            ack_floor: SequencePair {
+                consumer: 0,
+                stream: before,
+            },
+            pending: BTreeMap::new(),
+            due: BTreeSet::new(),
+            redeliver: VecDeque::new(),
+            waiting: VecDeque::new(),
+        };
+        consumer.recount(source);
+        consumer
+    }
+
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.cfg
+    }
+    pub fn delivered(&self) -> SequencePair {
+        self.delivered
+    }
+    pub fn ack_floor(&self) -> SequencePair {
+        self.ack_floor
+    }
+    pub fn num_ack_pending(&self) -> usize {
+        self.pending.len()
+    }
+    pub fn num_redelivered(&self) -> usize {
+        self.pending.values().filter(|p| p.deliveries > 1).count()
+    }
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+    /// Messages not yet delivered that match the filters.
+    pub fn num_pending(&self) -> u64 {
+        self.num_pending
+    }
+    pub fn pending(&self, stream_seq: u64) -> Option<&Pending> {
+        self.pending.get(&stream_seq)
+    }
+
+    /// Counts the undelivered messages again, after a purge or a delete.
+    pub fn recount(&mut self, source: &impl Source) {
+        self.num_pending = source.num_pending(self.next_seq, &self.filters);
+    }
+
+    /// The stream stored `seq` on `subject`.
+    pub fn on_append(&mut self, seq: u64, subject: &str) {
+        let matches = self.filters.is_empty()
+            || self
+                .filters
+                .iter()
+                .any(|f| crate::subject::subject_matches(f, subject));
+        if matches && seq >= self.next_seq {
+            self.num_pending += 1;
+        }
+    }
+
+    fn ack_wait_for(&self, deliveries: u64) -> i64 {
+        match self.cfg.backoff.len() {
+            0 => self.cfg.ack_wait,
+            n => self.cfg.backoff[(deliveries.saturating_sub(1) as usize).min(n - 1)],
+        }
+    }
+
+    fn acks(&self) -> bool {
+        self.cfg.ack_policy != AckPolicy::None
+    }
+
+    fn max_ack_pending_reached(&self) -> bool {
+        self.acks()
+            && self.cfg.max_ack_pending > 0
+            && self.pending.len() as i64 >= self.cfg.max_ack_pending
+    }
+
+    /// A pull request arrived on `reply`. Answers at once what nats-server
+    /// refuses; queues the rest and delivers what is there.
+    pub fn pull(
+        &mut self,
+        reply: Rc<str>,
+        req: PullRequest,
+        source: &impl Source,
+        now: i64,
+        out: &mut Vec<Action>,
+    ) {
+        let refuse = |out: &mut Vec<Action>, status: Status| {
+            out.push(Action::Status {
+                to: reply.clone(),
+                status,
+            })
+        };
+        if !self.cfg.is_pull() {
+            return refuse(out, Status::PushBased);
+        }
+        let cfg = &self.cfg;
+        if cfg.max_request_batch > 0 && req.batch > cfg.max_request_batch {
+            return refuse(
+                out,
+                Status::Conflict(format!(
+                    "Exceeded MaxRequestBatch of {}",
+                    cfg.max_request_batch
+                )),
+            );
+        }
+        if req.expires > 0 && cfg.max_request_expires > 0 && req.expires > cfg.max_request_expires {
+            return refuse(
+                out,
+                Status::Conflict(format!(
+                    "Exceeded MaxRequestExpires of {}",
+                    super::consumer_config::go_duration(cfg.max_request_expires)
+                )),
+            );
+        }
+        if req.max_bytes > 0 && cfg.max_request_bytes > 0 && req.max_bytes > cfg.max_request_bytes {
+            return refuse(
+                out,
+                Status::Conflict(format!(
+                    "Exceeded MaxRequestMaxBytes of {}",
+                    cfg.max_request_bytes
+                )),
+            );
+        }
+        self.expire_requests(now, out);
+        if req.no_wait {
+            let available = self.num_pending + self.redeliver.len() as u64;
+            if available == 0 && req.expires == 0 {
+                return refuse(out, Status::NoMessages);
+            }
+        }
+        if self.cfg.max_waiting > 0 && self.waiting.len() as i64 >= self.cfg.max_waiting {
+            if req.heartbeat == 0 {
+                refuse(out, Status::ExceededMaxWaiting);
+            }
+            return;
+        }
+        let max_bytes = req.max_bytes.max(0) as u64;
+        self.waiting.push_back(Waiting {
+            reply,
+            remaining: req.batch.max(1) as u64,
+            bytes_left: max_bytes,
+            has_byte_limit: max_bytes > 0,
+            no_wait: req.no_wait,
+            delivered: 0,
+            expires_at: (req.expires > 0).then(|| now.saturating_add(req.expires)),
+            heartbeat: req.heartbeat,
+            next_heartbeat: now.saturating_add(req.heartbeat),
+        });
+        self.deliver(source, now, out);
+    }
+
+    /// The next sequence to hand out, redeliveries first; `None` when nothing
+    /// is ready. A redelivery taken here is put back by the caller if unsent.
+    fn next_candidate(&mut self, source: &impl Source) -> Option<(u64, u64, bool)> {
+        while let Some(seq) = self.redeliver.pop_front() {
+            if !self.pending.contains_key(&seq) {
+                continue;
+            }
+            match source.size_of(seq) {
+                Some(size) => return Some((seq, size, true)),
+                // Gone from the stream (deleted, purged, expired): nothing to redeliver.
+                None => self.forget(seq),
+            }
+        }
+        source
+            .next_match(self.next_seq, &self.filters)
+            .map(|(seq, size)| (seq, size, false))
+    }
+
+    /// Hands out messages to the waiting requests while there are both.
+    pub fn deliver(&mut self, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+        while !self.waiting.is_empty() && !self.max_ack_pending_reached() {
+            let Some((seq, size, again)) = self.next_candidate(source) else {
+                self.finish_no_wait(out);
+                return;
+            };
+            let Some(req) = self.waiting.front_mut() else {
+                return;
+            };
+            if req.has_byte_limit && size > req.bytes_left {
+                if again {
+                    self.redeliver.push_front(seq);
+                }
+                let Some(req) = self.waiting.pop_front() else {
+                    return;
+                };
+                out.push(Action::Status {
+                    to: req.reply,
+                    status: Status::MessageSizeExceedsMaxBytes {
+                        messages: req.remaining,
+                        bytes: req.bytes_left,
+                    },
+                });
+                continue;
+            }
+            let to = req.reply.clone();
+            req.remaining -= 1;
+            req.delivered += 1;
+            if req.has_byte_limit {
+                req.bytes_left -= size;
+            }
+            req.next_heartbeat = now.saturating_add(req.heartbeat);
+            let done = req.remaining == 0 || (req.has_byte_limit && req.bytes_left == 0);
+            if done {
+                self.waiting.pop_front();
+            }
+            self.record_delivery(seq, again, to, now, out);
+        }
+    }
+
+    fn record_delivery(
+        &mut self,
+        seq: u64,
+        again: bool,
+        to: Rc<str>,
+        now: i64,
+        out: &mut Vec<Action>,
+    ) {
+        self.delivered.consumer += 1;
+        let consumer_seq = self.delivered.consumer;
+        if !again {
+            self.next_seq = seq + 1;
+            self.delivered.stream = seq;
+            self.num_pending = self.num_pending.saturating_sub(1);
+        }
+        let deliveries = if self.acks() {
+            let previous = self.pending.get(&seq).map_or(0, |p| p.deliveries);
+            if let Some(p) = self.pending.get(&seq) {
+                self.due.remove(&(p.due, seq));
+            }
+            let deliveries = previous + 1;
+            let due = now.saturating_add(self.ack_wait_for(deliveries));
+            self.pending.insert(
+                seq,
+                Pending {
+                    consumer_seq,
+                    delivered_at: now,
+                    deliveries,
+                    due,
+                },
+            );
+            self.due.insert((due, seq));
+            deliveries
+        } else {
+            self.ack_floor = self.delivered;
+            1
+        };
+        out.push(Action::Deliver {
+            to,
+            stream_seq: seq,
+            consumer_seq,
+            deliveries,
+            pending: self.num_pending,
+        });
+    }
+
+    /// No-wait requests end once nothing is left to deliver: 404 if they got
+    /// nothing and had no expiry, or whatever they got.
+    fn finish_no_wait(&mut self, out: &mut Vec<Action>) {
+        let mut kept = VecDeque::with_capacity(self.waiting.len());
+        for req in self.waiting.drain(..) {
+            if !req.no_wait {
+                kept.push_back(req);
+            } else if req.expires_at.is_none() || req.delivered > 0 {
+                out.push(Action::Status {
+                    to: req.reply,
+                    status: Status::NoMessages,
+                });
+            } else {
+                kept.push_back(req);
+            }
+        }
+        self.waiting = kept;
+    }
+
+    fn expire_requests(&mut self, now: i64, out: &mut Vec<Action>) {
+        self.waiting.retain(|req| match req.expires_at {
+            Some(at) if at <= now => {
+                out.push(Action::Status {
+                    to: req.reply.clone(),
+                    status: Status::RequestTimeout {
+                        messages: req.remaining,
+                        bytes: req.bytes_left,
+                    },
+                });
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// An ack for `stream_seq` arrived. Returns whether it changed anything.
+    pub fn ack(
+        &mut self,
+        stream_seq: u64,
+        kind: AckKind,
+        reply: Option<Rc<str>>,
+        source: &impl Source,
+        now: i64,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let changed = match kind {
+            AckKind::Ack => self.acknowledge(stream_seq),
+            AckKind::Next(req) => {
+                let changed = self.acknowledge(stream_seq);
+                if let Some(reply) = reply {
+                    self.pull(reply, req, source, now, out);
+                }
+                changed
+            }
+            AckKind::Nak(delay) => {
+                let Some(p) = self.pending.get(&stream_seq).copied() else {
+                    return false;
+                };
+                out.push(Action::Naked {
+                    stream_seq,
+                    deliveries: p.deliveries,
+                });
+                self.due.remove(&(p.due, stream_seq));
+                match delay {
+                    Some(delay) => {
+                        let due = now.saturating_add(delay);
+                        self.reschedule(stream_seq, due);
+                    }
+                    None => self.make_due(stream_seq, p.deliveries, out),
+                }
+                true
+            }
+            AckKind::Progress => {
+                let Some(p) = self.pending.get(&stream_seq).copied() else {
+                    return false;
+                };
+                self.due.remove(&(p.due, stream_seq));
+                let due = now.saturating_add(self.ack_wait_for(p.deliveries));
+                self.reschedule(stream_seq, due);
+                true
+            }
+            AckKind::Term(reason) => {
+                let Some(p) = self.pending.get(&stream_seq).copied() else {
+                    return false;
+                };
+                self.forget(stream_seq);
+                out.push(Action::Terminated {
+                    stream_seq,
+                    deliveries: p.deliveries,
+                    reason,
+                });
+                true
+            }
+        };
+        if changed {
+            self.deliver(source, now, out);
+        }
+        changed
+    }
+
+    fn reschedule(&mut self, seq: u64, due: i64) {
+        if let Some(p) = self.pending.get_mut(&seq) {
+            p.due = due;
+            self.due.insert((due, seq));
+        }
+    }
+
+    fn acknowledge(&mut self, stream_seq: u64) -> bool {
+        match self.cfg.ack_policy {
+            AckPolicy::None => false,
+            AckPolicy::Explicit => {
+                let known = self.pending.contains_key(&stream_seq);
+                self.forget(stream_seq);
+                known
+            }
+            AckPolicy::All | AckPolicy::FlowControl => {
+                let covered: Vec<u64> =
+                    self.pending.range(..=stream_seq).map(|(s, _)| *s).collect();
+                for seq in &covered {
+                    self.forget(*seq);
+                }
+                !covered.is_empty()
+            }
+        }
+    }
+
+    /// Drops `seq` from pending (acked, terminated, out of deliveries, or gone)
+    /// and moves the ack floor up to the first delivery still pending.
+    fn forget(&mut self, seq: u64) {
+        if let Some(p) = self.pending.remove(&seq) {
+            self.due.remove(&(p.due, seq));
+        }
+        self.ack_floor = match self.pending.iter().next() {
+            None => self.delivered,
+            Some((&first, p)) => SequencePair {
+                consumer: p
+                    .consumer_seq
+                    .saturating_sub(1)
+                    .max(self.ack_floor.consumer),
+                stream: (first - 1).max(self.ack_floor.stream),
+            },
+        };
+    }
+
+    /// A pending delivery's ack wait ran out (or it was naked): it is
+    /// redelivered, unless it has been delivered `max_deliver` times.
+    fn make_due(&mut self, seq: u64, deliveries: u64, out: &mut Vec<Action>) {
+        if self.cfg.max_deliver > 0 && deliveries as i64 >= self.cfg.max_deliver {
+            self.forget(seq);
+            out.push(Action::MaxDeliveries {
+                stream_seq: seq,
+                deliveries,
+            });
+            return;
+        }
+        if !self.redeliver.contains(&seq) {
+            self.redeliver.push_back(seq);
+        }
+    }
+
+    /// Time passed: requests expire, heartbeats are due, acks time out.
+    pub fn tick(&mut self, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+        self.expire_requests(now, out);
+        let (last_consumer, last_stream) = (self.delivered.consumer, self.delivered.stream);
+        for req in self.waiting.iter_mut() {
+            if req.heartbeat > 0 && req.next_heartbeat <= now {
+                out.push(Action::Status {
+                    to: req.reply.clone(),
+                    status: Status::IdleHeartbeat {
+                        last_consumer,
+                        last_stream,
+                    },
+                });
+                req.next_heartbeat = now.saturating_add(req.heartbeat);
+            }
+        }
+        while let Some(&(due, seq)) = self.due.first() {
+            if due > now {
+                break;
+            }
+            self.due.remove(&(due, seq));
+            let deliveries = self.pending.get(&seq).map_or(0, |p| p.deliveries);
+            self.make_due(seq, deliveries, out);
+        }
+        self.deliver(source, now, out);
+    }
+
+    /// When [`Self::tick`] next has work: the earliest request expiry,
+    /// heartbeat or ack deadline. `None` while nothing waits on time, so an
+    /// idle consumer arms no timer.
+    pub fn next_deadline(&self) -> Option<i64> {
+        let requests = self.waiting.iter().flat_map(|r| {
+            let heartbeat = (r.heartbeat > 0).then_some(r.next_heartbeat);
+            r.expires_at.into_iter().chain(heartbeat)
+        });
+        let ack = self.due.first().map(|(due, _)| *due);
+        requests.chain(ack).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream as a list of (subject, size); sequence = index + 1.
+    struct Fake {
+        msgs: Vec<Option<(String, u64)>>,
+    }
+
+    impl Fake {
+        fn with(subjects: &[&str]) -> Fake {
+            Fake {
+                msgs: subjects.iter().map(|s| Some((s.to_string(), 10))).collect(),
+            }
+        }
+        fn matches(filters: &[String], subject: &str) -> bool {
+            filters.is_empty()
+                || filters
+                    .iter()
+                    .any(|f| crate::subject::subject_matches(f, subject))
+        }
+    }
+
+    impl Source for Fake {
+        fn next_match(&self, start: u64, filters: &[String]) -> Option<(u64, u64)> {
+            (start.max(1)..=self.msgs.len() as u64).find_map(|seq| {
+                let (subject, size) = self.msgs[seq as usize - 1].as_ref()?;
+                Fake::matches(filters, subject).then_some((seq, *size))
+            })
+        }
+        fn size_of(&self, seq: u64) -> Option<u64> {
+            self.msgs
+                .get(seq.checked_sub(1)? as usize)?
+                .as_ref()
+                .map(|m| m.1)
+        }
+        fn num_pending(&self, start: u64, filters: &[String]) -> u64 {
+            (start.max(1)..=self.msgs.len() as u64)
+                .filter(|&seq| {
+                    self.msgs[seq as usize - 1]
+                        .as_ref()
+                        .is_some_and(|(s, _)| Fake::matches(filters, s))
+                })
+                .count() as u64
+        }
+        fn last_seq(&self) -> u64 {
+            self.msgs.len() as u64
+        }
+        fn last_per_subject(&self, filters: &[String]) -> Vec<u64> {
+            let mut last = BTreeMap::new();
+            for (i, m) in self.msgs.iter().enumerate() {
+                if let Some((s, _)) = m {
+                    if Fake::matches(filters, s) {
+                        last.insert(s.clone(), i as u64 + 1);
+                    }
+                }
+            }
+            let mut seqs: Vec<u64> = last.into_values().collect();
+            seqs.sort_unstable();
+            seqs
+        }
+        fn seq_from_time(&self, _ts: i64) -> u64 {
+            1
+        }
+    }
+
+    const S: i64 = 1_000_000_000;
+
+    fn config(json: &str) -> ConsumerConfig {
+        let stream = serde_json::from_str(r#"{"name":"O","subjects":["O.*"]}"#).expect("stream");
+        serde_json::from_str::<ConsumerConfig>(json)
+            .expect("json")
+            .normalized(&stream, &Default::default(), false)
+            .expect("valid")
+    }
+
+    fn request(json: &str) -> PullRequest {
+        PullRequest::parse(json.as_bytes()).expect("request")
+    }
+
+    fn reply(name: &str) -> Rc<str> {
+        Rc::from(name)
+    }
+
+    fn delivered(out: &[Action]) -> Vec<(u64, u64, u64)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Deliver {
+                    stream_seq,
+                    consumer_seq,
+                    deliveries,
+                    ..
+                } => Some((*stream_seq, *consumer_seq, *deliveries)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn statuses(out: &[Action]) -> Vec<String> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Status { status, .. } => Some(status.header()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The captured exchange: a batch of two, each with the messages left after it.
+    #[test]
+    fn a_pull_gets_its_batch_with_the_pending_count() {
+        let src = Fake::with(&["O.new", "O.new", "O.paid", "O.new"]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit","filter_subject":"O.new"}"#),
+            &src,
+        );
+        assert_eq!(c.num_pending(), 3);
+        let mut out = Vec::new();
+        c.pull(
+            reply("r1"),
+            request(r#"{"batch":2,"expires":2000000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        let pendings: Vec<u64> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Deliver { pending, .. } => Some(*pending),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered(&out), [(1, 1, 1), (2, 2, 1)]);
+        assert_eq!(pendings, [2, 1]);
+        assert_eq!(c.num_waiting(), 0, "the batch is complete");
+        assert_eq!(
+            c.delivered(),
+            SequencePair {
+                consumer: 2,
+                stream: 2
+            }
+        );
+        assert_eq!(
+            c.ack_floor(),
+            SequencePair {
+                consumer: 0,
+                stream: 0
+            }
+        );
+        assert!(c.ack(2, AckKind::Ack, None, &src, 1, &mut out));
+        assert_eq!(
+            c.ack_floor(),
+            SequencePair {
+                consumer: 0,
+                stream: 0
+            },
+            "1 is still pending"
+        );
+        assert!(c.ack(1, AckKind::Ack, None, &src, 1, &mut out));
+        assert_eq!(
+            c.ack_floor(),
+            SequencePair {
+                consumer: 2,
+                stream: 2
+            }
+        );
+        assert!(
+            !c.ack(1, AckKind::Ack, None, &src, 1, &mut out),
+            "acked twice"
+        );
+    }
+
+    #[test]
+    fn no_wait_ends_with_404_and_expiry_with_408() {
+        let src = Fake::with(&["O.a"]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit"}"#),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":10,"no_wait":true}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert_eq!(delivered(&out).len(), 1);
+        assert_eq!(statuses(&out), ["NATS/1.0 404 No Messages\r\n\r\n"]);
+        out.clear();
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":1,"no_wait":true}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            statuses(&out),
+            ["NATS/1.0 404 No Messages\r\n\r\n"],
+            "nothing left"
+        );
+        out.clear();
+        c.pull(
+            reply("t"),
+            request(r#"{"batch":1,"expires":500000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(
+            c.next_deadline(),
+            Some(S / 2),
+            "the request expires before the ack wait"
+        );
+        c.tick(&src, S / 2, &mut out);
+        assert_eq!(
+            statuses(&out),
+            ["NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 1\r\nNats-Pending-Bytes: 0\r\n\r\n"]
+        );
+    }
+
+    #[test]
+    fn a_message_too_big_for_the_request_is_refused_with_409() {
+        let src = Fake::with(&["O.a"]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit"}"#),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":1,"max_bytes":5,"expires":1000000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            statuses(&out),
+            ["NATS/1.0 409 Message Size Exceeds MaxBytes\r\nNats-Pending-Messages: 1\r\nNats-Pending-Bytes: 5\r\n\r\n"]
+        );
+        out.clear();
+        c.pull(reply("r"), request(r#"{"batch":1}"#), &src, 0, &mut out);
+        assert_eq!(
+            delivered(&out),
+            [(1, 1, 1)],
+            "the message waited for a request it fits"
+        );
+    }
+
+    #[test]
+    fn unacked_messages_come_back_after_ack_wait_following_backoff() {
+        let src = Fake::with(&["O.a", "O.b"]);
+        let mut c = Consumer::new(
+            config(
+                r#"{"durable_name":"N","ack_policy":"explicit","backoff":[1000000000,3000000000],"max_deliver":3}"#,
+            ),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(reply("r"), request(r#"{"batch":1}"#), &src, 0, &mut out);
+        assert_eq!(c.next_deadline(), Some(S), "first backoff step");
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":5,"expires":60000000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert_eq!(delivered(&out), [(1, 1, 1), (2, 2, 1)]);
+        c.ack(2, AckKind::Ack, None, &src, 0, &mut out);
+        out.clear();
+        c.tick(&src, S, &mut out);
+        assert_eq!(
+            delivered(&out),
+            [(1, 3, 2)],
+            "redelivered with a new consumer sequence"
+        );
+        assert_eq!(c.num_redelivered(), 1);
+        assert_eq!(
+            c.pending(1).map(|p| p.due),
+            Some(4 * S),
+            "second backoff step"
+        );
+        out.clear();
+        c.tick(&src, 4 * S, &mut out);
+        assert_eq!(delivered(&out), [(1, 4, 3)]);
+        out.clear();
+        c.tick(&src, 7 * S, &mut out);
+        assert_eq!(
+            out,
+            [Action::MaxDeliveries {
+                stream_seq: 1,
+                deliveries: 3
+            }],
+            "three deliveries and no more"
+        );
+        assert_eq!(c.num_ack_pending(), 0);
+        assert_eq!(
+            c.ack_floor(),
+            SequencePair {
+                consumer: 4,
+                stream: 2
+            }
+        );
+        assert_eq!(
+            c.next_deadline(),
+            Some(60 * S),
+            "only the open request waits"
+        );
+    }
+
+    #[test]
+    fn nak_progress_and_term() {
+        let src = Fake::with(&["O.a", "O.b", "O.c"]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit"}"#),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(reply("r"), request(r#"{"batch":3}"#), &src, 0, &mut out);
+        out.clear();
+        c.ack(1, AckKind::parse(b"-NAK"), None, &src, S, &mut out);
+        assert_eq!(
+            out,
+            [Action::Naked {
+                stream_seq: 1,
+                deliveries: 1
+            }]
+        );
+        c.pull(reply("r"), request(r#"{"batch":1}"#), &src, S, &mut out);
+        assert_eq!(
+            delivered(&out),
+            [(1, 4, 2)],
+            "a nak without delay redelivers at once"
+        );
+        out.clear();
+        c.ack(
+            2,
+            AckKind::parse(br#"-NAK {"delay": 5000000000}"#),
+            None,
+            &src,
+            S,
+            &mut out,
+        );
+        assert_eq!(c.pending(2).map(|p| p.due), Some(6 * S));
+        c.ack(3, AckKind::parse(b"+WPI"), None, &src, 10 * S, &mut out);
+        assert_eq!(
+            c.pending(3).map(|p| p.due),
+            Some(40 * S),
+            "the ack wait starts again"
+        );
+        out.clear();
+        c.ack(
+            3,
+            AckKind::parse(b"+TERM done with it"),
+            None,
+            &src,
+            10 * S,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [Action::Terminated {
+                stream_seq: 3,
+                deliveries: 1,
+                reason: "done with it".into()
+            }]
+        );
+        assert_eq!(AckKind::parse(b"-NAK 2s"), AckKind::Nak(Some(2 * S)));
+        assert_eq!(AckKind::parse(b""), AckKind::Ack);
+    }
+
+    #[test]
+    fn max_ack_pending_holds_delivery_back() {
+        let src = Fake::with(&["O.a", "O.b", "O.c"]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit","max_ack_pending":2}"#),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":3,"expires":10000000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert_eq!(delivered(&out).len(), 2);
+        assert_eq!(c.num_waiting(), 1);
+        out.clear();
+        c.ack(1, AckKind::Ack, None, &src, 0, &mut out);
+        assert_eq!(delivered(&out), [(3, 3, 1)], "an ack makes room");
+    }
+
+    #[test]
+    fn ack_all_and_ack_none() {
+        let src = Fake::with(&["O.a", "O.b", "O.c"]);
+        let mut all = Consumer::new(config(r#"{"durable_name":"A","ack_policy":"all"}"#), &src);
+        let mut out = Vec::new();
+        all.pull(reply("r"), request("3"), &src, 0, &mut out);
+        all.ack(2, AckKind::Ack, None, &src, 0, &mut out);
+        assert_eq!(all.num_ack_pending(), 1);
+        assert_eq!(
+            all.ack_floor(),
+            SequencePair {
+                consumer: 2,
+                stream: 2
+            }
+        );
+        let mut none = Consumer::new(
+            config(r#"{"ack_policy":"none","deliver_policy":"last"}"#),
+            &src,
+        );
+        out.clear();
+        none.pull(reply("r"), request(""), &src, 0, &mut out);
+        assert_eq!(
+            delivered(&out),
+            [(3, 1, 1)],
+            "deliver last starts at the last message"
+        );
+        assert_eq!(
+            (none.num_ack_pending(), none.ack_floor()),
+            (0, none.delivered())
+        );
+        assert_eq!(
+            none.next_deadline(),
+            None,
+            "an idle consumer waits on nothing"
+        );
+    }
+
+    #[test]
+    fn requests_are_checked_as_nats_server_does() {
+        let src = Fake::with(&[]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit","max_batch":5,"max_waiting":1}"#),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(reply("r"), request(r#"{"batch":6}"#), &src, 0, &mut out);
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":1,"expires":10000000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":1,"expires":10000000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            statuses(&out),
+            [
+                "NATS/1.0 409 Exceeded MaxRequestBatch of 5\r\n\r\n",
+                "NATS/1.0 409 Exceeded MaxWaiting\r\n\r\n"
+            ]
+        );
+        assert_eq!(
+            PullRequest::parse(br#"{"expires":1000000000,"idle_heartbeat":1000000000}"#),
+            Err("heartbeat value too large".into())
+        );
+        let push = config(r#"{"durable_name":"P","deliver_subject":"d"}"#);
+        let mut push = Consumer::new(push, &src);
+        out.clear();
+        push.pull(reply("r"), request(""), &src, 0, &mut out);
+        assert_eq!(
+            statuses(&out),
+            ["NATS/1.0 409 Consumer is push based\r\n\r\n"]
+        );
+    }
+
+    #[test]
+    fn idle_heartbeats_while_a_request_waits() {
+        let src = Fake::with(&[]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit"}"#),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":1,"expires":2500000000,"idle_heartbeat":1000000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert_eq!(c.next_deadline(), Some(S));
+        c.tick(&src, S, &mut out);
+        c.tick(&src, 2 * S, &mut out);
+        c.tick(&src, 5 * S / 2, &mut out);
+        let hb =
+            "NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 0\r\nNats-Last-Stream: 0\r\n\r\n";
+        assert_eq!(
+            statuses(&out),
+            [
+                hb,
+                hb,
+                "NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 1\r\nNats-Pending-Bytes: 0\r\n\r\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn appends_reach_waiting_requests_and_deleted_messages_are_not_redelivered() {
+        let mut src = Fake::with(&["O.a"]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit","ack_wait":1000000000}"#),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":2,"expires":60000000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert_eq!(delivered(&out), [(1, 1, 1)]);
+        src.msgs.push(Some(("O.b".into(), 10)));
+        c.on_append(2, "O.b");
+        assert_eq!(c.num_pending(), 1);
+        out.clear();
+        c.deliver(&src, 0, &mut out);
+        assert_eq!(delivered(&out), [(2, 2, 1)]);
+        src.msgs[0] = None;
+        out.clear();
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":1,"expires":60000000000}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        c.tick(&src, S, &mut out);
+        assert_eq!(delivered(&out), [(2, 3, 2)], "1 is gone, 2 comes back");
+        assert_eq!(c.pending(1), None);
+    }
+}
