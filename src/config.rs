@@ -341,6 +341,23 @@ mod tests {
     }
 
     #[test]
+    fn jetstream_limits_for_consumers() {
+        let (_, p) = parse(
+            "jetstream {\n  limits {\n    max_ack_pending: 100\n    max_request_batch: 250\n    max_ha_assets: 4\n    duplicate_window: \"1m\"\n  }\n}\n",
+        )
+        .expect("config");
+        let js = p.jetstream.expect("jetstream");
+        assert_eq!(
+            (
+                js.max_ack_pending,
+                js.max_request_batch,
+                js.max_duplicate_window
+            ),
+            (Some(100), Some(250), Some(60_000_000_000))
+        );
+    }
+
+    #[test]
     fn limits_and_listen() {
         let (o, p) = parse(
             "listen: 127.0.0.1:24226\nping_interval: \"1s\"\nping_max: 2\nmax_connections: 2\n\

@@ -20,6 +20,9 @@ pub struct JetStreamConfig {
     pub cipher: Option<Cipher>,
     pub key: Option<String>,
     pub max_duplicate_window: Option<i64>,
+    /// `limits { max_ack_pending, max_request_batch }`: ceilings for consumers.
+    pub max_ack_pending: Option<i64>,
+    pub max_request_batch: Option<i64>,
 }
 
 impl JetStreamConfig {
@@ -89,7 +92,10 @@ pub fn parse(entry: &Entry) -> Result<JetStreamConfig, ConfigError> {
                                 "duplicate_window" => {
                                     js.max_duplicate_window = Some(duration(l)?.as_nanos() as i64)
                                 }
-                                "max_ack_pending" | "max_ha_assets" | "max_request_batch" => {
+                                "max_ack_pending" => js.max_ack_pending = Some(int(l)?),
+                                "max_request_batch" => js.max_request_batch = Some(int(l)?),
+                                // Meaningful once JetStream is clustered.
+                                "max_ha_assets" => {
                                     int(l)?;
                                 }
                                 _ => return Err(invalid(l, format!("unknown field {:?}", l.key))),

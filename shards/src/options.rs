@@ -81,6 +81,10 @@ pub struct JetStreamOptions {
     pub encryption: Option<strait_storage::Encryption>,
     /// `limits { duplicate_window }`, nanoseconds; 0 is none.
     pub max_duplicate_window: i64,
+    /// `limits { max_ack_pending, max_request_batch }`, the ceilings every
+    /// consumer's configuration is held to; 0 is none.
+    pub max_ack_pending: i64,
+    pub max_request_batch: i64,
 }
 
 impl JetStreamOptions {
@@ -94,6 +98,8 @@ impl JetStreamOptions {
             sync: strait_storage::SyncPolicy::Always,
             encryption: None,
             max_duplicate_window: 0,
+            max_ack_pending: 0,
+            max_request_batch: 0,
         }
     }
 }

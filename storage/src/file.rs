@@ -1948,6 +1948,19 @@ impl Store for FileStore {
         self.inner.st.borrow().index.seq_from_time(ts)
     }
 
+    fn next_matching(&self, start: u64, filters: &[String]) -> Option<(u64, u64)> {
+        self.inner.st.borrow().index.next_match_any(start, filters)
+    }
+
+    fn stored_size(&self, seq: u64) -> Option<u64> {
+        self.inner
+            .st
+            .borrow()
+            .index
+            .get(seq)
+            .map(|e| e.size() as u64)
+    }
+
     fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>> {
         self.inner.st.borrow().index.multi_last(filters, up_to, max)
     }

@@ -536,6 +536,21 @@ impl<L> Index<L> {
         }
     }
 
+    /// First sequence ≥ `start` whose subject matches one of `filters` (none:
+    /// every subject), with the size the stream accounts for it. A consumer's
+    /// filters never overlap, so the earliest of each filter's next is the answer.
+    pub fn next_match_any(&self, start: u64, filters: &[String]) -> Option<(u64, u64)> {
+        let seq = if filters.is_empty() {
+            self.next_match(start, ">")
+        } else {
+            filters
+                .iter()
+                .filter_map(|f| self.next_match(start, f))
+                .min()
+        }?;
+        Some((seq, self.get(seq)?.size() as u64))
+    }
+
     /// Highest sequence whose subject matches `filter`.
     pub fn last_match(&self, filter: &str) -> Option<u64> {
         if is_match_all(filter) {

@@ -138,6 +138,11 @@ pub trait Store {
     fn filtered_state(&self, filter: &str) -> FilteredState;
     /// How many messages at or after `start` match `filter`.
     fn num_pending(&self, start: u64, filter: &str) -> u64;
+    /// The first message at or after `start` matching one of `filters` (none:
+    /// every subject), with its accounted size; from the index, without I/O.
+    fn next_matching(&self, start: u64, filters: &[String]) -> Option<(u64, u64)>;
+    /// The accounted size of message `seq`; `None` if it is not stored.
+    fn stored_size(&self, seq: u64) -> Option<u64>;
     /// The first sequence stored at or after `ts` (ns); `last_seq + 1` if none.
     fn seq_from_time(&self, ts: i64) -> u64;
     /// The last sequence per subject matching any of `filters`, at or below `up_to`
@@ -223,6 +228,12 @@ impl Store for AnyStore {
     }
     fn num_pending(&self, start: u64, filter: &str) -> u64 {
         delegate!(self, s => s.num_pending(start, filter))
+    }
+    fn next_matching(&self, start: u64, filters: &[String]) -> Option<(u64, u64)> {
+        delegate!(self, s => s.next_matching(start, filters))
+    }
+    fn stored_size(&self, seq: u64) -> Option<u64> {
+        delegate!(self, s => s.stored_size(seq))
     }
     fn seq_from_time(&self, ts: i64) -> u64 {
         delegate!(self, s => s.seq_from_time(ts))

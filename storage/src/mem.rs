@@ -202,6 +202,14 @@ impl Store for MemStore {
         self.index.borrow().num_pending(start, filter)
     }
 
+    fn next_matching(&self, start: u64, filters: &[String]) -> Option<(u64, u64)> {
+        self.index.borrow().next_match_any(start, filters)
+    }
+
+    fn stored_size(&self, seq: u64) -> Option<u64> {
+        self.index.borrow().get(seq).map(|e| e.size() as u64)
+    }
+
     fn seq_from_time(&self, ts: i64) -> u64 {
         self.index.borrow().seq_from_time(ts)
     }

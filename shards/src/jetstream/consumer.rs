@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::consumer_config::{AckPolicy, ConsumerConfig, DeliverPolicy};
 use super::stream::parse_go_duration;
@@ -36,10 +36,63 @@ pub trait Source {
 
 /// A consumer and a stream sequence, as consumer info reports `delivered`
 /// and `ack_floor`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SequencePair {
     pub consumer: u64,
     pub stream: u64,
+}
+
+/// What a consumer must keep across a restart (and what a replicated
+/// consumer will replicate): nats-server's `ConsumerState`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerState {
+    pub delivered: SequencePair,
+    pub ack_floor: SequencePair,
+    /// Stream sequence → (consumer sequence of its latest delivery, when, ns).
+    pub pending: BTreeMap<u64, (u64, i64)>,
+    /// Stream sequence → deliveries, for those delivered more than once.
+    pub redelivered: BTreeMap<u64, u64>,
+}
+
+/// `delivered` and `ack_floor` as consumer info shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SequenceInfo {
+    pub consumer_seq: u64,
+    pub stream_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_active: Option<String>,
+}
+
+/// nats-server's `ConsumerInfo`, in its field order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConsumerInfo {
+    pub stream_name: String,
+    pub name: String,
+    pub created: String,
+    pub config: ConsumerConfig,
+    pub delivered: SequenceInfo,
+    pub ack_floor: SequenceInfo,
+    pub num_ack_pending: usize,
+    pub num_redelivered: usize,
+    pub num_waiting: usize,
+    pub num_pending: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub push_bound: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pause_remaining: i64,
+    pub ts: String,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// RFC 3339 of a time in ns since the epoch, as Go prints `time.Time`.
+fn rfc3339(ns: i64) -> String {
+    let ns = ns.max(0) as u64;
+    crate::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
 }
 
 /// A delivery waiting for its ack.
@@ -273,8 +326,22 @@ pub struct Consumer {
     /// Sequences to redeliver, in the order they became due.
     redeliver: VecDeque<u64>,
     waiting: VecDeque<Waiting>,
-    /// Matching messages at or after `next_seq`, kept up to date by appends.
+    /// `deliver_policy: last_per_subject`: the last message of each subject,
+    /// handed out before anything newer.
+    starting: VecDeque<u64>,
+    /// Matching messages not delivered yet, kept up to date by appends.
     num_pending: u64,
+    /// When something was last delivered and last acknowledged (ns).
+    last_delivered_at: Option<i64>,
+    last_acked_at: Option<i64>,
+}
+
+/// Where the next delivery comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Redelivery,
+    Starting,
+    New,
 }
 
 impl Consumer {
@@ -282,6 +349,7 @@ impl Consumer {
     pub fn new(cfg: ConsumerConfig, source: &impl Source) -> Consumer {
         let filters: Vec<String> = cfg.filters().into_iter().map(str::to_string).collect();
         let last = source.last_seq();
+        let mut starting = VecDeque::new();
         let start = match cfg.deliver_policy {
             DeliverPolicy::All => 1,
             DeliverPolicy::New => last + 1,
@@ -290,11 +358,10 @@ impl Consumer {
                 .last()
                 .copied()
                 .unwrap_or(last + 1),
-            DeliverPolicy::LastPerSubject => source
-                .last_per_subject(&filters)
-                .first()
-                .copied()
-                .unwrap_or(last + 1),
+            DeliverPolicy::LastPerSubject => {
+                starting = source.last_per_subject(&filters).into();
+                last + 1
+            }
             DeliverPolicy::ByStartSequence => cfg.opt_start_seq.max(1),
             DeliverPolicy::ByStartTime => cfg
                 .opt_start_time
@@ -307,7 +374,7 @@ impl Consumer {
                     source.seq_from_time(t.unix_timestamp_nanos().clamp(0, i64::MAX as i128) as i64)
                 }),
         };
-        let before = start.saturating_sub(1);
+        let before = starting.front().copied().unwrap_or(start).saturating_sub(1);
         let mut consumer = Consumer {
             num_pending: source.num_pending(start, &filters),
             cfg,
@@ -325,6 +392,9 @@ impl Consumer {
             due: BTreeSet::new(),
             redeliver: VecDeque::new(),
             waiting: VecDeque::new(),
+            starting,
+            last_delivered_at: None,
+            last_acked_at: None,
         };
         consumer.recount(source);
         consumer
@@ -356,9 +426,92 @@ impl Consumer {
         self.pending.get(&stream_seq)
     }
 
+    /// Consumer info for `stream_name` at `now` (ns); `created` (ns) is when the
+    /// consumer was made. The configuration carries the server's API level and version.
+    pub fn info(&self, stream_name: &str, created: i64, now: i64) -> ConsumerInfo {
+        let sequences = |pair: SequencePair, at: Option<i64>| SequenceInfo {
+            consumer_seq: pair.consumer,
+            stream_seq: pair.stream,
+            last_active: at.map(rfc3339),
+        };
+        ConsumerInfo {
+            stream_name: stream_name.to_string(),
+            name: self.cfg.consumer_name().to_string(),
+            created: rfc3339(created),
+            config: self.cfg.with_dynamic_metadata(),
+            delivered: sequences(self.delivered, self.last_delivered_at),
+            ack_floor: sequences(self.ack_floor, self.last_acked_at),
+            num_ack_pending: self.num_ack_pending(),
+            num_redelivered: self.num_redelivered(),
+            num_waiting: self.num_waiting(),
+            num_pending: self.num_pending,
+            push_bound: false,
+            paused: false,
+            pause_remaining: 0,
+            ts: rfc3339(now),
+        }
+    }
+
+    /// The state to keep.
+    pub fn state(&self) -> ConsumerState {
+        ConsumerState {
+            delivered: self.delivered,
+            ack_floor: self.ack_floor,
+            pending: self
+                .pending
+                .iter()
+                .map(|(&seq, p)| (seq, (p.consumer_seq, p.delivered_at)))
+                .collect(),
+            redelivered: self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.deliveries > 1)
+                .map(|(&seq, p)| (seq, p.deliveries))
+                .collect(),
+        }
+    }
+
+    /// The consumer as it was when `state` was kept. Pending deliveries are due
+    /// when their ack wait from the original delivery runs out, so a restart
+    /// long after a crash redelivers them at the first tick; acknowledged
+    /// messages are never handed out again.
+    pub fn restore(cfg: ConsumerConfig, state: &ConsumerState, source: &impl Source) -> Consumer {
+        let mut consumer = Consumer::new(cfg, source);
+        consumer.delivered = state.delivered;
+        consumer.ack_floor = state.ack_floor;
+        if consumer.cfg.deliver_policy == DeliverPolicy::LastPerSubject {
+            consumer
+                .starting
+                .retain(|&seq| seq > state.delivered.stream);
+        }
+        if consumer.starting.is_empty() {
+            consumer.next_seq = state.delivered.stream + 1;
+        }
+        if consumer.acks() {
+            for (&seq, &(consumer_seq, delivered_at)) in &state.pending {
+                let deliveries = state.redelivered.get(&seq).copied().unwrap_or(1);
+                let due = delivered_at.saturating_add(consumer.ack_wait_for(deliveries));
+                consumer.pending.insert(
+                    seq,
+                    Pending {
+                        consumer_seq,
+                        delivered_at,
+                        deliveries,
+                        due,
+                    },
+                );
+                consumer.due.insert((due, seq));
+            }
+        }
+        consumer.recount(source);
+        consumer
+    }
+
     /// Counts the undelivered messages again, after a purge or a delete.
     pub fn recount(&mut self, source: &impl Source) {
-        self.num_pending = source.num_pending(self.next_seq, &self.filters);
+        self.starting.retain(|&seq| source.size_of(seq).is_some());
+        self.num_pending =
+            self.starting.len() as u64 + source.num_pending(self.next_seq, &self.filters);
     }
 
     /// The stream stored `seq` on `subject`.
@@ -467,36 +620,50 @@ impl Consumer {
 
     /// The next sequence to hand out, redeliveries first; `None` when nothing
     /// is ready. A redelivery taken here is put back by the caller if unsent.
-    fn next_candidate(&mut self, source: &impl Source) -> Option<(u64, u64, bool)> {
+    fn next_candidate(&mut self, source: &impl Source) -> Option<(u64, u64, Origin)> {
         while let Some(seq) = self.redeliver.pop_front() {
             if !self.pending.contains_key(&seq) {
                 continue;
             }
             match source.size_of(seq) {
-                Some(size) => return Some((seq, size, true)),
+                Some(size) => return Some((seq, size, Origin::Redelivery)),
                 // Gone from the stream (deleted, purged, expired): nothing to redeliver.
                 None => self.forget(seq),
             }
         }
+        while let Some(seq) = self.starting.pop_front() {
+            match source.size_of(seq) {
+                Some(size) => return Some((seq, size, Origin::Starting)),
+                None => self.num_pending = self.num_pending.saturating_sub(1),
+            }
+        }
         source
             .next_match(self.next_seq, &self.filters)
-            .map(|(seq, size)| (seq, size, false))
+            .map(|(seq, size)| (seq, size, Origin::New))
+    }
+
+    /// Puts back a candidate that was not sent.
+    fn put_back(&mut self, seq: u64, origin: Origin) {
+        match origin {
+            Origin::Redelivery => self.redeliver.push_front(seq),
+            Origin::Starting => self.starting.push_front(seq),
+            Origin::New => {}
+        }
     }
 
     /// Hands out messages to the waiting requests while there are both.
     pub fn deliver(&mut self, source: &impl Source, now: i64, out: &mut Vec<Action>) {
         while !self.waiting.is_empty() && !self.max_ack_pending_reached() {
-            let Some((seq, size, again)) = self.next_candidate(source) else {
+            let Some((seq, size, origin)) = self.next_candidate(source) else {
                 self.finish_no_wait(out);
                 return;
             };
             let Some(req) = self.waiting.front_mut() else {
+                self.put_back(seq, origin);
                 return;
             };
             if req.has_byte_limit && size > req.bytes_left {
-                if again {
-                    self.redeliver.push_front(seq);
-                }
+                self.put_back(seq, origin);
                 let Some(req) = self.waiting.pop_front() else {
                     return;
                 };
@@ -520,24 +687,32 @@ impl Consumer {
             if done {
                 self.waiting.pop_front();
             }
-            self.record_delivery(seq, again, to, now, out);
+            self.record_delivery(seq, origin, to, now, out);
         }
     }
 
     fn record_delivery(
         &mut self,
         seq: u64,
-        again: bool,
+        origin: Origin,
         to: Rc<str>,
         now: i64,
         out: &mut Vec<Action>,
     ) {
         self.delivered.consumer += 1;
+        self.last_delivered_at = Some(now);
         let consumer_seq = self.delivered.consumer;
-        if !again {
-            self.next_seq = seq + 1;
-            self.delivered.stream = seq;
-            self.num_pending = self.num_pending.saturating_sub(1);
+        match origin {
+            Origin::Redelivery => {}
+            Origin::Starting => {
+                self.delivered.stream = seq;
+                self.num_pending = self.num_pending.saturating_sub(1);
+            }
+            Origin::New => {
+                self.next_seq = seq + 1;
+                self.delivered.stream = seq;
+                self.num_pending = self.num_pending.saturating_sub(1);
+            }
         }
         let deliveries = if self.acks() {
             let previous = self.pending.get(&seq).map_or(0, |p| p.deliveries);
@@ -616,9 +791,9 @@ impl Consumer {
         out: &mut Vec<Action>,
     ) -> bool {
         let changed = match kind {
-            AckKind::Ack => self.acknowledge(stream_seq),
+            AckKind::Ack => self.acknowledge(stream_seq, now),
             AckKind::Next(req) => {
-                let changed = self.acknowledge(stream_seq);
+                let changed = self.acknowledge(stream_seq, now);
                 if let Some(reply) = reply {
                     self.pull(reply, req, source, now, out);
                 }
@@ -677,8 +852,8 @@ impl Consumer {
         }
     }
 
-    fn acknowledge(&mut self, stream_seq: u64) -> bool {
-        match self.cfg.ack_policy {
+    fn acknowledge(&mut self, stream_seq: u64, now: i64) -> bool {
+        let changed = match self.cfg.ack_policy {
             AckPolicy::None => false,
             AckPolicy::Explicit => {
                 let known = self.pending.contains_key(&stream_seq);
@@ -693,7 +868,11 @@ impl Consumer {
                 }
                 !covered.is_empty()
             }
+        };
+        if changed {
+            self.last_acked_at = Some(now);
         }
+        changed
     }
 
     /// Drops `seq` from pending (acked, terminated, out of deliveries, or gone)
@@ -1275,6 +1454,150 @@ mod tests {
                 "NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 1\r\nNats-Pending-Bytes: 0\r\n\r\n"
             ]
         );
+    }
+
+    /// Info as the captured `CONSUMER.INFO` shows it, field for field.
+    #[test]
+    fn info_has_nats_servers_shape() {
+        let src = Fake::with(&["O.new", "O.new"]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"NEW","filter_subject":"O.new","ack_policy":"explicit"}"#),
+            &src,
+        );
+        let text = serde_json::to_string(&c.info("O", 1, 2)).expect("json");
+        let fresh: serde_json::Value = serde_json::from_str(&text).expect("parse");
+        // Top-level keys in the order they are written (`config` is one object).
+        let mut keys: Vec<&str> = fresh
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_by_key(|k| text.find(&format!("\"{k}\":")).unwrap_or(usize::MAX));
+        assert_eq!(
+            keys,
+            [
+                "stream_name",
+                "name",
+                "created",
+                "config",
+                "delivered",
+                "ack_floor",
+                "num_ack_pending",
+                "num_redelivered",
+                "num_waiting",
+                "num_pending",
+                "ts"
+            ]
+        );
+        assert_eq!(
+            fresh["delivered"],
+            serde_json::json!({"consumer_seq": 0, "stream_seq": 0})
+        );
+        assert_eq!(fresh["num_pending"], 2);
+        assert_eq!(fresh["config"]["metadata"]["_nats.level"], "4");
+        let mut out = Vec::new();
+        c.pull(reply("r"), request("1"), &src, 5 * S, &mut out);
+        let info = c.info("O", 1, 6 * S);
+        assert_eq!(
+            (
+                info.delivered.last_active.as_deref(),
+                info.ack_floor.last_active.as_deref()
+            ),
+            (Some("1970-01-01T00:00:05Z"), None)
+        );
+        assert_eq!((info.num_ack_pending, info.num_pending), (1, 1));
+    }
+
+    /// Kept state brings back exactly what was pending, and nothing acknowledged.
+    #[test]
+    fn restored_state_redelivers_the_unacknowledged_only() {
+        let src = Fake::with(&["O.a", "O.b", "O.c", "O.d"]);
+        let cfg = config(r#"{"durable_name":"N","ack_policy":"explicit","ack_wait":5000000000}"#);
+        let mut c = Consumer::new(cfg.clone(), &src);
+        let mut out = Vec::new();
+        c.pull(reply("r"), request("3"), &src, 0, &mut out);
+        c.ack(1, AckKind::Ack, None, &src, S, &mut out);
+        c.ack(3, AckKind::Nak(None), None, &src, S, &mut out);
+        c.pull(reply("r"), request("1"), &src, S, &mut out);
+        assert_eq!(
+            delivered(&out),
+            [(1, 1, 1), (2, 2, 1), (3, 3, 1), (3, 4, 2)]
+        );
+        let kept = c.state();
+        assert_eq!(kept.pending, BTreeMap::from([(2, (2, 0)), (3, (4, S))]));
+        assert_eq!(kept.redelivered, BTreeMap::from([(3, 2)]));
+        let json = serde_json::to_string(&kept).expect("encode");
+        let kept: ConsumerState = serde_json::from_str(&json).expect("decode");
+
+        let mut back = Consumer::restore(cfg, &kept, &src);
+        assert_eq!(
+            (back.delivered(), back.ack_floor()),
+            (c.delivered(), c.ack_floor())
+        );
+        assert_eq!(back.num_pending(), 1, "only 4 was never delivered");
+        assert_eq!(
+            back.next_deadline(),
+            Some(5 * S),
+            "2's ack wait from its first delivery"
+        );
+        out.clear();
+        back.pull(
+            reply("r"),
+            request(r#"{"batch":3,"expires":60000000000}"#),
+            &src,
+            5 * S,
+            &mut out,
+        );
+        assert_eq!(
+            delivered(&out),
+            [(4, 5, 1)],
+            "new messages first; the rest is not due"
+        );
+        out.clear();
+        back.tick(&src, 6 * S, &mut out);
+        assert_eq!(
+            delivered(&out),
+            [(2, 6, 2), (3, 7, 3)],
+            "both come back, counted"
+        );
+    }
+
+    /// The same core on a real store: the index answers without loading messages.
+    #[test]
+    fn a_filtered_consumer_on_a_memory_store() {
+        use strait_storage::{AnyStore, Limits, MemStore, Store};
+        let store = AnyStore::Memory(Box::new(MemStore::new(Limits::default())));
+        futures_lite::future::block_on(async {
+            for (i, subject) in ["O.a", "O.b", "O.a", "O.c", "O.a"].iter().enumerate() {
+                store
+                    .append(subject, b"", b"payload", i as i64 + 1, None)
+                    .await
+                    .expect("append");
+            }
+        });
+        let mut c = Consumer::new(
+            config(
+                r#"{"durable_name":"N","ack_policy":"explicit","filter_subjects":["O.a","O.c"]}"#,
+            ),
+            &store,
+        );
+        assert_eq!(c.num_pending(), 4);
+        let mut out = Vec::new();
+        c.pull(reply("r"), request("3"), &store, 0, &mut out);
+        assert_eq!(delivered(&out), [(1, 1, 1), (3, 2, 1), (4, 3, 1)]);
+        let last = Consumer::new(
+            config(
+                r#"{"ack_policy":"none","deliver_policy":"last_per_subject","filter_subject":"O.*"}"#,
+            ),
+            &store,
+        );
+        assert_eq!(last.num_pending(), 3, "the last of a, b and c");
+        let mut last = last;
+        out.clear();
+        last.pull(reply("r"), request("5"), &store, 0, &mut out);
+        assert_eq!(delivered(&out), [(2, 1, 1), (4, 2, 1), (5, 3, 1)]);
+        assert_eq!(last.num_pending(), 0);
     }
 
     #[test]

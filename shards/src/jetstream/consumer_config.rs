@@ -797,6 +797,103 @@ impl ConsumerConfig {
     }
 }
 
+/// The body of `$JS.API.CONSUMER.CREATE.*` and `CONSUMER.DURABLE.CREATE.*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct CreateRequest {
+    #[serde(rename = "stream_name", default)]
+    pub stream: String,
+    #[serde(default)]
+    pub config: ConsumerConfig,
+    #[serde(default)]
+    pub action: Action,
+    #[serde(default)]
+    pub pedantic: bool,
+}
+
+/// Which form of the create subject a request came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CreateForm {
+    /// `CONSUMER.CREATE.<stream>`: ephemeral, the name (if any) from the body.
+    LegacyEphemeral,
+    /// `CONSUMER.DURABLE.CREATE.<stream>.<durable>`.
+    LegacyDurable,
+    /// `CONSUMER.CREATE.<stream>.<consumer>[.<filter>]`.
+    Named,
+}
+
+impl CreateRequest {
+    /// Checks a create request against the subject it came on (the tokens after
+    /// `$JS.API.`) as nats-server does, and gives the consumer the name the
+    /// subject carries.
+    pub fn resolve(mut self, tokens: &[&str]) -> Result<CreateRequest, ApiError> {
+        let (form, stream, consumer, filter) = match tokens {
+            ["CONSUMER", "CREATE", stream] => (
+                CreateForm::LegacyEphemeral,
+                *stream,
+                self.config.name.clone(),
+                None,
+            ),
+            ["CONSUMER", "DURABLE", "CREATE", stream, durable] => (
+                CreateForm::LegacyDurable,
+                *stream,
+                durable.to_string(),
+                None,
+            ),
+            ["CONSUMER", "DURABLE", ..] => {
+                return Err(errors::CONSUMER_DURABLE_NAME_NOT_IN_SUBJECT.error())
+            }
+            ["CONSUMER", "CREATE", stream, consumer, filter @ ..] => (
+                CreateForm::Named,
+                *stream,
+                consumer.to_string(),
+                (!filter.is_empty()).then(|| filter.join(".")),
+            ),
+            _ => return Err(errors::BAD_REQUEST.error()),
+        };
+        if stream != self.stream {
+            return Err(errors::STREAM_MISMATCH.error());
+        }
+        if consumer.contains(['\\', '/']) {
+            return Err(errors::CONSUMER_NAME_CONTAINS_PATH_SEPARATORS.error());
+        }
+        match form {
+            CreateForm::LegacyDurable => {
+                if self.config.durable.is_empty() {
+                    return Err(errors::CONSUMER_DURABLE_NAME_NOT_SET.error());
+                }
+                if consumer != self.config.durable {
+                    return Err(errors::CONSUMER_DURABLE_NAME_NOT_MATCH_SUBJECT.error());
+                }
+                self.config.name = consumer;
+            }
+            CreateForm::Named => {
+                if !self.config.durable.is_empty() && consumer != self.config.durable {
+                    return Err(errors::CONSUMER_DURABLE_NAME_NOT_MATCH_SUBJECT.error());
+                }
+                self.config.name = consumer;
+            }
+            CreateForm::LegacyEphemeral => {
+                if !self.config.durable.is_empty() {
+                    return Err(errors::CONSUMER_EPHEMERAL_WITH_DURABLE_NAME.error());
+                }
+            }
+        }
+        if let Some(filter) = filter {
+            if !self.config.filter_subjects.is_empty() {
+                return Err(errors::CONSUMER_MULTIPLE_FILTERS_NOT_ALLOWED.error());
+            }
+            if self.config.filter_subject != filter {
+                return Err(errors::CONSUMER_CREATE_FILTER_SUBJECT_MISMATCH.error());
+            }
+        }
+        // A single server has no replicas to give.
+        if self.config.num_replicas > 1 {
+            return Err(errors::STREAM_REPLICAS_NOT_SUPPORTED.error());
+        }
+        Ok(self)
+    }
+}
+
 /// Go's `time.Duration.String()` for whole nanoseconds, as nats-server puts
 /// durations in error texts.
 pub fn go_duration(ns: i64) -> String {
@@ -1112,6 +1209,84 @@ mod tests {
         let mut b = old.clone();
         b.opt_start_time = Some("2026-01-01T00:00:00Z".into());
         a.check_update(&b, false).expect("the same instant");
+    }
+
+    fn create(subject: &str, body: &str) -> Result<CreateRequest, ApiError> {
+        let tokens: Vec<&str> = subject.split('.').skip(2).collect();
+        serde_json::from_str::<CreateRequest>(body)
+            .expect("body")
+            .resolve(&tokens)
+    }
+
+    /// The subject forms and the captured refusals.
+    #[test]
+    fn create_subjects_are_checked_against_the_body() {
+        let named = create(
+            "$JS.API.CONSUMER.CREATE.ORDERS.NEW.ORDERS.new",
+            r#"{"stream_name":"ORDERS","config":{"durable_name":"NEW","filter_subject":"ORDERS.new"},"action":"create"}"#,
+        )
+        .expect("named with filter");
+        assert_eq!(
+            (named.config.name.as_str(), named.action),
+            ("NEW", Action::Create)
+        );
+        let e = create(
+            "$JS.API.CONSUMER.CREATE.ORDERS.AAA",
+            r#"{"stream_name":"ORDERS","config":{"durable_name":"BBB","ack_policy":"explicit"}}"#,
+        )
+        .expect_err("captured 38");
+        assert_eq!(
+            (e.code, e.err_code, e.description.as_str()),
+            (
+                400,
+                10017,
+                "consumer name in subject does not match durable name in request"
+            )
+        );
+        let durable = create(
+            "$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.DISPATCH",
+            r#"{"stream_name":"ORDERS","config":{"durable_name":"DISPATCH"}}"#,
+        )
+        .expect("legacy durable");
+        assert_eq!(durable.config.name, "DISPATCH");
+        for (subject, body, kind) in [
+            (
+                "$JS.API.CONSUMER.CREATE.OTHER",
+                r#"{"stream_name":"ORDERS"}"#,
+                errors::STREAM_MISMATCH,
+            ),
+            (
+                "$JS.API.CONSUMER.CREATE.ORDERS",
+                r#"{"stream_name":"ORDERS","config":{"durable_name":"D"}}"#,
+                errors::CONSUMER_EPHEMERAL_WITH_DURABLE_NAME,
+            ),
+            (
+                "$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.D",
+                r#"{"stream_name":"ORDERS","config":{}}"#,
+                errors::CONSUMER_DURABLE_NAME_NOT_SET,
+            ),
+            (
+                "$JS.API.CONSUMER.CREATE.ORDERS.C.ORDERS.x",
+                r#"{"stream_name":"ORDERS","config":{"filter_subject":"ORDERS.y"}}"#,
+                errors::CONSUMER_CREATE_FILTER_SUBJECT_MISMATCH,
+            ),
+            (
+                "$JS.API.CONSUMER.CREATE.ORDERS.C.ORDERS.x",
+                r#"{"stream_name":"ORDERS","config":{"filter_subjects":["ORDERS.x"]}}"#,
+                errors::CONSUMER_MULTIPLE_FILTERS_NOT_ALLOWED,
+            ),
+            (
+                "$JS.API.CONSUMER.CREATE.ORDERS.C",
+                r#"{"stream_name":"ORDERS","config":{"num_replicas":3}}"#,
+                errors::STREAM_REPLICAS_NOT_SUPPORTED,
+            ),
+        ] {
+            assert_eq!(
+                create(subject, body).expect_err(subject).err_code,
+                kind.err_code,
+                "{subject}"
+            );
+        }
     }
 
     #[test]

@@ -158,6 +158,41 @@ impl StoreView for AnyStore {
     }
 }
 
+/// What a consumer sees of its stream: the index, never the messages.
+impl super::consumer::Source for AnyStore {
+    fn next_match(&self, start: u64, filters: &[String]) -> Option<(u64, u64)> {
+        self.next_matching(start, filters)
+    }
+    fn size_of(&self, seq: u64) -> Option<u64> {
+        self.stored_size(seq)
+    }
+    fn num_pending(&self, start: u64, filters: &[String]) -> u64 {
+        if filters.is_empty() {
+            return Store::num_pending(self, start, ">");
+        }
+        // A consumer's filters never overlap: the counts add up.
+        filters
+            .iter()
+            .map(|f| Store::num_pending(self, start, f))
+            .sum()
+    }
+    fn last_seq(&self) -> u64 {
+        self.fast_state().last_seq
+    }
+    fn last_per_subject(&self, filters: &[String]) -> Vec<u64> {
+        let every = [">".to_string()];
+        let filters = if filters.is_empty() {
+            &every[..]
+        } else {
+            filters
+        };
+        self.multi_last(filters, 0, usize::MAX).unwrap_or_default()
+    }
+    fn seq_from_time(&self, ts: i64) -> u64 {
+        Store::seq_from_time(self, ts)
+    }
+}
+
 /// The store limits a stream configuration asks for.
 pub fn store_limits(cfg: &StreamConfig) -> Limits {
     let positive = |v: i64| (v > 0).then_some(v as u64);

@@ -7,6 +7,7 @@
 //! [`host`] runs streams on their shard, [`service`] answers `$JS.API` on the
 //! control executor.
 
+pub mod ack;
 pub mod config;
 pub mod consumer;
 pub mod consumer_config;
