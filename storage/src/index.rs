@@ -578,6 +578,19 @@ impl<L> Index<L> {
             return 0;
         }
         if is_match_all(filter) {
+            // Walk the shorter side of `start`: a consumer starting at the first
+            // or the last message counts in O(1), not O(stream).
+            let before = start - self.base;
+            let after = self.last_seq - start + 1;
+            if before <= after {
+                let live_before = self
+                    .slots
+                    .iter()
+                    .take(before as usize)
+                    .filter(|e| e.is_some())
+                    .count() as u64;
+                return self.msgs - live_before;
+            }
             return self.iter_from(start).count() as u64;
         }
         if !has_wildcard(filter.as_bytes()) {
@@ -921,6 +934,24 @@ mod tests {
         ix.purge_all();
         assert_eq!(ix.next_expiry(), None);
         assert!(ix.expiries.is_empty() && ix.ttls.is_empty());
+    }
+
+    /// Counting from either end of the stream gives what a walk would.
+    #[test]
+    fn pending_for_every_subject_counts_from_the_nearer_end() {
+        let mut ix: Index<()> = Index::new(Limits::default());
+        for s in 1..=10 {
+            ix.insert(s, e("x", 0), 0);
+        }
+        ix.remove(2);
+        ix.remove(9);
+        for start in 0..=12 {
+            let walked = ix.iter_from(start.max(1)).count() as u64;
+            assert_eq!(ix.num_pending(start, ">"), walked, "from {start}");
+        }
+        ix.compact(4);
+        assert_eq!(ix.num_pending(1, ">"), 6);
+        assert_eq!(ix.num_pending(5, ">"), 5);
     }
 
     #[test]
