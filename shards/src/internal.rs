@@ -128,7 +128,7 @@ impl InternalClient {
     pub fn deliver(&self, sub: &Subscription, msg: &Message<'_>) -> Option<usize> {
         let item = InternalMsg {
             sid: sub.sid.clone(),
-            subject: msg.share(msg.subject),
+            subject: msg.share(msg.shown_subject()),
             reply: msg.share(msg.reply),
             header_len: msg.header_len,
             message: msg.share(msg.message),

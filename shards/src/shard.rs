@@ -140,8 +140,14 @@ impl ShardIo<'_> {
         if !msg.reply.is_empty() {
             client.note_request(msg.reply);
         }
-        let pending =
-            client.queue_msg(msg.subject, &sub.sid, msg.reply, header_len, message, zeros);
+        let pending = client.queue_msg(
+            msg.shown_subject(),
+            &sub.sid,
+            msg.reply,
+            header_len,
+            message,
+            zeros,
+        );
         let max_pending = self.max_pending;
         if pending > max_pending {
             if self
@@ -207,6 +213,18 @@ impl RouterIo for ShardIo<'_> {
             waker.wake();
         }
     }
+}
+
+/// One message an internal client publishes (see [`Shard::internal_deliver`]).
+pub struct InternalDelivery<'a> {
+    pub subject: &'a [u8],
+    /// Empty: shown as `subject`.
+    pub deliver_as: &'a [u8],
+    pub reply: &'a [u8],
+    pub header_len: usize,
+    /// Headers and payload.
+    pub message: &'a [u8],
+    pub owner: &'a Bytes,
 }
 
 impl Shard {
@@ -487,6 +505,7 @@ impl Shard {
     ) -> Routed {
         let msg = Message {
             subject,
+            deliver_as: b"",
             reply,
             header_len,
             message,
@@ -611,15 +630,47 @@ impl Shard {
         header_len: usize,
         message: &Bytes,
     ) -> Routed {
+        self.internal_deliver(
+            from,
+            account,
+            InternalDelivery {
+                subject,
+                deliver_as: b"",
+                reply,
+                header_len,
+                message,
+                owner: message,
+            },
+        )
+    }
+
+    /// Publishes a message routed by one subject and shown as another (a
+    /// JetStream consumer's delivery). Parts that lie in `owner` cross shards
+    /// without a copy.
+    pub fn internal_deliver(
+        &self,
+        from: Option<SubscriberId>,
+        account: u32,
+        d: InternalDelivery<'_>,
+    ) -> Routed {
+        let InternalDelivery {
+            subject,
+            deliver_as,
+            reply,
+            header_len,
+            message,
+            owner,
+        } = d;
         if header_len > message.len() || !crate::subject::is_valid_literal_subject(subject) {
             return Routed::default();
         }
         let msg = Message {
             subject,
+            deliver_as,
             reply,
             header_len,
             message,
-            owner: message,
+            owner,
             zeros: proto::SizeZeros::default(),
         };
         // As for a client that asked for it: a request with headers support.

@@ -142,7 +142,15 @@ impl PullRequest {
         let body = body.trim_ascii();
         let mut req = match body.first() {
             None => PullRequest::default(),
-            Some(b'{') => serde_json::from_slice::<PullRequest>(body).map_err(|e| e.to_string())?,
+            Some(b'{') => {
+                // Clients send `null` for what they leave out (Go reads it as zero).
+                let mut value: serde_json::Value =
+                    serde_json::from_slice(body).map_err(|e| e.to_string())?;
+                if let serde_json::Value::Object(fields) = &mut value {
+                    fields.retain(|_, v| !v.is_null());
+                }
+                serde_json::from_value::<PullRequest>(value).map_err(|e| e.to_string())?
+            }
             Some(_) => PullRequest {
                 batch: std::str::from_utf8(body)
                     .ok()
@@ -288,11 +296,16 @@ pub enum Action {
     /// `$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED`.
     Terminated {
         stream_seq: u64,
+        consumer_seq: u64,
         deliveries: u64,
         reason: String,
     },
     /// `$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED`.
-    Naked { stream_seq: u64, deliveries: u64 },
+    Naked {
+        stream_seq: u64,
+        consumer_seq: u64,
+        deliveries: u64,
+    },
 }
 
 /// A pull request waiting for messages.
@@ -505,6 +518,24 @@ impl Consumer {
         }
         consumer.recount(source);
         consumer
+    }
+
+    /// An update: the new configuration (which [`ConsumerConfig::check_update`]
+    /// allowed) takes effect from the next delivery; what was delivered stays.
+    pub fn set_config(&mut self, cfg: ConsumerConfig, source: &impl Source) {
+        self.filters = cfg.filters().into_iter().map(str::to_string).collect();
+        self.cfg = cfg;
+        self.recount(source);
+    }
+
+    /// The consumer is deleted: its waiting pull requests hear so.
+    pub fn close(&self, out: &mut Vec<Action>) {
+        for req in &self.waiting {
+            out.push(Action::Status {
+                to: req.reply.clone(),
+                status: Status::Conflict("Consumer Deleted".into()),
+            });
+        }
     }
 
     /// Counts the undelivered messages again, after a purge or a delete.
@@ -805,6 +836,7 @@ impl Consumer {
                 };
                 out.push(Action::Naked {
                     stream_seq,
+                    consumer_seq: p.consumer_seq,
                     deliveries: p.deliveries,
                 });
                 self.due.remove(&(p.due, stream_seq));
@@ -833,6 +865,7 @@ impl Consumer {
                 self.forget(stream_seq);
                 out.push(Action::Terminated {
                     stream_seq,
+                    consumer_seq: p.consumer_seq,
                     deliveries: p.deliveries,
                     reason,
                 });
@@ -1276,6 +1309,7 @@ mod tests {
             out,
             [Action::Naked {
                 stream_seq: 1,
+                consumer_seq: 1,
                 deliveries: 1
             }]
         );
@@ -1314,6 +1348,7 @@ mod tests {
             out,
             [Action::Terminated {
                 stream_seq: 3,
+                consumer_seq: 3,
                 deliveries: 1,
                 reason: "done with it".into()
             }]

@@ -30,6 +30,8 @@ use crate::internal::{InternalMsg, InternalReceiver};
 use crate::router::SubscriberId;
 use crate::shard::Shard;
 
+mod consumers;
+
 /// Direct gets: `$JS.API.DIRECT.GET.<stream>` and `...<stream>.<subject>`.
 pub const DIRECT_GET_PREFIX: &str = "$JS.API.DIRECT.GET.";
 /// nats-server's queue group for a stream's direct get subscriptions.
@@ -92,6 +94,17 @@ pub enum StreamOp {
     },
     /// Stops the stream and removes its data.
     Delete,
+    /// Runs a consumer (or updates its configuration); answers its info.
+    PutConsumer {
+        config: Box<super::consumer_config::ConsumerConfig>,
+        created: i64,
+    },
+    ConsumerInfo {
+        name: String,
+    },
+    DeleteConsumer {
+        name: String,
+    },
 }
 
 impl StreamOp {
@@ -140,11 +153,14 @@ pub struct Hosted {
     /// acknowledges them when it waits for more.
     pending: RefCell<std::collections::VecDeque<PendingAck>>,
     acker: Cell<Option<std::task::Waker>>,
+    consumers: consumers::Consumers,
 }
 
 /// A staged append and what its acknowledgement needs.
 struct PendingAck {
     append: Append,
+    /// The subject it is stored under, for the consumers.
+    subject: Bytes,
     reply: Bytes,
     republish: Option<Republish>,
 }
@@ -295,6 +311,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
         ),
         pending: RefCell::default(),
         acker: Cell::new(None),
+        consumers: consumers::Consumers::default(),
     });
     if let Err(e) = hosted.subscribe(shard, &spec.config) {
         shard.remove_internal(internal);
@@ -344,7 +361,11 @@ async fn expire(hosted: Rc<Hosted>) {
             break;
         }
         let now = now_ns();
-        let mut result = hosted.store.expire(now).await.map(drop);
+        let expired = hosted.store.expire(now).await;
+        if expired.as_ref().is_ok_and(|removed| *removed > 0) {
+            hosted.recount_consumers();
+        }
+        let mut result = expired.map(drop);
         if result.is_ok() {
             result = hosted.replace_with_markers(now).await;
         }
@@ -406,13 +427,14 @@ impl Hosted {
             match marker {
                 Some((headers, accepted)) => {
                     let append = self.append(
-                        Bytes::from(m.subject),
+                        Bytes::from(m.subject.clone()),
                         Bytes::from(headers),
                         Bytes::new(),
                         now_ns(),
                         &accepted,
                     );
-                    append.await?;
+                    let seq = append.await?;
+                    self.offer(seq, &m.subject);
                 }
                 None => {
                     self.store.delete(seq, false).await?;
@@ -481,7 +503,9 @@ impl Hosted {
 
     /// One message off the stream's queue: a publish to store, or a direct get.
     fn take(self: &Rc<Self>, shard: &Rc<Shard>, msg: InternalMsg) {
-        if self.direct_sids.borrow().contains(&msg.sid) {
+        if self.consumers.owns(&msg.sid) {
+            self.consumer_message(msg);
+        } else if self.direct_sids.borrow().contains(&msg.sid) {
             let hosted = self.clone();
             let shard = shard.clone();
             glommio::spawn_local(async move {
@@ -760,7 +784,7 @@ impl Hosted {
             std::borrow::Cow::Borrowed(_) => msg.subject.clone(),
             std::borrow::Cow::Owned(mapped) => Bytes::from(mapped),
         };
-        let mut append = self.append(subject, headers, payload, now, &accepted);
+        let mut append = self.append(subject.clone(), headers, payload, now, &accepted);
         // The first poll stages the record (its sequence and index entry) before
         // the next message is checked against the store; the rest waits for the
         // group commit in its own task.
@@ -772,10 +796,13 @@ impl Hosted {
         }
         self.usage.report(staged.bytes, false);
         match first {
-            std::task::Poll::Ready(result) => self.appended(shard, &reply, result, republish),
+            std::task::Poll::Ready(result) => {
+                self.appended(shard, &subject, &reply, result, republish)
+            }
             std::task::Poll::Pending => {
                 self.pending.borrow_mut().push_back(PendingAck {
                     append,
+                    subject,
                     reply,
                     republish,
                 });
@@ -814,7 +841,7 @@ impl Hosted {
                     item.append.await
                 }
             };
-            self.appended(&shard, &item.reply, result, item.republish);
+            self.appended(&shard, &item.subject, &item.reply, result, item.republish);
             if self.pending.borrow().is_empty() {
                 shard.flush_lanes().await;
             }
@@ -881,12 +908,16 @@ impl Hosted {
     fn appended(
         &self,
         shard: &Shard,
+        subject: &[u8],
         reply: &[u8],
         result: Result<u64, StoreError>,
         republish: Option<Republish>,
     ) {
         match result {
             Ok(seq) => {
+                if let Ok(subject) = std::str::from_utf8(subject) {
+                    self.offer(seq, subject);
+                }
                 if let Some(r) = republish {
                     self.republish(shard, r, seq);
                 }
@@ -925,7 +956,7 @@ impl Hosted {
         self.send(shard, &r.destination, &headers, payload);
     }
 
-    async fn op(&self, shard: &Rc<Shard>, op: StreamOp) -> Result<Value, ApiError> {
+    async fn op(self: &Rc<Self>, shard: &Rc<Shard>, op: StreamOp) -> Result<Value, ApiError> {
         match op {
             StreamOp::State {
                 subjects_filter,
@@ -943,8 +974,11 @@ impl Hosted {
                     old.subjects != config.subjects || old.allow_direct != config.allow_direct
                 };
                 if resubscribe {
+                    let kept = self.consumers.sids();
                     for sid in shard.internal_sids(self.internal) {
-                        shard.internal_unsubscribe(self.internal, &sid);
+                        if !kept.contains(&sid) {
+                            shard.internal_unsubscribe(self.internal, &sid);
+                        }
                     }
                     self.subscribe(shard, &config)?;
                     shard.barrier().await;
@@ -958,6 +992,7 @@ impl Hosted {
                     .purge(&req)
                     .await
                     .map_err(|e| errors::STREAM_PURGE_FAILED.err(e))?;
+                self.recount_consumers();
                 Ok(json!(purged))
             }
             StreamOp::GetMsg {
@@ -986,7 +1021,10 @@ impl Hosted {
             StreamOp::DeleteMsg { seq, erase } => {
                 let state = self.store.fast_state();
                 match self.store.delete(seq, erase).await {
-                    Ok(true) => Ok(json!(true)),
+                    Ok(true) => {
+                        self.recount_consumers();
+                        Ok(json!(true))
+                    }
                     // As nats-server tells them apart: past the end of the stream,
                     // before it (or 0), and a sequence in it already deleted.
                     Ok(false) | Err(StoreError::NotFound) if seq > state.last_seq => {
@@ -1003,6 +1041,7 @@ impl Hosted {
             }
             StreamOp::Delete => {
                 self.closed.set(true);
+                self.close_consumers();
                 if let Some(waker) = self.acker.take() {
                     waker.wake();
                 }
@@ -1016,6 +1055,11 @@ impl Hosted {
                 }
                 Ok(json!(true))
             }
+            StreamOp::PutConsumer { config, created } => {
+                self.put_consumer(shard, *config, created).await
+            }
+            StreamOp::ConsumerInfo { name } => self.consumer_info(&name),
+            StreamOp::DeleteConsumer { name } => self.delete_consumer(shard, &name),
         }
     }
 
@@ -1047,7 +1091,7 @@ impl Hosted {
         if deleted_details && !st.deleted.is_empty() {
             out.insert("deleted".into(), json!(st.deleted));
         }
-        out.insert("consumer_count".into(), json!(0));
+        out.insert("consumer_count".into(), json!(self.consumers.len()));
         Value::Object(out)
     }
 }

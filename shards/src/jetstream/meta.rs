@@ -1,5 +1,5 @@
 //! The JetStream meta state: which streams exist, in which account, with which
-//! configuration, on which shard. It changes only by applying [`MetaChange`]s in
+//! configuration, on which shard, and which consumers each stream has. It changes only by applying [`MetaChange`]s in
 //! order, so the same machine can be fed from this server's own durable log
 //! ([`MetaLog`]) or, once clustered, from a Raft meta group.
 
@@ -13,6 +13,7 @@ use strait_storage::record::{self, DecodeError, Keys, Record};
 use strait_storage::Encryption;
 
 use super::config::StreamConfig;
+use super::consumer_config::ConsumerConfig;
 
 /// Where one stream lives and what it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +23,24 @@ pub struct StreamAssignment {
     /// Creation time, ns since the epoch.
     pub created: i64,
     pub shard: usize,
+}
+
+/// One consumer of a stream. Its delivery state is the stream's shard's
+/// business (kept beside the stream's messages); this is what it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerAssignment {
+    pub account: String,
+    pub stream: String,
+    /// Normalized: the name is set, defaults are filled in.
+    pub config: ConsumerConfig,
+    /// Creation time, ns since the epoch.
+    pub created: i64,
+}
+
+impl ConsumerAssignment {
+    pub fn name(&self) -> &str {
+        self.config.consumer_name()
+    }
 }
 
 /// One change of the meta state.
@@ -37,13 +56,24 @@ pub enum MetaChange {
         account: String,
         name: String,
     },
+    /// Adds a consumer, or replaces its configuration (an update).
+    PutConsumer(Box<ConsumerAssignment>),
+    DeleteConsumer {
+        account: String,
+        stream: String,
+        name: String,
+    },
 }
+
+/// A consumer's key: (account, stream, consumer).
+type ConsumerKey = (String, String, String);
 
 /// The meta state machine.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct MetaState {
     /// By (account, stream name).
     streams: BTreeMap<(String, String), StreamAssignment>,
+    consumers: BTreeMap<ConsumerKey, ConsumerAssignment>,
 }
 
 impl MetaState {
@@ -66,8 +96,58 @@ impl MetaState {
             }
             MetaChange::DeleteStream { account, name } => {
                 self.streams.remove(&(account.clone(), name.clone()));
+                let keys: Vec<ConsumerKey> = self
+                    .consumers_of(account, name)
+                    .map(|c| (c.account.clone(), c.stream.clone(), c.name().to_string()))
+                    .collect();
+                for key in keys {
+                    self.consumers.remove(&key);
+                }
+            }
+            MetaChange::PutConsumer(c) => {
+                if self.stream(&c.account, &c.stream).is_some() {
+                    let key = (c.account.clone(), c.stream.clone(), c.name().to_string());
+                    self.consumers.insert(key, (**c).clone());
+                }
+            }
+            MetaChange::DeleteConsumer {
+                account,
+                stream,
+                name,
+            } => {
+                self.consumers
+                    .remove(&(account.clone(), stream.clone(), name.clone()));
             }
         }
+    }
+
+    pub fn consumer(&self, account: &str, stream: &str, name: &str) -> Option<&ConsumerAssignment> {
+        self.consumers
+            .get(&(account.to_string(), stream.to_string(), name.to_string()))
+    }
+
+    /// A stream's consumers, by name.
+    pub fn consumers_of<'a>(
+        &'a self,
+        account: &'a str,
+        stream: &'a str,
+    ) -> impl Iterator<Item = &'a ConsumerAssignment> + 'a {
+        self.consumers
+            .range((account.to_string(), stream.to_string(), String::new())..)
+            .take_while(move |((a, s, _), _)| a == account && s == stream)
+            .map(|(_, c)| c)
+    }
+
+    pub fn consumers_total(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// How many consumers the account has, over all its streams.
+    pub fn consumer_count(&self, account: &str) -> usize {
+        self.consumers
+            .range((account.to_string(), String::new(), String::new())..)
+            .take_while(|((a, _, _), _)| a == account)
+            .count()
     }
 
     pub fn stream(&self, account: &str, name: &str) -> Option<&StreamAssignment> {
@@ -112,13 +192,16 @@ impl MetaState {
             .map_or(0, |(i, _)| i)
     }
 
-    /// The changes that rebuild this state (a compacted log).
+    /// The changes that rebuild this state (a compacted log). Ephemeral
+    /// consumers are not written (see [`MetaLog::commit`]).
     fn as_changes(&self) -> Vec<MetaChange> {
-        self.streams
+        let streams = self.streams.values().cloned().map(MetaChange::AddStream);
+        let consumers = self
+            .consumers
             .values()
-            .cloned()
-            .map(MetaChange::AddStream)
-            .collect()
+            .filter(|c| c.config.is_durable())
+            .map(|c| MetaChange::PutConsumer(Box::new(c.clone())));
+        streams.chain(consumers).collect()
     }
 }
 
@@ -175,7 +258,28 @@ impl MetaChange {
             MetaChange::AddStream(a) => (a.account.clone(), a.config.name.clone()),
             MetaChange::UpdateStream { account, config } => (account.clone(), config.name.clone()),
             MetaChange::DeleteStream { account, name } => (account.clone(), name.clone()),
+            MetaChange::PutConsumer(c) => (c.account.clone(), c.stream.clone()),
+            MetaChange::DeleteConsumer {
+                account, stream, ..
+            } => (account.clone(), stream.clone()),
         }
+    }
+
+    /// Whether the change outlives a restart: an ephemeral consumer does not
+    /// (nats-server forgets them too; their clients make them again).
+    fn is_durable(&self) -> bool {
+        match self {
+            MetaChange::PutConsumer(c) => c.config.is_durable(),
+            _ => true,
+        }
+    }
+
+    /// Whether the line holds nothing but names, and so is never sealed.
+    fn only_names(&self) -> bool {
+        matches!(
+            self,
+            MetaChange::DeleteStream { .. } | MetaChange::DeleteConsumer { .. }
+        )
     }
 }
 
@@ -315,7 +419,7 @@ impl MetaLog {
     fn line(&self, change: &MetaChange) -> Vec<u8> {
         let json = serde_json::to_vec(change).unwrap_or_default();
         let mut line = match &self.keys {
-            Some(keys) if !matches!(change, MetaChange::DeleteStream { .. }) => {
+            Some(keys) if !change.only_names() => {
                 let mut frame = Vec::new();
                 record::encode_meta(&mut frame, Some(keys), &json);
                 let (account, stream) = change.stream_key();
@@ -333,12 +437,28 @@ impl MetaLog {
     }
 
     /// Writes `change` durably, then applies it to `state`. A delete also
-    /// forgets the lines of an unreadable stream of that name.
+    /// forgets the lines of an unreadable stream of that name. What does not
+    /// outlive a restart (an ephemeral consumer, and the delete of one) is
+    /// applied without being written.
     pub fn commit(
         &mut self,
         state: &mut MetaState,
         change: MetaChange,
     ) -> Result<(), MetaLogError> {
+        let volatile = match &change {
+            MetaChange::DeleteConsumer {
+                account,
+                stream,
+                name,
+            } => state
+                .consumer(account, stream, name)
+                .is_some_and(|c| !c.config.is_durable()),
+            other => !other.is_durable(),
+        };
+        if volatile {
+            state.apply(&change);
+            return Ok(());
+        }
         let line = self.line(&change);
         let io = |source| MetaLogError::Io {
             path: self.path.clone(),
@@ -358,7 +478,7 @@ impl MetaLog {
     fn maybe_compact(&mut self, state: &MetaState) -> Result<(), MetaLogError> {
         if !self.kept.is_empty()
             || self.lines < COMPACT_MIN
-            || self.lines < state.len() * COMPACT_FACTOR
+            || self.lines < (state.len() + state.consumers.len()) * COMPACT_FACTOR
         {
             return Ok(());
         }

@@ -24,6 +24,8 @@ use crate::internal::InternalMsg;
 use crate::options::{JetStreamOptions, ServerOptions};
 use crate::permissions::is_subset;
 
+mod consumers;
+
 const API_PREFIX: &str = "$JS.API.";
 /// What the service answers (an unknown subject under these gets no answer, as
 /// from nats-server).
@@ -135,6 +137,22 @@ pub async fn start(
                 e.description
             );
             continue;
+        }
+        let consumers: Vec<_> = service
+            .meta
+            .borrow()
+            .consumers_of(&a.account, &name)
+            .cloned()
+            .collect();
+        for c in &consumers {
+            if let Err(e) = service.put_on_shard(&a, c).await {
+                tracing::error!(
+                    "JetStream could not restore consumer '{} > {name} > {}': {}",
+                    a.account,
+                    c.name(),
+                    e.description
+                );
+            }
         }
         let messages = match service.send_op(&a, StreamOp::state()).await {
             Ok(state) => state["messages"].as_u64().unwrap_or(0),
@@ -359,7 +377,8 @@ impl JetStream {
         out.insert("config".into(), self.config_json());
         out.insert("limits".into(), json!({}));
         out.insert("streams".into(), json!(figures.len()));
-        out.insert("consumers".into(), json!(0));
+        let consumers = self.0.meta.borrow().consumers_total();
+        out.insert("consumers".into(), json!(consumers));
         let messages: u64 = figures
             .iter()
             .filter_map(|f| f.state["messages"].as_u64())
@@ -826,44 +845,8 @@ impl Service {
             ["STREAM", "LIST"] => self.list(account, payload).await,
             ["STREAM", "MSG", "GET", name] => self.msg_get(account, name, payload).await,
             ["STREAM", "MSG", "DELETE", name] => self.msg_delete(account, name, payload).await,
-            ["CONSUMER", rest @ ..] => self.consumers_not_yet(account, rest, payload),
+            ["CONSUMER", ..] => self.consumer_request(account, tokens, payload).await,
             _ => Err(errors::BAD_REQUEST.error()),
-        }
-    }
-
-    /// Consumers come with the next part of JetStream. Until then every consumer
-    /// request gets a clear answer instead of a client's timeout: a create is
-    /// refused as not supported, a named consumer is not found (none can exist),
-    /// and the lists are empty; an unknown stream is not found first, as in
-    /// nats-server.
-    fn consumers_not_yet(
-        &self,
-        account: &str,
-        tokens: &[&str],
-        payload: &[u8],
-    ) -> Result<Value, ApiError> {
-        let stream = match tokens {
-            ["DURABLE", "CREATE", stream, _] | ["LEADER", "STEPDOWN", stream, _] => stream,
-            [_, stream, ..] => stream,
-            _ => return Err(errors::BAD_REQUEST.error()),
-        };
-        if self.meta.borrow().stream(account, stream).is_none() {
-            return Err(errors::STREAM_NOT_FOUND.error());
-        }
-        match tokens {
-            ["CREATE", ..] | ["DURABLE", "CREATE", ..] => {
-                Err(errors::CONSUMER_CREATE.err("consumers are not supported by this server yet"))
-            }
-            ["NAMES", _] | ["LIST", _] => {
-                let req: ListRequest = parse(payload)?;
-                Ok(json!({
-                    "total": 0,
-                    "offset": req.offset,
-                    "limit": NAMES_LIMIT,
-                    "consumers": [],
-                }))
-            }
-            _ => Err(errors::CONSUMER_NOT_FOUND.error()),
         }
     }
 
@@ -902,7 +885,7 @@ impl Service {
             "reserved_memory": 0,
             "reserved_storage": 0,
             "streams": streams.len(),
-            "consumers": 0,
+            "consumers": self.meta.borrow().consumer_count(account),
             "limits": {
                 "max_memory": limits.max_memory,
                 "max_storage": limits.max_store,

@@ -164,6 +164,11 @@ pub fn requires_newer_api(headers: &[u8]) -> bool {
 }
 
 impl Stream {
+    /// The server's JetStream domain, if it has one.
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
     pub fn new(config: StreamConfig, domain: Option<String>) -> Stream {
         let mut stream = Stream {
             config: StreamConfig::default(),

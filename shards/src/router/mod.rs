@@ -41,7 +41,12 @@ pub use wire::{Batch, Envelope, PeerId, PeerMsg, QueueName, QueueNames};
 /// get them as one shared buffer without a copy.
 #[derive(Clone, Copy)]
 pub struct Message<'a> {
+    /// What the message is routed by.
     pub subject: &'a [u8],
+    /// The subject its receivers see when it differs from `subject` (empty
+    /// otherwise): a JetStream consumer routes a delivery by the consumer's
+    /// deliver subject or the pull request's inbox, shown as the stored subject.
+    pub deliver_as: &'a [u8],
     pub reply: &'a [u8],
     pub header_len: usize,
     /// Headers and payload.
@@ -52,6 +57,15 @@ pub struct Message<'a> {
 }
 
 impl Message<'_> {
+    /// The subject receivers see.
+    pub fn shown_subject(&self) -> &[u8] {
+        if self.deliver_as.is_empty() {
+            self.subject
+        } else {
+            self.deliver_as
+        }
+    }
+
     /// `part` as its own `Bytes`: a slice of `owner` when it lies there, else a copy.
     pub fn share(&self, part: &[u8]) -> Bytes {
         let owner = self.owner.as_ptr() as usize;
@@ -890,6 +904,7 @@ impl Router {
         let mut envelope = Some(Envelope::pack(
             msg.owner,
             msg.subject,
+            msg.deliver_as,
             msg.reply,
             msg.header_len,
             msg.message,
@@ -1178,6 +1193,7 @@ impl Router {
     ) -> bool {
         let msg = Message {
             subject: envelope.subject(),
+            deliver_as: envelope.deliver_as(),
             reply: envelope.reply(),
             header_len: envelope.header_len as usize,
             message: envelope.message(),
@@ -1391,6 +1407,7 @@ impl Router {
             let header = Bytes::from(proto::no_responders_header(subject));
             let msg = Message {
                 subject: reply,
+                deliver_as: b"",
                 reply: b"",
                 header_len: header.len(),
                 message: &header,

@@ -67,7 +67,7 @@ impl RouterIo for TestIo {
         self.delivered.push(Delivered {
             owner: sub.owner,
             sid: sub.sid.clone(),
-            subject: Bytes::copy_from_slice(msg.subject),
+            subject: Bytes::copy_from_slice(msg.shown_subject()),
             reply: Bytes::copy_from_slice(msg.reply),
             header_len: msg.header_len,
             message: msg.share(msg.message),
@@ -358,6 +358,7 @@ impl Sim {
         let payload = Bytes::from(format!("{id}:{r}:{p}:{seq}"));
         let msg = Message {
             subject: subject.as_bytes(),
+            deliver_as: b"",
             reply: b"",
             header_len: 0,
             message: &payload,

@@ -63,6 +63,7 @@ fn publish_as(
     let frame = Bytes::copy_from_slice(payload.as_bytes());
     let msg = Message {
         subject: subject.as_bytes(),
+        deliver_as: b"",
         reply: reply.as_bytes(),
         header_len: 0,
         message: &frame,
@@ -395,6 +396,7 @@ fn shared_message_slices_point_into_the_frame() {
     let frame = Bytes::from_static(b"PUB x 5\r\nhello\r\n");
     let msg = Message {
         subject: &frame[4..5],
+        deliver_as: b"",
         reply: b"",
         header_len: 0,
         message: &frame[9..14],

@@ -90,6 +90,8 @@ pub type QueueNames = smallvec::SmallVec<[QueueName; 1]>;
 pub struct Envelope {
     buf: Bytes,
     subject_len: u32,
+    /// The subject shown to receivers when it is not the routed one; (0, 0): none.
+    deliver_as: (u32, u32),
     reply: (u32, u32),
     message: (u32, u32),
     pub header_len: u32,
@@ -104,10 +106,12 @@ fn offset_in(owner: &[u8], part: &[u8]) -> Option<usize> {
 
 impl Envelope {
     /// Packs a message whose parts borrow from `owner`. Parts `owner` does not hold
-    /// (a subject an import mapped) are copied together into a new buffer.
+    /// (a subject an import mapped) are copied together into a new buffer. An
+    /// empty `deliver_as` shows the message as `subject`.
     pub fn pack(
         owner: &Bytes,
         subject: &[u8],
+        deliver_as: &[u8],
         reply: &[u8],
         header_len: usize,
         message: &[u8],
@@ -120,15 +124,24 @@ impl Envelope {
                 offset_in(owner, part)
             }
         };
-        if let (Some(s), Some(r), Some(m)) = (at(subject), at(reply), at(message)) {
+        if let (Some(s), Some(d), Some(r), Some(m)) =
+            (at(subject), at(deliver_as), at(reply), at(message))
+        {
             let end = (s + subject.len())
+                .max(d + deliver_as.len())
                 .max(r + reply.len())
                 .max(m + message.len());
-            let start = s.min(r).min(m);
+            let start = s.min(d).min(r).min(m);
             if s == start {
+                let deliver_as = if deliver_as.is_empty() {
+                    (0, 0)
+                } else {
+                    ((d - start) as u32, deliver_as.len() as u32)
+                };
                 return Envelope {
                     buf: owner.slice(start..end),
                     subject_len: subject.len() as u32,
+                    deliver_as,
                     reply: ((r - start) as u32, reply.len() as u32),
                     message: ((m - start) as u32, message.len() as u32),
                     header_len: header_len as u32,
@@ -136,15 +149,21 @@ impl Envelope {
                 };
             }
         }
-        let mut buf = Vec::with_capacity(subject.len() + reply.len() + message.len());
+        let mut buf =
+            Vec::with_capacity(subject.len() + deliver_as.len() + reply.len() + message.len());
         buf.extend_from_slice(subject);
+        buf.extend_from_slice(deliver_as);
         buf.extend_from_slice(reply);
         buf.extend_from_slice(message);
+        let s = subject.len() as u32;
+        let d = deliver_as.len() as u32;
+        let r = reply.len() as u32;
         Envelope {
             buf: Bytes::from(buf),
-            subject_len: subject.len() as u32,
-            reply: (subject.len() as u32, reply.len() as u32),
-            message: ((subject.len() + reply.len()) as u32, message.len() as u32),
+            subject_len: s,
+            deliver_as: if d == 0 { (0, 0) } else { (s, d) },
+            reply: (s + d, r),
+            message: (s + d + r, message.len() as u32),
             header_len: header_len as u32,
             zeros,
         }
@@ -157,6 +176,12 @@ impl Envelope {
 
     pub fn subject(&self) -> &[u8] {
         &self.buf[..self.subject_len as usize]
+    }
+
+    /// The subject shown to receivers; empty: [`Self::subject`].
+    pub fn deliver_as(&self) -> &[u8] {
+        let (at, len) = self.deliver_as;
+        &self.buf[at as usize..(at + len) as usize]
     }
 
     pub fn reply(&self) -> &[u8] {
@@ -181,6 +206,7 @@ mod tests {
         let envelope = Envelope::pack(
             &frame,
             &frame[4..11],
+            b"",
             &frame[12..20],
             0,
             &frame[24..29],
@@ -190,12 +216,13 @@ mod tests {
         assert_eq!(envelope.reply(), b"_INBOX.1");
         assert_eq!(envelope.message(), b"hello");
         assert_eq!(envelope.owner().as_ptr(), frame[4..].as_ptr());
-        let none = Envelope::pack(&frame, &frame[4..11], b"", 0, b"", Default::default());
+        let none = Envelope::pack(&frame, &frame[4..11], b"", b"", 0, b"", Default::default());
         assert_eq!(none.subject(), b"foo.bar");
         assert!(none.reply().is_empty() && none.message().is_empty());
         let mapped = Envelope::pack(
             &frame,
             b"imported.foo",
+            b"",
             &frame[12..20],
             0,
             &frame[24..29],
@@ -204,5 +231,22 @@ mod tests {
         assert_eq!(mapped.subject(), b"imported.foo");
         assert_eq!(mapped.reply(), b"_INBOX.1");
         assert_eq!(mapped.message(), b"hello");
+        assert!(mapped.deliver_as().is_empty());
+        // A consumer's delivery: routed by the inbox, shown as the stored subject.
+        let frame = Bytes::from_static(b"_INBOX.7orders.new$JS.ACK.x{}");
+        let delivery = Envelope::pack(
+            &frame,
+            &frame[..8],
+            &frame[8..18],
+            &frame[18..27],
+            0,
+            &frame[27..],
+            Default::default(),
+        );
+        assert_eq!(delivery.subject(), b"_INBOX.7");
+        assert_eq!(delivery.deliver_as(), b"orders.new");
+        assert_eq!(delivery.reply(), b"$JS.ACK.x");
+        assert_eq!(delivery.message(), b"{}");
+        assert_eq!(delivery.owner().as_ptr(), frame.as_ptr());
     }
 }

@@ -1,0 +1,543 @@
+//! A stream's consumers, hosted with it on its shard (docs/consumers.md). The
+//! sans-I/O cores (`jetstream::consumer`) decide; this shell feeds them what
+//! arrives (pull requests, acks, stored messages, time) and carries out what
+//! they decide, in order, from one task per stream: it loads each message to
+//! deliver, publishes it with its ack subject, and sends the statuses and
+//! advisories. One timer per stream sleeps until the earliest deadline any
+//! consumer has; a consumer that waits for nothing costs nothing.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::super::ack::{AckPrefix, AckReply};
+use super::super::consumer::{AckKind, Action, Consumer, PullRequest, Status};
+use super::super::consumer_config::ConsumerConfig;
+use super::super::errors::{self, ApiError};
+use super::{now_ns, ts_rfc3339, Hosted};
+use crate::internal::InternalMsg;
+use crate::shard::{InternalDelivery, Shard};
+use strait_storage::Store;
+
+/// Pull requests for a consumer: `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
+const NEXT_PREFIX: &str = "$JS.API.CONSUMER.MSG.NEXT.";
+const ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.";
+/// nats-server's header of a headers-only delivery.
+const MSG_SIZE: &str = "Nats-Msg-Size";
+
+/// What deliveries and advisories of one consumer need, shared with the
+/// queue of things to send so that sending does not borrow the consumer.
+pub(super) struct Facts {
+    name: Rc<str>,
+    ack: AckPrefix,
+    headers_only: bool,
+}
+
+struct HostedConsumer {
+    core: Consumer,
+    created: i64,
+    facts: Rc<Facts>,
+    /// The subscription its pull requests come on (pull consumers).
+    next_sid: Option<Bytes>,
+}
+
+/// A wake-up for a task that waits on this shard: set, then awaited.
+#[derive(Default)]
+struct Signal {
+    raised: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.raised.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// The consumers of one stream.
+#[derive(Default)]
+pub(super) struct Consumers {
+    by_name: RefCell<BTreeMap<Rc<str>, HostedConsumer>>,
+    by_sid: RefCell<HashMap<Bytes, Rc<str>>>,
+    /// The stream's one subscription for the acks of all its consumers.
+    ack_sid: RefCell<Option<Bytes>>,
+    /// What the cores decided, in order, for the sender.
+    outbox: RefCell<VecDeque<(Rc<Facts>, Action)>>,
+    /// Empty-payload replies to acks sent as requests, after what they acked.
+    ack_replies: RefCell<VecDeque<Rc<str>>>,
+    sender: Signal,
+    timer: Signal,
+    /// The deadline the timer sleeps to; `i64::MAX`: none.
+    armed: Cell<i64>,
+    started: Cell<bool>,
+}
+
+impl Consumers {
+    pub(super) fn len(&self) -> usize {
+        self.by_name.borrow().len()
+    }
+
+    /// Whether `sid` is one of the consumers' subscriptions.
+    pub(super) fn owns(&self, sid: &Bytes) -> bool {
+        self.by_sid.borrow().contains_key(sid) || self.ack_sid.borrow().as_ref() == Some(sid)
+    }
+
+    pub(super) fn sids(&self) -> Vec<Bytes> {
+        let mut sids: Vec<Bytes> = self.by_sid.borrow().keys().cloned().collect();
+        sids.extend(self.ack_sid.borrow().iter().cloned());
+        sids
+    }
+}
+
+impl Hosted {
+    fn stream_name(&self) -> String {
+        self.stream.borrow().config().name.clone()
+    }
+
+    /// Runs a new consumer, or gives a running one its updated configuration;
+    /// answers with its info.
+    pub(super) async fn put_consumer(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        config: ConsumerConfig,
+        created: i64,
+    ) -> Result<Value, ApiError> {
+        let name: Rc<str> = Rc::from(config.consumer_name());
+        let stream = self.stream_name();
+        let exists = self.consumers.by_name.borrow().contains_key(&name);
+        if exists {
+            let mut by_name = self.consumers.by_name.borrow_mut();
+            if let Some(c) = by_name.get_mut(&name) {
+                c.facts = Rc::new(Facts {
+                    name: name.clone(),
+                    ack: AckPrefix::v1(&stream, &name),
+                    headers_only: config.headers_only,
+                });
+                c.core.set_config(config, self.store.as_ref());
+            }
+        } else {
+            let next_sid = if config.is_pull() {
+                let subject = format!("{NEXT_PREFIX}{stream}.{name}");
+                let sid = shard
+                    .internal_subscribe(self.internal, subject.as_bytes(), None)
+                    .ok_or_else(|| errors::CONSUMER_CREATE.err("invalid consumer name"))?;
+                self.consumers
+                    .by_sid
+                    .borrow_mut()
+                    .insert(sid.clone(), name.clone());
+                Some(sid)
+            } else {
+                None
+            };
+            if self.consumers.ack_sid.borrow().is_none() {
+                let subject = format!("$JS.ACK.{stream}.>");
+                let sid = shard
+                    .internal_subscribe(self.internal, subject.as_bytes(), None)
+                    .ok_or_else(|| errors::CONSUMER_CREATE.err("invalid stream name"))?;
+                *self.consumers.ack_sid.borrow_mut() = Some(sid);
+            }
+            let facts = Rc::new(Facts {
+                name: name.clone(),
+                ack: AckPrefix::v1(&stream, &name),
+                headers_only: config.headers_only,
+            });
+            let core = Consumer::new(config, self.store.as_ref());
+            self.consumers.by_name.borrow_mut().insert(
+                name.clone(),
+                HostedConsumer {
+                    core,
+                    created,
+                    facts,
+                    next_sid,
+                },
+            );
+            // Pull requests sent once the create is answered must find the
+            // subscription on every shard.
+            shard.barrier().await;
+            if !self.consumers.started.replace(true) {
+                glommio::spawn_local(self.clone().send_decisions(shard.clone())).detach();
+                glommio::spawn_local(self.clone().keep_time()).detach();
+            }
+        }
+        self.consumer_info(&name)
+    }
+
+    pub(super) fn consumer_info(&self, name: &str) -> Result<Value, ApiError> {
+        let by_name = self.consumers.by_name.borrow();
+        let c = by_name
+            .get(name)
+            .ok_or_else(|| errors::CONSUMER_NOT_FOUND.error())?;
+        let info = c.core.info(&self.stream_name(), c.created, now_ns());
+        serde_json::to_value(info).map_err(|e| errors::CONSUMER_CREATE.err(e))
+    }
+
+    /// Stops a consumer; its waiting pull requests are told it is gone.
+    pub(super) fn delete_consumer(&self, shard: &Shard, name: &str) -> Result<Value, ApiError> {
+        let removed = self
+            .consumers
+            .by_name
+            .borrow_mut()
+            .remove(name)
+            .ok_or_else(|| errors::CONSUMER_NOT_FOUND.error())?;
+        if let Some(sid) = &removed.next_sid {
+            shard.internal_unsubscribe(self.internal, sid);
+            self.consumers.by_sid.borrow_mut().remove(sid);
+        }
+        let mut out = Vec::new();
+        removed.core.close(&mut out);
+        self.queue(&removed.facts, out);
+        if self.consumers.len() == 0 {
+            if let Some(sid) = self.consumers.ack_sid.borrow_mut().take() {
+                shard.internal_unsubscribe(self.internal, &sid);
+            }
+        }
+        Ok(json!(true))
+    }
+
+    /// Stops every consumer (the stream is going away).
+    pub(super) fn close_consumers(&self) {
+        self.consumers.by_name.borrow_mut().clear();
+        self.consumers.by_sid.borrow_mut().clear();
+        self.consumers.sender.raise();
+        self.consumers.timer.raise();
+    }
+
+    /// One message on a consumer subscription: a pull request or an ack.
+    pub(super) fn consumer_message(&self, msg: InternalMsg) {
+        let name = self.consumers.by_sid.borrow().get(&msg.sid).cloned();
+        match name {
+            Some(name) => self.pull(&name, msg),
+            None => self.ack(msg),
+        }
+    }
+
+    fn pull(&self, name: &str, msg: InternalMsg) {
+        let Ok(reply) = std::str::from_utf8(&msg.reply) else {
+            return;
+        };
+        if reply.is_empty() {
+            return;
+        }
+        let reply: Rc<str> = Rc::from(reply);
+        let now = now_ns();
+        let mut out = Vec::new();
+        let facts = {
+            let mut by_name = self.consumers.by_name.borrow_mut();
+            let Some(c) = by_name.get_mut(name) else {
+                return;
+            };
+            match PullRequest::parse(msg.payload()) {
+                Ok(req) => c.core.pull(reply, req, self.store.as_ref(), now, &mut out),
+                Err(text) => out.push(Action::Status {
+                    to: reply,
+                    status: Status::BadRequest(text),
+                }),
+            }
+            self.arm(c.core.next_deadline());
+            c.facts.clone()
+        };
+        self.queue(&facts, out);
+    }
+
+    fn ack(&self, msg: InternalMsg) {
+        let Ok(subject) = std::str::from_utf8(&msg.subject) else {
+            return;
+        };
+        let Some(ack) = AckReply::parse(subject) else {
+            return;
+        };
+        let kind = AckKind::parse(msg.payload());
+        let reply = std::str::from_utf8(&msg.reply)
+            .ok()
+            .filter(|r| !r.is_empty())
+            .map(Rc::from);
+        let next = matches!(kind, AckKind::Next(_));
+        let now = now_ns();
+        let mut out = Vec::new();
+        let facts = {
+            let mut by_name = self.consumers.by_name.borrow_mut();
+            let Some(c) = by_name.get_mut(ack.consumer) else {
+                return;
+            };
+            c.core.ack(
+                ack.stream_seq,
+                kind,
+                reply.clone().filter(|_| next),
+                self.store.as_ref(),
+                now,
+                &mut out,
+            );
+            self.arm(c.core.next_deadline());
+            c.facts.clone()
+        };
+        self.queue(&facts, out);
+        // An ack sent as a request is answered once it is applied.
+        if let Some(reply) = reply.filter(|_| !next) {
+            self.consumers.ack_replies.borrow_mut().push_back(reply);
+            self.consumers.sender.raise();
+        }
+    }
+
+    /// The stream stored `seq` on `subject`: consumers waiting for it get it.
+    pub(super) fn offer(&self, seq: u64, subject: &str) {
+        if self.consumers.len() == 0 {
+            return;
+        }
+        let now = now_ns();
+        let mut decided = Vec::new();
+        {
+            let mut by_name = self.consumers.by_name.borrow_mut();
+            for c in by_name.values_mut() {
+                c.core.on_append(seq, subject);
+                if c.core.num_waiting() > 0 {
+                    let mut out = Vec::new();
+                    c.core.deliver(self.store.as_ref(), now, &mut out);
+                    if !out.is_empty() {
+                        decided.push((c.facts.clone(), out));
+                    }
+                }
+            }
+        }
+        for (facts, out) in decided {
+            self.queue(&facts, out);
+        }
+    }
+
+    /// Messages went away (purge, delete, expiry): the counts follow.
+    pub(super) fn recount_consumers(&self) {
+        for c in self.consumers.by_name.borrow_mut().values_mut() {
+            c.core.recount(self.store.as_ref());
+        }
+    }
+
+    fn queue(&self, facts: &Rc<Facts>, out: Vec<Action>) {
+        if out.is_empty() {
+            return;
+        }
+        let mut outbox = self.consumers.outbox.borrow_mut();
+        outbox.extend(out.into_iter().map(|a| (facts.clone(), a)));
+        self.consumers.sender.raise();
+    }
+
+    /// Makes the timer wake by `at` if it would sleep past it.
+    fn arm(&self, at: Option<i64>) {
+        if let Some(at) = at {
+            if at < self.consumers.armed.get() {
+                self.consumers.armed.set(at);
+                self.consumers.timer.raise();
+            }
+        }
+    }
+
+    /// The stream's one timer: ticks the consumers whose deadline has come,
+    /// then sleeps until the earliest one left (or until one comes earlier).
+    async fn keep_time(self: Rc<Self>) {
+        while !self.closed.get() {
+            let now = now_ns();
+            let mut earliest = i64::MAX;
+            let mut decided = Vec::new();
+            {
+                let mut by_name = self.consumers.by_name.borrow_mut();
+                for c in by_name.values_mut() {
+                    let Some(at) = c.core.next_deadline() else {
+                        continue;
+                    };
+                    if at <= now {
+                        let mut out = Vec::new();
+                        c.core.tick(self.store.as_ref(), now, &mut out);
+                        if !out.is_empty() {
+                            decided.push((c.facts.clone(), out));
+                        }
+                    }
+                    if let Some(at) = c.core.next_deadline() {
+                        earliest = earliest.min(at);
+                    }
+                }
+            }
+            for (facts, out) in decided {
+                self.queue(&facts, out);
+            }
+            self.consumers.armed.set(earliest);
+            if earliest == i64::MAX {
+                self.consumers.timer.wait().await;
+                continue;
+            }
+            let sleep = Duration::from_nanos((earliest - now_ns()).max(0) as u64);
+            futures_lite::future::or(glommio::timer::sleep(sleep), self.consumers.timer.wait())
+                .await;
+        }
+    }
+
+    /// Carries out what the cores decided, in order, until the stream closes.
+    async fn send_decisions(self: Rc<Self>, shard: Rc<Shard>) {
+        let mut reply = String::new();
+        while !self.closed.get() {
+            let next = self.consumers.outbox.borrow_mut().pop_front();
+            let Some((facts, action)) = next else {
+                let replies: Vec<Rc<str>> =
+                    self.consumers.ack_replies.borrow_mut().drain(..).collect();
+                for to in replies {
+                    self.send(&shard, to.as_bytes(), &[], &[]);
+                }
+                shard.flush_lanes().await;
+                if self.consumers.outbox.borrow().is_empty() {
+                    self.consumers.sender.wait().await;
+                }
+                continue;
+            };
+            match action {
+                Action::Deliver {
+                    to,
+                    stream_seq,
+                    consumer_seq,
+                    deliveries,
+                    pending,
+                } => {
+                    let Ok(m) = self.store.load(stream_seq).await else {
+                        // Gone since it was chosen: nothing to send.
+                        continue;
+                    };
+                    facts.ack.write(
+                        &mut reply,
+                        deliveries,
+                        stream_seq,
+                        consumer_seq,
+                        m.ts,
+                        pending,
+                    );
+                    // One buffer per delivery, so that it crosses shards as one
+                    // reference: routed by `to`, shown as the stored subject.
+                    let mut frame = Vec::with_capacity(
+                        to.len()
+                            + m.subject.len()
+                            + reply.len()
+                            + m.headers.len()
+                            + m.payload.len()
+                            + 32,
+                    );
+                    frame.extend_from_slice(to.as_bytes());
+                    frame.extend_from_slice(m.subject.as_bytes());
+                    frame.extend_from_slice(reply.as_bytes());
+                    let header_len = if facts.headers_only {
+                        let size = m.payload.len().to_string();
+                        let headers =
+                            super::super::stream::with_header(&m.headers, MSG_SIZE, &size);
+                        frame.extend_from_slice(&headers);
+                        headers.len()
+                    } else {
+                        frame.extend_from_slice(&m.headers);
+                        frame.extend_from_slice(&m.payload);
+                        m.headers.len()
+                    };
+                    let owner = Bytes::from(frame);
+                    let (t, s, r) = (to.len(), m.subject.len(), reply.len());
+                    shard.internal_deliver(
+                        Some(self.internal),
+                        self.account,
+                        InternalDelivery {
+                            subject: &owner[..t],
+                            deliver_as: &owner[t..t + s],
+                            reply: &owner[t + s..t + s + r],
+                            header_len,
+                            message: &owner[t + s + r..],
+                            owner: &owner,
+                        },
+                    );
+                }
+                Action::Status { to, status } => {
+                    self.send(&shard, to.as_bytes(), status.header().as_bytes(), &[]);
+                }
+                Action::MaxDeliveries {
+                    stream_seq,
+                    deliveries,
+                } => self.advise(
+                    &shard,
+                    "MAX_DELIVERIES",
+                    &facts.name,
+                    json!({
+                        "type": "io.nats.jetstream.advisory.v1.max_deliver",
+                        "stream_seq": stream_seq,
+                        "deliveries": deliveries,
+                    }),
+                ),
+                Action::Naked {
+                    stream_seq,
+                    consumer_seq,
+                    deliveries,
+                } => self.advise(
+                    &shard,
+                    "MSG_NAKED",
+                    &facts.name,
+                    json!({
+                        "type": "io.nats.jetstream.advisory.v1.nak",
+                        "consumer_seq": consumer_seq,
+                        "stream_seq": stream_seq,
+                        "deliveries": deliveries,
+                    }),
+                ),
+                Action::Terminated {
+                    stream_seq,
+                    consumer_seq,
+                    deliveries,
+                    reason,
+                } => {
+                    let mut body = json!({
+                        "type": "io.nats.jetstream.advisory.v1.terminated",
+                        "consumer_seq": consumer_seq,
+                        "stream_seq": stream_seq,
+                        "deliveries": deliveries,
+                    });
+                    if !reason.is_empty() {
+                        body["reason"] = json!(reason);
+                    }
+                    self.advise(&shard, "MSG_TERMINATED", &facts.name, body)
+                }
+            }
+        }
+    }
+
+    /// Publishes `$JS.EVENT.ADVISORY.CONSUMER.<event>.<stream>.<consumer>` with
+    /// nats-server's common fields around `fields` (its `type` first).
+    fn advise(&self, shard: &Shard, event: &str, consumer: &str, fields: Value) {
+        let stream = self.stream_name();
+        let Value::Object(fields) = fields else {
+            return;
+        };
+        let mut body = serde_json::Map::new();
+        let mut fields = fields.into_iter();
+        if let Some((k, v)) = fields.next() {
+            body.insert(k, v);
+        }
+        body.insert("id".into(), json!(crate::nuid()));
+        body.insert("timestamp".into(), json!(ts_rfc3339(now_ns())));
+        body.insert("stream".into(), json!(stream));
+        body.insert("consumer".into(), json!(consumer));
+        body.extend(fields);
+        if let Some(domain) = self.stream.borrow().domain() {
+            body.insert("domain".into(), json!(domain));
+        }
+        let subject = format!("{ADVISORY_PREFIX}{event}.{stream}.{consumer}");
+        let payload = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+        self.send(shard, subject.as_bytes(), &[], &payload);
+    }
+}

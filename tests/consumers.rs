@@ -1,0 +1,502 @@
+//! JetStream consumers through a client we did not write (async-nats) and
+//! through the raw API: create, info, names, list, delete, pull requests with
+//! their statuses, every ack kind, redelivery and advisories.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use common::Server;
+use futures::StreamExt;
+
+fn store_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("strait-cons-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    Server::start(&["-js", "-sd", dir.to_str().expect("utf-8 path")])
+}
+
+async fn api(client: &async_nats::Client, subject: &str, body: &str) -> serde_json::Value {
+    let answer = client
+        .request(subject.to_string(), body.to_string().into())
+        .await
+        .expect("answer");
+    serde_json::from_slice(&answer.payload).expect("JSON")
+}
+
+/// ORDERS on `ORDERS.*` with `n` messages alternating `ORDERS.new` (odd
+/// sequences) and `ORDERS.paid` (even).
+async fn orders(js: &jetstream::Context, n: u64) -> stream::Stream {
+    let stream = js
+        .create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["ORDERS.*".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    for i in 1..=n {
+        let subject = if i % 2 == 1 {
+            "ORDERS.new"
+        } else {
+            "ORDERS.paid"
+        };
+        js.publish(subject, format!("order {i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    stream
+}
+
+async fn fetch(c: &consumer::PullConsumer, n: usize) -> Vec<jetstream::Message> {
+    let mut batch = c
+        .fetch()
+        .max_messages(n)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut got = Vec::new();
+    while let Some(m) = batch.next().await {
+        got.push(m.expect("message"));
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_pull_consumer_fetches_filtered_messages_and_its_acks_show_in_info() {
+    let dir = store_dir("pull");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = orders(&js, 10).await;
+    let created = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("NEW".into()),
+            filter_subject: "ORDERS.new".into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("create consumer");
+    let mut c: consumer::PullConsumer = created;
+    let info = c.info().await.expect("info").clone();
+    assert_eq!(info.name, "NEW");
+    assert_eq!(info.num_pending, 5, "five of the ten match the filter");
+    assert_eq!(info.delivered.consumer_sequence, 0);
+
+    let got = fetch(&c, 3).await;
+    let seen: Vec<(String, u64, u64, i64)> = got
+        .iter()
+        .map(|m| {
+            let i = m.info().expect("ack metadata");
+            (
+                m.subject.to_string(),
+                i.stream_sequence,
+                i.consumer_sequence,
+                i.delivered,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ORDERS.new".to_string(), 1, 1, 1),
+            ("ORDERS.new".to_string(), 3, 2, 1),
+            ("ORDERS.new".to_string(), 5, 3, 1)
+        ],
+        "shown with the stored subject, numbered in the ack subject"
+    );
+    assert_eq!(&got[0].payload[..], b"order 1");
+    assert_eq!(got[2].info().expect("info").pending, 2);
+    // A double ack is answered once it is applied.
+    got[0].double_ack().await.expect("double ack");
+    got[1].ack().await.expect("ack");
+    got[2].ack_with(AckKind::Nak(None)).await.expect("nak");
+    let info = c.info().await.expect("info").clone();
+    assert_eq!(info.delivered.consumer_sequence, 3);
+    assert_eq!(info.delivered.stream_sequence, 5);
+    assert_eq!(
+        (
+            info.ack_floor.consumer_sequence,
+            info.ack_floor.stream_sequence
+        ),
+        (2, 4),
+        "as nats-server moves it: to just below the first pending stream sequence"
+    );
+    assert_eq!(info.num_ack_pending, 1);
+    assert_eq!(info.num_pending, 2);
+
+    // The nak'd message comes first again, delivered twice now.
+    let again = fetch(&c, 1).await;
+    let i = again[0].info().expect("info");
+    assert_eq!(
+        (i.stream_sequence, i.consumer_sequence, i.delivered),
+        (5, 4, 2)
+    );
+    again[0].ack_with(AckKind::Term).await.expect("term");
+    let rest = fetch(&c, 10).await;
+    let seqs: Vec<u64> = rest
+        .iter()
+        .map(|m| m.info().expect("info").stream_sequence)
+        .collect();
+    assert_eq!(seqs, [7, 9], "a fetch ends at what there is");
+    for m in &rest {
+        m.ack().await.expect("ack");
+    }
+    client.flush().await.expect("flush");
+
+    // A message published while a request waits is handed to it.
+    let waiting = {
+        let c = c.clone();
+        tokio::spawn(async move { fetch(&c, 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    js.publish("ORDERS.new", "late".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let late = waiting.await.expect("task");
+    assert_eq!(late.len(), 1);
+    assert_eq!(&late[0].payload[..], b"late");
+    late[0].double_ack().await.expect("ack");
+
+    let info = c.info().await.expect("info").clone();
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
+    assert_eq!(info.ack_floor.stream_sequence, 11);
+
+    // Listed, counted, then deleted.
+    let names = api(&client, "$JS.API.CONSUMER.NAMES.ORDERS", "").await;
+    assert_eq!(names["consumers"], serde_json::json!(["NEW"]), "{names}");
+    assert_eq!(names["total"], 1);
+    let list = api(&client, "$JS.API.CONSUMER.LIST.ORDERS", "").await;
+    assert_eq!(list["consumers"][0]["name"], "NEW", "{list}");
+    assert_eq!(
+        list["consumers"][0]["config"]["filter_subject"],
+        "ORDERS.new"
+    );
+    let account = api(&client, "$JS.API.INFO", "").await;
+    assert_eq!(account["consumers"], 1, "{account}");
+    let stream_info = api(&client, "$JS.API.STREAM.INFO.ORDERS", "").await;
+    assert_eq!(stream_info["state"]["consumer_count"], 1, "{stream_info}");
+    stream.delete_consumer("NEW").await.expect("delete");
+    let gone = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.NEW", "").await;
+    assert_eq!(gone["error"]["err_code"], 10014, "{gone}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Pull requests as nats-server answers them on the wire: 404 for an empty
+/// no-wait request, 408 with the pending counts at expiry, 409 for a batch over
+/// the consumer's limit, and an unacked message back after its ack wait.
+#[tokio::test]
+async fn pull_statuses_and_redelivery_after_the_ack_wait() {
+    let dir = store_dir("statuses");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 2).await;
+    let create = r#"{"stream_name":"ORDERS","config":{"durable_name":"W","ack_policy":"explicit",
+        "ack_wait":300000000,"max_deliver":2,"max_batch":5},"action":"create"}"#;
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.ORDERS.W", create).await;
+    assert_eq!(
+        v["type"],
+        "io.nats.jetstream.api.v1.consumer_create_response"
+    );
+    assert_eq!(v["config"]["ack_wait"], 300_000_000, "{v}");
+    assert_eq!(v["num_pending"], 2, "{v}");
+    let mut advisories = client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.>")
+        .await
+        .expect("subscribe");
+
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    let next = "$JS.API.CONSUMER.MSG.NEXT.ORDERS.W";
+    client
+        .publish_with_reply(next, inbox.clone(), r#"{"batch":6}"#.into())
+        .await
+        .expect("publish");
+    let m = replies.next().await.expect("status");
+    let status = m.status.expect("a status");
+    assert_eq!(status.as_u16(), 409);
+    assert_eq!(
+        m.description.as_deref(),
+        Some("Exceeded MaxRequestBatch of 5")
+    );
+
+    client
+        .publish_with_reply(next, inbox.clone(), r#"{"batch":2}"#.into())
+        .await
+        .expect("publish");
+    for seq in 1..=2u64 {
+        let m = replies.next().await.expect("message");
+        assert!(m.status.is_none(), "{m:?}");
+        let reply = m.reply.as_deref().expect("ack subject");
+        assert!(
+            reply.starts_with(&format!("$JS.ACK.ORDERS.W.1.{seq}.{seq}.")),
+            "{reply}"
+        );
+    }
+    // Nothing acked: both come back after the ack wait, then again, then the
+    // second delivery is the last (max_deliver 2).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    client
+        .publish_with_reply(
+            next,
+            inbox.clone(),
+            r#"{"batch":2,"expires":2000000000}"#.into(),
+        )
+        .await
+        .expect("publish");
+    for seq in 1..=2u64 {
+        let m = replies.next().await.expect("redelivery");
+        let reply = m.reply.as_deref().expect("ack subject");
+        assert!(
+            reply.starts_with(&format!("$JS.ACK.ORDERS.W.2.{seq}.{}.", seq + 2)),
+            "{reply}"
+        );
+    }
+    let advisory = tokio::time::timeout(Duration::from_secs(2), advisories.next())
+        .await
+        .expect("max deliveries advisory")
+        .expect("message");
+    assert_eq!(
+        advisory.subject.as_str(),
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ORDERS.W"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&advisory.payload).expect("JSON");
+    assert_eq!(body["type"], "io.nats.jetstream.advisory.v1.max_deliver");
+    assert_eq!(
+        (body["stream_seq"].as_u64(), body["deliveries"].as_u64()),
+        (Some(1), Some(2))
+    );
+
+    // Nothing left: a no-wait request hears 404, one that expires hears 408.
+    client
+        .publish_with_reply(next, inbox.clone(), r#"{"batch":1,"no_wait":true}"#.into())
+        .await
+        .expect("publish");
+    let m = replies.next().await.expect("status");
+    assert_eq!(m.status.map(|s| s.as_u16()), Some(404), "{m:?}");
+    client
+        .publish_with_reply(
+            next,
+            inbox.clone(),
+            r#"{"batch":3,"expires":200000000}"#.into(),
+        )
+        .await
+        .expect("publish");
+    let m = tokio::time::timeout(Duration::from_secs(2), replies.next())
+        .await
+        .expect("timeout status")
+        .expect("message");
+    assert_eq!(m.status.map(|s| s.as_u16()), Some(408), "{m:?}");
+    let headers = m.headers.expect("headers");
+    assert_eq!(
+        headers.get("Nats-Pending-Messages").map(|v| v.as_str()),
+        Some("3")
+    );
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.W", "").await;
+    assert_eq!(
+        info["num_ack_pending"], 0,
+        "both ran out of deliveries: {info}"
+    );
+    assert_eq!(info["delivered"]["consumer_seq"], 4, "{info}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// nats-server's create rules: `action`, ephemeral names, limits, work queues,
+/// and the errors of each.
+#[tokio::test]
+async fn consumer_create_rules_and_their_errors() {
+    let dir = store_dir("rules");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 0).await;
+    let body = |config: &str, action: &str| {
+        format!(r#"{{"stream_name":"ORDERS","config":{config},"action":"{action}"}}"#)
+    };
+    let d = r#"{"durable_name":"D","ack_policy":"explicit"}"#;
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.D",
+        &body(d, "update"),
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10149, "{v}");
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.D",
+        &body(d, "create"),
+    )
+    .await;
+    assert_eq!(v["name"], "D", "{v}");
+    // The same again is fine; another configuration is not, unless an update.
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.D",
+        &body(d, "create"),
+    )
+    .await;
+    assert!(v["error"].is_null(), "{v}");
+    let changed = r#"{"durable_name":"D","ack_policy":"explicit","description":"x"}"#;
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.D",
+        &body(changed, "create"),
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10148, "{v}");
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.D",
+        &body(changed, ""),
+    )
+    .await;
+    assert_eq!(v["config"]["description"], "x", "{v}");
+    let pushed = r#"{"durable_name":"D","ack_policy":"explicit","deliver_subject":"out"}"#;
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.D",
+        &body(pushed, ""),
+    )
+    .await;
+    assert_eq!(
+        v["error"]["description"], "can not update pull consumer to push based",
+        "{v}"
+    );
+    // An ephemeral consumer gets an eight-character name.
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS",
+        &body(r#"{"ack_policy":"none"}"#, ""),
+    )
+    .await;
+    let name = v["name"].as_str().expect("a name");
+    assert_eq!(name.len(), 8, "{v}");
+    assert_eq!(v["config"]["inactive_threshold"], 5_000_000_000u64, "{v}");
+    let names = api(&client, "$JS.API.CONSUMER.NAMES.ORDERS", "").await;
+    assert_eq!(names["total"], 2, "{names}");
+    let v = api(&client, "$JS.API.CONSUMER.LEADER.STEPDOWN.ORDERS.D", "").await;
+    assert_eq!(v["error"]["err_code"], 10010, "{v}");
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.NOPE.D", &body(d, "")).await;
+    assert_eq!(v["error"]["err_code"], 10056, "the body names ORDERS: {v}");
+    let nope = r#"{"stream_name":"NOPE","config":{"durable_name":"D"}}"#;
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.NOPE.D", nope).await;
+    assert_eq!(v["error"]["err_code"], 10059, "{v}");
+    let v = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.NOPE", "").await;
+    assert_eq!(v["error"]["err_code"], 10014, "{v}");
+    let v = api(&client, "$JS.API.CONSUMER.NAMES.NOPE", "").await;
+    assert_eq!(v["error"]["err_code"], 10059, "{v}");
+    assert!(v["consumers"].is_null(), "{v}");
+
+    // A stream's max_consumers.
+    let v = api(
+        &client,
+        "$JS.API.STREAM.CREATE.ONE",
+        r#"{"name":"ONE","subjects":["one"],"max_consumers":1}"#,
+    )
+    .await;
+    assert!(v["error"].is_null(), "{v}");
+    let one =
+        |name: &str| format!(r#"{{"stream_name":"ONE","config":{{"durable_name":"{name}"}}}}"#);
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.ONE.A", &one("A")).await;
+    assert!(v["error"].is_null(), "{v}");
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.ONE.B", &one("B")).await;
+    assert_eq!(v["error"]["err_code"], 10026, "{v}");
+
+    // A work queue: explicit acks, and one consumer per subject.
+    let v = api(
+        &client,
+        "$JS.API.STREAM.CREATE.WQ",
+        r#"{"name":"WQ","subjects":["wq.*"],"retention":"workqueue"}"#,
+    )
+    .await;
+    assert!(v["error"].is_null(), "{v}");
+    let wq = |name: &str, extra: &str| {
+        format!(r#"{{"stream_name":"WQ","config":{{"durable_name":"{name}"{extra}}}}}"#)
+    };
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.WQ.A",
+        &wq("A", r#","ack_policy":"none""#),
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10084, "{v}");
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.WQ.A",
+        &wq("A", r#","ack_policy":"none","deliver_subject":"out""#),
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10098, "{v}");
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.WQ.A",
+        &wq("A", r#","ack_policy":"explicit","filter_subject":"wq.a""#),
+    )
+    .await;
+    assert!(v["error"].is_null(), "{v}");
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.WQ.B",
+        &wq("B", r#","ack_policy":"explicit","filter_subject":"wq.*""#),
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10100, "{v}");
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.WQ.B",
+        &wq("B", r#","ack_policy":"explicit""#),
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10099, "{v}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Durable consumers are kept in the meta state and are back after a SIGKILL;
+/// ephemeral ones are not (their clients make them again).
+#[tokio::test]
+async fn durable_consumers_survive_a_kill_and_ephemeral_ones_do_not() {
+    let dir = store_dir("restart");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = orders(&js, 4).await;
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("KEEP".into()),
+            filter_subject: "ORDERS.paid".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("durable");
+    stream
+        .create_consumer(consumer::pull::Config::default())
+        .await
+        .expect("ephemeral");
+    let names = api(&client, "$JS.API.CONSUMER.NAMES.ORDERS", "").await;
+    assert_eq!(names["total"], 2, "{names}");
+    drop(server);
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("reconnect");
+    let names = api(&client, "$JS.API.CONSUMER.NAMES.ORDERS", "").await;
+    assert_eq!(names["consumers"], serde_json::json!(["KEEP"]), "{names}");
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.KEEP", "").await;
+    assert_eq!(info["num_pending"], 2, "{info}");
+    assert_eq!(info["config"]["filter_subject"], "ORDERS.paid", "{info}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
