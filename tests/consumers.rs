@@ -500,3 +500,109 @@ async fn durable_consumers_survive_a_kill_and_ephemeral_ones_do_not() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The crash loop: a pull consumer fetches and acks (double acks, so it knows
+/// what was applied) while the server is SIGKILLed again and again. After each
+/// restart nothing acknowledged comes back, and every message delivered but
+/// not acknowledged does, as a redelivery.
+#[tokio::test]
+async fn consumer_state_survives_repeated_kills() {
+    let dir = store_dir("crash-loop");
+    let mut server = start(&dir);
+    let mut client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 0).await;
+    js.get_stream("ORDERS")
+        .await
+        .expect("stream")
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("WORK".into()),
+            ack_wait: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut acked = std::collections::BTreeSet::new();
+    let mut published = 0u64;
+    for round in 0..6u64 {
+        let js = jetstream::new(client.clone());
+        for _ in 0..10 {
+            js.publish("ORDERS.new", "x".into())
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+            published += 1;
+        }
+        let c: consumer::PullConsumer = js
+            .get_stream("ORDERS")
+            .await
+            .expect("stream")
+            .get_consumer("WORK")
+            .await
+            .expect("consumer after restart");
+        let got = fetch(&c, 8).await;
+        assert!(!got.is_empty(), "round {round}");
+        for m in &got {
+            let i = m.info().expect("info");
+            assert!(
+                !acked.contains(&i.stream_sequence),
+                "round {round}: acknowledged {} came back",
+                i.stream_sequence
+            );
+            // The even sequences are acknowledged, the odd ones left pending.
+            if i.stream_sequence % 2 == 0 {
+                m.double_ack().await.expect("double ack");
+                acked.insert(i.stream_sequence);
+            }
+        }
+        let before = c.clone().info().await.expect("info").clone();
+        drop(server);
+        server = start(&dir);
+        client = async_nats::connect(server.url()).await.expect("reconnect");
+        let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.WORK", "").await;
+        assert_eq!(
+            info["delivered"]["stream_seq"], before.delivered.stream_sequence,
+            "round {round}: {info}"
+        );
+        assert_eq!(
+            info["num_ack_pending"].as_u64(),
+            Some(before.num_ack_pending as u64),
+            "round {round}: {info}"
+        );
+    }
+    // What is left arrives (the pending ones once their ack wait from before
+    // the kill runs out): everything not acknowledged, nothing acknowledged.
+    let js = jetstream::new(client.clone());
+    let c: consumer::PullConsumer = js
+        .get_stream("ORDERS")
+        .await
+        .expect("stream")
+        .get_consumer("WORK")
+        .await
+        .expect("consumer");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        for m in fetch(&c, 50).await {
+            let seq = m.info().expect("info").stream_sequence;
+            assert!(!acked.contains(&seq), "acknowledged {seq} came back");
+            m.double_ack().await.expect("ack");
+            seen.insert(seq);
+        }
+        if seen.len() + acked.len() == published as usize {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(
+        seen.len() + acked.len(),
+        published as usize,
+        "every unacknowledged message is delivered again"
+    );
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.WORK", "").await;
+    assert_eq!(info["delivered"]["stream_seq"], published, "{info}");
+    assert_eq!(info["num_pending"], 0, "{info}");
+    assert_eq!(info["num_ack_pending"], 0, "{info}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,7 @@ pub mod mem;
 pub mod record;
 pub mod seqset;
 pub mod snapshot;
+pub mod state_file;
 pub mod subject;
 pub mod summary;
 
@@ -27,6 +28,7 @@ pub use config::{Cipher, Discard, Encryption, FileStoreConfig, Limits, SyncPolic
 pub use error::{Result, StoreError};
 pub use file::{Corruption, FileStore, RecoveryReport};
 pub use mem::MemStore;
+pub use state_file::StateFile;
 
 /// A per-message TTL (nats-server's `Nats-TTL` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -147,6 +147,8 @@ pub struct Hosted {
     /// The subscriptions that serve direct gets (when `allow_direct`).
     direct_sids: RefCell<Vec<Bytes>>,
     dir: PathBuf,
+    /// The key the stream's files (its consumers' state too) are sealed with.
+    encryption: Option<Encryption>,
     closed: Cell<bool>,
     usage: StreamUsage,
     /// Appends staged but not yet durable, oldest first, and the task that
@@ -302,6 +304,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
         internal,
         direct_sids: RefCell::new(Vec::new()),
         dir: spec.dir,
+        encryption: spec.encryption.clone(),
         closed: Cell::new(false),
         usage: StreamUsage::new(
             spec.account_name,
@@ -1059,7 +1062,7 @@ impl Hosted {
                 self.put_consumer(shard, *config, created).await
             }
             StreamOp::ConsumerInfo { name } => self.consumer_info(&name),
-            StreamOp::DeleteConsumer { name } => self.delete_consumer(shard, &name),
+            StreamOp::DeleteConsumer { name } => self.delete_consumer(shard, &name).await,
         }
     }
 

@@ -16,13 +16,14 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::super::ack::{AckPrefix, AckReply};
-use super::super::consumer::{AckKind, Action, Consumer, PullRequest, Status};
+use super::super::consumer::{AckKind, Action, Consumer, ConsumerState, PullRequest, Status};
 use super::super::consumer_config::ConsumerConfig;
 use super::super::errors::{self, ApiError};
 use super::{now_ns, ts_rfc3339, Hosted};
 use crate::internal::InternalMsg;
 use crate::shard::{InternalDelivery, Shard};
-use strait_storage::Store;
+use strait_storage::record::Keys;
+use strait_storage::{AnyStore, StateFile, Store};
 
 /// Pull requests for a consumer: `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
 const NEXT_PREFIX: &str = "$JS.API.CONSUMER.MSG.NEXT.";
@@ -44,6 +45,18 @@ struct HostedConsumer {
     facts: Rc<Facts>,
     /// The subscription its pull requests come on (pull consumers).
     next_sid: Option<Bytes>,
+    /// Where its state is kept (durable consumers of file streams).
+    state_file: Option<Rc<StateFile>>,
+    /// Changed since its state was last written.
+    dirty: bool,
+}
+
+/// What a consumer's state file holds: the state, and which consumer it is
+/// (a consumer made again under the same name starts afresh).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptState {
+    created: i64,
+    state: ConsumerState,
 }
 
 /// A wake-up for a task that waits on this shard: set, then awaited.
@@ -161,7 +174,7 @@ impl Hosted {
                 ack: AckPrefix::v1(&stream, &name),
                 headers_only: config.headers_only,
             });
-            let core = Consumer::new(config, self.store.as_ref());
+            let (core, state_file) = self.open_consumer(config, created, &stream).await?;
             self.consumers.by_name.borrow_mut().insert(
                 name.clone(),
                 HostedConsumer {
@@ -169,6 +182,8 @@ impl Hosted {
                     created,
                     facts,
                     next_sid,
+                    state_file,
+                    dirty: false,
                 },
             );
             // Pull requests sent once the create is answered must find the
@@ -182,6 +197,39 @@ impl Hosted {
         self.consumer_info(&name)
     }
 
+    /// The consumer's core, resumed from its kept state when it has one (a
+    /// durable consumer of a file stream keeps its state in `obs/<name>/`).
+    async fn open_consumer(
+        &self,
+        config: ConsumerConfig,
+        created: i64,
+        stream: &str,
+    ) -> Result<(Consumer, Option<Rc<StateFile>>), ApiError> {
+        let kept = config.is_durable()
+            && !config.memory_storage
+            && matches!(self.store.as_ref(), AnyStore::File(_));
+        if !kept {
+            return Ok((Consumer::new(config, self.store.as_ref()), None));
+        }
+        let name = config.consumer_name().to_string();
+        let keys = self
+            .encryption
+            .as_ref()
+            .map(|e| Keys::derive(e.cipher, &e.key, &format!("{stream}/obs/{name}")));
+        let dir = self.dir.join("obs").join(&name);
+        let (file, body) = StateFile::open(&dir, &format!("{stream} > {name}"), keys)
+            .await
+            .map_err(|e| errors::CONSUMER_STORE_FAILED.err(e))?;
+        let state = body
+            .and_then(|b| serde_json::from_slice::<KeptState>(&b).ok())
+            .filter(|k| k.created == created);
+        let core = match state {
+            Some(k) => Consumer::restore(config, &k.state, self.store.as_ref()),
+            None => Consumer::new(config, self.store.as_ref()),
+        };
+        Ok((core, Some(Rc::new(file))))
+    }
+
     pub(super) fn consumer_info(&self, name: &str) -> Result<Value, ApiError> {
         let by_name = self.consumers.by_name.borrow();
         let c = by_name
@@ -192,7 +240,11 @@ impl Hosted {
     }
 
     /// Stops a consumer; its waiting pull requests are told it is gone.
-    pub(super) fn delete_consumer(&self, shard: &Shard, name: &str) -> Result<Value, ApiError> {
+    pub(super) async fn delete_consumer(
+        &self,
+        shard: &Shard,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let removed = self
             .consumers
             .by_name
@@ -210,6 +262,9 @@ impl Hosted {
             if let Some(sid) = self.consumers.ack_sid.borrow_mut().take() {
                 shard.internal_unsubscribe(self.internal, &sid);
             }
+        }
+        if let Some(file) = removed.state_file.and_then(|f| Rc::try_unwrap(f).ok()) {
+            file.remove().await;
         }
         Ok(json!(true))
     }
@@ -253,6 +308,7 @@ impl Hosted {
                     status: Status::BadRequest(text),
                 }),
             }
+            c.dirty |= delivers(&out);
             self.arm(c.core.next_deadline());
             c.facts.clone()
         };
@@ -279,7 +335,7 @@ impl Hosted {
             let Some(c) = by_name.get_mut(ack.consumer) else {
                 return;
             };
-            c.core.ack(
+            c.dirty |= c.core.ack(
                 ack.stream_seq,
                 kind,
                 reply.clone().filter(|_| next),
@@ -287,6 +343,7 @@ impl Hosted {
                 now,
                 &mut out,
             );
+            c.dirty |= delivers(&out);
             self.arm(c.core.next_deadline());
             c.facts.clone()
         };
@@ -312,6 +369,7 @@ impl Hosted {
                 if c.core.num_waiting() > 0 {
                     let mut out = Vec::new();
                     c.core.deliver(self.store.as_ref(), now, &mut out);
+                    c.dirty |= delivers(&out);
                     if !out.is_empty() {
                         decided.push((c.facts.clone(), out));
                     }
@@ -365,6 +423,7 @@ impl Hosted {
                     if at <= now {
                         let mut out = Vec::new();
                         c.core.tick(self.store.as_ref(), now, &mut out);
+                        c.dirty |= delivers(&out);
                         if !out.is_empty() {
                             decided.push((c.facts.clone(), out));
                         }
@@ -394,10 +453,14 @@ impl Hosted {
         while !self.closed.get() {
             let next = self.consumers.outbox.borrow_mut().pop_front();
             let Some((facts, action)) = next else {
+                // The acks answered are those the state about to be written holds.
                 let replies: Vec<Rc<str>> =
                     self.consumers.ack_replies.borrow_mut().drain(..).collect();
-                for to in replies {
-                    self.send(&shard, to.as_bytes(), &[], &[]);
+                shard.flush_lanes().await;
+                if self.persist_consumers().await {
+                    for to in replies {
+                        self.send(&shard, to.as_bytes(), &[], &[]);
+                    }
                 }
                 shard.flush_lanes().await;
                 if self.consumers.outbox.borrow().is_empty() {
@@ -516,6 +579,37 @@ impl Hosted {
         }
     }
 
+    /// Writes the state of every consumer that changed since its last write
+    /// (one write and fdatasync for all the changes since, however many).
+    /// Whether every write succeeded.
+    async fn persist_consumers(&self) -> bool {
+        let writes: Vec<(Rc<StateFile>, Vec<u8>)> = {
+            let mut by_name = self.consumers.by_name.borrow_mut();
+            by_name
+                .values_mut()
+                .filter_map(|c| {
+                    if !std::mem::take(&mut c.dirty) {
+                        return None;
+                    }
+                    let file = c.state_file.clone()?;
+                    let kept = KeptState {
+                        created: c.created,
+                        state: c.core.state(),
+                    };
+                    Some((file, serde_json::to_vec(&kept).ok()?))
+                })
+                .collect()
+        };
+        let mut ok = true;
+        for (file, body) in writes {
+            if let Err(e) = file.write(&body).await {
+                tracing::warn!("JetStream consumer state could not be written: {e}");
+                ok = false;
+            }
+        }
+        ok
+    }
+
     /// Publishes `$JS.EVENT.ADVISORY.CONSUMER.<event>.<stream>.<consumer>` with
     /// nats-server's common fields around `fields` (its `type` first).
     fn advise(&self, shard: &Shard, event: &str, consumer: &str, fields: Value) {
@@ -540,4 +634,14 @@ impl Hosted {
         let payload = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
         self.send(shard, subject.as_bytes(), &[], &payload);
     }
+}
+
+/// Whether the core handed something out (which changes its state).
+fn delivers(out: &[Action]) -> bool {
+    out.iter().any(|a| {
+        matches!(
+            a,
+            Action::Deliver { .. } | Action::MaxDeliveries { .. } | Action::Terminated { .. }
+        )
+    })
 }
