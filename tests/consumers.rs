@@ -213,8 +213,10 @@ async fn pull_statuses_and_redelivery_after_the_ack_wait() {
     );
     assert_eq!(v["config"]["ack_wait"], 300_000_000, "{v}");
     assert_eq!(v["num_pending"], 2, "{v}");
+    // Only the advisory under test: the CREATED advisory may still be in
+    // flight when this subscription starts.
     let mut advisories = client
-        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.>")
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>")
         .await
         .expect("subscribe");
 
@@ -605,4 +607,286 @@ async fn consumer_state_survives_repeated_kills() {
     assert_eq!(info["num_ack_pending"], 0, "{info}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A push consumer with nobody on its deliver subject holds its messages;
+/// a subscriber arriving later gets them, then what the stream stores next.
+#[tokio::test]
+async fn a_push_consumer_delivers_once_someone_listens() {
+    let dir = store_dir("push");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = orders(&js, 4).await;
+    // The seed's MONITOR: everything since the last message, acks off.
+    let mut monitor = stream
+        .create_consumer(consumer::push::Config {
+            durable_name: Some("MONITOR".into()),
+            deliver_subject: "monitor.ORDERS".into(),
+            deliver_policy: consumer::DeliverPolicy::Last,
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("create push consumer");
+    let info = monitor.info().await.expect("info").clone();
+    assert!(!info.push_bound, "nobody listens yet");
+    assert_eq!(info.num_pending, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        monitor.info().await.expect("info").delivered.consumer_sequence,
+        0,
+        "nothing delivered"
+    );
+
+    let mut sub = client.subscribe("monitor.ORDERS").await.expect("subscribe");
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("delivered once subscribed")
+        .expect("message");
+    assert_eq!(m.subject.as_str(), "ORDERS.paid", "shown as stored");
+    assert_eq!(&m.payload[..], b"order 4");
+    js.publish("ORDERS.new", "order 5".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("the next one")
+        .expect("message");
+    assert_eq!(&m.payload[..], b"order 5");
+    let info = monitor.info().await.expect("info").clone();
+    assert!(info.push_bound);
+    assert_eq!(info.delivered.stream_sequence, 5);
+    assert_eq!(info.num_pending, 0);
+
+    // async-nats' own push consumer, with explicit acks.
+    let acked = stream
+        .create_consumer(consumer::push::Config {
+            durable_name: Some("NEW".into()),
+            deliver_subject: client.new_inbox(),
+            filter_subject: "ORDERS.new".into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("create push consumer");
+    let mut messages = acked.messages().await.expect("messages");
+    for want in ["order 1", "order 3", "order 5"] {
+        let m = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("in time")
+            .expect("message")
+            .expect("no error");
+        assert_eq!(&m.payload[..], want.as_bytes());
+        m.double_ack().await.expect("ack");
+    }
+    let info = acked.clone().info().await.expect("info").clone();
+    assert_eq!(info.ack_floor.stream_sequence, 5);
+    assert_eq!(info.num_ack_pending, 0);
+}
+
+/// A deliver group shares the messages among its members, each once; a
+/// subscriber outside the group does not make the consumer deliver.
+#[tokio::test]
+async fn a_deliver_group_shares_the_messages() {
+    let dir = store_dir("group");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 0).await;
+    let mut outsider = client.subscribe("work.ORDERS").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let create = r#"{"stream_name":"ORDERS","config":{"durable_name":"WORK","ack_policy":"none",
+        "deliver_subject":"work.ORDERS","deliver_group":"workers"},"action":"create"}"#;
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.ORDERS.WORK", create).await;
+    assert_eq!(v["config"]["deliver_group"], "workers", "{v}");
+    assert!(v.get("push_bound").is_none(), "not a member of the group: {v}");
+
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let c = async_nats::connect(server.url()).await.expect("connect");
+        let sub = c
+            .queue_subscribe("work.ORDERS", "workers".into())
+            .await
+            .expect("subscribe");
+        c.flush().await.expect("flush");
+        members.push((c, sub));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.WORK", "").await;
+        if v["push_bound"] == true {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never bound: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 1..=30 {
+        js.publish("ORDERS.new", format!("{i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let mut seen = Vec::new();
+    for (_, sub) in members.iter_mut() {
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await
+        {
+            seen.push(String::from_utf8_lossy(&m.payload).parse::<u32>().expect("number"));
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=30).collect::<Vec<_>>(), "each message once");
+    let mut outside = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), outsider.next()).await {
+        outside += 1;
+    }
+    assert_eq!(outside, 30, "a plain subscriber hears every delivery");
+}
+
+/// Flow control: deliveries stop once the window is in flight until the
+/// subscriber answers the request, and idle heartbeats say what it waits on.
+#[tokio::test]
+async fn flow_control_holds_a_push_consumer_until_answered() {
+    let dir = store_dir("flow");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 0).await;
+    let payload = bytes::Bytes::from(vec![b'x'; 100 * 1024]);
+    for _ in 0..40 {
+        js.publish("ORDERS.new", payload.clone())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let mut sub = client.subscribe("flow.ORDERS").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let create = r#"{"stream_name":"ORDERS","config":{"durable_name":"FLOW","ack_policy":"none",
+        "deliver_subject":"flow.ORDERS","flow_control":true,"idle_heartbeat":300000000},"action":"create"}"#;
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.ORDERS.FLOW", create).await;
+    assert_eq!(v["config"]["flow_control"], true, "{v}");
+
+    let mut data = 0;
+    let mut request = None;
+    let mut stalled = None;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+        match m.status.map(|s| s.as_u16()) {
+            None => data += 1,
+            Some(100) if m.description.as_deref() == Some("FlowControl Request") => {
+                request = m.reply.clone();
+            }
+            Some(100) => {
+                let header = m.headers.as_ref().and_then(|h| {
+                    h.get("Nats-Consumer-Stalled").map(|v| v.as_str().to_string())
+                });
+                if header.is_some() {
+                    stalled = header;
+                    break;
+                }
+            }
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    let request = request.expect("a flow control request");
+    assert!(request.starts_with("$JS.FC.ORDERS.FLOW."), "{request}");
+    assert!(
+        (10..40).contains(&data),
+        "held at the window: {data} of 40 delivered"
+    );
+    assert_eq!(stalled.as_deref(), Some(request.as_str()));
+
+    client
+        .publish(request, bytes::Bytes::new())
+        .await
+        .expect("answer");
+    while data < 40 {
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("the rest after the answer")
+            .expect("message");
+        match m.status {
+            None => data += 1,
+            Some(_) if m.description.as_deref() == Some("FlowControl Request") => {
+                let reply = m.reply.clone().expect("a reply subject");
+                client.publish(reply, bytes::Bytes::new()).await.expect("answer");
+            }
+            Some(_) => {}
+        }
+    }
+
+    // async-nats' ordered push consumer: flow control and heartbeats, answered
+    // by the client.
+    let stream = js.get_stream("ORDERS").await.expect("stream");
+    let ordered = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut messages = ordered.messages().await.expect("messages");
+    for seq in 1..=40 {
+        let m = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("in time")
+            .expect("message")
+            .expect("no error");
+        assert_eq!(m.info().expect("info").stream_sequence, seq);
+    }
+}
+
+/// An unused ephemeral consumer goes after its inactive threshold, with the
+/// DELETED advisory; a push consumer only once its subscriber leaves.
+#[tokio::test]
+async fn unused_consumers_go_after_their_inactive_threshold() {
+    let dir = store_dir("inactive");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 1).await;
+    let mut deleted = client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.DELETED.ORDERS.>")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+
+    let create = r#"{"stream_name":"ORDERS","config":{"name":"EPH","ack_policy":"explicit",
+        "inactive_threshold":500000000},"action":"create"}"#;
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.ORDERS.EPH", create).await;
+    assert_eq!(v["config"]["inactive_threshold"], 500_000_000, "{v}");
+    let mut listened = client.subscribe("watch.ORDERS").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let create = r#"{"stream_name":"ORDERS","config":{"name":"WATCH","ack_policy":"none",
+        "deliver_subject":"watch.ORDERS","inactive_threshold":500000000},"action":"create"}"#;
+    let v = api(&client, "$JS.API.CONSUMER.CREATE.ORDERS.WATCH", create).await;
+    assert_eq!(v["push_bound"], true, "{v}");
+    listened.next().await.expect("the stored message");
+
+    let m = tokio::time::timeout(Duration::from_secs(5), deleted.next())
+        .await
+        .expect("deleted in time")
+        .expect("advisory");
+    assert_eq!(m.subject.as_str(), "$JS.EVENT.ADVISORY.CONSUMER.DELETED.ORDERS.EPH");
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
+    assert_eq!(body["action"], "delete");
+    let v = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.EPH", "").await;
+    assert_eq!(v["error"]["err_code"], 10014, "{v}");
+
+    // Listened to: still there well past its threshold.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let v = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.WATCH", "").await;
+    assert_eq!(v["name"], "WATCH", "{v}");
+    drop(listened);
+    client.flush().await.expect("flush");
+    let m = tokio::time::timeout(Duration::from_secs(5), deleted.next())
+        .await
+        .expect("deleted once its subscriber left")
+        .expect("advisory");
+    assert_eq!(m.subject.as_str(), "$JS.EVENT.ADVISORY.CONSUMER.DELETED.ORDERS.WATCH");
+    let v = api(&client, "$JS.API.CONSUMER.NAMES.ORDERS", "").await;
+    assert_eq!(v["total"], 0, "{v}");
 }

@@ -21,6 +21,7 @@ pub mod proto;
 pub mod router;
 pub mod server;
 pub mod shard;
+pub mod signal;
 pub mod snapshot;
 pub use strait_storage::subject;
 pub mod sublist;

@@ -28,6 +28,7 @@ use crate::router::{
     Batch, Message, PeerId, PeerMsg, Publisher, Routed, Router, RouterIo, SubscriberId,
     Subscription,
 };
+use crate::signal::Signal;
 use crate::snapshot::ConnSnapshot;
 
 pub use crate::accounts::GLOBAL_ACCOUNT;
@@ -86,6 +87,10 @@ pub struct Shard {
     /// Held until the server opens for clients (JetStream up, as nats-server does
     /// before it accepts); dropping it releases the accept loop.
     clients_gate: RefCell<Option<flume::Sender<()>>>,
+    /// Raised when interest may have changed (JetStream push consumers
+    /// wait for their deliver subject's), with the epoch they last saw.
+    interest_watchers: RefCell<Vec<std::rc::Weak<Signal>>>,
+    interest_seen: Cell<u64>,
 }
 
 /// The router's view of its shard while it routes.
@@ -269,6 +274,8 @@ impl Shard {
             lame_duck: Cell::new(false),
             stopping: Cell::new(false),
             clients_gate: RefCell::new(None),
+            interest_watchers: RefCell::default(),
+            interest_seen: Cell::new(0),
         }
     }
 
@@ -283,7 +290,13 @@ impl Shard {
                 subscribers: self.subscribers.borrow(),
                 max_pending: self.max_pending.get(),
             };
-            f(&mut router, &mut io)
+            let result = f(&mut router, &mut io);
+            let epoch = router.interest_epoch();
+            if epoch != self.interest_seen.get() {
+                self.interest_seen.set(epoch);
+                self.tell_interest_watchers();
+            }
+            result
         };
         if !self.slow.borrow().is_empty() {
             let slow = std::mem::take(&mut *self.slow.borrow_mut());
@@ -292,6 +305,36 @@ impl Shard {
             }
         }
         result
+    }
+
+    fn tell_interest_watchers(&self) {
+        let mut watchers = self.interest_watchers.borrow_mut();
+        if watchers.is_empty() {
+            return;
+        }
+        watchers.retain(|w| match w.upgrade() {
+            Some(signal) => {
+                signal.raise();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Raises `signal` whenever interest on this shard may have changed, for
+    /// as long as the signal lives.
+    pub fn watch_interest(&self, signal: &Rc<Signal>) {
+        self.interest_watchers
+            .borrow_mut()
+            .push(Rc::downgrade(signal));
+    }
+
+    /// Whether a message on `subject` in `account` would reach anyone now
+    /// (see [`Router::has_interest`]).
+    pub fn has_interest(&self, account: u32, subject: &[u8], group: Option<&[u8]>) -> bool {
+        self.router
+            .borrow_mut()
+            .has_interest(account, subject, group)
     }
 
     /// The router, for reading (monitoring).
@@ -367,6 +410,7 @@ impl Shard {
                 router.set_accounts(opts.accounts.clone());
             }
         }
+        self.tell_interest_watchers();
         *self.info.borrow_mut() = info;
         self.max_pending.set(opts.max_pending);
         let old = std::mem::replace(&mut *self.opts.borrow_mut(), opts.clone());

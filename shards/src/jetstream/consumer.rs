@@ -237,6 +237,8 @@ pub enum Status {
     IdleHeartbeat {
         last_consumer: u64,
         last_stream: u64,
+        /// A push consumer waiting for the answer to this flow control request.
+        stalled: Option<Rc<str>>,
     },
     ExceededMaxWaiting,
     RequestsPending,
@@ -265,9 +267,17 @@ impl Status {
             Status::IdleHeartbeat {
                 last_consumer,
                 last_stream,
-            } => format!(
-                "NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: {last_consumer}\r\nNats-Last-Stream: {last_stream}\r\n\r\n"
-            ),
+                stalled,
+            } => {
+                let mut text = format!(
+                    "NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: {last_consumer}\r\nNats-Last-Stream: {last_stream}\r\n"
+                );
+                if let Some(reply) = stalled {
+                    text.push_str(&format!("Nats-Consumer-Stalled: {reply}\r\n"));
+                }
+                text.push_str("\r\n");
+                text
+            }
             Status::ExceededMaxWaiting => "NATS/1.0 409 Exceeded MaxWaiting\r\n\r\n".into(),
             Status::RequestsPending => "NATS/1.0 408 Requests Pending\r\n\r\n".into(),
             Status::PushBased => "NATS/1.0 409 Consumer is push based\r\n\r\n".into(),
@@ -291,6 +301,11 @@ pub enum Action {
     },
     /// Send this status to `to` (headers only).
     Status { to: Rc<str>, status: Status },
+    /// Ask the push subscriber to answer on `reply` once it has taken what
+    /// came before (`NATS/1.0 100 FlowControl Request`).
+    FlowControl { to: Rc<str>, reply: Rc<str> },
+    /// Nothing used the consumer for its inactive threshold: it is to go.
+    Inactive,
     /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`: no more redeliveries.
     MaxDeliveries { stream_seq: u64, deliveries: u64 },
     /// `$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED`.
@@ -324,6 +339,88 @@ struct Waiting {
     next_heartbeat: i64,
 }
 
+/// The delivery side of a push consumer.
+#[derive(Debug)]
+struct Push {
+    to: Rc<str>,
+    /// Someone listens on the deliver subject (in the deliver group, with one).
+    active: bool,
+    next_heartbeat: i64,
+    flow: Option<Flow>,
+    /// What flow control requests reply under.
+    flow_prefix: Rc<str>,
+}
+
+/// nats-server's flow control: the bytes in flight to a push subscriber are
+/// held under a window that starts at 1/16 of its limit and doubles with each
+/// request answered; a request goes out once half the window is in flight.
+#[derive(Debug)]
+struct Flow {
+    limit: u64,
+    window: u64,
+    /// Delivered and not yet covered by an answered request.
+    in_flight: u64,
+    /// The request waiting for its answer, and the bytes its answer releases.
+    outstanding: Option<(Rc<str>, u64)>,
+    prefix: Rc<str>,
+    requests: u64,
+}
+
+/// nats-server's flow control limit (`JsFlowControlMaxPending`).
+pub const FLOW_CONTROL_LIMIT: u64 = 32 * 1024 * 1024;
+
+impl Flow {
+    fn new(prefix: Rc<str>) -> Flow {
+        Flow {
+            limit: FLOW_CONTROL_LIMIT,
+            window: FLOW_CONTROL_LIMIT / 16,
+            in_flight: 0,
+            outstanding: None,
+            prefix,
+            requests: 0,
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        self.in_flight > self.window
+    }
+
+    /// Counts `size` bytes sent; a request to send when half the window is used.
+    fn sent(&mut self, size: u64) -> Option<Rc<str>> {
+        self.in_flight += size;
+        match &mut self.outstanding {
+            None if self.in_flight > self.window / 2 => Some(self.request()),
+            Some((_, covered)) if self.in_flight - *covered >= self.window => {
+                *covered += size;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn request(&mut self) -> Rc<str> {
+        self.requests += 1;
+        let reply: Rc<str> = Rc::from(format!("{}{}", self.prefix, self.requests));
+        self.outstanding = Some((reply.clone(), self.in_flight));
+        reply
+    }
+
+    /// The subscriber answered on `reply`; whether it was the request waited for.
+    fn answered(&mut self, reply: &str) -> bool {
+        match self.outstanding.take() {
+            Some((r, covered)) if &*r == reply => {
+                self.window = (self.window * 2).min(self.limit);
+                self.in_flight = self.in_flight.saturating_sub(covered);
+                true
+            }
+            other => {
+                self.outstanding = other;
+                false
+            }
+        }
+    }
+}
+
 /// The consumer's state and its rules.
 #[derive(Debug)]
 pub struct Consumer {
@@ -347,6 +444,13 @@ pub struct Consumer {
     /// When something was last delivered and last acknowledged (ns).
     last_delivered_at: Option<i64>,
     last_acked_at: Option<i64>,
+    push: Option<Push>,
+    /// Since when nothing has used the consumer (a pull request or a
+    /// delivery; for push, since it lost its subscriber), for the inactive
+    /// threshold.
+    idle_since: i64,
+    /// `Action::Inactive` was given (once).
+    inactive_told: bool,
 }
 
 /// Where the next delivery comes from.
@@ -408,9 +512,99 @@ impl Consumer {
             starting,
             last_delivered_at: None,
             last_acked_at: None,
+            push: None,
+            idle_since: 0,
+            inactive_told: false,
         };
         consumer.recount(source);
         consumer
+    }
+
+    /// The consumer starts serving at `now`. A push consumer's flow control
+    /// requests are replies under `flow_prefix`, and it delivers nothing until
+    /// [`Self::set_interest`] says someone listens.
+    pub fn begin(&mut self, now: i64, flow_prefix: &str) {
+        self.idle_since = now;
+        let flow_prefix: Rc<str> = Rc::from(flow_prefix);
+        self.push = (!self.cfg.is_pull()).then(|| Push {
+            to: Rc::from(self.cfg.deliver_subject.as_str()),
+            active: false,
+            next_heartbeat: now.saturating_add(self.cfg.heartbeat),
+            flow: self.cfg.flow_control.then(|| Flow::new(flow_prefix.clone())),
+            flow_prefix,
+        });
+    }
+
+    /// Where a push consumer delivers: its deliver subject and group.
+    pub fn deliver_to(&self) -> Option<(&str, Option<&str>)> {
+        self.push.as_ref().map(|_| {
+            let group = &self.cfg.deliver_group;
+            (
+                self.cfg.deliver_subject.as_str(),
+                (!group.is_empty()).then_some(group.as_str()),
+            )
+        })
+    }
+
+    /// Whether anyone listens on a push consumer's deliver subject now. Gaining
+    /// a subscriber starts delivery; losing one starts the inactive threshold.
+    pub fn set_interest(
+        &mut self,
+        active: bool,
+        source: &impl Source,
+        now: i64,
+        out: &mut Vec<Action>,
+    ) {
+        let heartbeat = self.cfg.heartbeat;
+        let Some(push) = &mut self.push else {
+            return;
+        };
+        if push.active == active {
+            return;
+        }
+        push.active = active;
+        if active {
+            push.next_heartbeat = now.saturating_add(heartbeat);
+            self.inactive_told = false;
+            self.deliver(source, now, out);
+        } else {
+            self.idle_since = now;
+        }
+    }
+
+    /// A push subscriber answered a flow control request on `reply`; with
+    /// `ack_policy: flow_control` the answer's last stream sequence acks
+    /// everything up to it.
+    pub fn flow_answered(
+        &mut self,
+        reply: &str,
+        last_stream: Option<u64>,
+        source: &impl Source,
+        now: i64,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(flow) = self.push.as_mut().and_then(|p| p.flow.as_mut()) else {
+            return false;
+        };
+        if !flow.answered(reply) {
+            return false;
+        }
+        let mut changed = false;
+        if self.cfg.ack_policy == AckPolicy::FlowControl {
+            if let Some(seq) = last_stream.filter(|&s| s > 0) {
+                changed = self.acknowledge(seq, now);
+            }
+        }
+        self.deliver(source, now, out);
+        changed
+    }
+
+    /// Whether appending a message may give it something to send now.
+    pub fn wants_messages(&self) -> bool {
+        match &self.push {
+            Some(push) => push.active,
+            None => !self.waiting.is_empty(),
+        }
     }
 
     pub fn config(&self) -> &ConsumerConfig {
@@ -458,7 +652,7 @@ impl Consumer {
             num_redelivered: self.num_redelivered(),
             num_waiting: self.num_waiting(),
             num_pending: self.num_pending,
-            push_bound: false,
+            push_bound: self.push.as_ref().is_some_and(|p| p.active),
             paused: false,
             pause_remaining: 0,
             ts: rfc3339(now),
@@ -522,8 +716,19 @@ impl Consumer {
 
     /// An update: the new configuration (which [`ConsumerConfig::check_update`]
     /// allowed) takes effect from the next delivery; what was delivered stays.
+    /// Takes an updated configuration. A push consumer's deliver subject may
+    /// have changed: it waits for [`Self::set_interest`] again.
     pub fn set_config(&mut self, cfg: ConsumerConfig, source: &impl Source) {
         self.filters = cfg.filters().into_iter().map(str::to_string).collect();
+        if let Some(push) = &mut self.push {
+            push.to = Rc::from(cfg.deliver_subject.as_str());
+            push.active = false;
+            match (&push.flow, cfg.flow_control) {
+                (None, true) => push.flow = Some(Flow::new(push.flow_prefix.clone())),
+                (Some(_), false) => push.flow = None,
+                _ => {}
+            }
+        }
         self.cfg = cfg;
         self.recount(source);
     }
@@ -622,6 +827,8 @@ impl Consumer {
             );
         }
         self.expire_requests(now, out);
+        self.idle_since = now;
+        self.inactive_told = false;
         if req.no_wait {
             let available = self.num_pending + self.redeliver.len() as u64;
             if available == 0 && req.expires == 0 {
@@ -682,8 +889,13 @@ impl Consumer {
         }
     }
 
-    /// Hands out messages to the waiting requests while there are both.
+    /// Hands out messages: to the waiting requests while there are both, or
+    /// to a push consumer's subscriber while flow control and the ack limit
+    /// allow.
     pub fn deliver(&mut self, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+        if self.push.is_some() {
+            return self.push_messages(source, now, out);
+        }
         while !self.waiting.is_empty() && !self.max_ack_pending_reached() {
             let Some((seq, size, origin)) = self.next_candidate(source) else {
                 self.finish_no_wait(out);
@@ -722,6 +934,40 @@ impl Consumer {
         }
     }
 
+    fn push_messages(&mut self, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+        loop {
+            let Some(push) = &self.push else {
+                return;
+            };
+            let stalled = push.flow.as_ref().is_some_and(Flow::stalled);
+            if !push.active || stalled || self.max_ack_pending_reached() {
+                return;
+            }
+            let to = push.to.clone();
+            let Some((seq, size, origin)) = self.next_candidate(source) else {
+                return;
+            };
+            self.record_delivery(seq, origin, to.clone(), now, out);
+            let acks_by_flow =
+                self.cfg.ack_policy == AckPolicy::FlowControl && self.max_ack_pending_reached();
+            let heartbeat = self.cfg.heartbeat;
+            let Some(push) = &mut self.push else {
+                return;
+            };
+            push.next_heartbeat = now.saturating_add(heartbeat);
+            if let Some(flow) = &mut push.flow {
+                let mut request = flow.sent(size);
+                // Acked by flow control: the ack limit is reached, so ask now.
+                if request.is_none() && acks_by_flow && flow.outstanding.is_none() {
+                    request = Some(flow.request());
+                }
+                if let Some(reply) = request {
+                    out.push(Action::FlowControl { to, reply });
+                }
+            }
+        }
+    }
+
     fn record_delivery(
         &mut self,
         seq: u64,
@@ -732,6 +978,7 @@ impl Consumer {
     ) {
         self.delivered.consumer += 1;
         self.last_delivered_at = Some(now);
+        self.idle_since = now;
         let consumer_seq = self.delivered.consumer;
         match origin {
             Origin::Redelivery => {}
@@ -953,10 +1200,16 @@ impl Consumer {
                     status: Status::IdleHeartbeat {
                         last_consumer,
                         last_stream,
+                        stalled: None,
                     },
                 });
                 req.next_heartbeat = now.saturating_add(req.heartbeat);
             }
+        }
+        self.push_heartbeat(now, out);
+        if self.inactive_at().is_some_and(|at| at <= now) {
+            self.inactive_told = true;
+            out.push(Action::Inactive);
         }
         while let Some(&(due, seq)) = self.due.first() {
             if due > now {
@@ -969,16 +1222,81 @@ impl Consumer {
         self.deliver(source, now, out);
     }
 
+    /// A push consumer idle for its heartbeat interval tells its subscriber
+    /// where it is (and, stalled, which flow control request it waits on).
+    fn push_heartbeat(&mut self, now: i64, out: &mut Vec<Action>) {
+        let heartbeat = self.cfg.heartbeat;
+        let acks_by_flow = self.cfg.ack_policy == AckPolicy::FlowControl && !self.pending.is_empty();
+        let (last_consumer, last_stream) = (self.delivered.consumer, self.delivered.stream);
+        let Some(push) = &mut self.push else {
+            return;
+        };
+        if heartbeat <= 0 || !push.active || push.next_heartbeat > now {
+            return;
+        }
+        push.next_heartbeat = now.saturating_add(heartbeat);
+        out.push(Action::Status {
+            to: push.to.clone(),
+            status: Status::IdleHeartbeat {
+                last_consumer,
+                last_stream,
+                stalled: push
+                    .flow
+                    .as_ref()
+                    .and_then(|f| f.outstanding.as_ref().map(|(r, _)| r.clone())),
+            },
+        });
+        // Acked by flow control: what is pending is acked by the answer.
+        if let Some(flow) = &mut push.flow {
+            if acks_by_flow && flow.outstanding.is_none() {
+                let reply = flow.request();
+                out.push(Action::FlowControl {
+                    to: push.to.clone(),
+                    reply,
+                });
+            }
+        }
+    }
+
+    /// When the inactive threshold runs out: for a push consumer, that long
+    /// after it lost its subscriber; for a pull consumer, that long after its
+    /// last request or delivery with no request waiting, and no sooner than
+    /// that long after the last ack wait it still waits on.
+    fn inactive_at(&self) -> Option<i64> {
+        let threshold = self.cfg.inactive_threshold;
+        if threshold <= 0 || self.inactive_told {
+            return None;
+        }
+        match &self.push {
+            Some(push) if push.active => None,
+            Some(_) => Some(self.idle_since.saturating_add(threshold)),
+            None if !self.waiting.is_empty() => None,
+            None => {
+                let last_due = self.due.last().map_or(i64::MIN, |(due, _)| *due);
+                Some(self.idle_since.max(last_due).saturating_add(threshold))
+            }
+        }
+    }
+
     /// When [`Self::tick`] next has work: the earliest request expiry,
-    /// heartbeat or ack deadline. `None` while nothing waits on time, so an
-    /// idle consumer arms no timer.
+    /// heartbeat, ack deadline or inactive threshold. `None` while nothing
+    /// waits on time, so an idle consumer arms no timer.
     pub fn next_deadline(&self) -> Option<i64> {
         let requests = self.waiting.iter().flat_map(|r| {
             let heartbeat = (r.heartbeat > 0).then_some(r.next_heartbeat);
             r.expires_at.into_iter().chain(heartbeat)
         });
         let ack = self.due.first().map(|(due, _)| *due);
-        requests.chain(ack).min()
+        let push = self
+            .push
+            .as_ref()
+            .filter(|p| p.active && self.cfg.heartbeat > 0)
+            .map(|p| p.next_heartbeat);
+        requests
+            .chain(ack)
+            .chain(push)
+            .chain(self.inactive_at())
+            .min()
     }
 }
 
@@ -1669,5 +1987,166 @@ mod tests {
         c.tick(&src, S, &mut out);
         assert_eq!(delivered(&out), [(2, 3, 2)], "1 is gone, 2 comes back");
         assert_eq!(c.pending(1), None);
+    }
+
+    fn push(json: &str, src: &Fake) -> Consumer {
+        let mut c = Consumer::new(config(json), src);
+        c.begin(0, "$JS.FC.O.P.");
+        c
+    }
+
+    fn flow_requests(out: &[Action]) -> Vec<String> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::FlowControl { reply, .. } => Some(reply.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_push_consumer_delivers_only_while_someone_listens() {
+        let mut src = Fake::with(&["O.a", "O.b", "O.c"]);
+        let mut c = push(r#"{"durable_name":"P","deliver_subject":"out"}"#, &src);
+        assert_eq!(c.deliver_to(), Some(("out", None)));
+        let mut out = Vec::new();
+        c.deliver(&src, 0, &mut out);
+        assert!(out.is_empty(), "nobody listens yet");
+        assert!(!c.wants_messages());
+        c.set_interest(true, &src, 1, &mut out);
+        assert_eq!(delivered(&out), [(1, 1, 1), (2, 2, 1), (3, 3, 1)]);
+        assert!(out
+            .iter()
+            .all(|a| matches!(a, Action::Deliver { to, .. } if &**to == "out")));
+        c.set_interest(false, &src, 2, &mut out);
+        src.msgs.push(Some(("O.d".into(), 10)));
+        c.on_append(4, "O.d");
+        assert!(!c.wants_messages(), "the subscriber left");
+        out.clear();
+        c.set_interest(true, &src, 3, &mut out);
+        assert_eq!(delivered(&out), [(4, 4, 1)], "resumed where it stopped");
+    }
+
+    #[test]
+    fn an_idle_push_consumer_sends_heartbeats_to_its_subscriber() {
+        let src = Fake::with(&[]);
+        let mut c = push(
+            r#"{"durable_name":"P","deliver_subject":"out","idle_heartbeat":1000000000}"#,
+            &src,
+        );
+        assert_eq!(c.next_deadline(), None, "no heartbeats with nobody listening");
+        let mut out = Vec::new();
+        c.set_interest(true, &src, 0, &mut out);
+        assert_eq!(c.next_deadline(), Some(S));
+        c.tick(&src, S, &mut out);
+        assert_eq!(
+            statuses(&out),
+            ["NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 0\r\nNats-Last-Stream: 0\r\n\r\n"]
+        );
+        assert!(matches!(&out[0], Action::Status { to, .. } if &**to == "out"));
+        assert_eq!(c.next_deadline(), Some(2 * S));
+    }
+
+    #[test]
+    fn flow_control_holds_deliveries_until_the_subscriber_answers() {
+        let src = Fake {
+            msgs: (0..10).map(|_| Some(("O.a".to_string(), 600_000))).collect(),
+        };
+        let mut c = push(
+            r#"{"durable_name":"P","deliver_subject":"out","flow_control":true,"idle_heartbeat":1000000000}"#,
+            &src,
+        );
+        let mut out = Vec::new();
+        c.set_interest(true, &src, 0, &mut out);
+        // The window starts at 2 MiB: a request once 1 MiB is in flight, and
+        // nothing more once the window is full.
+        assert_eq!(delivered(&out).len(), 4);
+        assert_eq!(flow_requests(&out), ["$JS.FC.O.P.1"]);
+        out.clear();
+        c.tick(&src, S, &mut out);
+        assert_eq!(
+            statuses(&out),
+            ["NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 4\r\nNats-Last-Stream: 4\r\nNats-Consumer-Stalled: $JS.FC.O.P.1\r\n\r\n"],
+            "stalled, the heartbeat says on what"
+        );
+        assert!(delivered(&out).is_empty());
+        out.clear();
+        assert!(!c.flow_answered("$JS.FC.O.P.9", None, &src, S, &mut out));
+        assert!(out.is_empty(), "not the request waited for");
+        c.flow_answered("$JS.FC.O.P.1", None, &src, S, &mut out);
+        // The window doubled to 4 MiB.
+        assert_eq!(
+            delivered(&out).iter().map(|d| d.0).collect::<Vec<_>>(),
+            [5, 6, 7, 8, 9]
+        );
+        assert_eq!(flow_requests(&out), ["$JS.FC.O.P.2"]);
+    }
+
+    #[test]
+    fn acks_by_flow_control_ack_up_to_the_answers_last_sequence() {
+        let src = Fake::with(&["O.a", "O.b", "O.c"]);
+        let mut c = push(
+            r#"{"durable_name":"P","deliver_subject":"out","flow_control":true,"idle_heartbeat":1000000000,"ack_policy":"flow_control","max_ack_pending":2}"#,
+            &src,
+        );
+        let mut out = Vec::new();
+        c.set_interest(true, &src, 0, &mut out);
+        assert_eq!(delivered(&out).len(), 2, "held at max_ack_pending");
+        let requests = flow_requests(&out);
+        assert_eq!(requests.len(), 1, "asked at once for the acks");
+        out.clear();
+        assert!(c.flow_answered(&requests[0], Some(2), &src, 1, &mut out));
+        assert_eq!(c.ack_floor().stream, 2);
+        assert_eq!(delivered(&out), [(3, 3, 1)]);
+    }
+
+    #[test]
+    fn an_unused_pull_consumer_is_told_inactive_after_its_threshold() {
+        let src = Fake::with(&["O.a"]);
+        let mut c = Consumer::new(
+            config(r#"{"ack_policy":"none","inactive_threshold":5000000000}"#),
+            &src,
+        );
+        c.begin(0, "");
+        assert_eq!(c.next_deadline(), Some(5 * S));
+        let mut out = Vec::new();
+        c.pull(
+            reply("r"),
+            request(r#"{"batch":5,"expires":2000000000}"#),
+            &src,
+            S,
+            &mut out,
+        );
+        // A waiting request keeps it in use; the threshold counts from its last use.
+        c.tick(&src, 3 * S, &mut out);
+        assert!(!out.contains(&Action::Inactive));
+        c.tick(&src, 5 * S + 1, &mut out);
+        assert!(!out.contains(&Action::Inactive), "used at 1 s");
+        c.tick(&src, 6 * S, &mut out);
+        assert_eq!(out.iter().filter(|a| **a == Action::Inactive).count(), 1);
+        c.tick(&src, 7 * S, &mut out);
+        assert_eq!(
+            out.iter().filter(|a| **a == Action::Inactive).count(),
+            1,
+            "told once"
+        );
+        assert_eq!(c.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_push_consumer_is_inactive_only_after_losing_its_subscriber() {
+        let src = Fake::with(&[]);
+        let mut c = push(
+            r#"{"deliver_subject":"out","inactive_threshold":5000000000}"#,
+            &src,
+        );
+        let mut out = Vec::new();
+        c.set_interest(true, &src, S, &mut out);
+        c.tick(&src, 20 * S, &mut out);
+        assert!(!out.contains(&Action::Inactive), "listened to");
+        c.set_interest(false, &src, 20 * S, &mut out);
+        assert_eq!(c.next_deadline(), Some(25 * S));
+        c.tick(&src, 25 * S, &mut out);
+        assert!(out.contains(&Action::Inactive));
     }
 }

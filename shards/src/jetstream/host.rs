@@ -70,6 +70,21 @@ pub struct StreamSpec {
     pub account_name: String,
     pub account_usage: Arc<Ledger>,
     pub server_usage: Arc<Ledger>,
+    /// Where the stream tells the service what it decided on its own.
+    pub events: flume::Sender<HostEvent>,
+}
+
+/// What a hosted stream tells the JetStream service unasked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    /// The consumer made at `created` was not used for its inactive
+    /// threshold: the service deletes it, as it does when asked to.
+    ConsumerInactive {
+        account: String,
+        stream: String,
+        consumer: String,
+        created: i64,
+    },
 }
 
 /// A request about one hosted stream.
@@ -156,6 +171,7 @@ pub struct Hosted {
     pending: RefCell<std::collections::VecDeque<PendingAck>>,
     acker: Cell<Option<std::task::Waker>>,
     consumers: consumers::Consumers,
+    events: flume::Sender<HostEvent>,
 }
 
 /// A staged append and what its acknowledgement needs.
@@ -315,6 +331,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
         pending: RefCell::default(),
         acker: Cell::new(None),
         consumers: consumers::Consumers::default(),
+        events: spec.events,
     });
     if let Err(e) = hosted.subscribe(shard, &spec.config) {
         shard.remove_internal(internal);
@@ -547,15 +564,26 @@ impl Hosted {
     }
 
     /// Publishes one answer: `headers` then `payload` as one message.
-    fn send(&self, shard: &Shard, reply: &[u8], headers: &[u8], payload: &[u8]) {
+    fn send(&self, shard: &Shard, subject: &[u8], headers: &[u8], payload: &[u8]) {
+        self.send_with_reply(shard, subject, b"", headers, payload);
+    }
+
+    fn send_with_reply(
+        &self,
+        shard: &Shard,
+        subject: &[u8],
+        reply: &[u8],
+        headers: &[u8],
+        payload: &[u8],
+    ) {
         let mut message = Vec::with_capacity(headers.len() + payload.len());
         message.extend_from_slice(headers);
         message.extend_from_slice(payload);
         shard.internal_publish(
             Some(self.internal),
             self.account,
+            subject,
             reply,
-            b"",
             headers.len(),
             &Bytes::from(message),
         );

@@ -15,7 +15,9 @@ use serde_json::{json, Map, Value};
 
 use super::config::{ServerLimits, StorageType, StreamConfig};
 use super::errors::{self, ApiError};
-use super::host::{now_ns, ts_rfc3339, StreamCommand, StreamOp, StreamRequest, StreamSpec};
+use super::host::{
+    now_ns, ts_rfc3339, HostEvent, StreamCommand, StreamOp, StreamRequest, StreamSpec,
+};
 use super::meta::{MetaChange, MetaLog, MetaState, StreamAssignment};
 use super::usage::Ledger;
 use crate::accounts::JetStreamLimits;
@@ -78,6 +80,10 @@ struct Service {
     server_usage: Arc<Ledger>,
     /// The same per account, against the account's `max_memory` / `max_file`.
     account_usage: RefCell<std::collections::HashMap<String, Arc<Ledger>>>,
+    /// What the hosted streams decide on their own (an inactive consumer).
+    events: (flume::Sender<HostEvent>, flume::Receiver<HostEvent>),
+    /// Each account's API client, which also publishes its advisories.
+    handles: RefCell<std::collections::HashMap<String, Rc<InternalHandle>>>,
 }
 
 /// The stream directory of `account`'s stream `name` under the store.
@@ -123,6 +129,8 @@ pub async fn start(
         advisories: RefCell::default(),
         server_usage: Ledger::new(js.max_memory, js.max_store),
         account_usage: RefCell::default(),
+        events: flume::unbounded(),
+        handles: RefCell::default(),
         js,
     });
     let assignments: Vec<StreamAssignment> = service.meta.borrow().all().cloned().collect();
@@ -204,9 +212,15 @@ pub async fn start(
         if !subscribed || !any {
             continue;
         }
+        let handle = Rc::new(handle);
+        service
+            .handles
+            .borrow_mut()
+            .insert(name.clone(), handle.clone());
         let service = service.clone();
         glommio::spawn_local(async move { service.serve(handle, name).await }).detach();
     }
+    glommio::spawn_local(service.clone().handle_events()).detach();
     tracing::info!(
         "Took {} to start JetStream",
         crate::format_duration(started.elapsed())
@@ -652,6 +666,7 @@ impl Service {
             sync: self.js.sync,
             encryption: self.js.encryption.clone(),
             domain: self.js.domain.clone(),
+            events: self.events.0.clone(),
         };
         let (reply, rx) = flume::bounded(1);
         let command = Command::JetStream(StreamCommand::Open {
@@ -698,7 +713,44 @@ impl Service {
             })
     }
 
-    async fn serve(self: Rc<Self>, handle: InternalHandle, account: String) {
+    /// Carries out what the streams decided on their own.
+    async fn handle_events(self: Rc<Self>) {
+        while let Ok(event) = self.events.1.recv_async().await {
+            match event {
+                HostEvent::ConsumerInactive {
+                    account,
+                    stream,
+                    consumer,
+                    created,
+                } => {
+                    self.remove_inactive(&account, &stream, &consumer, created)
+                        .await;
+                    self.publish_advisories(&account).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes the advisories queued for `account`, in order.
+    async fn publish_advisories(&self, account: &str) {
+        let Some(handle) = self.handles.borrow().get(account).cloned() else {
+            return;
+        };
+        let advisories: Vec<(String, String, Value)> = {
+            let mut all = self.advisories.borrow_mut();
+            let (mine, others) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|(a, _, _)| *a == account);
+            *all = others;
+            mine
+        };
+        for (_, subject, body) in advisories {
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            handle.publish(&subject, "", None, &body).await;
+        }
+    }
+
+    async fn serve(self: Rc<Self>, handle: Rc<InternalHandle>, account: String) {
         let index = handle.account;
         let enabled = self.opts.accounts.jetstream(index).is_some();
         while let Some(msg) = handle.next().await {
@@ -711,18 +763,7 @@ impl Service {
             let body = serde_json::to_vec(&response).unwrap_or_default();
             let reply = String::from_utf8_lossy(&msg.reply).into_owned();
             handle.publish(&reply, "", None, &body).await;
-            let advisories: Vec<(String, String, Value)> = {
-                let mut all = self.advisories.borrow_mut();
-                let (mine, others) = std::mem::take(&mut *all)
-                    .into_iter()
-                    .partition(|(a, _, _)| *a == account);
-                *all = others;
-                mine
-            };
-            for (_, subject, body) in advisories {
-                let body = serde_json::to_vec(&body).unwrap_or_default();
-                handle.publish(&subject, "", None, &body).await;
-            }
+            self.publish_advisories(&account).await;
             // After the stream's own advisories, as nats-server sends them.
             let audit = serde_json::to_vec(&self.audit(&msg, &body)).unwrap_or_default();
             handle.publish(AUDIT_SUBJECT, "", None, &audit).await;

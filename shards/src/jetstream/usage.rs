@@ -96,6 +96,10 @@ pub struct StreamUsage {
 }
 
 impl StreamUsage {
+    pub fn account_name(&self) -> &str {
+        &self.account_name
+    }
+
     pub fn new(
         account_name: String,
         account: Arc<Ledger>,

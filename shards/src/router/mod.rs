@@ -314,6 +314,9 @@ pub struct Router {
     /// Summary bounds for new accounts: (max fan-out, max nodes).
     summary_limits: (usize, usize),
     pub stats: TrafficStats,
+    /// Bumped by every change that can alter what [`Router::has_interest`]
+    /// answers, so that watchers recheck only after one.
+    interest_epoch: u64,
     /// Simulation only: a bug the simulation must catch.
     #[cfg(test)]
     pub(crate) planted: sim::Planted,
@@ -357,6 +360,7 @@ impl Router {
             changes: Vec::new(),
             summary_limits: (summary::DEFAULT_MAX_FANOUT, summary::DEFAULT_MAX_NODES),
             stats: TrafficStats::default(),
+            interest_epoch: 0,
             #[cfg(test)]
             planted: sim::Planted::None,
         };
@@ -400,6 +404,7 @@ impl Router {
     /// Takes a (reloaded) account configuration: accounts only ever get appended
     /// (the control plane keeps indexes stable), and every import route is replaced.
     pub fn set_accounts(&mut self, spec: Arc<Accounts>) {
+        self.interest_epoch += 1;
         for a in spec.list.iter().skip(self.accounts.len()) {
             let mut acc = Account::new(&a.name);
             acc.summary =
@@ -468,6 +473,7 @@ impl Router {
         let Some(acc) = self.accounts.get_mut(account as usize) else {
             return false;
         };
+        self.interest_epoch += 1;
         acc.sublist.insert(
             &sub.subject,
             sub.queue.as_deref(),
@@ -537,6 +543,7 @@ impl Router {
         {
             return false;
         }
+        self.interest_epoch += 1;
         if sub.queue.is_none() {
             acc.local_plain = acc.local_plain.saturating_sub(1);
             if self.peers.is_empty() {
@@ -633,6 +640,7 @@ impl Router {
         let Some(acc) = self.accounts.get_mut(account as usize) else {
             return;
         };
+        self.interest_epoch += 1;
         let key = ((subject, queue), from);
         if count == 0 {
             if let Some(ri) = acc.remote.remove(&key) {
@@ -773,6 +781,33 @@ impl Router {
                 .sublist
                 .matches(subject),
         )
+    }
+
+    /// Changes since the start that may alter what [`Router::has_interest`] answers.
+    pub fn interest_epoch(&self) -> u64 {
+        self.interest_epoch
+    }
+
+    /// Whether a message on `subject` in `account` would reach a subscriber,
+    /// here or on a peer, or go on through an import; with `group`, only a
+    /// member of that queue group counts. A peer's folded pattern counts until
+    /// that peer has said nobody there wants the subject (so a push consumer
+    /// whose only match is a pattern learns after one wasted message).
+    pub fn has_interest(&mut self, account: u32, subject: &[u8], group: Option<&[u8]>) -> bool {
+        let Some(m) = self.matches(account, subject) else {
+            return false;
+        };
+        let counts = |entry: &Interest| match entry {
+            Interest::Local(sub) => !sub.detached.get(),
+            Interest::Remote(ri) => !ri.folded.get() || !self.known_miss(ri.peer, account, subject),
+            _ => true,
+        };
+        let queued = |name: &[u8]| group.is_none_or(|g| g == name);
+        (group.is_none() && m.plain.iter().any(counts))
+            || m
+                .queues
+                .iter()
+                .any(|q| queued(&q.name) && q.members.iter().any(counts))
     }
 
     /// Routes a message published here in `account`: to local subscribers, to the
@@ -1284,6 +1319,7 @@ impl Router {
     }
 
     fn remember_miss(&mut self, peer: PeerId, account: u32, subject: Bytes) {
+        self.interest_epoch += 1;
         if self.remembered_misses >= MAX_REMEMBERED_MISSES {
             self.misses.clear();
             self.remembered_misses = 0;
@@ -1301,6 +1337,7 @@ impl Router {
     /// `peer`'s interest in `account` grew: what it said it misses may be wanted now.
     fn forget_misses_of(&mut self, peer: PeerId, account: u32) {
         if let Some(set) = self.misses.remove(&(peer, account)) {
+            self.interest_epoch += 1;
             self.remembered_misses -= set.len();
         }
     }

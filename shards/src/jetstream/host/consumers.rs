@@ -9,7 +9,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,15 +18,21 @@ use super::super::ack::{AckPrefix, AckReply};
 use super::super::consumer::{AckKind, Action, Consumer, ConsumerState, PullRequest, Status};
 use super::super::consumer_config::ConsumerConfig;
 use super::super::errors::{self, ApiError};
-use super::{now_ns, ts_rfc3339, Hosted};
+use super::{now_ns, ts_rfc3339, HostEvent, Hosted};
 use crate::internal::InternalMsg;
 use crate::shard::{InternalDelivery, Shard};
+use crate::signal::Signal;
 use strait_storage::record::Keys;
 use strait_storage::{AnyStore, StateFile, Store};
 
 /// Pull requests for a consumer: `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
 const NEXT_PREFIX: &str = "$JS.API.CONSUMER.MSG.NEXT.";
 const ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.";
+/// Answers to push consumers' flow control requests:
+/// `$JS.FC.<stream>.<consumer>.<request>`.
+const FLOW_PREFIX: &str = "$JS.FC.";
+const FLOW_REQUEST: &[u8] = b"NATS/1.0 100 FlowControl Request\r\n\r\n";
+const LAST_STREAM: &str = "Nats-Last-Stream";
 /// nats-server's header of a headers-only delivery.
 const MSG_SIZE: &str = "Nats-Msg-Size";
 
@@ -35,6 +40,7 @@ const MSG_SIZE: &str = "Nats-Msg-Size";
 /// queue of things to send so that sending does not borrow the consumer.
 pub(super) struct Facts {
     name: Rc<str>,
+    created: i64,
     ack: AckPrefix,
     headers_only: bool,
 }
@@ -59,34 +65,6 @@ struct KeptState {
     state: ConsumerState,
 }
 
-/// A wake-up for a task that waits on this shard: set, then awaited.
-#[derive(Default)]
-struct Signal {
-    raised: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl Signal {
-    fn raise(&self) {
-        self.raised.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.raised.replace(false) {
-                Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
-
 /// The consumers of one stream.
 #[derive(Default)]
 pub(super) struct Consumers {
@@ -94,12 +72,19 @@ pub(super) struct Consumers {
     by_sid: RefCell<HashMap<Bytes, Rc<str>>>,
     /// The stream's one subscription for the acks of all its consumers.
     ack_sid: RefCell<Option<Bytes>>,
+    /// The same for the answers to its push consumers' flow control.
+    flow_sid: RefCell<Option<Bytes>>,
     /// What the cores decided, in order, for the sender.
     outbox: RefCell<VecDeque<(Rc<Facts>, Action)>>,
     /// Empty-payload replies to acks sent as requests, after what they acked.
     ack_replies: RefCell<VecDeque<Rc<str>>>,
     sender: Signal,
-    timer: Signal,
+    /// Also raised by the shard when interest changes, once a push consumer
+    /// watches it.
+    timer: Rc<Signal>,
+    watching_interest: Cell<bool>,
+    /// The shard's interest epoch when push consumers last looked.
+    interest_seen: Cell<u64>,
     /// The deadline the timer sleeps to; `i64::MAX`: none.
     armed: Cell<i64>,
     started: Cell<bool>,
@@ -112,12 +97,15 @@ impl Consumers {
 
     /// Whether `sid` is one of the consumers' subscriptions.
     pub(super) fn owns(&self, sid: &Bytes) -> bool {
-        self.by_sid.borrow().contains_key(sid) || self.ack_sid.borrow().as_ref() == Some(sid)
+        self.by_sid.borrow().contains_key(sid)
+            || self.ack_sid.borrow().as_ref() == Some(sid)
+            || self.flow_sid.borrow().as_ref() == Some(sid)
     }
 
     pub(super) fn sids(&self) -> Vec<Bytes> {
         let mut sids: Vec<Bytes> = self.by_sid.borrow().keys().cloned().collect();
         sids.extend(self.ack_sid.borrow().iter().cloned());
+        sids.extend(self.flow_sid.borrow().iter().cloned());
         sids
     }
 }
@@ -143,11 +131,15 @@ impl Hosted {
             if let Some(c) = by_name.get_mut(&name) {
                 c.facts = Rc::new(Facts {
                     name: name.clone(),
+                    created: c.created,
                     ack: AckPrefix::v1(&stream, &name),
                     headers_only: config.headers_only,
                 });
                 c.core.set_config(config, self.store.as_ref());
             }
+            drop(by_name);
+            self.watch_push(shard, &stream)?;
+            self.refresh_interest(shard, Some(&name));
         } else {
             let next_sid = if config.is_pull() {
                 let subject = format!("{NEXT_PREFIX}{stream}.{name}");
@@ -171,10 +163,12 @@ impl Hosted {
             }
             let facts = Rc::new(Facts {
                 name: name.clone(),
+                created,
                 ack: AckPrefix::v1(&stream, &name),
                 headers_only: config.headers_only,
             });
-            let (core, state_file) = self.open_consumer(config, created, &stream).await?;
+            let (mut core, state_file) = self.open_consumer(config, created, &stream).await?;
+            core.begin(now_ns(), &format!("{FLOW_PREFIX}{stream}.{name}."));
             self.consumers.by_name.borrow_mut().insert(
                 name.clone(),
                 HostedConsumer {
@@ -191,8 +185,10 @@ impl Hosted {
             shard.barrier().await;
             if !self.consumers.started.replace(true) {
                 glommio::spawn_local(self.clone().send_decisions(shard.clone())).detach();
-                glommio::spawn_local(self.clone().keep_time()).detach();
+                glommio::spawn_local(self.clone().keep_time(shard.clone())).detach();
             }
+            self.watch_push(shard, &stream)?;
+            self.refresh_interest(shard, Some(&name));
         }
         self.consumer_info(&name)
     }
@@ -259,8 +255,10 @@ impl Hosted {
         removed.core.close(&mut out);
         self.queue(&removed.facts, out);
         if self.consumers.len() == 0 {
-            if let Some(sid) = self.consumers.ack_sid.borrow_mut().take() {
-                shard.internal_unsubscribe(self.internal, &sid);
+            let ack = self.consumers.ack_sid.borrow_mut().take();
+            let flow = self.consumers.flow_sid.borrow_mut().take();
+            for sid in ack.iter().chain(flow.iter()) {
+                shard.internal_unsubscribe(self.internal, sid);
             }
         }
         if let Some(file) = removed.state_file.and_then(|f| Rc::try_unwrap(f).ok()) {
@@ -277,13 +275,115 @@ impl Hosted {
         self.consumers.timer.raise();
     }
 
-    /// One message on a consumer subscription: a pull request or an ack.
+    /// One message on a consumer subscription: a pull request, an ack, or
+    /// the answer to a flow control request.
     pub(super) fn consumer_message(&self, msg: InternalMsg) {
         let name = self.consumers.by_sid.borrow().get(&msg.sid).cloned();
         match name {
             Some(name) => self.pull(&name, msg),
+            None if self.consumers.flow_sid.borrow().as_ref() == Some(&msg.sid) => {
+                self.flow_answer(msg)
+            }
             None => self.ack(msg),
         }
+    }
+
+    /// Push consumers need the answers to their flow control requests, and
+    /// to hear when interest in their deliver subjects changes.
+    fn watch_push(&self, shard: &Shard, stream: &str) -> Result<(), ApiError> {
+        let (push, flow) = self
+            .consumers
+            .by_name
+            .borrow()
+            .values()
+            .fold((false, false), |(push, flow), c| {
+                let cfg = c.core.config();
+                (push || !cfg.is_pull(), flow || cfg.flow_control)
+            });
+        if push && !self.consumers.watching_interest.replace(true) {
+            shard.watch_interest(&self.consumers.timer);
+        }
+        if flow && self.consumers.flow_sid.borrow().is_none() {
+            let subject = format!("{FLOW_PREFIX}{stream}.>");
+            let sid = shard
+                .internal_subscribe(self.internal, subject.as_bytes(), None)
+                .ok_or_else(|| errors::CONSUMER_CREATE.err("invalid stream name"))?;
+            *self.consumers.flow_sid.borrow_mut() = Some(sid);
+        }
+        Ok(())
+    }
+
+    /// Tells push consumers (`only` one, or all) whether anyone listens on
+    /// their deliver subjects now.
+    fn refresh_interest(&self, shard: &Shard, only: Option<&str>) {
+        if !self.consumers.watching_interest.get() {
+            return;
+        }
+        if only.is_none() {
+            let epoch = shard.router().interest_epoch();
+            if self.consumers.interest_seen.replace(epoch) == epoch {
+                return;
+            }
+        }
+        let now = now_ns();
+        let mut decided = Vec::new();
+        {
+            let mut by_name = self.consumers.by_name.borrow_mut();
+            for (name, c) in by_name.iter_mut() {
+                if only.is_some_and(|o| o != &**name) {
+                    continue;
+                }
+                let Some((subject, group)) = c.core.deliver_to() else {
+                    continue;
+                };
+                let active = shard.has_interest(
+                    self.account,
+                    subject.as_bytes(),
+                    group.map(str::as_bytes),
+                );
+                let mut out = Vec::new();
+                c.core
+                    .set_interest(active, self.store.as_ref(), now, &mut out);
+                c.dirty |= delivers(&out);
+                self.arm(c.core.next_deadline());
+                if !out.is_empty() {
+                    decided.push((c.facts.clone(), out));
+                }
+            }
+        }
+        for (facts, out) in decided {
+            self.queue(&facts, out);
+        }
+    }
+
+    /// `$JS.FC.<stream>.<consumer>.<request>`: a push subscriber took what
+    /// came before the request; its `Nats-Last-Stream` header (when it sends
+    /// one) is what it took.
+    fn flow_answer(&self, msg: InternalMsg) {
+        let Ok(subject) = std::str::from_utf8(&msg.subject) else {
+            return;
+        };
+        let Some(name) = subject.split('.').nth(3) else {
+            return;
+        };
+        let last_stream = crate::proto::header_value(msg.headers(), LAST_STREAM)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse().ok());
+        let now = now_ns();
+        let mut out = Vec::new();
+        let facts = {
+            let mut by_name = self.consumers.by_name.borrow_mut();
+            let Some(c) = by_name.get_mut(name) else {
+                return;
+            };
+            c.dirty |= c
+                .core
+                .flow_answered(subject, last_stream, self.store.as_ref(), now, &mut out);
+            c.dirty |= delivers(&out);
+            self.arm(c.core.next_deadline());
+            c.facts.clone()
+        };
+        self.queue(&facts, out);
     }
 
     fn pull(&self, name: &str, msg: InternalMsg) {
@@ -366,7 +466,7 @@ impl Hosted {
             let mut by_name = self.consumers.by_name.borrow_mut();
             for c in by_name.values_mut() {
                 c.core.on_append(seq, subject);
-                if c.core.num_waiting() > 0 {
+                if c.core.wants_messages() {
                     let mut out = Vec::new();
                     c.core.deliver(self.store.as_ref(), now, &mut out);
                     c.dirty |= delivers(&out);
@@ -409,8 +509,9 @@ impl Hosted {
 
     /// The stream's one timer: ticks the consumers whose deadline has come,
     /// then sleeps until the earliest one left (or until one comes earlier).
-    async fn keep_time(self: Rc<Self>) {
+    async fn keep_time(self: Rc<Self>, shard: Rc<Shard>) {
         while !self.closed.get() {
+            self.refresh_interest(&shard, None);
             let now = now_ns();
             let mut earliest = i64::MAX;
             let mut decided = Vec::new();
@@ -529,6 +630,25 @@ impl Hosted {
                 }
                 Action::Status { to, status } => {
                     self.send(&shard, to.as_bytes(), status.header().as_bytes(), &[]);
+                }
+                Action::FlowControl { to, reply } => {
+                    self.send_with_reply(
+                        &shard,
+                        to.as_bytes(),
+                        reply.as_bytes(),
+                        FLOW_REQUEST,
+                        &[],
+                    );
+                }
+                Action::Inactive => {
+                    // The service deletes it, as if asked; gone already when
+                    // the service is (the server is stopping).
+                    let _ = self.events.send(HostEvent::ConsumerInactive {
+                        account: self.usage.account_name().to_string(),
+                        stream: self.stream_name(),
+                        consumer: facts.name.to_string(),
+                        created: facts.created,
+                    });
                 }
                 Action::MaxDeliveries {
                     stream_seq,

@@ -301,6 +301,32 @@ impl Service {
         Ok(())
     }
 
+    /// A consumer that went unused for its inactive threshold goes, unless it
+    /// is another consumer by now (deleted and made again under its name).
+    pub(super) async fn remove_inactive(
+        &self,
+        account: &str,
+        stream: &str,
+        name: &str,
+        created: i64,
+    ) {
+        let Ok((s, c)) = self.consumer_assignment(account, stream, name) else {
+            return;
+        };
+        if c.created != created {
+            return;
+        }
+        match self.remove_consumer(&s, name).await {
+            Ok(()) => tracing::debug!(
+                "JetStream consumer '{account} > {stream} > {name}' deleted after its inactive threshold"
+            ),
+            Err(e) => tracing::warn!(
+                "JetStream could not delete inactive consumer '{account} > {stream} > {name}': {}",
+                e.description
+            ),
+        }
+    }
+
     fn consumer_names(
         &self,
         account: &str,
