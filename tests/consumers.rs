@@ -634,7 +634,12 @@ async fn a_push_consumer_delivers_once_someone_listens() {
     assert_eq!(info.num_pending, 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        monitor.info().await.expect("info").delivered.consumer_sequence,
+        monitor
+            .info()
+            .await
+            .expect("info")
+            .delivered
+            .consumer_sequence,
         0,
         "nothing delivered"
     );
@@ -702,7 +707,10 @@ async fn a_deliver_group_shares_the_messages() {
         "deliver_subject":"work.ORDERS","deliver_group":"workers"},"action":"create"}"#;
     let v = api(&client, "$JS.API.CONSUMER.CREATE.ORDERS.WORK", create).await;
     assert_eq!(v["config"]["deliver_group"], "workers", "{v}");
-    assert!(v.get("push_bound").is_none(), "not a member of the group: {v}");
+    assert!(
+        v.get("push_bound").is_none(),
+        "not a member of the group: {v}"
+    );
 
     let mut members = Vec::new();
     for _ in 0..3 {
@@ -732,15 +740,19 @@ async fn a_deliver_group_shares_the_messages() {
     }
     let mut seen = Vec::new();
     for (_, sub) in members.iter_mut() {
-        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await
-        {
-            seen.push(String::from_utf8_lossy(&m.payload).parse::<u32>().expect("number"));
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            seen.push(
+                String::from_utf8_lossy(&m.payload)
+                    .parse::<u32>()
+                    .expect("number"),
+            );
         }
     }
     seen.sort_unstable();
     assert_eq!(seen, (1..=30).collect::<Vec<_>>(), "each message once");
     let mut outside = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), outsider.next()).await {
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), outsider.next()).await
+    {
         outside += 1;
     }
     assert_eq!(outside, 30, "a plain subscriber hears every delivery");
@@ -781,7 +793,8 @@ async fn flow_control_holds_a_push_consumer_until_answered() {
             }
             Some(100) => {
                 let header = m.headers.as_ref().and_then(|h| {
-                    h.get("Nats-Consumer-Stalled").map(|v| v.as_str().to_string())
+                    h.get("Nats-Consumer-Stalled")
+                        .map(|v| v.as_str().to_string())
                 });
                 if header.is_some() {
                     stalled = header;
@@ -812,7 +825,10 @@ async fn flow_control_holds_a_push_consumer_until_answered() {
             None => data += 1,
             Some(_) if m.description.as_deref() == Some("FlowControl Request") => {
                 let reply = m.reply.clone().expect("a reply subject");
-                client.publish(reply, bytes::Bytes::new()).await.expect("answer");
+                client
+                    .publish(reply, bytes::Bytes::new())
+                    .await
+                    .expect("answer");
             }
             Some(_) => {}
         }
@@ -870,7 +886,10 @@ async fn unused_consumers_go_after_their_inactive_threshold() {
         .await
         .expect("deleted in time")
         .expect("advisory");
-    assert_eq!(m.subject.as_str(), "$JS.EVENT.ADVISORY.CONSUMER.DELETED.ORDERS.EPH");
+    assert_eq!(
+        m.subject.as_str(),
+        "$JS.EVENT.ADVISORY.CONSUMER.DELETED.ORDERS.EPH"
+    );
     let body: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
     assert_eq!(body["action"], "delete");
     let v = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.EPH", "").await;
@@ -886,7 +905,200 @@ async fn unused_consumers_go_after_their_inactive_threshold() {
         .await
         .expect("deleted once its subscriber left")
         .expect("advisory");
-    assert_eq!(m.subject.as_str(), "$JS.EVENT.ADVISORY.CONSUMER.DELETED.ORDERS.WATCH");
+    assert_eq!(
+        m.subject.as_str(),
+        "$JS.EVENT.ADVISORY.CONSUMER.DELETED.ORDERS.WATCH"
+    );
     let v = api(&client, "$JS.API.CONSUMER.NAMES.ORDERS", "").await;
     assert_eq!(v["total"], 0, "{v}");
+}
+
+async fn stream_messages(client: &async_nats::Client, stream: &str) -> (u64, u64) {
+    let info = api(client, &format!("$JS.API.STREAM.INFO.{stream}"), "").await;
+    let state = &info["state"];
+    (
+        state["messages"].as_u64().expect("messages"),
+        state["first_seq"].as_u64().expect("first_seq"),
+    )
+}
+
+/// Work queue retention: a message stays until its consumer acknowledges
+/// (or terminates) it, whatever else happens to it, and across a kill.
+#[tokio::test]
+async fn a_work_queue_keeps_each_message_until_it_is_acknowledged() {
+    let dir = store_dir("workqueue");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(stream::Config {
+            name: "JOBS".into(),
+            subjects: vec!["jobs.*".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .expect("work queue stream");
+    for i in 1..=10 {
+        js.publish("jobs.run", format!("job {i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    assert_eq!(
+        stream_messages(&client, "JOBS").await,
+        (10, 1),
+        "nothing goes without a consumer"
+    );
+    let workers = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("W".into()),
+            ack_wait: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let got = fetch(&workers, 10).await;
+    assert_eq!(got.len(), 10);
+    for m in &got[..6] {
+        m.double_ack().await.expect("ack");
+    }
+    got[6].ack_with(AckKind::Term).await.expect("term");
+    got[7].ack_with(AckKind::Progress).await.expect("progress");
+    got[8].ack_with(AckKind::Nak(None)).await.expect("nak");
+    // The double ack of the last one: everything before it is applied.
+    got[9].double_ack().await.expect("ack");
+    assert_eq!(
+        stream_messages(&client, "JOBS").await,
+        (2, 8),
+        "acked and terminated messages are gone; in progress and naked stay"
+    );
+    drop(server);
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("reconnect");
+    assert_eq!(
+        stream_messages(&client, "JOBS").await,
+        (2, 8),
+        "the same after a kill"
+    );
+    let js = jetstream::new(client.clone());
+    let workers: consumer::PullConsumer = js
+        .get_stream("JOBS")
+        .await
+        .expect("stream")
+        .get_consumer("W")
+        .await
+        .expect("consumer");
+    // Both come back once their ack wait runs out (counted from their last
+    // delivery, as nats-server does after a restart); the worker finishes them.
+    let mut finished = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while finished.len() < 2 && tokio::time::Instant::now() < deadline {
+        for m in fetch(&workers, 10).await {
+            finished.push(m.info().expect("metadata").stream_sequence);
+            m.double_ack().await.expect("ack");
+        }
+    }
+    finished.sort_unstable();
+    assert_eq!(finished, vec![8, 9], "only the unfinished ones come back");
+    assert_eq!(stream_messages(&client, "JOBS").await, (0, 11), "all done");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Interest retention: a message is kept only while a consumer that takes
+/// its subject has not acknowledged it; a consumer that goes takes its
+/// interest with it.
+#[tokio::test]
+async fn an_interest_stream_keeps_messages_until_every_interested_consumer_acked() {
+    let dir = store_dir("interest");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(stream::Config {
+            name: "EVENTS".into(),
+            subjects: vec!["events.*".into()],
+            retention: stream::RetentionPolicy::Interest,
+            ..Default::default()
+        })
+        .await
+        .expect("interest stream");
+    let publish = |subject: &'static str| {
+        let js = js.clone();
+        async move {
+            js.publish(subject, "e".into())
+                .await
+                .expect("publish")
+                .await
+                .expect("ack")
+                .sequence
+        }
+    };
+    publish("events.a").await;
+    assert_eq!(
+        stream_messages(&client, "EVENTS").await.0,
+        0,
+        "nobody is interested"
+    );
+    let only_a = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("A".into()),
+            filter_subject: "events.a".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("A");
+    let every = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("B".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("B");
+    let mut seqs = Vec::new();
+    for subject in ["events.a", "events.b", "events.a", "events.b"] {
+        seqs.push(publish(subject).await);
+    }
+    assert_eq!(seqs, [2, 3, 4, 5]);
+    assert_eq!(stream_messages(&client, "EVENTS").await, (4, 2));
+    for m in fetch(&only_a, 10).await {
+        m.double_ack().await.expect("ack");
+    }
+    assert_eq!(
+        stream_messages(&client, "EVENTS").await.0,
+        4,
+        "B still needs them all"
+    );
+    let b = fetch(&every, 2).await;
+    for m in &b {
+        m.double_ack().await.expect("ack");
+    }
+    assert_eq!(
+        stream_messages(&client, "EVENTS").await,
+        (2, 4),
+        "acked by both (2) and by B, the only one taking events.b (3)"
+    );
+    stream.delete_consumer("B").await.expect("delete B");
+    assert_eq!(
+        stream_messages(&client, "EVENTS").await.0,
+        0,
+        "4 was acked by A, and nobody else takes 5"
+    );
+    publish("events.b").await;
+    publish("events.a").await;
+    assert_eq!(
+        stream_messages(&client, "EVENTS").await,
+        (1, 7),
+        "only A's subject is kept"
+    );
+    stream.delete_consumer("A").await.expect("delete A");
+    assert_eq!(
+        stream_messages(&client, "EVENTS").await.0,
+        0,
+        "without consumers it empties"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

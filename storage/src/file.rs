@@ -1961,6 +1961,15 @@ impl Store for FileStore {
             .map(|e| e.size() as u64)
     }
 
+    fn stored_subject(&self, seq: u64) -> Option<Subject> {
+        self.inner
+            .st
+            .borrow()
+            .index
+            .get(seq)
+            .map(|e| e.subject.clone())
+    }
+
     fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>> {
         self.inner.st.borrow().index.multi_last(filters, up_to, max)
     }

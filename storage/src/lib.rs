@@ -145,6 +145,8 @@ pub trait Store {
     fn next_matching(&self, start: u64, filters: &[String]) -> Option<(u64, u64)>;
     /// The accounted size of message `seq`; `None` if it is not stored.
     fn stored_size(&self, seq: u64) -> Option<u64>;
+    /// The subject message `seq` is stored under; `None` if it is not stored.
+    fn stored_subject(&self, seq: u64) -> Option<subject::Subject>;
     /// The first sequence stored at or after `ts` (ns); `last_seq + 1` if none.
     fn seq_from_time(&self, ts: i64) -> u64;
     /// The last sequence per subject matching any of `filters`, at or below `up_to`
@@ -236,6 +238,9 @@ impl Store for AnyStore {
     }
     fn stored_size(&self, seq: u64) -> Option<u64> {
         delegate!(self, s => s.stored_size(seq))
+    }
+    fn stored_subject(&self, seq: u64) -> Option<subject::Subject> {
+        delegate!(self, s => s.stored_subject(seq))
     }
     fn seq_from_time(&self, ts: i64) -> u64 {
         delegate!(self, s => s.seq_from_time(ts))

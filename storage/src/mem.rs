@@ -210,6 +210,10 @@ impl Store for MemStore {
         self.index.borrow().get(seq).map(|e| e.size() as u64)
     }
 
+    fn stored_subject(&self, seq: u64) -> Option<Subject> {
+        self.index.borrow().get(seq).map(|e| e.subject.clone())
+    }
+
     fn seq_from_time(&self, ts: i64) -> u64 {
         self.index.borrow().seq_from_time(ts)
     }

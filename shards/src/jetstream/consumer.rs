@@ -52,6 +52,10 @@ pub struct ConsumerState {
     pub pending: BTreeMap<u64, (u64, i64)>,
     /// Stream sequence → deliveries, for those delivered more than once.
     pub redelivered: BTreeMap<u64, u64>,
+    /// Delivered `max_deliver` times and never acknowledged: a stream that
+    /// keeps messages for its consumers keeps these (as nats-server does).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub exhausted: BTreeSet<u64>,
 }
 
 /// `delivered` and `ack_floor` as consumer info shows them.
@@ -306,6 +310,11 @@ pub enum Action {
     FlowControl { to: Rc<str>, reply: Rc<str> },
     /// Nothing used the consumer for its inactive threshold: it is to go.
     Inactive,
+    /// The consumer no longer needs `stream_seq` (acknowledged, terminated,
+    /// or delivered without acks): a stream that keeps messages only for its
+    /// consumers (interest and work queue retention) drops it unless another
+    /// consumer still needs it. Given only after [`Consumer::report_releases`].
+    Release { stream_seq: u64 },
     /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`: no more redeliveries.
     MaxDeliveries { stream_seq: u64, deliveries: u64 },
     /// `$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED`.
@@ -451,6 +460,10 @@ pub struct Consumer {
     idle_since: i64,
     /// `Action::Inactive` was given (once).
     inactive_told: bool,
+    /// The stream keeps messages for its consumers: give `Action::Release`.
+    releases: bool,
+    /// See [`ConsumerState::exhausted`]; kept only when `releases`.
+    exhausted: BTreeSet<u64>,
 }
 
 /// Where the next delivery comes from.
@@ -515,6 +528,8 @@ impl Consumer {
             push: None,
             idle_since: 0,
             inactive_told: false,
+            releases: false,
+            exhausted: BTreeSet::new(),
         };
         consumer.recount(source);
         consumer
@@ -530,7 +545,10 @@ impl Consumer {
             to: Rc::from(self.cfg.deliver_subject.as_str()),
             active: false,
             next_heartbeat: now.saturating_add(self.cfg.heartbeat),
-            flow: self.cfg.flow_control.then(|| Flow::new(flow_prefix.clone())),
+            flow: self
+                .cfg
+                .flow_control
+                .then(|| Flow::new(flow_prefix.clone())),
             flow_prefix,
         });
     }
@@ -592,7 +610,7 @@ impl Consumer {
         let mut changed = false;
         if self.cfg.ack_policy == AckPolicy::FlowControl {
             if let Some(seq) = last_stream.filter(|&s| s > 0) {
-                changed = self.acknowledge(seq, now);
+                changed = self.acknowledge(seq, now, out);
             }
         }
         self.deliver(source, now, out);
@@ -605,6 +623,11 @@ impl Consumer {
             Some(push) => push.active,
             None => !self.waiting.is_empty(),
         }
+    }
+
+    /// The subjects it takes (none: every subject).
+    pub fn filters(&self) -> &[String] {
+        &self.filters
     }
 
     pub fn config(&self) -> &ConsumerConfig {
@@ -675,6 +698,7 @@ impl Consumer {
                 .filter(|(_, p)| p.deliveries > 1)
                 .map(|(&seq, p)| (seq, p.deliveries))
                 .collect(),
+            exhausted: self.exhausted.clone(),
         }
     }
 
@@ -686,6 +710,7 @@ impl Consumer {
         let mut consumer = Consumer::new(cfg, source);
         consumer.delivered = state.delivered;
         consumer.ack_floor = state.ack_floor;
+        consumer.exhausted = state.exhausted.clone();
         if consumer.cfg.deliver_policy == DeliverPolicy::LastPerSubject {
             consumer
                 .starting
@@ -746,19 +771,54 @@ impl Consumer {
     /// Counts the undelivered messages again, after a purge or a delete.
     pub fn recount(&mut self, source: &impl Source) {
         self.starting.retain(|&seq| source.size_of(seq).is_some());
+        self.exhausted.retain(|&seq| source.size_of(seq).is_some());
         self.num_pending =
             self.starting.len() as u64 + source.num_pending(self.next_seq, &self.filters);
     }
 
     /// The stream stored `seq` on `subject`.
     pub fn on_append(&mut self, seq: u64, subject: &str) {
-        let matches = self.filters.is_empty()
+        if seq >= self.next_seq && self.takes(subject) {
+            self.num_pending += 1;
+        }
+    }
+
+    /// Whether the consumer's filters take `subject`.
+    pub fn takes(&self, subject: &str) -> bool {
+        self.filters.is_empty()
             || self
                 .filters
                 .iter()
-                .any(|f| crate::subject::subject_matches(f, subject));
-        if matches && seq >= self.next_seq {
-            self.num_pending += 1;
+                .any(|f| crate::subject::subject_matches(f, subject))
+    }
+
+    /// The stream keeps messages only while its consumers need them: the
+    /// consumer says, with `Action::Release`, when it is done with one
+    /// (`on` false: a limits stream, which needs not hear it).
+    pub fn report_releases(&mut self, on: bool) {
+        self.releases = on;
+        if !on {
+            self.exhausted.clear();
+        }
+    }
+
+    /// Whether the consumer still needs message `seq`, stored on `subject`:
+    /// one it takes that it has not delivered yet, that waits for its ack or
+    /// its redelivery, or that ran out of deliveries unacknowledged.
+    /// nats-server's `needAck`.
+    pub fn needs(&self, seq: u64, subject: &str) -> bool {
+        if !self.takes(subject) {
+            return false;
+        }
+        if self.exhausted.contains(&seq) || seq >= self.next_seq || self.starting.contains(&seq) {
+            return true;
+        }
+        self.acks() && seq > self.ack_floor.stream && self.pending.contains_key(&seq)
+    }
+
+    fn release(&self, seq: u64, out: &mut Vec<Action>) {
+        if self.releases {
+            out.push(Action::Release { stream_seq: seq });
         }
     }
 
@@ -1021,6 +1081,9 @@ impl Consumer {
             deliveries,
             pending: self.num_pending,
         });
+        if !self.acks() {
+            self.release(seq, out);
+        }
     }
 
     /// No-wait requests end once nothing is left to deliver: 404 if they got
@@ -1069,9 +1132,9 @@ impl Consumer {
         out: &mut Vec<Action>,
     ) -> bool {
         let changed = match kind {
-            AckKind::Ack => self.acknowledge(stream_seq, now),
+            AckKind::Ack => self.acknowledge(stream_seq, now, out),
             AckKind::Next(req) => {
-                let changed = self.acknowledge(stream_seq, now);
+                let changed = self.acknowledge(stream_seq, now, out);
                 if let Some(reply) = reply {
                     self.pull(reply, req, source, now, out);
                 }
@@ -1116,6 +1179,7 @@ impl Consumer {
                     deliveries: p.deliveries,
                     reason,
                 });
+                self.release(stream_seq, out);
                 true
             }
         };
@@ -1132,19 +1196,23 @@ impl Consumer {
         }
     }
 
-    fn acknowledge(&mut self, stream_seq: u64, now: i64) -> bool {
+    fn acknowledge(&mut self, stream_seq: u64, now: i64, out: &mut Vec<Action>) -> bool {
         let changed = match self.cfg.ack_policy {
             AckPolicy::None => false,
             AckPolicy::Explicit => {
                 let known = self.pending.contains_key(&stream_seq);
                 self.forget(stream_seq);
+                if known {
+                    self.release(stream_seq, out);
+                }
                 known
             }
             AckPolicy::All | AckPolicy::FlowControl => {
                 let covered: Vec<u64> =
                     self.pending.range(..=stream_seq).map(|(s, _)| *s).collect();
-                for seq in &covered {
-                    self.forget(*seq);
+                for &seq in &covered {
+                    self.forget(seq);
+                    self.release(seq, out);
                 }
                 !covered.is_empty()
             }
@@ -1178,6 +1246,9 @@ impl Consumer {
     fn make_due(&mut self, seq: u64, deliveries: u64, out: &mut Vec<Action>) {
         if self.cfg.max_deliver > 0 && deliveries as i64 >= self.cfg.max_deliver {
             self.forget(seq);
+            if self.releases {
+                self.exhausted.insert(seq);
+            }
             out.push(Action::MaxDeliveries {
                 stream_seq: seq,
                 deliveries,
@@ -1226,7 +1297,8 @@ impl Consumer {
     /// where it is (and, stalled, which flow control request it waits on).
     fn push_heartbeat(&mut self, now: i64, out: &mut Vec<Action>) {
         let heartbeat = self.cfg.heartbeat;
-        let acks_by_flow = self.cfg.ack_policy == AckPolicy::FlowControl && !self.pending.is_empty();
+        let acks_by_flow =
+            self.cfg.ack_policy == AckPolicy::FlowControl && !self.pending.is_empty();
         let (last_consumer, last_stream) = (self.delivered.consumer, self.delivered.stream);
         let Some(push) = &mut self.push else {
             return;
@@ -2034,7 +2106,11 @@ mod tests {
             r#"{"durable_name":"P","deliver_subject":"out","idle_heartbeat":1000000000}"#,
             &src,
         );
-        assert_eq!(c.next_deadline(), None, "no heartbeats with nobody listening");
+        assert_eq!(
+            c.next_deadline(),
+            None,
+            "no heartbeats with nobody listening"
+        );
         let mut out = Vec::new();
         c.set_interest(true, &src, 0, &mut out);
         assert_eq!(c.next_deadline(), Some(S));
@@ -2050,7 +2126,9 @@ mod tests {
     #[test]
     fn flow_control_holds_deliveries_until_the_subscriber_answers() {
         let src = Fake {
-            msgs: (0..10).map(|_| Some(("O.a".to_string(), 600_000))).collect(),
+            msgs: (0..10)
+                .map(|_| Some(("O.a".to_string(), 600_000)))
+                .collect(),
         };
         let mut c = push(
             r#"{"durable_name":"P","deliver_subject":"out","flow_control":true,"idle_heartbeat":1000000000}"#,
@@ -2148,5 +2226,107 @@ mod tests {
         assert_eq!(c.next_deadline(), Some(25 * S));
         c.tick(&src, 25 * S, &mut out);
         assert!(out.contains(&Action::Inactive));
+    }
+
+    fn releases(out: &[Action]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Release { stream_seq } => Some(*stream_seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Interest and work queue retention: what a consumer is done with, it
+    /// says; what it still needs, it answers for.
+    #[test]
+    fn a_consumer_releases_what_it_is_done_with() {
+        let src = Fake::with(&["O.a", "O.b", "O.c", "O.d", "O.x"]);
+        let mut c = Consumer::new(
+            config(
+                r#"{"durable_name":"N","ack_policy":"explicit","filter_subjects":["O.a","O.b","O.c","O.d"]}"#,
+            ),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(reply("r"), request("3"), &src, 0, &mut out);
+        c.ack(1, AckKind::Ack, None, &src, 0, &mut out);
+        assert!(releases(&out).is_empty(), "a limits stream hears nothing");
+        c.report_releases(true);
+        out.clear();
+        c.ack(2, AckKind::Term(String::new()), None, &src, 0, &mut out);
+        c.ack(2, AckKind::Ack, None, &src, 0, &mut out);
+        assert_eq!(releases(&out), [2], "terminated counts, once");
+        assert!(!c.needs(1, "O.a") && !c.needs(2, "O.b"), "done with");
+        assert!(c.needs(3, "O.c"), "waits for its ack");
+        assert!(c.needs(4, "O.d"), "not delivered yet");
+        assert!(!c.needs(5, "O.x"), "not its subject");
+        out.clear();
+        c.ack(3, AckKind::Nak(None), None, &src, 0, &mut out);
+        assert!(
+            releases(&out).is_empty() && c.needs(3, "O.c"),
+            "naked: still needed"
+        );
+
+        let mut all = Consumer::new(config(r#"{"durable_name":"A","ack_policy":"all"}"#), &src);
+        all.report_releases(true);
+        out.clear();
+        all.pull(reply("r"), request("3"), &src, 0, &mut out);
+        all.ack(2, AckKind::Ack, None, &src, 0, &mut out);
+        assert_eq!(
+            releases(&out),
+            [1, 2],
+            "an ack of all covers what came before"
+        );
+
+        let mut none = Consumer::new(config(r#"{"ack_policy":"none"}"#), &src);
+        none.report_releases(true);
+        out.clear();
+        none.pull(reply("r"), request("2"), &src, 0, &mut out);
+        assert_eq!(releases(&out), [1, 2], "without acks, delivered is done");
+        assert!(matches!(
+            out.last(),
+            Some(Action::Release { stream_seq: 2 })
+        ));
+        assert!(
+            matches!(
+                out.iter()
+                    .position(|a| matches!(a, Action::Deliver { stream_seq: 1, .. })),
+                Some(0)
+            ),
+            "delivered before it is released: {out:?}"
+        );
+    }
+
+    /// nats-server keeps a message that ran out of deliveries for the
+    /// consumer that never acknowledged it, also across a restart.
+    #[test]
+    fn a_message_out_of_deliveries_stays_needed() {
+        let src = Fake::with(&["O.a"]);
+        let cfg =
+            r#"{"durable_name":"N","ack_policy":"explicit","ack_wait":1000000000,"max_deliver":1}"#;
+        let mut c = Consumer::new(config(cfg), &src);
+        c.report_releases(true);
+        let mut out = Vec::new();
+        c.pull(reply("r"), request("1"), &src, 0, &mut out);
+        out.clear();
+        c.tick(&src, S, &mut out);
+        assert!(
+            matches!(out[..], [Action::MaxDeliveries { stream_seq: 1, .. }]),
+            "{out:?}"
+        );
+        assert!(c.needs(1, "O.a"));
+        let restored = Consumer::restore(config(cfg), &c.state(), &src);
+        assert!(restored.needs(1, "O.a"), "kept in the state");
+        assert!(!Consumer::restore(
+            config(cfg),
+            &ConsumerState {
+                delivered: c.delivered(),
+                ack_floor: c.ack_floor(),
+                ..Default::default()
+            },
+            &src
+        )
+        .needs(1, "O.a"));
     }
 }

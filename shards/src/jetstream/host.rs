@@ -120,6 +120,9 @@ pub enum StreamOp {
     DeleteConsumer {
         name: String,
     },
+    /// Once its consumers are back after a restart: drops what none of them
+    /// needs (interest and work queue retention); answers how many went.
+    CheckRetention,
 }
 
 impl StreamOp {
@@ -761,7 +764,7 @@ impl Hosted {
         } else {
             msg.reply.clone()
         };
-        let accepted = match decision {
+        let mut accepted = match decision {
             Decision::Refuse(e) => {
                 let refusal = self.stream.borrow().refusal(e);
                 self.reply(shard, &reply, &refusal);
@@ -774,6 +777,9 @@ impl Hosted {
             }
             Decision::Store(a) => a,
         };
+        if accepted.skip && self.consumers_take(&subject) {
+            accepted.skip = false;
+        }
         let size = self.accounting().size_of(
             subject.len(),
             msg.header_len,
@@ -1015,6 +1021,7 @@ impl Hosted {
                     shard.barrier().await;
                 }
                 self.stream.borrow_mut().set_config(config);
+                self.retention_changed();
                 Ok(self.state_json(None, false))
             }
             StreamOp::Purge(req) => {
@@ -1091,6 +1098,7 @@ impl Hosted {
             }
             StreamOp::ConsumerInfo { name } => self.consumer_info(&name),
             StreamOp::DeleteConsumer { name } => self.delete_consumer(shard, &name).await,
+            StreamOp::CheckRetention => Ok(json!(self.check_retention().await)),
         }
     }
 

@@ -162,6 +162,15 @@ pub async fn start(
                 );
             }
         }
+        if !consumers.is_empty() {
+            if let Err(e) = service.send_op(&a, StreamOp::CheckRetention).await {
+                tracing::warn!(
+                    "JetStream could not check the retention of stream '{} > {name}': {}",
+                    a.account,
+                    e.description
+                );
+            }
+        }
         let messages = match service.send_op(&a, StreamOp::state()).await {
             Ok(state) => state["messages"].as_u64().unwrap_or(0),
             Err(_) => 0,

@@ -52,8 +52,8 @@ pub struct Accepted {
     /// The TTL was raised to the subject delete marker TTL, so the stored
     /// `Nats-TTL` header must say so.
     pub ttl_raised: bool,
-    /// Nobody is interested (interest retention): the message takes its
-    /// sequence and is acknowledged, but is not kept.
+    /// Interest retention: unless the shell finds a consumer that takes it,
+    /// the message takes its sequence and is acknowledged, but is not kept.
     pub skip: bool,
 }
 
@@ -328,8 +328,8 @@ impl Stream {
             rollup,
             msg_id: msg_id.map(str::to_string),
             ttl_raised,
-            // Interest is what consumers have, and there are none yet: an
-            // interest stream keeps nothing (as nats-server without consumers).
+            // Interest retention keeps only what a consumer takes, which the
+            // shell, holding the consumers, decides.
             skip: self.config.retention == Retention::Interest,
         })
     }

@@ -804,8 +804,7 @@ impl Router {
         };
         let queued = |name: &[u8]| group.is_none_or(|g| g == name);
         (group.is_none() && m.plain.iter().any(counts))
-            || m
-                .queues
+            || m.queues
                 .iter()
                 .any(|q| queued(&q.name) && q.members.iter().any(counts))
     }

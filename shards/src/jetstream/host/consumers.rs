@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::super::ack::{AckPrefix, AckReply};
+use super::super::config::Retention;
 use super::super::consumer::{AckKind, Action, Consumer, ConsumerState, PullRequest, Status};
 use super::super::consumer_config::ConsumerConfig;
 use super::super::errors::{self, ApiError};
@@ -126,6 +127,7 @@ impl Hosted {
         let name: Rc<str> = Rc::from(config.consumer_name());
         let stream = self.stream_name();
         let exists = self.consumers.by_name.borrow().contains_key(&name);
+        let mut refilter_from = None;
         if exists {
             let mut by_name = self.consumers.by_name.borrow_mut();
             if let Some(c) = by_name.get_mut(&name) {
@@ -135,7 +137,11 @@ impl Hosted {
                     ack: AckPrefix::v1(&stream, &name),
                     headers_only: config.headers_only,
                 });
+                let filters_before = c.core.filters().to_vec();
                 c.core.set_config(config, self.store.as_ref());
+                if c.core.filters() != filters_before.as_slice() {
+                    refilter_from = Some(c.core.ack_floor().stream + 1);
+                }
             }
             drop(by_name);
             self.watch_push(shard, &stream)?;
@@ -169,6 +175,7 @@ impl Hosted {
             });
             let (mut core, state_file) = self.open_consumer(config, created, &stream).await?;
             core.begin(now_ns(), &format!("{FLOW_PREFIX}{stream}.{name}."));
+            core.report_releases(self.keeps_for_consumers().is_some());
             self.consumers.by_name.borrow_mut().insert(
                 name.clone(),
                 HostedConsumer {
@@ -190,7 +197,121 @@ impl Hosted {
             self.watch_push(shard, &stream)?;
             self.refresh_interest(shard, Some(&name));
         }
+        // An interest stream drops what the old filters held and the new ones
+        // do not take, unless another consumer needs it.
+        if let (Some(from), Some(Retention::Interest)) = (refilter_from, self.keeps_for_consumers())
+        {
+            self.drop_unneeded(from, &[]).await;
+        }
         self.consumer_info(&name)
+    }
+
+    /// The stream's retention when it keeps messages only for its consumers
+    /// (interest or work queue); `None` for limits.
+    pub(super) fn keeps_for_consumers(&self) -> Option<Retention> {
+        let retention = self.stream.borrow().config().retention;
+        (retention != Retention::Limits).then_some(retention)
+    }
+
+    /// The stream's retention changed (limits and interest can turn into
+    /// each other): its consumers report releases from now on, or stop.
+    pub(super) fn retention_changed(&self) {
+        let on = self.keeps_for_consumers().is_some();
+        for c in self.consumers.by_name.borrow_mut().values_mut() {
+            c.core.report_releases(on);
+        }
+    }
+
+    /// Whether a message on `subject` is for some consumer (interest
+    /// retention stores nothing else).
+    pub(super) fn consumers_take(&self, subject: &str) -> bool {
+        self.consumers
+            .by_name
+            .borrow()
+            .values()
+            .any(|c| c.core.takes(subject))
+    }
+
+    /// Removes message `seq` if the stream keeps messages for its consumers
+    /// and none of them needs it. Whether it went.
+    async fn drop_if_unneeded(&self, seq: u64) -> bool {
+        if self.keeps_for_consumers().is_none() {
+            return false;
+        }
+        let Some(subject) = self.store.stored_subject(seq) else {
+            return false;
+        };
+        let needed = self
+            .consumers
+            .by_name
+            .borrow()
+            .values()
+            .any(|c| c.core.needs(seq, subject.as_str()));
+        if needed {
+            return false;
+        }
+        match self.store.delete(seq, false).await {
+            Ok(removed) => {
+                self.usage.report(self.store.fast_state().bytes, false);
+                removed
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "JetStream could not remove acknowledged message {seq} of stream '{}': {e}",
+                    self.stream_name()
+                );
+                false
+            }
+        }
+    }
+
+    /// Removes, from `from` on, the messages on `filters` (none: all) that no
+    /// consumer needs. Work is bounded by the messages stored past `from`.
+    async fn drop_unneeded(&self, from: u64, filters: &[String]) -> u64 {
+        let mut next = from.max(self.store.fast_state().first_seq);
+        let mut dropped = 0;
+        while let Some((seq, _)) = self.store.next_matching(next, filters) {
+            next = seq + 1;
+            if self.drop_if_unneeded(seq).await {
+                dropped += 1;
+            }
+            if seq % 1024 == 0 {
+                glommio::yield_if_needed().await;
+            }
+        }
+        dropped
+    }
+
+    /// After a restart: a crash may have come between an ack and the removal
+    /// it allowed, so what no consumer needs any more goes now (up to the
+    /// furthest any consumer delivered; past that everything is needed).
+    pub(super) async fn check_retention(&self) -> u64 {
+        if self.keeps_for_consumers().is_none() || self.consumers.len() == 0 {
+            return 0;
+        }
+        let reach = self
+            .consumers
+            .by_name
+            .borrow()
+            .values()
+            .map(|c| c.core.delivered().stream)
+            .max()
+            .unwrap_or(0);
+        let mut next = self.store.fast_state().first_seq;
+        let mut dropped = 0;
+        while let Some((seq, _)) = self.store.next_matching(next, &[]) {
+            if seq > reach {
+                break;
+            }
+            next = seq + 1;
+            if self.drop_if_unneeded(seq).await {
+                dropped += 1;
+            }
+            if seq % 1024 == 0 {
+                glommio::yield_if_needed().await;
+            }
+        }
+        dropped
     }
 
     /// The consumer's core, resumed from its kept state when it has one (a
@@ -264,6 +385,23 @@ impl Hosted {
         if let Some(file) = removed.state_file.and_then(|f| Rc::try_unwrap(f).ok()) {
             file.remove().await;
         }
+        // An interest stream keeps nothing nobody needs: without consumers
+        // it empties; otherwise what only this one held goes.
+        if self.keeps_for_consumers() == Some(Retention::Interest) {
+            if self.consumers.len() == 0 {
+                let last = self.store.fast_state().last_seq;
+                if let Err(e) = self.store.compact(last + 1).await {
+                    tracing::warn!(
+                        "JetStream could not empty interest stream '{}': {e}",
+                        self.stream_name()
+                    );
+                }
+                self.usage.report(self.store.fast_state().bytes, true);
+            } else {
+                let from = removed.core.ack_floor().stream + 1;
+                self.drop_unneeded(from, removed.core.filters()).await;
+            }
+        }
         Ok(json!(true))
     }
 
@@ -291,15 +429,15 @@ impl Hosted {
     /// Push consumers need the answers to their flow control requests, and
     /// to hear when interest in their deliver subjects changes.
     fn watch_push(&self, shard: &Shard, stream: &str) -> Result<(), ApiError> {
-        let (push, flow) = self
-            .consumers
-            .by_name
-            .borrow()
-            .values()
-            .fold((false, false), |(push, flow), c| {
-                let cfg = c.core.config();
-                (push || !cfg.is_pull(), flow || cfg.flow_control)
-            });
+        let (push, flow) =
+            self.consumers
+                .by_name
+                .borrow()
+                .values()
+                .fold((false, false), |(push, flow), c| {
+                    let cfg = c.core.config();
+                    (push || !cfg.is_pull(), flow || cfg.flow_control)
+                });
         if push && !self.consumers.watching_interest.replace(true) {
             shard.watch_interest(&self.consumers.timer);
         }
@@ -336,11 +474,8 @@ impl Hosted {
                 let Some((subject, group)) = c.core.deliver_to() else {
                     continue;
                 };
-                let active = shard.has_interest(
-                    self.account,
-                    subject.as_bytes(),
-                    group.map(str::as_bytes),
-                );
+                let active =
+                    shard.has_interest(self.account, subject.as_bytes(), group.map(str::as_bytes));
                 let mut out = Vec::new();
                 c.core
                     .set_interest(active, self.store.as_ref(), now, &mut out);
@@ -376,9 +511,9 @@ impl Hosted {
             let Some(c) = by_name.get_mut(name) else {
                 return;
             };
-            c.dirty |= c
-                .core
-                .flow_answered(subject, last_stream, self.store.as_ref(), now, &mut out);
+            c.dirty |=
+                c.core
+                    .flow_answered(subject, last_stream, self.store.as_ref(), now, &mut out);
             c.dirty |= delivers(&out);
             self.arm(c.core.next_deadline());
             c.facts.clone()
@@ -649,6 +784,9 @@ impl Hosted {
                         consumer: facts.name.to_string(),
                         created: facts.created,
                     });
+                }
+                Action::Release { stream_seq } => {
+                    self.drop_if_unneeded(stream_seq).await;
                 }
                 Action::MaxDeliveries {
                     stream_seq,
