@@ -1102,3 +1102,101 @@ async fn an_interest_stream_keeps_messages_until_every_interested_consumer_acked
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `CONSUMER.PAUSE` through async-nats: nothing is delivered until the pause
+/// runs out (a waiting pull is served then, with the resume advisory), the
+/// pause shows in the info and survives a kill, and a resume lifts it.
+#[tokio::test]
+async fn a_paused_consumer_delivers_once_its_pause_runs_out() {
+    let dir = store_dir("pause");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = orders(&js, 2).await;
+    let pulls = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("P".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut advisories = client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.PAUSE.ORDERS.P")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+
+    let until = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
+    let paused = stream.pause_consumer("P", until).await.expect("pause");
+    assert!(paused.paused);
+    assert_eq!(paused.pause_until, until);
+    let remaining = paused.pause_remaining.expect("remaining");
+    assert!(remaining > Duration::from_secs(1) && remaining <= Duration::from_secs(2));
+    let m = advisories.next().await.expect("pause advisory");
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
+    assert_eq!(body["type"], "io.nats.jetstream.advisory.v1.consumer_pause");
+    assert_eq!(body["paused"], true);
+    assert!(body["pause_until"].is_string(), "{body}");
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.P", "").await;
+    assert_eq!(info["paused"], true, "{info}");
+    assert!(info["pause_remaining"].as_i64().expect("remaining") > 0);
+    assert!(info["config"]["pause_until"].is_string(), "{info}");
+    assert_eq!(info["config"]["metadata"]["_nats.req.level"], "1");
+
+    assert!(fetch(&pulls, 2).await.is_empty(), "nothing while paused");
+    let mut batch = pulls
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .expect("fetch");
+    let first = batch.next().await.expect("a message").expect("message");
+    assert!(
+        time::OffsetDateTime::now_utc() >= until,
+        "delivered only after the pause"
+    );
+    first.ack().await.expect("ack");
+    let m = tokio::time::timeout(Duration::from_secs(2), advisories.next())
+        .await
+        .expect("resume advisory in time")
+        .expect("advisory");
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
+    assert_eq!(body["paused"], false, "{body}");
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.P", "").await;
+    assert!(info.get("paused").is_none(), "{info}");
+
+    // A long pause is kept with the consumer across a kill, until resumed.
+    let far = time::macros::datetime!(2099-01-01 00:00 UTC);
+    assert!(stream.pause_consumer("P", far).await.expect("pause").paused);
+    drop(batch);
+    drop(server);
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("reconnect");
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.P", "").await;
+    assert_eq!(info["paused"], true, "{info}");
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("ORDERS").await.expect("stream");
+    let resumed = stream.resume_consumer("P").await.expect("resume");
+    assert!(!resumed.paused);
+    assert!(resumed.pause_remaining.is_none());
+    let v = api(&client, "$JS.API.CONSUMER.PAUSE.ORDERS.P", "").await;
+    assert_eq!(v["pause_until"], "0001-01-01T00:00:00Z", "{v}");
+    let pulls: consumer::PullConsumer = stream.get_consumer("P").await.expect("consumer");
+    assert_eq!(
+        fetch(&pulls, 5).await.len(),
+        1,
+        "the one left comes at once"
+    );
+    let v = api(&client, "$JS.API.CONSUMER.PAUSE.ORDERS.NOPE", "").await;
+    assert_eq!(v["error"]["err_code"], 10014, "{v}");
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.PAUSE.ORDERS.P",
+        "{\"pause_until\":",
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10025, "{v}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -310,6 +310,9 @@ pub enum Action {
     FlowControl { to: Rc<str>, reply: Rc<str> },
     /// Nothing used the consumer for its inactive threshold: it is to go.
     Inactive,
+    /// Its `pause_until` has passed: it delivers again
+    /// (`$JS.EVENT.ADVISORY.CONSUMER.PAUSE` with `paused: false`).
+    Resumed,
     /// The consumer no longer needs `stream_seq` (acknowledged, terminated,
     /// or delivered without acks): a stream that keeps messages only for its
     /// consumers (interest and work queue retention) drops it unless another
@@ -464,6 +467,9 @@ pub struct Consumer {
     releases: bool,
     /// See [`ConsumerState::exhausted`]; kept only when `releases`.
     exhausted: BTreeSet<u64>,
+    /// Delivers nothing before this time (ns), from `pause_until`; cleared
+    /// by the tick that passes it.
+    paused_until: Option<i64>,
 }
 
 /// Where the next delivery comes from.
@@ -530,7 +536,9 @@ impl Consumer {
             inactive_told: false,
             releases: false,
             exhausted: BTreeSet::new(),
+            paused_until: None,
         };
+        consumer.paused_until = consumer.cfg.pause_until_ns();
         consumer.recount(source);
         consumer
     }
@@ -540,6 +548,8 @@ impl Consumer {
     /// [`Self::set_interest`] says someone listens.
     pub fn begin(&mut self, now: i64, flow_prefix: &str) {
         self.idle_since = now;
+        // A pause already over says nothing when it ends.
+        self.paused_until = self.paused_until.filter(|&until| until > now);
         let flow_prefix: Rc<str> = Rc::from(flow_prefix);
         self.push = (!self.cfg.is_pull()).then(|| Push {
             to: Rc::from(self.cfg.deliver_subject.as_str()),
@@ -676,8 +686,11 @@ impl Consumer {
             num_waiting: self.num_waiting(),
             num_pending: self.num_pending,
             push_bound: self.push.as_ref().is_some_and(|p| p.active),
-            paused: false,
-            pause_remaining: 0,
+            paused: self.is_paused(now),
+            pause_remaining: self
+                .paused_until
+                .filter(|&until| until > now)
+                .map_or(0, |until| until - now),
             ts: rfc3339(now),
         }
     }
@@ -743,7 +756,7 @@ impl Consumer {
     /// allowed) takes effect from the next delivery; what was delivered stays.
     /// Takes an updated configuration. A push consumer's deliver subject may
     /// have changed: it waits for [`Self::set_interest`] again.
-    pub fn set_config(&mut self, cfg: ConsumerConfig, source: &impl Source) {
+    pub fn set_config(&mut self, cfg: ConsumerConfig, source: &impl Source, now: i64) {
         self.filters = cfg.filters().into_iter().map(str::to_string).collect();
         if let Some(push) = &mut self.push {
             push.to = Rc::from(cfg.deliver_subject.as_str());
@@ -754,8 +767,14 @@ impl Consumer {
                 _ => {}
             }
         }
+        self.paused_until = cfg.pause_until_ns().filter(|&until| until > now);
         self.cfg = cfg;
         self.recount(source);
+    }
+
+    /// Whether it holds back deliveries at `now` (`pause_until` ahead).
+    pub fn is_paused(&self, now: i64) -> bool {
+        self.paused_until.is_some_and(|until| until > now)
     }
 
     /// The consumer is deleted: its waiting pull requests hear so.
@@ -953,6 +972,12 @@ impl Consumer {
     /// to a push consumer's subscriber while flow control and the ack limit
     /// allow.
     pub fn deliver(&mut self, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+        if self.is_paused(now) {
+            // Pull requests wait for the resume (or their expiry); one that
+            // would not wait hears there is nothing now.
+            self.finish_no_wait(out);
+            return;
+        }
         if self.push.is_some() {
             return self.push_messages(source, now, out);
         }
@@ -1290,6 +1315,10 @@ impl Consumer {
             let deliveries = self.pending.get(&seq).map_or(0, |p| p.deliveries);
             self.make_due(seq, deliveries, out);
         }
+        if self.paused_until.is_some_and(|until| until <= now) {
+            self.paused_until = None;
+            out.push(Action::Resumed);
+        }
         self.deliver(source, now, out);
     }
 
@@ -1368,6 +1397,7 @@ impl Consumer {
             .chain(ack)
             .chain(push)
             .chain(self.inactive_at())
+            .chain(self.paused_until)
             .min()
     }
 }
@@ -2176,6 +2206,68 @@ mod tests {
         assert!(c.flow_answered(&requests[0], Some(2), &src, 1, &mut out));
         assert_eq!(c.ack_floor().stream, 2);
         assert_eq!(delivered(&out), [(3, 3, 1)]);
+    }
+
+    #[test]
+    fn a_paused_consumer_holds_deliveries_until_its_pause_runs_out() {
+        let src = Fake::with(&["O.a", "O.b"]);
+        let mut c = Consumer::new(
+            config(
+                r#"{"durable_name":"P","ack_policy":"explicit","pause_until":"1970-01-01T00:00:10Z"}"#,
+            ),
+            &src,
+        );
+        c.begin(0, "");
+        let mut out = Vec::new();
+        c.pull(
+            reply("waits"),
+            request(r#"{"batch":5,"expires":60000000000}"#),
+            &src,
+            S,
+            &mut out,
+        );
+        c.pull(
+            reply("now"),
+            request(r#"{"batch":1,"no_wait":true}"#),
+            &src,
+            S,
+            &mut out,
+        );
+        assert!(delivered(&out).is_empty(), "nothing while paused");
+        assert_eq!(
+            statuses(&out),
+            ["NATS/1.0 404 No Messages\r\n\r\n"],
+            "no_wait hears so"
+        );
+        assert_eq!(c.num_waiting(), 1);
+        let info = c.info("O", 0, 4 * S);
+        assert!(info.paused);
+        assert_eq!(info.pause_remaining, 6 * S);
+        assert_eq!(c.next_deadline(), Some(10 * S), "wakes at the resume");
+        out.clear();
+        c.tick(&src, 10 * S, &mut out);
+        assert_eq!(out.iter().filter(|a| **a == Action::Resumed).count(), 1);
+        assert_eq!(
+            delivered(&out),
+            [(1, 1, 1), (2, 2, 1)],
+            "the waiting pull is served"
+        );
+        assert!(!c.info("O", 0, 10 * S).paused);
+        out.clear();
+        c.tick(&src, 11 * S, &mut out);
+        assert!(!out.contains(&Action::Resumed), "told once");
+
+        // A pause already over when it is set says nothing and holds nothing.
+        let mut late = Consumer::new(
+            config(
+                r#"{"durable_name":"L","ack_policy":"explicit","pause_until":"1970-01-01T00:00:01Z"}"#,
+            ),
+            &src,
+        );
+        late.begin(5 * S, "");
+        assert_eq!(late.next_deadline(), None);
+        late.tick(&src, 6 * S, &mut out);
+        assert!(!out.contains(&Action::Resumed));
     }
 
     #[test]

@@ -209,6 +209,26 @@ pub struct ConsumerServerLimits {
     pub max_request_batch: i64,
 }
 
+impl ConsumerConfig {
+    /// `pause_until` as nanoseconds since the epoch; `None` when unset or Go's
+    /// zero time (nats-server's "not paused").
+    pub fn pause_until_ns(&self) -> Option<i64> {
+        let t = self.pause_until.as_deref().and_then(parse_time)?;
+        if t == time::macros::datetime!(0001-01-01 00:00 UTC) {
+            return None;
+        }
+        Some(t.unix_timestamp_nanos().clamp(0, i64::MAX as i128) as i64)
+    }
+
+    /// `pause_until` is Go's zero time (or the epoch), which means no pause.
+    pub fn is_zero_pause(&self) -> bool {
+        self.pause_until
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|t| t == time::macros::datetime!(0001-01-01 00:00 UTC))
+    }
+}
+
 /// Parses an RFC 3339 time as Go's `time.Time` reads it.
 fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
@@ -704,7 +724,7 @@ impl ConsumerConfig {
 
     /// The `_nats.req.level` key nats-server keeps in a consumer's configuration:
     /// the API level the features it uses require.
-    fn set_version_metadata(&mut self) {
+    pub fn set_version_metadata(&mut self) {
         let paused = self
             .pause_until
             .as_deref()

@@ -31,6 +31,7 @@ use crate::router::SubscriberId;
 use crate::shard::Shard;
 
 mod consumers;
+pub(super) use consumers::PAUSE_ADVISORY_TYPE;
 
 /// Direct gets: `$JS.API.DIRECT.GET.<stream>` and `...<stream>.<subject>`.
 pub const DIRECT_GET_PREFIX: &str = "$JS.API.DIRECT.GET.";

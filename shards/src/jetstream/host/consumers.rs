@@ -29,6 +29,11 @@ use strait_storage::{AnyStore, StateFile, Store};
 /// Pull requests for a consumer: `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
 const NEXT_PREFIX: &str = "$JS.API.CONSUMER.MSG.NEXT.";
 const ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.";
+
+/// `$JS.EVENT.ADVISORY.CONSUMER.PAUSE.<stream>.<consumer>`'s type, sent by the
+/// API when a consumer is paused or resumed and here when a pause runs out.
+pub(in crate::jetstream) const PAUSE_ADVISORY_TYPE: &str =
+    "io.nats.jetstream.advisory.v1.consumer_pause";
 /// Answers to push consumers' flow control requests:
 /// `$JS.FC.<stream>.<consumer>.<request>`.
 const FLOW_PREFIX: &str = "$JS.FC.";
@@ -138,7 +143,7 @@ impl Hosted {
                     headers_only: config.headers_only,
                 });
                 let filters_before = c.core.filters().to_vec();
-                c.core.set_config(config, self.store.as_ref());
+                c.core.set_config(config, self.store.as_ref(), now_ns());
                 if c.core.filters() != filters_before.as_slice() {
                     refilter_from = Some(c.core.ack_floor().stream + 1);
                 }
@@ -788,6 +793,15 @@ impl Hosted {
                 Action::Release { stream_seq } => {
                     self.drop_if_unneeded(stream_seq).await;
                 }
+                Action::Resumed => self.advise(
+                    &shard,
+                    "PAUSE",
+                    &facts.name,
+                    json!({
+                        "type": PAUSE_ADVISORY_TYPE,
+                        "paused": false,
+                    }),
+                ),
                 Action::MaxDeliveries {
                     stream_seq,
                     deliveries,

@@ -9,13 +9,23 @@ use super::super::ack::name_hash;
 use super::super::config::Retention;
 use super::super::consumer_config::{Action, ConsumerConfig, ConsumerServerLimits, CreateRequest};
 use super::super::errors::{self, ApiError};
-use super::super::host::{now_ns, ts_rfc3339, StreamOp};
+use super::super::host::{now_ns, ts_rfc3339, StreamOp, PAUSE_ADVISORY_TYPE};
 use super::super::meta::{ConsumerAssignment, MetaChange, StreamAssignment};
 use super::{parse, ListRequest, Service, LIST_LIMIT, NAMES_LIMIT};
 
 /// How long an ephemeral consumer that did not ask for a threshold lives
 /// unused (nats-server's `JsDeleteWaitTimeDefault`).
 const EPHEMERAL_INACTIVE_THRESHOLD: i64 = 5_000_000_000;
+
+/// Go's zero `time.Time`, which a resumed consumer's `pause_until` reads as.
+const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// `CONSUMER.PAUSE`'s body.
+#[derive(Debug, Default, serde::Deserialize)]
+struct PauseRequest {
+    #[serde(default)]
+    pause_until: Option<String>,
+}
 
 /// How many times a fresh ephemeral name is drawn before giving up.
 const NAME_TRIES: usize = 16;
@@ -41,15 +51,80 @@ impl Service {
             }
             ["CONSUMER", "NAMES", stream] => self.consumer_names(account, stream, payload),
             ["CONSUMER", "LIST", stream] => self.consumer_list(account, stream, payload).await,
-            ["CONSUMER", "PAUSE", stream, name] | ["CONSUMER", "UNPIN", stream, name] => {
+            ["CONSUMER", "PAUSE", stream, name] => {
+                self.consumer_pause(account, stream, name, payload).await
+            }
+            ["CONSUMER", "UNPIN", stream, name] => {
                 self.consumer_assignment(account, stream, name)?;
                 Err(errors::CONSUMER_CREATE
-                    .err("pausing and unpinning consumers are not supported by this server yet"))
+                    .err("priority groups (and so unpinning) are not supported by this server yet"))
             }
             // A single server leads every consumer and has nobody to hand it to.
             ["CONSUMER", "LEADER", "STEPDOWN", _, _] => Err(errors::CLUSTER_REQUIRED.error()),
             _ => Err(errors::BAD_REQUEST.error()),
         }
+    }
+
+    /// `CONSUMER.PAUSE`: holds deliveries back until `pause_until`; no time,
+    /// the zero time or one already past resumes. The pause is part of the
+    /// configuration, so it survives a restart as nats-server's does.
+    async fn consumer_pause(
+        &self,
+        account: &str,
+        stream: &str,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        let req: PauseRequest = parse(payload)?;
+        let (stream, existing) = self.consumer_assignment(account, stream, name)?;
+        let mut config = existing.config.clone();
+        config.pause_until = req.pause_until;
+        let until = config.pause_until_ns();
+        if config.pause_until.is_some() && until.is_none() && !config.is_zero_pause() {
+            return Err(errors::INVALID_JSON.err("pause_until is not an RFC 3339 time"));
+        }
+        if until.is_none() {
+            config.pause_until = None;
+        }
+        // A pause needs API level 1, as nats-server records.
+        config.set_version_metadata();
+        let now = now_ns();
+        let paused = until.is_some_and(|t| t > now);
+        if config != existing.config {
+            let updated = ConsumerAssignment { config, ..existing };
+            self.put_on_shard(&stream, &updated).await?;
+            self.commit(MetaChange::PutConsumer(Box::new(updated)))?;
+        }
+        let mut advisory = json!({
+            "type": PAUSE_ADVISORY_TYPE,
+            "id": crate::nuid(),
+            "timestamp": ts_rfc3339(now),
+            "stream": stream.config.name,
+            "consumer": name,
+            "paused": paused,
+        });
+        if paused {
+            advisory["pause_until"] = json!(until.map(ts_rfc3339));
+        }
+        if let Some(domain) = &self.js.domain {
+            advisory["domain"] = json!(domain);
+        }
+        self.advisories.borrow_mut().push((
+            account.to_string(),
+            format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.PAUSE.{}.{name}",
+                stream.config.name
+            ),
+            advisory,
+        ));
+        let mut out = json!({
+            "paused": paused,
+            "pause_until": until.map_or_else(|| GO_ZERO_TIME.to_string(), ts_rfc3339),
+        });
+        if paused {
+            out["pause_remaining"] = json!(until.map_or(0, |t| t - now));
+        }
+        Ok(out)
     }
 
     fn consumer_assignment(
