@@ -1188,6 +1188,17 @@ async fn a_paused_consumer_delivers_once_its_pause_runs_out() {
         1,
         "the one left comes at once"
     );
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.G",
+        r#"{"stream_name":"ORDERS","config":{"durable_name":"G","ack_policy":"explicit",
+            "priority_policy":"overflow","priority_groups":["A"]}}"#,
+    )
+    .await;
+    assert_eq!(
+        v["error"]["err_code"], 10012,
+        "priority groups refused: {v}"
+    );
     let v = api(&client, "$JS.API.CONSUMER.PAUSE.ORDERS.NOPE", "").await;
     assert_eq!(v["error"]["err_code"], 10014, "{v}");
     let v = api(

@@ -6,8 +6,8 @@
 //! host loads the messages, builds the ack subjects and sends; the core says
 //! what to send through [`Action`]s.
 //!
-//! Not here yet (docs/consumers.md, in order): push delivery, priority
-//! groups, and retention driven by acks.
+//! Not here yet (docs/consumers.md): priority groups, which the API refuses
+//! until they are.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;

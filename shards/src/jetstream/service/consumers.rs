@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 
 use super::super::ack::name_hash;
 use super::super::config::Retention;
-use super::super::consumer_config::{Action, ConsumerConfig, ConsumerServerLimits, CreateRequest};
+use super::super::consumer_config::{
+    Action, ConsumerConfig, ConsumerServerLimits, CreateRequest, PriorityPolicy,
+};
 use super::super::errors::{self, ApiError};
 use super::super::host::{now_ns, ts_rfc3339, StreamOp, PAUSE_ADVISORY_TYPE};
 use super::super::meta::{ConsumerAssignment, MetaChange, StreamAssignment};
@@ -165,6 +167,13 @@ impl Service {
         let mut config =
             req.config
                 .normalized(&stream.config, &self.consumer_limits(account), req.pedantic)?;
+        // Accepting a priority policy without applying it would hand every
+        // client every message while it counts on overflow or pinning.
+        if config.priority_policy != PriorityPolicy::None {
+            return Err(
+                errors::CONSUMER_CREATE.err("priority groups are not supported by this server yet")
+            );
+        }
         if config.name.is_empty() {
             config.name = self.fresh_consumer_name(account, &stream.config.name)?;
         }
