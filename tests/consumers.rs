@@ -1188,17 +1188,6 @@ async fn a_paused_consumer_delivers_once_its_pause_runs_out() {
         1,
         "the one left comes at once"
     );
-    let v = api(
-        &client,
-        "$JS.API.CONSUMER.CREATE.ORDERS.G",
-        r#"{"stream_name":"ORDERS","config":{"durable_name":"G","ack_policy":"explicit",
-            "priority_policy":"overflow","priority_groups":["A"]}}"#,
-    )
-    .await;
-    assert_eq!(
-        v["error"]["err_code"], 10012,
-        "priority groups refused: {v}"
-    );
     let v = api(&client, "$JS.API.CONSUMER.PAUSE.ORDERS.NOPE", "").await;
     assert_eq!(v["error"]["err_code"], 10014, "{v}");
     let v = api(
@@ -1208,6 +1197,216 @@ async fn a_paused_consumer_delivers_once_its_pause_runs_out() {
     )
     .await;
     assert_eq!(v["error"]["err_code"], 10025, "{v}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One pull on a raw inbox: what came back (message or status) within `wait`.
+async fn pull_raw(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &str,
+    wait: Duration,
+) -> Vec<async_nats::Message> {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(subject.to_string(), inbox, body.to_string().into())
+        .await
+        .expect("pull");
+    let mut got = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(wait, sub.next()).await {
+        let status = m.status.is_some();
+        got.push(m);
+        if status {
+            break;
+        }
+    }
+    got
+}
+
+fn header(m: &async_nats::Message, name: &str) -> Option<String> {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+}
+
+#[tokio::test]
+async fn a_pinned_client_consumer_serves_one_puller_until_unpinned() {
+    let dir = store_dir("pinned");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 4).await;
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.G",
+        r#"{"stream_name":"ORDERS","config":{"durable_name":"G","ack_policy":"none",
+            "priority_policy":"pinned_client","priority_groups":["A"],"priority_timeout":30000000000}}"#,
+    )
+    .await;
+    assert_eq!(v["config"]["priority_policy"], "pinned_client", "{v}");
+    assert_eq!(v["config"]["metadata"]["_nats.req.level"], "1", "{v}");
+    let mut pinned = client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.PINNED.ORDERS.G")
+        .await
+        .expect("subscribe");
+    let mut unpinned = client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.UNPINNED.ORDERS.G")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let next = "$JS.API.CONSUMER.MSG.NEXT.ORDERS.G";
+    let first = pull_raw(
+        &client,
+        next,
+        r#"{"group":"A","batch":1}"#,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(first.len(), 1);
+    let pin = header(&first[0], "Nats-Pin-Id").expect("a pin id");
+    assert_eq!(pin.len(), 22, "a NUID: {pin}");
+    let advisory = tokio::time::timeout(Duration::from_secs(2), pinned.next())
+        .await
+        .expect("pinned advisory")
+        .expect("message");
+    let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).expect("JSON");
+    assert_eq!(
+        advisory["type"],
+        "io.nats.jetstream.advisory.v1.consumer_group_pinned"
+    );
+    assert_eq!(advisory["pinned_id"], pin.as_str(), "{advisory}");
+    assert_eq!(advisory["group"], "A");
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.G", "").await;
+    assert_eq!(
+        info["priority_groups"][0]["pinned_client_id"],
+        pin.as_str(),
+        "{info}"
+    );
+    // Someone else gets nothing while the pin holds; a made-up pin is refused.
+    let other = pull_raw(
+        &client,
+        next,
+        r#"{"group":"A","batch":1,"expires":300000000}"#,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].status.map(|s| s.as_u16()), Some(408));
+    let wrong = pull_raw(
+        &client,
+        next,
+        r#"{"group":"A","id":"NOPE"}"#,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(wrong[0].status.map(|s| s.as_u16()), Some(423));
+    assert_eq!(
+        wrong[0].description.as_deref(),
+        Some("Nats-Pin-Id mismatch")
+    );
+    let again = pull_raw(
+        &client,
+        next,
+        &format!(r#"{{"group":"A","batch":1,"id":"{pin}"}}"#),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(
+        header(&again[0], "Nats-Pin-Id").as_deref(),
+        Some(pin.as_str())
+    );
+    // The unpin request, its errors and advisory; then a new client is pinned.
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.UNPIN.ORDERS.G",
+        r#"{"group":"B"}"#,
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10160, "{v}");
+    let v = api(&client, "$JS.API.CONSUMER.UNPIN.ORDERS.G", "{}").await;
+    assert_eq!(v["error"]["err_code"], 10025, "{v}");
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.UNPIN.ORDERS.G",
+        r#"{"group":"A"}"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        serde_json::json!({"type": "io.nats.jetstream.api.v1.consumer_unpin_response"})
+    );
+    let advisory = tokio::time::timeout(Duration::from_secs(2), unpinned.next())
+        .await
+        .expect("unpinned advisory")
+        .expect("message");
+    let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).expect("JSON");
+    assert_eq!(advisory["reason"], "admin", "{advisory}");
+    let stale = pull_raw(
+        &client,
+        next,
+        &format!(r#"{{"group":"A","batch":1,"id":"{pin}"}}"#),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(stale.len(), 1);
+    assert_eq!(
+        stale[0].status.map(|s| s.as_u16()),
+        Some(423),
+        "the old pin is wrong now"
+    );
+    let fresh = pull_raw(
+        &client,
+        next,
+        r#"{"group":"A","batch":1}"#,
+        Duration::from_secs(2),
+    )
+    .await;
+    let new_pin = header(&fresh[0], "Nats-Pin-Id").expect("pinned again");
+    assert_ne!(new_pin, pin);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_overflow_consumer_spills_only_while_behind() {
+    let dir = store_dir("overflow");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 3).await;
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.O",
+        r#"{"stream_name":"ORDERS","config":{"durable_name":"O","ack_policy":"explicit",
+            "priority_policy":"overflow","priority_groups":["A"]}}"#,
+    )
+    .await;
+    assert_eq!(v["config"]["priority_policy"], "overflow", "{v}");
+    let next = "$JS.API.CONSUMER.MSG.NEXT.ORDERS.O";
+    let wait = Duration::from_secs(2);
+    // Three pending: a spill-over asking for five waits until it expires.
+    let spill = r#"{"group":"A","batch":10,"min_pending":5,"expires":300000000}"#;
+    let got = pull_raw(&client, next, spill, wait).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].status.map(|s| s.as_u16()), Some(408));
+    let spill = r#"{"group":"A","batch":10,"min_pending":2,"expires":300000000}"#;
+    let got = pull_raw(&client, next, spill, wait).await;
+    let messages = got.iter().filter(|m| m.status.is_none()).count();
+    assert_eq!(messages, 2, "served while 2 or more were pending");
+    let bad = pull_raw(&client, next, r#"{"group":"A","id":"x"}"#, wait).await;
+    assert_eq!(
+        bad[0].description.as_deref(),
+        Some("Bad Request - Not a Pinned Client Priority consumer")
+    );
+    let bad = pull_raw(&client, next, r#"{"batch":1,"min_pending":1}"#, wait).await;
+    assert_eq!(bad[0].status.map(|s| s.as_u16()), Some(400));
+    assert_eq!(
+        bad[0].description.as_deref(),
+        Some("Bad Request - Priority Group missing")
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,16 +6,20 @@
 //! host loads the messages, builds the ack subjects and sends; the core says
 //! what to send through [`Action`]s.
 //!
-//! Not here yet (docs/consumers.md): priority groups, which the API refuses
-//! until they are.
+//! Priority groups follow nats-server (ADR-42): `overflow` serves a request
+//! only once the consumer is behind by its `min_pending` or
+//! `min_ack_pending`, `pinned_client` hands everything to one puller until it
+//! stops asking for `priority_timeout` (or is unpinned), and `prioritized`
+//! serves the waiting requests of the lowest `priority` first.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use super::consumer_config::{AckPolicy, ConsumerConfig, DeliverPolicy};
+use super::consumer_config::{AckPolicy, ConsumerConfig, DeliverPolicy, PriorityPolicy};
 use super::stream::parse_go_duration;
+use super::GO_ZERO_TIME;
 
 /// What the core needs to know of its stream.
 pub trait Source {
@@ -87,6 +91,19 @@ pub struct ConsumerInfo {
     #[serde(skip_serializing_if = "is_zero")]
     pub pause_remaining: i64,
     pub ts: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub priority_groups: Vec<PriorityGroupState>,
+}
+
+/// A priority group in consumer info. nats-server reports the first group
+/// only, with the consumer's one pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriorityGroupState {
+    pub group: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pinned_client_id: String,
+    /// Go's zero time while nobody is pinned, as nats-server writes it.
+    pub pinned_ts: String,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -136,6 +153,10 @@ pub struct PullRequest {
     pub id: String,
     #[serde(default)]
     pub priority: i64,
+    /// It came as JSON. nats-server reads priority group fields (and so
+    /// checks them) only then: a bare batch number pulls without a group.
+    #[serde(skip)]
+    pub grouped: bool,
 }
 
 impl PullRequest {
@@ -153,7 +174,10 @@ impl PullRequest {
                 if let serde_json::Value::Object(fields) = &mut value {
                     fields.retain(|_, v| !v.is_null());
                 }
-                serde_json::from_value::<PullRequest>(value).map_err(|e| e.to_string())?
+                let mut req =
+                    serde_json::from_value::<PullRequest>(value).map_err(|e| e.to_string())?;
+                req.grouped = true;
+                req
             }
             Some(_) => PullRequest {
                 batch: std::str::from_utf8(body)
@@ -248,6 +272,13 @@ pub enum Status {
     RequestsPending,
     PushBased,
     BadRequest(String),
+    /// 423: the request names a pin that is not the current one.
+    PinIdMismatch,
+    /// 423: a waiting request holds a pin that was given up meanwhile.
+    WrongPinId {
+        messages: u64,
+        bytes: u64,
+    },
     /// 409 with a text of nats-server's (`Exceeded MaxRequestBatch of 10` ...).
     Conflict(String),
 }
@@ -286,6 +317,10 @@ impl Status {
             Status::RequestsPending => "NATS/1.0 408 Requests Pending\r\n\r\n".into(),
             Status::PushBased => "NATS/1.0 409 Consumer is push based\r\n\r\n".into(),
             Status::BadRequest(text) => format!("NATS/1.0 400 Bad Request - {text}\r\n\r\n"),
+            Status::PinIdMismatch => "NATS/1.0 423 Nats-Pin-Id mismatch\r\n\r\n".into(),
+            Status::WrongPinId { messages, bytes } => {
+                counts("423 Nats-Wrong-Pin-Id", messages, bytes)
+            }
             Status::Conflict(text) => format!("NATS/1.0 409 {text}\r\n\r\n"),
         }
     }
@@ -302,6 +337,8 @@ pub enum Action {
         deliveries: u64,
         /// Messages left for the consumer after this one (the ack subject's last token).
         pending: u64,
+        /// `pinned_client`: the pin it goes under (the `Nats-Pin-Id` header).
+        pin: Option<Rc<str>>,
     },
     /// Send this status to `to` (headers only).
     Status { to: Rc<str>, status: Status },
@@ -310,6 +347,11 @@ pub enum Action {
     FlowControl { to: Rc<str>, reply: Rc<str> },
     /// Nothing used the consumer for its inactive threshold: it is to go.
     Inactive,
+    /// `pinned_client`: the request on `group` that was served first is
+    /// pinned (`$JS.EVENT.ADVISORY.CONSUMER.PINNED`).
+    Pinned { group: String, id: Rc<str> },
+    /// `pinned_client`: the pin is given up (`…CONSUMER.UNPINNED`).
+    Unpinned { group: String, reason: UnpinReason },
     /// Its `pause_until` has passed: it delivers again
     /// (`$JS.EVENT.ADVISORY.CONSUMER.PAUSE` with `paused: false`).
     Resumed,
@@ -335,6 +377,46 @@ pub enum Action {
     },
 }
 
+/// Why a pin was given up, as the unpinned advisory says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnpinReason {
+    /// `$JS.API.CONSUMER.UNPIN`.
+    Admin,
+    /// The pinned client sent no request for `priority_timeout`.
+    Timeout,
+}
+
+impl UnpinReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnpinReason::Admin => "admin",
+            UnpinReason::Timeout => "timeout",
+        }
+    }
+}
+
+/// The priority group fields of a waiting request (one sent as JSON).
+#[derive(Debug, Clone)]
+struct GroupAsk {
+    group: String,
+    /// The pin it claims; empty: none.
+    pin: String,
+    min_pending: i64,
+    min_ack_pending: i64,
+    priority: i64,
+}
+
+/// `pinned_client`: who holds the pin.
+#[derive(Debug, Clone)]
+struct Pin {
+    id: Rc<str>,
+    group: String,
+    /// When it was given (ns), for consumer info.
+    since: i64,
+    /// When it lapses unless the pinned client asks again (ns).
+    lapses_at: i64,
+}
+
 /// A pull request waiting for messages.
 #[derive(Debug, Clone)]
 struct Waiting {
@@ -349,6 +431,29 @@ struct Waiting {
     expires_at: Option<i64>,
     heartbeat: i64,
     next_heartbeat: i64,
+    ask: Option<GroupAsk>,
+}
+
+impl Waiting {
+    /// Its place among requests served lowest priority first; one without a
+    /// group comes after all of them.
+    fn priority(&self) -> i64 {
+        self.ask.as_ref().map_or(i64::MAX, |a| a.priority)
+    }
+
+    fn claims_pin(&self) -> &str {
+        self.ask.as_ref().map_or("", |a| a.pin.as_str())
+    }
+}
+
+/// What becomes of the request at the head of the queue when a message
+/// comes up for it.
+enum Verdict {
+    Serve,
+    /// Not this one now: it goes behind the others.
+    Skip,
+    /// It ends with this status.
+    End(Status),
 }
 
 /// The delivery side of a push consumer.
@@ -470,6 +575,12 @@ pub struct Consumer {
     /// Delivers nothing before this time (ns), from `pause_until`; cleared
     /// by the tick that passes it.
     paused_until: Option<i64>,
+    /// `pinned_client`: the current pin; not kept across restarts (nor by
+    /// nats-server): the first puller after one is pinned afresh.
+    pin: Option<Pin>,
+    /// Pin ids are this (random, from the host) and a count, as NUIDs are.
+    pin_prefix: Rc<str>,
+    pins_made: u64,
 }
 
 /// Where the next delivery comes from.
@@ -537,6 +648,9 @@ impl Consumer {
             releases: false,
             exhausted: BTreeSet::new(),
             paused_until: None,
+            pin: None,
+            pin_prefix: Rc::from(""),
+            pins_made: 0,
         };
         consumer.paused_until = consumer.cfg.pause_until_ns();
         consumer.recount(source);
@@ -545,9 +659,11 @@ impl Consumer {
 
     /// The consumer starts serving at `now`. A push consumer's flow control
     /// requests are replies under `flow_prefix`, and it delivers nothing until
-    /// [`Self::set_interest`] says someone listens.
-    pub fn begin(&mut self, now: i64, flow_prefix: &str) {
+    /// [`Self::set_interest`] says someone listens. Pins it gives start with
+    /// `pin_prefix` (random, so that no pin of an earlier run matches).
+    pub fn begin(&mut self, now: i64, flow_prefix: &str, pin_prefix: &str) {
         self.idle_since = now;
+        self.pin_prefix = Rc::from(pin_prefix);
         // A pause already over says nothing when it ends.
         self.paused_until = self.paused_until.filter(|&until| until > now);
         let flow_prefix: Rc<str> = Rc::from(flow_prefix);
@@ -692,6 +808,23 @@ impl Consumer {
                 .filter(|&until| until > now)
                 .map_or(0, |until| until - now),
             ts: rfc3339(now),
+            priority_groups: self
+                .cfg
+                .priority_groups
+                .first()
+                .map(|group| PriorityGroupState {
+                    group: group.clone(),
+                    pinned_client_id: self
+                        .pin
+                        .as_ref()
+                        .map_or(String::new(), |p| p.id.to_string()),
+                    pinned_ts: self
+                        .pin
+                        .as_ref()
+                        .map_or_else(|| GO_ZERO_TIME.to_string(), |p| rfc3339(p.since)),
+                })
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -768,6 +901,9 @@ impl Consumer {
             }
         }
         self.paused_until = cfg.pause_until_ns().filter(|&until| until > now);
+        if cfg.priority_policy != PriorityPolicy::PinnedClient {
+            self.pin = None;
+        }
         self.cfg = cfg;
         self.recount(source);
     }
@@ -905,6 +1041,9 @@ impl Consumer {
                 )),
             );
         }
+        if let Err(status) = self.check_group(&req, now) {
+            return refuse(out, status);
+        }
         self.expire_requests(now, out);
         self.idle_since = now;
         self.inactive_told = false;
@@ -921,7 +1060,14 @@ impl Consumer {
             return;
         }
         let max_bytes = req.max_bytes.max(0) as u64;
-        self.waiting.push_back(Waiting {
+        let ask = req.grouped.then(|| GroupAsk {
+            group: req.group,
+            pin: req.id,
+            min_pending: req.min_pending,
+            min_ack_pending: req.min_ack_pending,
+            priority: req.priority,
+        });
+        self.enqueue(Waiting {
             reply,
             remaining: req.batch.max(1) as u64,
             bytes_left: max_bytes,
@@ -931,8 +1077,224 @@ impl Consumer {
             expires_at: (req.expires > 0).then(|| now.saturating_add(req.expires)),
             heartbeat: req.heartbeat,
             next_heartbeat: now.saturating_add(req.heartbeat),
+            ask,
         });
         self.deliver(source, now, out);
+    }
+
+    /// nats-server's checks of a request's priority group fields, in its
+    /// order. A request from the pinned client keeps the pin from lapsing.
+    fn check_group(&mut self, req: &PullRequest, now: i64) -> Result<(), Status> {
+        if !req.grouped {
+            return Ok(());
+        }
+        let policy = self.cfg.priority_policy;
+        let bad = |text: &str| Err(Status::BadRequest(text.into()));
+        if (req.min_pending != 0 || req.min_ack_pending != 0) && policy != PriorityPolicy::Overflow
+        {
+            return bad("Not a Overflow Priority consumer");
+        }
+        if !req.id.is_empty() && policy != PriorityPolicy::PinnedClient {
+            return bad("Not a Pinned Client Priority consumer");
+        }
+        if !(0..=9).contains(&req.priority) {
+            return bad("Priority must be between 0 and 9");
+        }
+        if policy == PriorityPolicy::None {
+            return Ok(());
+        }
+        if req.group.is_empty() {
+            return bad("Priority Group missing");
+        }
+        if !self.cfg.priority_groups.contains(&req.group) {
+            return bad("Invalid Priority Group");
+        }
+        let ttl = self.cfg.pinned_ttl;
+        if let Some(pin) = &mut self.pin {
+            if *req.id == *pin.id {
+                pin.lapses_at = now.saturating_add(ttl);
+            } else if !req.id.is_empty() {
+                return Err(Status::PinIdMismatch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a request: last, or with `prioritized` after every request of
+    /// the same or a lower priority number.
+    fn enqueue(&mut self, req: Waiting) {
+        if self.cfg.priority_policy == PriorityPolicy::Prioritized {
+            let priority = req.priority();
+            let at = self
+                .waiting
+                .iter()
+                .position(|w| w.priority() > priority)
+                .unwrap_or(self.waiting.len());
+            self.waiting.insert(at, req);
+        } else {
+            self.waiting.push_back(req);
+        }
+    }
+
+    /// What the head request makes of a message of `size` bytes, as
+    /// nats-server's `nextWaiting` decides: pins first, then the overflow
+    /// thresholds, then the byte limit. May pin the request.
+    fn judge_head(
+        &mut self,
+        size: u64,
+        origin: Origin,
+        now: i64,
+        out: &mut Vec<Action>,
+    ) -> Verdict {
+        let Some(req) = self.waiting.front() else {
+            return Verdict::Skip;
+        };
+        let policy = self.cfg.priority_policy;
+        let mut pinned_now = false;
+        if policy == PriorityPolicy::PinnedClient {
+            let wrong_pin = Verdict::End(Status::WrongPinId {
+                messages: req.remaining,
+                bytes: req.bytes_left,
+            });
+            match (&self.pin, &req.ask) {
+                (None, Some(ask)) if ask.pin.is_empty() => {
+                    let group = ask.group.clone();
+                    self.pins_made += 1;
+                    let id: Rc<str> =
+                        Rc::from(format!("{}{:010}", self.pin_prefix, self.pins_made));
+                    out.push(Action::Pinned {
+                        group: group.clone(),
+                        id: id.clone(),
+                    });
+                    if let Some(ask) = self.waiting.front_mut().and_then(|r| r.ask.as_mut()) {
+                        ask.pin = id.to_string();
+                    }
+                    self.pin = Some(Pin {
+                        id,
+                        group,
+                        since: now,
+                        lapses_at: now.saturating_add(self.cfg.pinned_ttl),
+                    });
+                    pinned_now = true;
+                }
+                // A pin given up since it asked.
+                (None, Some(_)) => return wrong_pin,
+                // A bare request on a pinned client consumer takes what comes
+                // while nobody is pinned, as in nats-server.
+                (None, None) => {}
+                (Some(pin), _) if *pin.id == *req.claims_pin() => {}
+                (Some(_), _) if req.claims_pin().is_empty() => return Verdict::Skip,
+                (Some(_), _) => return wrong_pin,
+            }
+        }
+        let Some(req) = self.waiting.front() else {
+            return Verdict::Skip;
+        };
+        if policy == PriorityPolicy::Overflow {
+            if let Some(ask) = &req.ask {
+                // nats-server counts the message about to go as still pending.
+                let pending = match origin {
+                    Origin::Redelivery => self.num_pending + 1,
+                    _ => self.num_pending,
+                } as i64;
+                let behind = (ask.min_pending > 0 && ask.min_pending <= pending)
+                    || (ask.min_ack_pending > 0
+                        && ask.min_ack_pending <= self.pending.len() as i64);
+                if (ask.min_pending > 0 || ask.min_ack_pending > 0) && !behind {
+                    return Verdict::Skip;
+                }
+            }
+        }
+        if req.has_byte_limit && size > req.bytes_left {
+            let status = Status::MessageSizeExceedsMaxBytes {
+                messages: req.remaining,
+                bytes: req.bytes_left,
+            };
+            if pinned_now {
+                self.pin = None;
+            }
+            return Verdict::End(status);
+        }
+        Verdict::Serve
+    }
+
+    /// Brings the request to serve a message of `size` bytes to the head of
+    /// the queue; false when no waiting request may take it. Requests that
+    /// end on the way hear why.
+    fn choose_request(
+        &mut self,
+        size: u64,
+        origin: Origin,
+        now: i64,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let mut skipped = 0;
+        while !self.waiting.is_empty() {
+            if self
+                .waiting
+                .front()
+                .and_then(|r| r.expires_at)
+                .is_some_and(|at| at <= now)
+            {
+                if let Some(req) = self.waiting.pop_front() {
+                    out.push(Action::Status {
+                        to: req.reply,
+                        status: Status::RequestTimeout {
+                            messages: req.remaining,
+                            bytes: req.bytes_left,
+                        },
+                    });
+                }
+                continue;
+            }
+            match self.judge_head(size, origin, now, out) {
+                Verdict::Serve => return true,
+                Verdict::Skip => {
+                    self.waiting.rotate_left(1);
+                    skipped += 1;
+                    if skipped >= self.waiting.len() {
+                        return false;
+                    }
+                }
+                Verdict::End(status) => {
+                    if let Some(req) = self.waiting.pop_front() {
+                        out.push(Action::Status {
+                            to: req.reply,
+                            status,
+                        });
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// The head request took a message: it goes behind the others (behind
+    /// those of its priority with `prioritized`), or away once done.
+    fn requeue_head(&mut self, done: bool) {
+        let Some(req) = self.waiting.pop_front() else {
+            return;
+        };
+        if !done {
+            self.enqueue(req);
+        }
+    }
+
+    /// `$JS.API.CONSUMER.UNPIN`: gives up the pin (if any), so that the next
+    /// request without one is pinned; waiting requests of the old pin hear
+    /// they hold the wrong one. nats-server advises it even with no pin.
+    pub fn unpin(&mut self, group: &str, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+        self.pin = None;
+        out.push(Action::Unpinned {
+            group: group.to_string(),
+            reason: UnpinReason::Admin,
+        });
+        self.deliver(source, now, out);
+    }
+
+    /// The current pin and since when it holds (ns).
+    pub fn pinned(&self) -> Option<(&str, i64)> {
+        self.pin.as_ref().map(|p| (&*p.id, p.since))
     }
 
     /// The next sequence to hand out, redeliveries first; `None` when nothing
@@ -986,24 +1348,15 @@ impl Consumer {
                 self.finish_no_wait(out);
                 return;
             };
+            if !self.choose_request(size, origin, now, out) {
+                self.put_back(seq, origin);
+                return;
+            }
+            let pin = self.pin.as_ref().map(|p| p.id.clone());
             let Some(req) = self.waiting.front_mut() else {
                 self.put_back(seq, origin);
                 return;
             };
-            if req.has_byte_limit && size > req.bytes_left {
-                self.put_back(seq, origin);
-                let Some(req) = self.waiting.pop_front() else {
-                    return;
-                };
-                out.push(Action::Status {
-                    to: req.reply,
-                    status: Status::MessageSizeExceedsMaxBytes {
-                        messages: req.remaining,
-                        bytes: req.bytes_left,
-                    },
-                });
-                continue;
-            }
             let to = req.reply.clone();
             req.remaining -= 1;
             req.delivered += 1;
@@ -1012,10 +1365,8 @@ impl Consumer {
             }
             req.next_heartbeat = now.saturating_add(req.heartbeat);
             let done = req.remaining == 0 || (req.has_byte_limit && req.bytes_left == 0);
-            if done {
-                self.waiting.pop_front();
-            }
-            self.record_delivery(seq, origin, to, now, out);
+            self.requeue_head(done);
+            self.record_delivery(seq, origin, to, pin, now, out);
         }
     }
 
@@ -1032,7 +1383,7 @@ impl Consumer {
             let Some((seq, size, origin)) = self.next_candidate(source) else {
                 return;
             };
-            self.record_delivery(seq, origin, to.clone(), now, out);
+            self.record_delivery(seq, origin, to.clone(), None, now, out);
             let acks_by_flow =
                 self.cfg.ack_policy == AckPolicy::FlowControl && self.max_ack_pending_reached();
             let heartbeat = self.cfg.heartbeat;
@@ -1058,6 +1409,7 @@ impl Consumer {
         seq: u64,
         origin: Origin,
         to: Rc<str>,
+        pin: Option<Rc<str>>,
         now: i64,
         out: &mut Vec<Action>,
     ) {
@@ -1105,6 +1457,7 @@ impl Consumer {
             consumer_seq,
             deliveries,
             pending: self.num_pending,
+            pin,
         });
         if !self.acks() {
             self.release(seq, out);
@@ -1319,6 +1672,12 @@ impl Consumer {
             self.paused_until = None;
             out.push(Action::Resumed);
         }
+        if let Some(pin) = self.pin.take_if(|p| p.lapses_at <= now) {
+            out.push(Action::Unpinned {
+                group: pin.group,
+                reason: UnpinReason::Timeout,
+            });
+        }
         self.deliver(source, now, out);
     }
 
@@ -1398,6 +1757,7 @@ impl Consumer {
             .chain(push)
             .chain(self.inactive_at())
             .chain(self.paused_until)
+            .chain(self.pin.as_ref().map(|p| p.lapses_at))
             .min()
     }
 }
@@ -2093,7 +2453,7 @@ mod tests {
 
     fn push(json: &str, src: &Fake) -> Consumer {
         let mut c = Consumer::new(config(json), src);
-        c.begin(0, "$JS.FC.O.P.");
+        c.begin(0, "$JS.FC.O.P.", "P");
         c
     }
 
@@ -2217,7 +2577,7 @@ mod tests {
             ),
             &src,
         );
-        c.begin(0, "");
+        c.begin(0, "", "P");
         let mut out = Vec::new();
         c.pull(
             reply("waits"),
@@ -2264,7 +2624,7 @@ mod tests {
             ),
             &src,
         );
-        late.begin(5 * S, "");
+        late.begin(5 * S, "", "P");
         assert_eq!(late.next_deadline(), None);
         late.tick(&src, 6 * S, &mut out);
         assert!(!out.contains(&Action::Resumed));
@@ -2277,7 +2637,7 @@ mod tests {
             config(r#"{"ack_policy":"none","inactive_threshold":5000000000}"#),
             &src,
         );
-        c.begin(0, "");
+        c.begin(0, "", "P");
         assert_eq!(c.next_deadline(), Some(5 * S));
         let mut out = Vec::new();
         c.pull(
@@ -2420,5 +2780,269 @@ mod tests {
             &src
         )
         .needs(1, "O.a"));
+    }
+
+    /// Who got which stream sequence, and under which pin.
+    fn recipients(out: &[Action]) -> Vec<(String, u64, Option<String>)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Deliver {
+                    to,
+                    stream_seq,
+                    pin,
+                    ..
+                } => Some((
+                    to.to_string(),
+                    *stream_seq,
+                    pin.as_deref().map(str::to_string),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn grouped(policy: &str) -> Consumer {
+        let mut c = Consumer::new(
+            config(&format!(
+                r#"{{"durable_name":"G","ack_policy":"explicit","priority_policy":"{policy}","priority_groups":["A"],"priority_timeout":5000000000}}"#
+            )),
+            &Fake::with(&[]),
+        );
+        c.begin(0, "", "PIN");
+        c
+    }
+
+    #[test]
+    fn requests_with_priority_fields_are_checked_as_nats_server_does() {
+        let src = Fake::with(&["a"]);
+        let mut plain = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit"}"#),
+            &src,
+        );
+        let mut out = Vec::new();
+        for (req, text) in [
+            (r#"{"min_pending":1}"#, "Not a Overflow Priority consumer"),
+            (r#"{"id":"x"}"#, "Not a Pinned Client Priority consumer"),
+            (r#"{"priority":10}"#, "Priority must be between 0 and 9"),
+        ] {
+            plain.pull(reply("r"), request(req), &src, 0, &mut out);
+            assert_eq!(
+                statuses(&out),
+                [format!("NATS/1.0 400 Bad Request - {text}\r\n\r\n")]
+            );
+            out.clear();
+        }
+        let mut c = grouped("overflow");
+        for (req, text) in [
+            (r#"{"batch":1}"#, "Priority Group missing"),
+            (r#"{"group":"B"}"#, "Invalid Priority Group"),
+        ] {
+            c.pull(reply("r"), request(req), &src, 0, &mut out);
+            assert_eq!(
+                statuses(&out),
+                [format!("NATS/1.0 400 Bad Request - {text}\r\n\r\n")]
+            );
+            out.clear();
+        }
+        // A bare batch number carries no group, and nats-server lets it pull.
+        c.pull(reply("r"), request("1"), &src, 0, &mut out);
+        assert_eq!(delivered(&out), [(1, 1, 1)]);
+    }
+
+    #[test]
+    fn overflow_serves_a_request_only_once_the_consumer_is_behind() {
+        let mut src = Fake::with(&[]);
+        let mut c = grouped("overflow");
+        let mut out = Vec::new();
+        c.pull(
+            reply("spill"),
+            request(r#"{"group":"A","batch":10,"min_pending":3}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        c.pull(
+            reply("main"),
+            request(r#"{"group":"A","batch":10}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        // Three messages arrive while nobody pulls them: the spill-over is behind enough.
+        src.msgs.extend([
+            Some(("a".into(), 10)),
+            Some(("a".into(), 10)),
+            Some(("a".into(), 10)),
+        ]);
+        for seq in 1..=3 {
+            c.on_append(seq, "a");
+        }
+        c.deliver(&src, 0, &mut out);
+        let to: Vec<String> = recipients(&out).into_iter().map(|r| r.0).collect();
+        // The spill-over takes the first (3 pending); then the backlog is too
+        // small for it, and the main request takes the rest.
+        assert_eq!(to, ["spill", "main", "main"]);
+        out.clear();
+        // With no backlog the spill-over request waits; the main one takes each message.
+        let mut lone = grouped("overflow");
+        lone.recount(&src);
+        lone.pull(
+            reply("spill"),
+            request(r#"{"group":"A","min_pending":2}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        assert_eq!(recipients(&out).len(), 1, "3 pending: served at once");
+        out.clear();
+        let mut ack_bound = grouped("overflow");
+        ack_bound.pull(
+            reply("spill"),
+            request(r#"{"group":"A","min_ack_pending":1}"#),
+            &Fake::with(&["a"]),
+            0,
+            &mut out,
+        );
+        assert!(recipients(&out).is_empty(), "nothing awaits an ack yet");
+    }
+
+    #[test]
+    fn a_pinned_client_gets_everything_until_its_pin_lapses_or_is_taken() {
+        let src = Fake::with(&["a", "a", "a", "a"]);
+        let mut c = grouped("pinned_client");
+        c.recount(&src);
+        let mut out = Vec::new();
+        c.pull(
+            reply("first"),
+            request(r#"{"group":"A","batch":1}"#),
+            &src,
+            0,
+            &mut out,
+        );
+        let Some(Action::Pinned { group, id }) = out.first().cloned() else {
+            panic!("pinned: {out:?}");
+        };
+        assert_eq!(group, "A");
+        assert_eq!(&*id, "PIN0000000001");
+        assert_eq!(
+            recipients(&out),
+            [("first".into(), 1, Some(id.to_string()))]
+        );
+        assert_eq!(c.info("S", 0, 0).priority_groups[0].pinned_client_id, &*id);
+        out.clear();
+        // Another client without the pin waits; a wrong pin is refused.
+        c.pull(
+            reply("other"),
+            request(r#"{"group":"A","batch":5}"#),
+            &src,
+            S,
+            &mut out,
+        );
+        assert!(recipients(&out).is_empty());
+        c.pull(
+            reply("stale"),
+            request(r#"{"group":"A","id":"OLD"}"#),
+            &src,
+            S,
+            &mut out,
+        );
+        assert_eq!(
+            statuses(&out),
+            ["NATS/1.0 423 Nats-Pin-Id mismatch\r\n\r\n"]
+        );
+        out.clear();
+        // The pinned client asks again at 2 s: its pin now lapses at 7 s.
+        let pinned = format!(r#"{{"group":"A","batch":1,"id":"{id}"}}"#);
+        c.pull(reply("first"), request(&pinned), &src, 2 * S, &mut out);
+        assert_eq!(
+            recipients(&out),
+            [("first".into(), 2, Some(id.to_string()))]
+        );
+        assert_eq!(c.next_deadline(), Some(7 * S));
+        out.clear();
+        c.tick(&src, 7 * S, &mut out);
+        assert!(matches!(
+            &out[0],
+            Action::Unpinned { group, reason: UnpinReason::Timeout } if group == "A"
+        ));
+        // The waiting client is pinned in turn and served.
+        let served = recipients(&out);
+        assert_eq!(served.len(), 2);
+        assert!(served
+            .iter()
+            .all(|r| r.0 == "other" && r.2.as_deref() == Some("PIN0000000002")));
+        out.clear();
+        // An admin unpin: the old pin's request hears it holds the wrong one.
+        let old = r#"{"group":"A","batch":1,"id":"PIN0000000002","expires":9000000000}"#;
+        c.pull(reply("other"), request(old), &src, 8 * S, &mut out);
+        assert!(out.is_empty(), "nothing left to deliver: it waits");
+        c.unpin("A", &src, 8 * S, &mut out);
+        assert!(matches!(
+            &out[0],
+            Action::Unpinned {
+                reason: UnpinReason::Admin,
+                ..
+            }
+        ));
+        assert!(c.pinned().is_none());
+        out.clear();
+        let mut more = src;
+        more.msgs.push(Some(("a".into(), 10)));
+        c.on_append(5, "a");
+        c.deliver(&more, 8 * S, &mut out);
+        let wrong = |n: u64| {
+            format!("NATS/1.0 423 Nats-Wrong-Pin-Id\r\nNats-Pending-Messages: {n}\r\nNats-Pending-Bytes: 0\r\n\r\n")
+        };
+        assert_eq!(statuses(&out), [wrong(3), wrong(1)]);
+        assert_eq!(c.num_waiting(), 0);
+    }
+
+    #[test]
+    fn prioritized_serves_the_lowest_priority_number_first() {
+        let src = Fake::with(&["a", "a", "a"]);
+        let mut c = Consumer::new(
+            config(
+                r#"{"durable_name":"P","ack_policy":"explicit","priority_policy":"prioritized","priority_groups":["A"]}"#,
+            ),
+            &Fake::with(&[]),
+        );
+        c.begin(0, "", "P");
+        let mut out = Vec::new();
+        let empty = Fake::with(&[]);
+        c.pull(
+            reply("low"),
+            request(r#"{"group":"A","batch":5,"priority":5}"#),
+            &empty,
+            0,
+            &mut out,
+        );
+        c.pull(
+            reply("high"),
+            request(r#"{"group":"A","batch":2,"priority":1}"#),
+            &empty,
+            0,
+            &mut out,
+        );
+        c.recount(&src);
+        c.deliver(&src, 0, &mut out);
+        let to: Vec<String> = recipients(&out).into_iter().map(|r| r.0).collect();
+        assert_eq!(to, ["high", "high", "low"]);
+    }
+
+    #[test]
+    fn waiting_requests_take_turns() {
+        let src = Fake::with(&["a", "a", "a", "a"]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit"}"#),
+            &Fake::with(&[]),
+        );
+        let mut out = Vec::new();
+        let empty = Fake::with(&[]);
+        c.pull(reply("one"), request(r#"{"batch":3}"#), &empty, 0, &mut out);
+        c.pull(reply("two"), request(r#"{"batch":3}"#), &empty, 0, &mut out);
+        c.recount(&src);
+        c.deliver(&src, 0, &mut out);
+        let to: Vec<String> = recipients(&out).into_iter().map(|r| r.0).collect();
+        assert_eq!(to, ["one", "two", "one", "two"]);
     }
 }

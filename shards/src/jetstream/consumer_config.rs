@@ -255,7 +255,7 @@ fn pedantic(text: &str) -> ApiError {
 }
 
 /// nats-server's priority group names: 1 to 16 of `[a-zA-Z0-9/_=-]`.
-fn is_valid_group_name(name: &str) -> bool {
+pub fn is_valid_group_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_GROUP_NAME_LEN
         && name

@@ -52,7 +52,7 @@ pub fn now_ns() -> i64 {
 /// RFC 3339 of a store timestamp; Go's zero time for 0.
 pub fn ts_rfc3339(ns: i64) -> String {
     if ns <= 0 {
-        return "0001-01-01T00:00:00Z".into();
+        return super::GO_ZERO_TIME.into();
     }
     crate::rfc3339(UNIX_EPOCH + Duration::from_nanos(ns as u64))
 }
@@ -120,6 +120,11 @@ pub enum StreamOp {
     },
     DeleteConsumer {
         name: String,
+    },
+    /// Gives up the pin of a `pinned_client` consumer's group.
+    UnpinConsumer {
+        name: String,
+        group: String,
     },
     /// Once its consumers are back after a restart: drops what none of them
     /// needs (interest and work queue retention); answers how many went.
@@ -1099,6 +1104,7 @@ impl Hosted {
             }
             StreamOp::ConsumerInfo { name } => self.consumer_info(&name),
             StreamOp::DeleteConsumer { name } => self.delete_consumer(shard, &name).await,
+            StreamOp::UnpinConsumer { name, group } => self.unpin_consumer(&name, &group),
             StreamOp::CheckRetention => Ok(json!(self.check_retention().await)),
         }
     }

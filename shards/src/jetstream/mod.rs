@@ -18,3 +18,6 @@ pub mod meta;
 pub mod service;
 pub mod stream;
 pub mod usage;
+
+/// How Go marshals a zero `time.Time`, which nats-server writes for times not set.
+pub const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";

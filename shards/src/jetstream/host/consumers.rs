@@ -19,6 +19,7 @@ use super::super::config::Retention;
 use super::super::consumer::{AckKind, Action, Consumer, ConsumerState, PullRequest, Status};
 use super::super::consumer_config::ConsumerConfig;
 use super::super::errors::{self, ApiError};
+use super::super::stream::with_header;
 use super::{now_ns, ts_rfc3339, HostEvent, Hosted};
 use crate::internal::InternalMsg;
 use crate::shard::{InternalDelivery, Shard};
@@ -41,6 +42,8 @@ const FLOW_REQUEST: &[u8] = b"NATS/1.0 100 FlowControl Request\r\n\r\n";
 const LAST_STREAM: &str = "Nats-Last-Stream";
 /// nats-server's header of a headers-only delivery.
 const MSG_SIZE: &str = "Nats-Msg-Size";
+/// The pin a `pinned_client` consumer delivers under.
+const PIN_ID: &str = "Nats-Pin-Id";
 
 /// What deliveries and advisories of one consumer need, shared with the
 /// queue of things to send so that sending does not borrow the consumer.
@@ -179,7 +182,12 @@ impl Hosted {
                 headers_only: config.headers_only,
             });
             let (mut core, state_file) = self.open_consumer(config, created, &stream).await?;
-            core.begin(now_ns(), &format!("{FLOW_PREFIX}{stream}.{name}."));
+            // A NUID's random part: pins of different consumers and runs differ.
+            core.begin(
+                now_ns(),
+                &format!("{FLOW_PREFIX}{stream}.{name}."),
+                &crate::nuid()[..12],
+            );
             core.report_releases(self.keeps_for_consumers().is_some());
             self.consumers.by_name.borrow_mut().insert(
                 name.clone(),
@@ -359,6 +367,26 @@ impl Hosted {
             .ok_or_else(|| errors::CONSUMER_NOT_FOUND.error())?;
         let info = c.core.info(&self.stream_name(), c.created, now_ns());
         serde_json::to_value(info).map_err(|e| errors::CONSUMER_CREATE.err(e))
+    }
+
+    /// `$JS.API.CONSUMER.UNPIN`: the group's pin is given up.
+    pub(super) fn unpin_consumer(&self, name: &str, group: &str) -> Result<Value, ApiError> {
+        let facts = {
+            let mut by_name = self.consumers.by_name.borrow_mut();
+            let c = by_name
+                .get_mut(name)
+                .ok_or_else(|| errors::CONSUMER_NOT_FOUND.error())?;
+            if !c.core.config().priority_groups.iter().any(|g| g == group) {
+                return Err(errors::CONSUMER_INVALID_PRIORITY_GROUP.error());
+            }
+            let mut out = Vec::new();
+            c.core.unpin(group, self.store.as_ref(), now_ns(), &mut out);
+            c.dirty |= delivers(&out);
+            self.arm(c.core.next_deadline());
+            (c.facts.clone(), out)
+        };
+        self.queue(&facts.0, facts.1);
+        Ok(json!({}))
     }
 
     /// Stops a consumer; its waiting pull requests are told it is gone.
@@ -716,6 +744,7 @@ impl Hosted {
                     consumer_seq,
                     deliveries,
                     pending,
+                    pin,
                 } => {
                     let Ok(m) = self.store.load(stream_seq).await else {
                         // Gone since it was chosen: nothing to send.
@@ -742,16 +771,17 @@ impl Hosted {
                     frame.extend_from_slice(to.as_bytes());
                     frame.extend_from_slice(m.subject.as_bytes());
                     frame.extend_from_slice(reply.as_bytes());
+                    let pinned = pin.map(|id| with_header(&m.headers, PIN_ID, &id));
+                    let headers = pinned.as_deref().unwrap_or(&m.headers);
                     let header_len = if facts.headers_only {
                         let size = m.payload.len().to_string();
-                        let headers =
-                            super::super::stream::with_header(&m.headers, MSG_SIZE, &size);
+                        let headers = with_header(headers, MSG_SIZE, &size);
                         frame.extend_from_slice(&headers);
                         headers.len()
                     } else {
-                        frame.extend_from_slice(&m.headers);
+                        frame.extend_from_slice(headers);
                         frame.extend_from_slice(&m.payload);
-                        m.headers.len()
+                        headers.len()
                     };
                     let owner = Bytes::from(frame);
                     let (t, s, r) = (to.len(), m.subject.len(), reply.len());
@@ -793,6 +823,28 @@ impl Hosted {
                 Action::Release { stream_seq } => {
                     self.drop_if_unneeded(stream_seq).await;
                 }
+                Action::Pinned { group, id } => self.advise(
+                    &shard,
+                    "PINNED",
+                    &facts.name,
+                    json!({
+                        "type": "io.nats.jetstream.advisory.v1.consumer_group_pinned",
+                        "account": self.usage.account_name(),
+                        "group": group,
+                        "pinned_id": &*id,
+                    }),
+                ),
+                Action::Unpinned { group, reason } => self.advise(
+                    &shard,
+                    "UNPINNED",
+                    &facts.name,
+                    json!({
+                        "type": "io.nats.jetstream.advisory.v1.consumer_group_unpinned",
+                        "account": self.usage.account_name(),
+                        "group": group,
+                        "reason": reason.as_str(),
+                    }),
+                ),
                 Action::Resumed => self.advise(
                     &shard,
                     "PAUSE",

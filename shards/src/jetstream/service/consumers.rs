@@ -8,25 +8,30 @@ use serde_json::{json, Value};
 use super::super::ack::name_hash;
 use super::super::config::Retention;
 use super::super::consumer_config::{
-    Action, ConsumerConfig, ConsumerServerLimits, CreateRequest, PriorityPolicy,
+    is_valid_group_name, Action, ConsumerConfig, ConsumerServerLimits, CreateRequest,
 };
 use super::super::errors::{self, ApiError};
 use super::super::host::{now_ns, ts_rfc3339, StreamOp, PAUSE_ADVISORY_TYPE};
 use super::super::meta::{ConsumerAssignment, MetaChange, StreamAssignment};
+use super::super::GO_ZERO_TIME;
 use super::{parse, ListRequest, Service, LIST_LIMIT, NAMES_LIMIT};
 
 /// How long an ephemeral consumer that did not ask for a threshold lives
 /// unused (nats-server's `JsDeleteWaitTimeDefault`).
 const EPHEMERAL_INACTIVE_THRESHOLD: i64 = 5_000_000_000;
 
-/// Go's zero `time.Time`, which a resumed consumer's `pause_until` reads as.
-const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
-
 /// `CONSUMER.PAUSE`'s body.
 #[derive(Debug, Default, serde::Deserialize)]
 struct PauseRequest {
     #[serde(default)]
     pause_until: Option<String>,
+}
+
+/// `CONSUMER.UNPIN`'s body.
+#[derive(Debug, Default, serde::Deserialize)]
+struct UnpinRequest {
+    #[serde(default)]
+    group: String,
 }
 
 /// How many times a fresh ephemeral name is drawn before giving up.
@@ -57,14 +62,39 @@ impl Service {
                 self.consumer_pause(account, stream, name, payload).await
             }
             ["CONSUMER", "UNPIN", stream, name] => {
-                self.consumer_assignment(account, stream, name)?;
-                Err(errors::CONSUMER_CREATE
-                    .err("priority groups (and so unpinning) are not supported by this server yet"))
+                self.consumer_unpin(account, stream, name, payload).await
             }
             // A single server leads every consumer and has nobody to hand it to.
             ["CONSUMER", "LEADER", "STEPDOWN", _, _] => Err(errors::CLUSTER_REQUIRED.error()),
             _ => Err(errors::BAD_REQUEST.error()),
         }
+    }
+
+    /// `CONSUMER.UNPIN`: the group's pinned client loses its pin, and the next
+    /// request without one takes it. Checked in nats-server's order.
+    async fn consumer_unpin(
+        &self,
+        account: &str,
+        stream: &str,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        let req: UnpinRequest = parse(payload)?;
+        if req.group.is_empty() {
+            return Err(errors::INVALID_JSON.err("consumer group not specified"));
+        }
+        if !is_valid_group_name(&req.group) {
+            return Err(errors::CONSUMER_INVALID_GROUP_NAME.error());
+        }
+        let (stream, existing) = self.consumer_assignment(account, stream, name)?;
+        if !existing.config.priority_groups.contains(&req.group) {
+            return Err(errors::CONSUMER_INVALID_PRIORITY_GROUP.error());
+        }
+        let op = StreamOp::UnpinConsumer {
+            name: name.to_string(),
+            group: req.group,
+        };
+        self.send_op(&stream, op).await
     }
 
     /// `CONSUMER.PAUSE`: holds deliveries back until `pause_until`; no time,
@@ -167,13 +197,6 @@ impl Service {
         let mut config =
             req.config
                 .normalized(&stream.config, &self.consumer_limits(account), req.pedantic)?;
-        // Accepting a priority policy without applying it would hand every
-        // client every message while it counts on overflow or pinning.
-        if config.priority_policy != PriorityPolicy::None {
-            return Err(
-                errors::CONSUMER_CREATE.err("priority groups are not supported by this server yet")
-            );
-        }
         if config.name.is_empty() {
             config.name = self.fresh_consumer_name(account, &stream.config.name)?;
         }
@@ -342,8 +365,11 @@ impl Service {
         if let Value::Object(body) = &mut info {
             // The leader, as a single server names itself.
             body.insert("cluster".into(), json!({ "leader": self.opts.name() }));
-            if let Some(ts) = body.remove("ts") {
-                body.insert("ts".into(), ts);
+            // `ts` and `priority_groups` come after it, in nats-server's order.
+            for key in ["ts", "priority_groups"] {
+                if let Some(value) = body.remove(key) {
+                    body.insert(key.into(), value);
+                }
             }
         }
         Ok(info)
