@@ -1060,7 +1060,7 @@ impl Consumer {
             return;
         }
         let max_bytes = req.max_bytes.max(0) as u64;
-        let ask = req.grouped.then(|| GroupAsk {
+        let ask = req.grouped.then_some(GroupAsk {
             group: req.group,
             pin: req.id,
             min_pending: req.min_pending,
