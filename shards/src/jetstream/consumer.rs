@@ -1230,23 +1230,6 @@ impl Consumer {
     ) -> bool {
         let mut skipped = 0;
         while !self.waiting.is_empty() {
-            if self
-                .waiting
-                .front()
-                .and_then(|r| r.expires_at)
-                .is_some_and(|at| at <= now)
-            {
-                if let Some(req) = self.waiting.pop_front() {
-                    out.push(Action::Status {
-                        to: req.reply,
-                        status: Status::RequestTimeout {
-                            messages: req.remaining,
-                            bytes: req.bytes_left,
-                        },
-                    });
-                }
-                continue;
-            }
             match self.judge_head(size, origin, now, out) {
                 Verdict::Serve => return true,
                 Verdict::Skip => {
@@ -1290,11 +1273,6 @@ impl Consumer {
             reason: UnpinReason::Admin,
         });
         self.deliver(source, now, out);
-    }
-
-    /// The current pin and since when it holds (ns).
-    pub fn pinned(&self) -> Option<(&str, i64)> {
-        self.pin.as_ref().map(|p| (&*p.id, p.since))
     }
 
     /// The next sequence to hand out, redeliveries first; `None` when nothing
@@ -2984,7 +2962,9 @@ mod tests {
                 ..
             }
         ));
-        assert!(c.pinned().is_none());
+        assert!(c.info("S", 0, 8 * S).priority_groups[0]
+            .pinned_client_id
+            .is_empty());
         out.clear();
         let mut more = src;
         more.msgs.push(Some(("a".into(), 10)));

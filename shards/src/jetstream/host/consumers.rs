@@ -369,16 +369,14 @@ impl Hosted {
         serde_json::to_value(info).map_err(|e| errors::CONSUMER_CREATE.err(e))
     }
 
-    /// `$JS.API.CONSUMER.UNPIN`: the group's pin is given up.
+    /// `$JS.API.CONSUMER.UNPIN`: the group's pin is given up (the service
+    /// checked the group against the configuration).
     pub(super) fn unpin_consumer(&self, name: &str, group: &str) -> Result<Value, ApiError> {
         let facts = {
             let mut by_name = self.consumers.by_name.borrow_mut();
             let c = by_name
                 .get_mut(name)
                 .ok_or_else(|| errors::CONSUMER_NOT_FOUND.error())?;
-            if !c.core.config().priority_groups.iter().any(|g| g == group) {
-                return Err(errors::CONSUMER_INVALID_PRIORITY_GROUP.error());
-            }
             let mut out = Vec::new();
             c.core.unpin(group, self.store.as_ref(), now_ns(), &mut out);
             c.dirty |= delivers(&out);
