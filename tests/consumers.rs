@@ -1410,3 +1410,60 @@ async fn an_overflow_consumer_spills_only_while_behind() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client that pulled and went away takes nothing: nats-server drops a
+/// waiting request once its inbox has no subscriber, and so does strait.
+#[tokio::test]
+async fn a_pull_request_whose_client_went_away_takes_nothing() {
+    let dir = store_dir("unheard");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 0).await;
+    api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.W",
+        r#"{"stream_name":"ORDERS","config":{"durable_name":"W","ack_policy":"explicit"}}"#,
+    )
+    .await;
+    let next = "$JS.API.CONSUMER.MSG.NEXT.ORDERS.W";
+    let gone = async_nats::connect(server.url()).await.expect("connect");
+    let inbox = gone.new_inbox();
+    let sub = gone.subscribe(inbox.clone()).await.expect("subscribe");
+    gone.publish_with_reply(next, inbox, r#"{"batch":10,"expires":30000000000}"#.into())
+        .await
+        .expect("pull");
+    gone.flush().await.expect("flush");
+    drop(sub);
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let alive = client.new_inbox();
+    let mut waiting = client.subscribe(alive.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(next, alive, r#"{"batch":10,"expires":30000000000}"#.into())
+        .await
+        .expect("pull");
+    client.flush().await.expect("flush");
+    for i in 0..3 {
+        js.publish("ORDERS.new", format!("{i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    for _ in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(2), waiting.next())
+            .await
+            .expect("the live request is served")
+            .expect("message");
+        assert!(m.status.is_none(), "{m:?}");
+    }
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.W", "").await;
+    assert_eq!(
+        info["num_waiting"], 1,
+        "only the live request waits: {info}"
+    );
+    assert_eq!(info["delivered"]["stream_seq"], 3, "{info}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

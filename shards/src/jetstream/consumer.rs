@@ -38,6 +38,13 @@ pub trait Source {
     fn seq_from_time(&self, ts: i64) -> u64;
 }
 
+/// Who still listens on a pull request's inbox. A request whose client went
+/// away (its inbox lost its subscriber) is dropped, as nats-server drops it,
+/// so that what it asked for goes to those still asking.
+pub trait Listeners {
+    fn listens(&self, inbox: &str) -> bool;
+}
+
 /// A consumer and a stream sequence, as consumer info reports `delivered`
 /// and `ack_floor`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -454,6 +461,8 @@ enum Verdict {
     Skip,
     /// It ends with this status.
     End(Status),
+    /// Nobody listens for it any more: it goes without a word.
+    Unheard,
 }
 
 /// The delivery side of a push consumer.
@@ -566,6 +575,8 @@ pub struct Consumer {
     /// delivery; for push, since it lost its subscriber), for the inactive
     /// threshold.
     idle_since: i64,
+    /// When a full queue was last swept of requests nobody hears.
+    unheard_swept: i64,
     /// `Action::Inactive` was given (once).
     inactive_told: bool,
     /// The stream keeps messages for its consumers: give `Action::Release`.
@@ -644,6 +655,7 @@ impl Consumer {
             last_acked_at: None,
             push: None,
             idle_since: 0,
+            unheard_swept: i64::MIN,
             inactive_told: false,
             releases: false,
             exhausted: BTreeSet::new(),
@@ -710,7 +722,7 @@ impl Consumer {
         if active {
             push.next_heartbeat = now.saturating_add(heartbeat);
             self.inactive_told = false;
-            self.deliver(source, now, out);
+            self.deliver_push(source, now, out);
         } else {
             self.idle_since = now;
         }
@@ -739,7 +751,7 @@ impl Consumer {
                 changed = self.acknowledge(seq, now, out);
             }
         }
-        self.deliver(source, now, out);
+        self.deliver_push(source, now, out);
         changed
     }
 
@@ -1000,7 +1012,7 @@ impl Consumer {
         &mut self,
         reply: Rc<str>,
         req: PullRequest,
-        source: &impl Source,
+        source: &(impl Source + Listeners),
         now: i64,
         out: &mut Vec<Action>,
     ) {
@@ -1053,7 +1065,15 @@ impl Consumer {
                 return refuse(out, Status::NoMessages);
             }
         }
-        if self.cfg.max_waiting > 0 && self.waiting.len() as i64 >= self.cfg.max_waiting {
+        let full = |c: &Self| c.cfg.max_waiting > 0 && c.waiting.len() as i64 >= c.cfg.max_waiting;
+        // Requests of clients gone make room, looked for at most once a
+        // second (as nats-server does) so that a flood of requests on a full
+        // queue costs no lookup each.
+        if full(self) && now.saturating_sub(self.unheard_swept) >= 1_000_000_000 {
+            self.unheard_swept = now;
+            self.drop_unheard(source);
+        }
+        if full(self) {
             if req.heartbeat == 0 {
                 refuse(out, Status::ExceededMaxWaiting);
             }
@@ -1143,6 +1163,7 @@ impl Consumer {
         &mut self,
         size: u64,
         origin: Origin,
+        listeners: &impl Listeners,
         now: i64,
         out: &mut Vec<Action>,
     ) -> Verdict {
@@ -1215,6 +1236,14 @@ impl Consumer {
             }
             return Verdict::End(status);
         }
+        if !listeners.listens(&req.reply) {
+            // nats-server keeps a pin it just gave to a request nobody hears,
+            // and so starves the others until it lapses; nobody holds it.
+            if pinned_now {
+                self.pin = None;
+            }
+            return Verdict::Unheard;
+        }
         Verdict::Serve
     }
 
@@ -1225,12 +1254,13 @@ impl Consumer {
         &mut self,
         size: u64,
         origin: Origin,
+        listeners: &impl Listeners,
         now: i64,
         out: &mut Vec<Action>,
     ) -> bool {
         let mut skipped = 0;
         while !self.waiting.is_empty() {
-            match self.judge_head(size, origin, now, out) {
+            match self.judge_head(size, origin, listeners, now, out) {
                 Verdict::Serve => return true,
                 Verdict::Skip => {
                     self.waiting.rotate_left(1);
@@ -1246,6 +1276,9 @@ impl Consumer {
                             status,
                         });
                     }
+                }
+                Verdict::Unheard => {
+                    self.waiting.pop_front();
                 }
             }
         }
@@ -1266,7 +1299,13 @@ impl Consumer {
     /// `$JS.API.CONSUMER.UNPIN`: gives up the pin (if any), so that the next
     /// request without one is pinned; waiting requests of the old pin hear
     /// they hold the wrong one. nats-server advises it even with no pin.
-    pub fn unpin(&mut self, group: &str, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+    pub fn unpin(
+        &mut self,
+        group: &str,
+        source: &(impl Source + Listeners),
+        now: i64,
+        out: &mut Vec<Action>,
+    ) {
         self.pin = None;
         out.push(Action::Unpinned {
             group: group.to_string(),
@@ -1311,7 +1350,7 @@ impl Consumer {
     /// Hands out messages: to the waiting requests while there are both, or
     /// to a push consumer's subscriber while flow control and the ack limit
     /// allow.
-    pub fn deliver(&mut self, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+    pub fn deliver(&mut self, source: &(impl Source + Listeners), now: i64, out: &mut Vec<Action>) {
         if self.is_paused(now) {
             // Pull requests wait for the resume (or their expiry); one that
             // would not wait hears there is nothing now.
@@ -1326,7 +1365,7 @@ impl Consumer {
                 self.finish_no_wait(out);
                 return;
             };
-            if !self.choose_request(size, origin, now, out) {
+            if !self.choose_request(size, origin, source, now, out) {
                 self.put_back(seq, origin);
                 return;
             }
@@ -1345,6 +1384,13 @@ impl Consumer {
             let done = req.remaining == 0 || (req.has_byte_limit && req.bytes_left == 0);
             self.requeue_head(done);
             self.record_delivery(seq, origin, to, pin, now, out);
+        }
+    }
+
+    /// What a push consumer may send now (nothing while paused).
+    fn deliver_push(&mut self, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+        if !self.is_paused(now) {
+            self.push_messages(source, now, out);
         }
     }
 
@@ -1461,6 +1507,11 @@ impl Consumer {
         self.waiting = kept;
     }
 
+    /// Drops the waiting requests nobody listens for any more.
+    fn drop_unheard(&mut self, listeners: &impl Listeners) {
+        self.waiting.retain(|req| listeners.listens(&req.reply));
+    }
+
     fn expire_requests(&mut self, now: i64, out: &mut Vec<Action>) {
         self.waiting.retain(|req| match req.expires_at {
             Some(at) if at <= now => {
@@ -1483,7 +1534,7 @@ impl Consumer {
         stream_seq: u64,
         kind: AckKind,
         reply: Option<Rc<str>>,
-        source: &impl Source,
+        source: &(impl Source + Listeners),
         now: i64,
         out: &mut Vec<Action>,
     ) -> bool {
@@ -1617,8 +1668,9 @@ impl Consumer {
     }
 
     /// Time passed: requests expire, heartbeats are due, acks time out.
-    pub fn tick(&mut self, source: &impl Source, now: i64, out: &mut Vec<Action>) {
+    pub fn tick(&mut self, source: &(impl Source + Listeners), now: i64, out: &mut Vec<Action>) {
         self.expire_requests(now, out);
+        self.drop_unheard(source);
         let (last_consumer, last_stream) = (self.delivered.consumer, self.delivered.stream);
         for req in self.waiting.iter_mut() {
             if req.heartbeat > 0 && req.next_heartbeat <= now {
@@ -1747,12 +1799,15 @@ mod tests {
     /// A stream as a list of (subject, size); sequence = index + 1.
     struct Fake {
         msgs: Vec<Option<(String, u64)>>,
+        /// Inboxes whose subscriber went away.
+        gone: Vec<String>,
     }
 
     impl Fake {
         fn with(subjects: &[&str]) -> Fake {
             Fake {
                 msgs: subjects.iter().map(|s| Some((s.to_string(), 10))).collect(),
+                gone: Vec::new(),
             }
         }
         fn matches(filters: &[String], subject: &str) -> bool {
@@ -1803,6 +1858,19 @@ mod tests {
         }
         fn seq_from_time(&self, _ts: i64) -> u64 {
             1
+        }
+    }
+
+    /// The memory-store test has no clients to lose.
+    impl Listeners for strait_storage::AnyStore {
+        fn listens(&self, _inbox: &str) -> bool {
+            true
+        }
+    }
+
+    impl Listeners for Fake {
+        fn listens(&self, inbox: &str) -> bool {
+            !self.gone.iter().any(|g| g == inbox)
         }
     }
 
@@ -2497,6 +2565,7 @@ mod tests {
             msgs: (0..10)
                 .map(|_| Some(("O.a".to_string(), 600_000)))
                 .collect(),
+            gone: Vec::new(),
         };
         let mut c = push(
             r#"{"durable_name":"P","deliver_subject":"out","flow_control":true,"idle_heartbeat":1000000000}"#,
@@ -2882,6 +2951,72 @@ mod tests {
             &mut out,
         );
         assert!(recipients(&out).is_empty(), "nothing awaits an ack yet");
+    }
+
+    #[test]
+    fn a_request_nobody_listens_for_is_dropped_and_the_next_one_served() {
+        let mut src = Fake::with(&[]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"D","ack_policy":"explicit","max_waiting":2}"#),
+            &src,
+        );
+        c.begin(0, "", "");
+        let mut out = Vec::new();
+        for inbox in ["crashed", "alive"] {
+            c.pull(reply(inbox), request(r#"{"batch":5}"#), &src, 0, &mut out);
+        }
+        src.gone.push("crashed".into());
+        src.msgs.push(Some(("a".into(), 10)));
+        c.on_append(1, "a");
+        c.deliver(&src, 0, &mut out);
+        assert_eq!(recipients(&out), [("alive".into(), 1, None)]);
+        assert!(statuses(&out).is_empty(), "the gone request hears nothing");
+        assert_eq!(c.num_waiting(), 1);
+        // A full queue makes room by the requests nobody hears.
+        c.pull(reply("other"), request(r#"{"batch":5}"#), &src, 1, &mut out);
+        out.clear();
+        c.pull(reply("late"), request(r#"{"batch":5}"#), &src, 1, &mut out);
+        assert_eq!(statuses(&out), ["NATS/1.0 409 Exceeded MaxWaiting\r\n\r\n"]);
+        src.gone.push("alive".into());
+        out.clear();
+        c.pull(reply("late"), request(r#"{"batch":5}"#), &src, 2, &mut out);
+        assert_eq!(
+            statuses(&out),
+            ["NATS/1.0 409 Exceeded MaxWaiting\r\n\r\n"],
+            "swept at most once a second"
+        );
+        out.clear();
+        c.pull(
+            reply("late"),
+            request(r#"{"batch":5}"#),
+            &src,
+            2_000_000_000,
+            &mut out,
+        );
+        assert!(statuses(&out).is_empty(), "{out:?}");
+        assert_eq!(c.num_waiting(), 2);
+    }
+
+    #[test]
+    fn a_pin_given_to_a_request_nobody_hears_is_not_kept() {
+        let mut src = Fake::with(&[]);
+        let mut c = grouped("pinned_client");
+        let mut out = Vec::new();
+        for inbox in ["gone", "standby"] {
+            c.pull(
+                reply(inbox),
+                request(r#"{"group":"A","batch":5}"#),
+                &src,
+                0,
+                &mut out,
+            );
+        }
+        src.gone.push("gone".into());
+        src.msgs.push(Some(("a".into(), 10)));
+        c.on_append(1, "a");
+        c.deliver(&src, 0, &mut out);
+        let to: Vec<String> = recipients(&out).into_iter().map(|r| r.0).collect();
+        assert_eq!(to, ["standby"], "{out:?}");
     }
 
     #[test]

@@ -352,7 +352,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
     shard.streams.borrow_mut().insert(key, hosted.clone());
     glommio::spawn_local(run(shard.clone(), hosted.clone(), receiver)).detach();
     glommio::spawn_local(hosted.clone().acknowledge(shard.clone())).detach();
-    glommio::spawn_local(expire(hosted)).detach();
+    glommio::spawn_local(expire(shard.clone(), hosted)).detach();
     Ok(())
 }
 
@@ -376,7 +376,7 @@ async fn run(shard: Rc<Shard>, hosted: Rc<Hosted>, receiver: InternalReceiver) {
 /// Removes what `max_age` and per-message TTLs expire, when they do, and
 /// replaces the last message of a subject with a delete marker when the stream
 /// asks for markers.
-async fn expire(hosted: Rc<Hosted>) {
+async fn expire(shard: Rc<Shard>, hosted: Rc<Hosted>) {
     const IDLE: Duration = Duration::from_secs(1);
     while !hosted.closed.get() {
         let wait = hosted
@@ -396,7 +396,7 @@ async fn expire(hosted: Rc<Hosted>) {
         }
         let mut result = expired.map(drop);
         if result.is_ok() {
-            result = hosted.replace_with_markers(now).await;
+            result = hosted.replace_with_markers(&shard, now).await;
         }
         hosted.report_usage();
         if let Err(e) = result {
@@ -438,7 +438,7 @@ impl Hosted {
 
     /// The expired messages that are the last of their subjects become delete
     /// markers (a marker that expires is simply removed).
-    async fn replace_with_markers(&self, now: i64) -> Result<(), StoreError> {
+    async fn replace_with_markers(&self, shard: &Shard, now: i64) -> Result<(), StoreError> {
         for seq in self.store.expired_last_of_subjects(now) {
             let m = match self.store.load(seq).await {
                 Ok(m) => m,
@@ -463,7 +463,7 @@ impl Hosted {
                         &accepted,
                     );
                     let seq = append.await?;
-                    self.offer(seq, &m.subject);
+                    self.offer(shard, seq, &m.subject);
                 }
                 None => {
                     self.store.delete(seq, false).await?;
@@ -533,7 +533,7 @@ impl Hosted {
     /// One message off the stream's queue: a publish to store, or a direct get.
     fn take(self: &Rc<Self>, shard: &Rc<Shard>, msg: InternalMsg) {
         if self.consumers.owns(&msg.sid) {
-            self.consumer_message(msg);
+            self.consumer_message(shard, msg);
         } else if self.direct_sids.borrow().contains(&msg.sid) {
             let hosted = self.clone();
             let shard = shard.clone();
@@ -959,7 +959,7 @@ impl Hosted {
         match result {
             Ok(seq) => {
                 if let Ok(subject) = std::str::from_utf8(subject) {
-                    self.offer(seq, subject);
+                    self.offer(shard, seq, subject);
                 }
                 if let Some(r) = republish {
                     self.republish(shard, r, seq);
@@ -1104,7 +1104,7 @@ impl Hosted {
             }
             StreamOp::ConsumerInfo { name } => self.consumer_info(&name),
             StreamOp::DeleteConsumer { name } => self.delete_consumer(shard, &name).await,
-            StreamOp::UnpinConsumer { name, group } => self.unpin_consumer(&name, &group),
+            StreamOp::UnpinConsumer { name, group } => self.unpin_consumer(shard, &name, &group),
             StreamOp::CheckRetention => Ok(json!(self.check_retention().await)),
         }
     }

@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 
 use super::super::ack::{AckPrefix, AckReply};
 use super::super::config::Retention;
-use super::super::consumer::{AckKind, Action, Consumer, ConsumerState, PullRequest, Status};
+use super::super::consumer::{
+    AckKind, Action, Consumer, ConsumerState, Listeners, PullRequest, Source, Status,
+};
 use super::super::consumer_config::ConsumerConfig;
 use super::super::errors::{self, ApiError};
 use super::super::stream::with_header;
@@ -64,6 +66,42 @@ struct HostedConsumer {
     state_file: Option<Rc<StateFile>>,
     /// Changed since its state was last written.
     dirty: bool,
+}
+
+/// What a consumer core sees when it may hand out messages: its stream, and
+/// whether a pull request's inbox still has a subscriber in the account.
+struct Surroundings<'a> {
+    store: &'a AnyStore,
+    shard: &'a Shard,
+    account: u32,
+}
+
+impl Source for Surroundings<'_> {
+    fn next_match(&self, start: u64, filters: &[String]) -> Option<(u64, u64)> {
+        self.store.next_match(start, filters)
+    }
+    fn size_of(&self, seq: u64) -> Option<u64> {
+        self.store.size_of(seq)
+    }
+    fn num_pending(&self, start: u64, filters: &[String]) -> u64 {
+        Source::num_pending(self.store, start, filters)
+    }
+    fn last_seq(&self) -> u64 {
+        Source::last_seq(self.store)
+    }
+    fn last_per_subject(&self, filters: &[String]) -> Vec<u64> {
+        self.store.last_per_subject(filters)
+    }
+    fn seq_from_time(&self, ts: i64) -> u64 {
+        Source::seq_from_time(self.store, ts)
+    }
+}
+
+impl Listeners for Surroundings<'_> {
+    fn listens(&self, inbox: &str) -> bool {
+        self.shard
+            .has_interest(self.account, inbox.as_bytes(), None)
+    }
 }
 
 /// What a consumer's state file holds: the state, and which consumer it is
@@ -371,14 +409,20 @@ impl Hosted {
 
     /// `$JS.API.CONSUMER.UNPIN`: the group's pin is given up (the service
     /// checked the group against the configuration).
-    pub(super) fn unpin_consumer(&self, name: &str, group: &str) -> Result<Value, ApiError> {
+    pub(super) fn unpin_consumer(
+        &self,
+        shard: &Shard,
+        name: &str,
+        group: &str,
+    ) -> Result<Value, ApiError> {
         let facts = {
             let mut by_name = self.consumers.by_name.borrow_mut();
             let c = by_name
                 .get_mut(name)
                 .ok_or_else(|| errors::CONSUMER_NOT_FOUND.error())?;
             let mut out = Vec::new();
-            c.core.unpin(group, self.store.as_ref(), now_ns(), &mut out);
+            c.core
+                .unpin(group, &self.surroundings(shard), now_ns(), &mut out);
             c.dirty |= delivers(&out);
             self.arm(c.core.next_deadline());
             (c.facts.clone(), out)
@@ -446,14 +490,22 @@ impl Hosted {
 
     /// One message on a consumer subscription: a pull request, an ack, or
     /// the answer to a flow control request.
-    pub(super) fn consumer_message(&self, msg: InternalMsg) {
+    pub(super) fn consumer_message(&self, shard: &Shard, msg: InternalMsg) {
         let name = self.consumers.by_sid.borrow().get(&msg.sid).cloned();
         match name {
-            Some(name) => self.pull(&name, msg),
+            Some(name) => self.pull(shard, &name, msg),
             None if self.consumers.flow_sid.borrow().as_ref() == Some(&msg.sid) => {
                 self.flow_answer(msg)
             }
-            None => self.ack(msg),
+            None => self.ack(shard, msg),
+        }
+    }
+
+    fn surroundings<'a>(&'a self, shard: &'a Shard) -> Surroundings<'a> {
+        Surroundings {
+            store: self.store.as_ref(),
+            shard,
+            account: self.account,
         }
     }
 
@@ -552,7 +604,7 @@ impl Hosted {
         self.queue(&facts, out);
     }
 
-    fn pull(&self, name: &str, msg: InternalMsg) {
+    fn pull(&self, shard: &Shard, name: &str, msg: InternalMsg) {
         let Ok(reply) = std::str::from_utf8(&msg.reply) else {
             return;
         };
@@ -568,7 +620,9 @@ impl Hosted {
                 return;
             };
             match PullRequest::parse(msg.payload()) {
-                Ok(req) => c.core.pull(reply, req, self.store.as_ref(), now, &mut out),
+                Ok(req) => c
+                    .core
+                    .pull(reply, req, &self.surroundings(shard), now, &mut out),
                 Err(text) => out.push(Action::Status {
                     to: reply,
                     status: Status::BadRequest(text),
@@ -581,7 +635,7 @@ impl Hosted {
         self.queue(&facts, out);
     }
 
-    fn ack(&self, msg: InternalMsg) {
+    fn ack(&self, shard: &Shard, msg: InternalMsg) {
         let Ok(subject) = std::str::from_utf8(&msg.subject) else {
             return;
         };
@@ -605,7 +659,7 @@ impl Hosted {
                 ack.stream_seq,
                 kind,
                 reply.clone().filter(|_| next),
-                self.store.as_ref(),
+                &self.surroundings(shard),
                 now,
                 &mut out,
             );
@@ -622,7 +676,7 @@ impl Hosted {
     }
 
     /// The stream stored `seq` on `subject`: consumers waiting for it get it.
-    pub(super) fn offer(&self, seq: u64, subject: &str) {
+    pub(super) fn offer(&self, shard: &Shard, seq: u64, subject: &str) {
         if self.consumers.len() == 0 {
             return;
         }
@@ -634,7 +688,7 @@ impl Hosted {
                 c.core.on_append(seq, subject);
                 if c.core.wants_messages() {
                     let mut out = Vec::new();
-                    c.core.deliver(self.store.as_ref(), now, &mut out);
+                    c.core.deliver(&self.surroundings(shard), now, &mut out);
                     c.dirty |= delivers(&out);
                     if !out.is_empty() {
                         decided.push((c.facts.clone(), out));
@@ -689,7 +743,7 @@ impl Hosted {
                     };
                     if at <= now {
                         let mut out = Vec::new();
-                        c.core.tick(self.store.as_ref(), now, &mut out);
+                        c.core.tick(&self.surroundings(&shard), now, &mut out);
                         c.dirty |= delivers(&out);
                         if !out.is_empty() {
                             decided.push((c.facts.clone(), out));
