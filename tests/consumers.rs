@@ -435,7 +435,7 @@ async fn consumer_create_rules_and_their_errors() {
         &wq("A", r#","ack_policy":"none""#),
     )
     .await;
-    assert_eq!(v["error"]["err_code"], 10084, "{v}");
+    assert_eq!(v["error"]["err_code"], 10086, "{v}");
     let v = api(
         &client,
         "$JS.API.CONSUMER.CREATE.WQ.A",
@@ -1464,6 +1464,112 @@ async fn a_pull_request_whose_client_went_away_takes_nothing() {
         "only the live request waits: {info}"
     );
     assert_eq!(info["delivered"]["stream_seq"], 3, "{info}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `replay_policy: original` hands out the stored messages at the pace they
+/// were stored in; `rate_limit_bps` caps a push consumer's bytes per second.
+#[tokio::test]
+async fn replay_original_and_rate_limits_pace_deliveries() {
+    let dir = store_dir("pacing");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(stream::Config {
+            name: "PACED".into(),
+            subjects: vec!["paced.>".into()],
+            max_message_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        js.publish("paced.a", "x".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let pull = |name: &str, replay| consumer::pull::Config {
+        durable_name: Some(name.into()),
+        replay_policy: replay,
+        ack_policy: consumer::AckPolicy::None,
+        ..Default::default()
+    };
+    for (name, replay, slowest) in [
+        ("INSTANT", consumer::ReplayPolicy::Instant, 300),
+        ("ORIGINAL", consumer::ReplayPolicy::Original, u128::MAX),
+    ] {
+        let c = stream
+            .create_consumer(pull(name, replay))
+            .await
+            .expect("create");
+        let started = std::time::Instant::now();
+        let mut batch = c
+            .fetch()
+            .max_messages(3)
+            .expires(Duration::from_secs(3))
+            .messages()
+            .await
+            .expect("fetch");
+        let mut got = Vec::new();
+        while let Some(m) = batch.next().await {
+            got.push(m.expect("message"));
+        }
+        let took = started.elapsed().as_millis();
+        assert_eq!(got.len(), 3, "{name}");
+        if replay == consumer::ReplayPolicy::Original {
+            assert!(took >= 700, "two gaps of 400 ms kept: {took} ms");
+        } else {
+            assert!(took < slowest, "{name} took {took} ms");
+        }
+    }
+    // A rate limit is for push consumers only, as in nats-server.
+    let v = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.PACED.RL",
+        r#"{"stream_name":"PACED","config":{"durable_name":"RL","ack_policy":"none","rate_limit_bps":8000}}"#,
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10086, "{v}");
+    // 8000 bits a second: 1000 bytes, with bursts of one max_msg_size.
+    let payload = "p".repeat(480);
+    for _ in 0..4 {
+        js.publish("paced.b", payload.clone().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let mut sub = client.subscribe("rate.out").await.expect("subscribe");
+    let started = std::time::Instant::now();
+    stream
+        .create_consumer(consumer::push::Config {
+            durable_name: Some("RATE".into()),
+            deliver_subject: "rate.out".into(),
+            filter_subject: "paced.b".into(),
+            ack_policy: consumer::AckPolicy::None,
+            rate_limit: 8000,
+            ..Default::default()
+        })
+        .await
+        .expect("create push consumer");
+    for _ in 0..4 {
+        tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("delivered")
+            .expect("message");
+    }
+    let took = started.elapsed().as_millis();
+    // Four messages of ~490 bytes: two in the first burst, one more each
+    // ~490 ms after.
+    assert!(took >= 800, "paced at 1000 bytes a second: {took} ms");
+    assert!(took < 3000, "{took} ms");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

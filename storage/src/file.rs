@@ -1961,6 +1961,10 @@ impl Store for FileStore {
             .map(|e| e.size() as u64)
     }
 
+    fn stored_time(&self, seq: u64) -> Option<i64> {
+        self.inner.st.borrow().index.get(seq).map(|e| e.ts)
+    }
+
     fn stored_subject(&self, seq: u64) -> Option<Subject> {
         self.inner
             .st

@@ -147,6 +147,8 @@ pub trait Store {
     fn stored_size(&self, seq: u64) -> Option<u64>;
     /// The subject message `seq` is stored under; `None` if it is not stored.
     fn stored_subject(&self, seq: u64) -> Option<subject::Subject>;
+    /// When message `seq` was stored (ns); `None` if it is not stored.
+    fn stored_time(&self, seq: u64) -> Option<i64>;
     /// The first sequence stored at or after `ts` (ns); `last_seq + 1` if none.
     fn seq_from_time(&self, ts: i64) -> u64;
     /// The last sequence per subject matching any of `filters`, at or below `up_to`
@@ -241,6 +243,9 @@ impl Store for AnyStore {
     }
     fn stored_subject(&self, seq: u64) -> Option<subject::Subject> {
         delegate!(self, s => s.stored_subject(seq))
+    }
+    fn stored_time(&self, seq: u64) -> Option<i64> {
+        delegate!(self, s => s.stored_time(seq))
     }
     fn seq_from_time(&self, ts: i64) -> u64 {
         delegate!(self, s => s.seq_from_time(ts))

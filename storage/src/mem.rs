@@ -214,6 +214,10 @@ impl Store for MemStore {
         self.index.borrow().get(seq).map(|e| e.subject.clone())
     }
 
+    fn stored_time(&self, seq: u64) -> Option<i64> {
+        self.index.borrow().get(seq).map(|e| e.ts)
+    }
+
     fn seq_from_time(&self, ts: i64) -> u64 {
         self.index.borrow().seq_from_time(ts)
     }

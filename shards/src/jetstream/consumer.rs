@@ -17,7 +17,9 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use super::consumer_config::{AckPolicy, ConsumerConfig, DeliverPolicy, PriorityPolicy};
+use super::consumer_config::{
+    AckPolicy, ConsumerConfig, DeliverPolicy, PriorityPolicy, ReplayPolicy,
+};
 use super::stream::parse_go_duration;
 use super::GO_ZERO_TIME;
 
@@ -32,6 +34,8 @@ pub trait Source {
     fn num_pending(&self, start: u64, filters: &[String]) -> u64;
     /// The last sequence the stream has assigned.
     fn last_seq(&self) -> u64;
+    /// When a stored message was stored (ns); `None` once it is gone.
+    fn time_of(&self, seq: u64) -> Option<i64>;
     /// The last sequence of each subject matching `filters`, ascending.
     fn last_per_subject(&self, filters: &[String]) -> Vec<u64>;
     /// The first sequence stored at or after `ts` (ns).
@@ -465,6 +469,62 @@ enum Verdict {
     Unheard,
 }
 
+/// How deliveries are paced: `replay_policy: original` replays the stream at
+/// the pace it was stored in until the consumer reaches what the stream held
+/// when it started, and `rate_limit_bps` caps the bytes sent per second.
+#[derive(Debug, Default)]
+struct Pacing {
+    /// Replaying until the stream sequence delivered reaches this.
+    replay_through: Option<u64>,
+    /// The stored time of the message replayed last, and when it was sent.
+    last_replayed: Option<(i64, i64)>,
+    bucket: Option<TokenBucket>,
+    /// When the message held back may go, for the timer.
+    held_until: Option<i64>,
+}
+
+/// Bytes allowed per second, with a burst of one message of the largest size
+/// the stream takes, as nats-server's limiter has.
+#[derive(Debug)]
+struct TokenBucket {
+    bytes_per_second: f64,
+    burst: f64,
+    tokens: f64,
+    refilled_at: i64,
+}
+
+impl TokenBucket {
+    fn new(bits_per_second: u64, burst: u64, now: i64) -> TokenBucket {
+        TokenBucket {
+            bytes_per_second: (bits_per_second / 8).max(1) as f64,
+            burst: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            refilled_at: now,
+        }
+    }
+
+    /// When `size` bytes may go (`now` or later); takes them when that is now.
+    fn take(&mut self, size: u64, now: i64) -> i64 {
+        let elapsed = now.saturating_sub(self.refilled_at).max(0) as f64 / 1e9;
+        self.tokens = (self.tokens + elapsed * self.bytes_per_second).min(self.burst);
+        self.refilled_at = now;
+        // A message over the burst waits for a full bucket, not forever.
+        let need = (size as f64).min(self.burst);
+        if self.tokens >= need {
+            self.tokens -= need;
+            return now;
+        }
+        let wait = (need - self.tokens) / self.bytes_per_second * 1e9;
+        now.saturating_add(wait.ceil() as i64)
+    }
+}
+
+/// A gap between stored messages that replay waits out (nats-server's).
+const REPLAY_MIN_GAP: i64 = 1_000_000;
+/// The burst of `rate_limit_bps` when the stream sets no `max_msg_size`:
+/// nats-server's default `max_payload`.
+const DEFAULT_RATE_BURST: u64 = 1024 * 1024;
+
 /// The delivery side of a push consumer.
 #[derive(Debug)]
 struct Push {
@@ -577,6 +637,7 @@ pub struct Consumer {
     idle_since: i64,
     /// When a full queue was last swept of requests nobody hears.
     unheard_swept: i64,
+    pacing: Pacing,
     /// `Action::Inactive` was given (once).
     inactive_told: bool,
     /// The stream keeps messages for its consumers: give `Action::Release`.
@@ -656,6 +717,7 @@ impl Consumer {
             push: None,
             idle_since: 0,
             unheard_swept: i64::MIN,
+            pacing: Pacing::default(),
             inactive_told: false,
             releases: false,
             exhausted: BTreeSet::new(),
@@ -665,6 +727,9 @@ impl Consumer {
             pins_made: 0,
         };
         consumer.paused_until = consumer.cfg.pause_until_ns();
+        if consumer.cfg.replay_policy == ReplayPolicy::Original {
+            consumer.pacing.replay_through = Some(source.last_seq());
+        }
         consumer.recount(source);
         consumer
     }
@@ -675,6 +740,7 @@ impl Consumer {
     /// `pin_prefix` (random, so that no pin of an earlier run matches).
     pub fn begin(&mut self, now: i64, flow_prefix: &str, pin_prefix: &str) {
         self.idle_since = now;
+        self.set_rate_limit(DEFAULT_RATE_BURST, now);
         self.pin_prefix = Rc::from(pin_prefix);
         // A pause already over says nothing when it ends.
         self.paused_until = self.paused_until.filter(|&until| until > now);
@@ -916,8 +982,57 @@ impl Consumer {
         if cfg.priority_policy != PriorityPolicy::PinnedClient {
             self.pin = None;
         }
+        let burst = self
+            .pacing
+            .bucket
+            .as_ref()
+            .map_or(DEFAULT_RATE_BURST, |b| b.burst as u64);
         self.cfg = cfg;
+        self.set_rate_limit(burst, now);
         self.recount(source);
+    }
+
+    /// Limits deliveries to the configured `rate_limit_bps`, with bursts of
+    /// up to `burst` bytes (the stream's `max_msg_size`, when it sets one).
+    pub fn set_rate_limit(&mut self, burst: u64, now: i64) {
+        self.pacing.bucket =
+            (self.cfg.rate_limit > 0).then(|| TokenBucket::new(self.cfg.rate_limit, burst, now));
+    }
+
+    /// Whether message `seq` of `size` bytes may go now. If not, it is held
+    /// until the replay pace or the rate limit lets it, and the timer wakes
+    /// the consumer then.
+    fn paced(&mut self, seq: u64, size: u64, source: &impl Source, now: i64) -> bool {
+        let pacing = &mut self.pacing;
+        if pacing
+            .replay_through
+            .is_some_and(|through| self.delivered.stream >= through)
+        {
+            pacing.replay_through = None;
+            pacing.last_replayed = None;
+        }
+        let stored = pacing.replay_through.and_then(|_| source.time_of(seq));
+        let mut ready = now;
+        if let (Some(ts), Some((last_ts, sent_at))) = (stored, pacing.last_replayed) {
+            let gap = ts.saturating_sub(last_ts);
+            if gap > REPLAY_MIN_GAP {
+                ready = ready.max(sent_at.saturating_add(gap));
+            }
+        }
+        if ready == now {
+            if let Some(bucket) = &mut pacing.bucket {
+                ready = bucket.take(size, now);
+            }
+        }
+        if ready > now {
+            pacing.held_until = Some(ready);
+            return false;
+        }
+        pacing.held_until = None;
+        if let Some(ts) = stored {
+            pacing.last_replayed = Some((ts, now));
+        }
+        true
     }
 
     /// Whether it holds back deliveries at `now` (`pause_until` ahead).
@@ -1365,6 +1480,10 @@ impl Consumer {
                 self.finish_no_wait(out);
                 return;
             };
+            if !self.paced(seq, size, source, now) {
+                self.put_back(seq, origin);
+                return;
+            }
             if !self.choose_request(size, origin, source, now, out) {
                 self.put_back(seq, origin);
                 return;
@@ -1407,6 +1526,10 @@ impl Consumer {
             let Some((seq, size, origin)) = self.next_candidate(source) else {
                 return;
             };
+            if !self.paced(seq, size, source, now) {
+                self.put_back(seq, origin);
+                return;
+            }
             self.record_delivery(seq, origin, to.clone(), None, now, out);
             let acks_by_flow =
                 self.cfg.ack_policy == AckPolicy::FlowControl && self.max_ack_pending_reached();
@@ -1788,6 +1911,7 @@ impl Consumer {
             .chain(self.inactive_at())
             .chain(self.paused_until)
             .chain(self.pin.as_ref().map(|p| p.lapses_at))
+            .chain(self.pacing.held_until)
             .min()
     }
 }
@@ -1858,6 +1982,10 @@ mod tests {
         }
         fn seq_from_time(&self, _ts: i64) -> u64 {
             1
+        }
+        /// Fake messages were stored a second apart.
+        fn time_of(&self, seq: u64) -> Option<i64> {
+            self.size_of(seq).map(|_| seq as i64 * 1_000_000_000)
         }
     }
 
@@ -2951,6 +3079,71 @@ mod tests {
             &mut out,
         );
         assert!(recipients(&out).is_empty(), "nothing awaits an ack yet");
+    }
+
+    const SECOND: i64 = 1_000_000_000;
+
+    #[test]
+    fn replay_original_keeps_the_stored_pace_until_it_catches_up() {
+        // Stored a second apart (see `Fake::time_of`).
+        let mut src = Fake::with(&["a", "a", "a"]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"R","ack_policy":"none","replay_policy":"original"}"#),
+            &src,
+        );
+        c.begin(0, "", "");
+        let mut out = Vec::new();
+        c.pull(reply("r"), request("10"), &src, 0, &mut out);
+        assert_eq!(delivered(&out), [(1, 1, 1)], "the first goes at once");
+        assert_eq!(
+            c.next_deadline(),
+            Some(SECOND),
+            "the next one a second later"
+        );
+        out.clear();
+        c.tick(&src, SECOND / 2, &mut out);
+        assert!(delivered(&out).is_empty());
+        c.tick(&src, SECOND, &mut out);
+        assert_eq!(delivered(&out), [(2, 2, 1)]);
+        out.clear();
+        c.tick(&src, 2 * SECOND, &mut out);
+        assert_eq!(delivered(&out), [(3, 3, 1)]);
+        // Caught up with what the stream held at the start: later messages
+        // go as they come.
+        out.clear();
+        src.msgs.push(Some(("a".into(), 10)));
+        c.on_append(4, "a");
+        c.deliver(&src, 2 * SECOND, &mut out);
+        assert_eq!(delivered(&out), [(4, 4, 1)]);
+        // Instant replay (the default) does not wait.
+        let src = Fake::with(&["a", "a", "a"]);
+        let mut instant =
+            Consumer::new(config(r#"{"durable_name":"I","ack_policy":"none"}"#), &src);
+        instant.pull(reply("r"), request("10"), &src, 0, &mut out);
+        assert_eq!(delivered(&out).len(), 4);
+    }
+
+    #[test]
+    fn a_rate_limit_caps_the_bytes_sent_per_second() {
+        let src = Fake::with(&["a", "a", "a", "a"]);
+        // 80 bits a second: 10 bytes, one fake message.
+        let mut c = push(
+            r#"{"durable_name":"P","deliver_subject":"out","ack_policy":"none","rate_limit_bps":80}"#,
+            &src,
+        );
+        c.set_rate_limit(20, 0);
+        let mut out = Vec::new();
+        c.set_interest(true, &src, 0, &mut out);
+        assert_eq!(delivered(&out).len(), 2, "a burst of 20 bytes");
+        assert_eq!(c.next_deadline(), Some(SECOND));
+        out.clear();
+        c.tick(&src, SECOND, &mut out);
+        assert_eq!(delivered(&out), [(3, 3, 1)]);
+        out.clear();
+        c.tick(&src, 3 * SECOND / 2, &mut out);
+        assert!(delivered(&out).is_empty(), "half the bytes are back");
+        c.tick(&src, 2 * SECOND, &mut out);
+        assert_eq!(delivered(&out), [(4, 4, 1)]);
     }
 
     #[test]

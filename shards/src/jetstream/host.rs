@@ -222,6 +222,9 @@ impl super::consumer::Source for AnyStore {
     fn last_seq(&self) -> u64 {
         self.fast_state().last_seq
     }
+    fn time_of(&self, seq: u64) -> Option<i64> {
+        self.stored_time(seq)
+    }
     fn last_per_subject(&self, filters: &[String]) -> Vec<u64> {
         let every = [">".to_string()];
         let filters = if filters.is_empty() {

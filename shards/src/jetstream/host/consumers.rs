@@ -89,6 +89,9 @@ impl Source for Surroundings<'_> {
     fn last_seq(&self) -> u64 {
         Source::last_seq(self.store)
     }
+    fn time_of(&self, seq: u64) -> Option<i64> {
+        self.store.time_of(seq)
+    }
     fn last_per_subject(&self, filters: &[String]) -> Vec<u64> {
         self.store.last_per_subject(filters)
     }
@@ -226,6 +229,10 @@ impl Hosted {
                 &format!("{FLOW_PREFIX}{stream}.{name}."),
                 &crate::nuid()[..12],
             );
+            let max_msg_size = self.stream.borrow().config().max_msg_size;
+            if max_msg_size > 0 {
+                core.set_rate_limit(max_msg_size as u64, now_ns());
+            }
             core.report_releases(self.keeps_for_consumers().is_some());
             self.consumers.by_name.borrow_mut().insert(
                 name.clone(),
@@ -690,6 +697,7 @@ impl Hosted {
                     let mut out = Vec::new();
                     c.core.deliver(&self.surroundings(shard), now, &mut out);
                     c.dirty |= delivers(&out);
+                    self.arm(c.core.next_deadline());
                     if !out.is_empty() {
                         decided.push((c.facts.clone(), out));
                     }
