@@ -1573,3 +1573,43 @@ async fn replay_original_and_rate_limits_pace_deliveries() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stream update may not lower `consumer_limits` below what a consumer
+/// already has: nats-server names the consumers in the way.
+#[tokio::test]
+async fn stream_consumer_limits_may_not_leave_a_consumer_above_them() {
+    let dir = store_dir("limits");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 0).await;
+    api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.BIG",
+        r#"{"stream_name":"ORDERS","config":{"durable_name":"BIG","ack_policy":"explicit"}}"#,
+    )
+    .await;
+    let update = |limits: &str| {
+        format!(r#"{{"name":"ORDERS","subjects":["ORDERS.*"],"consumer_limits":{limits}}}"#)
+    };
+    let v = api(
+        &client,
+        "$JS.API.STREAM.UPDATE.ORDERS",
+        &update(r#"{"max_ack_pending":10}"#),
+    )
+    .await;
+    assert_eq!(v["error"]["err_code"], 10069, "{v}");
+    assert_eq!(
+        v["error"]["description"],
+        "change to limits violates consumers: BIG"
+    );
+    let v = api(
+        &client,
+        "$JS.API.STREAM.UPDATE.ORDERS",
+        &update(r#"{"max_ack_pending":1000,"inactive_threshold":2000000000}"#),
+    )
+    .await;
+    assert!(v["error"].is_null(), "BIG is within both: {v}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1088,6 +1088,42 @@ impl Service {
         Ok(())
     }
 
+    /// New `consumer_limits` may not leave a consumer above them (nats-server
+    /// names the consumers that are).
+    fn check_consumer_limits(
+        &self,
+        account: &str,
+        name: &str,
+        old: &StreamConfig,
+        new: &StreamConfig,
+    ) -> Result<(), ApiError> {
+        let (was, now) = (&old.consumer_limits, &new.consumer_limits);
+        let inactive = (now.inactive_threshold > 0
+            && now.inactive_threshold != was.inactive_threshold)
+            .then_some(now.inactive_threshold);
+        let ack_pending = (now.max_ack_pending > 0 && now.max_ack_pending != was.max_ack_pending)
+            .then_some(now.max_ack_pending);
+        if inactive.is_none() && ack_pending.is_none() {
+            return Ok(());
+        }
+        let meta = self.meta.borrow();
+        let over: Vec<&str> = meta
+            .consumers_of(account, name)
+            .filter(|c| {
+                inactive.is_some_and(|limit| c.config.inactive_threshold > limit)
+                    || ack_pending.is_some_and(|limit| c.config.max_ack_pending > limit)
+            })
+            .map(|c| c.config.consumer_name())
+            .collect();
+        if over.is_empty() {
+            return Ok(());
+        }
+        Err(errors::STREAM_UPDATE.err(format!(
+            "change to limits violates consumers: {}",
+            over.join(", ")
+        )))
+    }
+
     async fn update(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
         let requested: StreamConfig = parse(payload)?;
         if requested.name != name {
@@ -1096,6 +1132,7 @@ impl Service {
         let existing = self.assignment(account, name)?;
         let config = requested.normalized(&self.limits(account, requested.storage))?;
         existing.config.check_update(&config)?;
+        self.check_consumer_limits(account, name, &existing.config, &config)?;
         self.check_overlap(account, &config)?;
         self.stream_op(account, name, StreamOp::Update(Box::new(config.clone())))
             .await?;
