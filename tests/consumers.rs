@@ -435,7 +435,7 @@ async fn consumer_create_rules_and_their_errors() {
         &wq("A", r#","ack_policy":"none""#),
     )
     .await;
-    assert_eq!(v["error"]["err_code"], 10086, "{v}");
+    assert_eq!(v["error"]["err_code"], 10084, "{v}");
     let v = api(
         &client,
         "$JS.API.CONSUMER.CREATE.WQ.A",
@@ -1610,6 +1610,31 @@ async fn stream_consumer_limits_may_not_leave_a_consumer_above_them() {
     )
     .await;
     assert!(v["error"].is_null(), "BIG is within both: {v}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pull request for a consumer that is not there finds no responders (the
+/// JetStream API passes pull requests by, as nats-server's import does).
+#[tokio::test]
+async fn a_pull_request_for_a_missing_consumer_finds_no_responders() {
+    let dir = store_dir("noresponders");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    orders(&js, 1).await;
+    let err = client
+        .request("$JS.API.CONSUMER.MSG.NEXT.ORDERS.NONE", "1".into())
+        .await
+        .expect_err("nobody serves it");
+    assert_eq!(
+        err.kind(),
+        async_nats::client::RequestErrorKind::NoResponders,
+        "{err}"
+    );
+    // The API still answers everything else under CONSUMER.
+    let v = api(&client, "$JS.API.CONSUMER.NAMES.ORDERS", "").await;
+    assert_eq!(v["total"], 0, "{v}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -30,11 +30,22 @@ mod consumers;
 
 const API_PREFIX: &str = "$JS.API.";
 /// What the service answers (an unknown subject under these gets no answer, as
-/// from nats-server).
-const API_SUBJECTS: [&str; 6] = [
+/// from nats-server). Pull requests (`CONSUMER.MSG.NEXT`) are left to the consumers' own
+/// subscriptions: one for a consumer that is not there finds no responders,
+/// as nats-server's JetStream import passes them by.
+const API_SUBJECTS: [&str; 15] = [
     "$JS.API.INFO",
     "$JS.API.STREAM.>",
-    "$JS.API.CONSUMER.>",
+    "$JS.API.CONSUMER.CREATE.>",
+    "$JS.API.CONSUMER.DURABLE.>",
+    "$JS.API.CONSUMER.NAMES.>",
+    "$JS.API.CONSUMER.LIST.>",
+    "$JS.API.CONSUMER.INFO.>",
+    "$JS.API.CONSUMER.DELETE.>",
+    "$JS.API.CONSUMER.PAUSE.>",
+    "$JS.API.CONSUMER.UNPIN.>",
+    "$JS.API.CONSUMER.RESET.>",
+    "$JS.API.CONSUMER.LEADER.>",
     "$JS.API.ACCOUNT.>",
     "$JS.API.META.>",
     "$JS.API.SERVER.>",
