@@ -1638,3 +1638,128 @@ async fn a_pull_request_for_a_missing_consumer_finds_no_responders() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A wildcard filter over many subjects: the count at creation, the messages
+/// in order, those on subjects that appear later, and a filter changed by an
+/// update, all as a walk of the stream would give them.
+#[tokio::test]
+async fn a_wildcard_filter_over_many_subjects_reads_exactly_its_matches() {
+    let dir = store_dir("wildcard");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(stream::Config {
+            name: "W".into(),
+            subjects: vec!["W.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let mut acks = Vec::new();
+    for i in 0..600u64 {
+        let subject = format!("W.{}.{}", i % 10, i % 97);
+        acks.push(
+            js.publish(subject, i.to_string().into())
+                .await
+                .expect("pub"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+    // Sequence i + 1 holds i; W.3.* holds every i with i % 10 == 3.
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("THREES".into()),
+            filter_subject: "W.3.*".into(),
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let info = api(&client, "$JS.API.CONSUMER.INFO.W.THREES", "").await;
+    assert_eq!(info["num_pending"], 60, "{info}");
+    // A message on a new matching subject, and one removed before it is read.
+    js.publish("W.3.new", "late".into())
+        .await
+        .expect("pub")
+        .await
+        .expect("ack");
+    stream
+        .delete_message(4)
+        .await
+        .expect("delete seq 4 (i = 3)");
+    let got = fetch(&consumer, 100).await;
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    let mut want: Vec<String> = (13..600).step_by(10).map(|i| i.to_string()).collect();
+    want.push("late".into());
+    assert_eq!(bodies, want);
+    // Changing the filter recounts from where the consumer stands.
+    let updated = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.W.THREES",
+        r#"{"stream_name":"W","action":"update","config":{"durable_name":"THREES","filter_subject":"W.*.5","ack_policy":"none","deliver_policy":"all"}}"#,
+    )
+    .await;
+    assert_eq!(updated["num_pending"], 0, "{updated}");
+    js.publish("W.8.5", "five".into())
+        .await
+        .expect("pub")
+        .await
+        .expect("ack");
+    let got = fetch(&consumer, 10).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"five");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Thousands of durable consumers must not each hold descriptors open: the
+/// open-files limit would refuse the next one (nats-server has no such limit).
+#[tokio::test]
+async fn durable_consumers_hold_no_files_open() {
+    let dir = store_dir("fds");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = orders(&js, 2).await;
+    let before = open_files(server.pid());
+    assert!(before > 0, "cannot read /proc/{}/fd", server.pid());
+    for i in 0..200 {
+        let c = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(format!("D{i}")),
+                ..Default::default()
+            })
+            .await
+            .expect("durable");
+        // A delivery and an ack make the consumer write its state.
+        if i % 20 == 0 {
+            for m in fetch(&c, 1).await {
+                m.double_ack().await.expect("ack");
+            }
+        }
+    }
+    let after = open_files(server.pid());
+    assert!(
+        after < before + 50,
+        "{before} descriptors open before 200 durable consumers, {after} after"
+    );
+    drop(server);
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("reconnect");
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.D20", "").await;
+    assert_eq!(info["ack_floor"]["stream_seq"], 1, "{info}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,8 +30,9 @@ pub enum Cmd {
     Reqrep(ReqRepArgs),
     /// JetStream publish into a fresh file stream, 1 ack awaited (sync) or a window of them
     JsPub(JsPubArgs),
-    /// JetStream pull consumer fetch (needs consumers; answers not implemented yet)
-    JsFetch(JsFetchArgs),
+    /// Reading one stream through consumers on two servers (pull, push, ordered, a 1 %
+    /// filter) and the CPU of idle consumers, ratios A/B
+    JsConsume(JsConsumeArgs),
     /// Restart time of two servers holding one big stream: after SIGKILL, then after a
     /// clean stop, ratios A/B
     JsRestart(JsRestartArgs),
@@ -143,12 +144,31 @@ pub struct JsPubArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct JsFetchArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// Messages per fetch
-    #[arg(long, default_value_t = 100)]
-    pub batch: u32,
+pub struct JsConsumeArgs {
+    /// NAME=COMMAND, exactly twice (A, then the reference B), each with JetStream on
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Messages in the stream, read in full by every consumer
+    #[arg(long, default_value_t = 1_000_000, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
+    pub messages: u64,
+    /// Subjects the messages are spread over
+    #[arg(long, default_value_t = 100_000, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
+    pub subjects: u64,
+    /// Payload size
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    pub size: usize,
+    /// Durable consumers created for the idle measurement
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_consumers: usize,
+    /// How long idle CPU is measured (without, then with those consumers)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub idle_for: Duration,
+    /// Wait before each idle measurement
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -336,16 +356,12 @@ impl Cmd {
                         .scenario("js-pub", Kind::JsPub { ack }, a.publishers, 0, false),
                 )
             }
-            Cmd::JsFetch(a) => (
-                &a.common,
-                a.common
-                    .scenario("js-fetch", Kind::JsFetch { batch: a.batch }, 1, 1, false),
-            ),
             Cmd::Compare(_)
             | Cmd::Conns(_)
             | Cmd::Subs(_)
             | Cmd::JsRestart(_)
             | Cmd::JsStreams(_)
+            | Cmd::JsConsume(_)
             | Cmd::Scenarios => return None,
         })
     }

@@ -46,9 +46,11 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(600);
 /// One thing the server said, with the body of messages.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
-    /// `MSG`/`HMSG`: `headers` says whether `body` starts with a header block.
+    /// `MSG`/`HMSG`: `headers` says whether `body` starts with a header block;
+    /// `reply` is the message's reply subject, if it has one.
     Msg {
         headers: bool,
+        reply: Option<&'a [u8]>,
         body: &'a [u8],
     },
     Ping,
@@ -86,8 +88,17 @@ impl Replies {
                 if self.buf.len() < start + total + 2 {
                     break;
                 }
+                // MSG subject sid [reply] size; HMSG subject sid [reply] hdr_size size.
+                let with_reply = if headers { 6 } else { 5 };
+                let mut fields = line.split(|b| *b == b' ').filter(|f| !f.is_empty());
+                let reply = if fields.clone().count() == with_reply {
+                    fields.nth(3)
+                } else {
+                    None
+                };
                 on(Reply::Msg {
                     headers,
+                    reply,
                     body: &self.buf[start..start + total],
                 });
                 pos = start + total + 2;
@@ -112,12 +123,14 @@ impl Replies {
 
 /// A connection subscribed to its own inbox, for API requests and PubAcks.
 pub struct JsConn {
-    stream: TcpStream,
+    pub(crate) stream: TcpStream,
     max_payload: Option<u64>,
-    replies: Replies,
-    buf: Vec<u8>,
-    inbox: String,
+    pub(crate) replies: Replies,
+    pub(crate) buf: Vec<u8>,
+    /// Everything under `<inbox>.` reaches this connection.
+    pub(crate) inbox: String,
     requests: u64,
+    subscriptions: u64,
 }
 
 impl JsConn {
@@ -136,6 +149,7 @@ impl JsConn {
             buf: vec![0; 64 * 1024],
             inbox,
             requests: 0,
+            subscriptions: 0,
         })
     }
 
@@ -144,7 +158,7 @@ impl JsConn {
     }
 
     /// Where this connection's PubAcks go.
-    fn ack_subject(&self) -> String {
+    pub(crate) fn ack_subject(&self) -> String {
         format!("{}.ack", self.inbox)
     }
 
@@ -171,6 +185,7 @@ impl JsConn {
                 Reply::Msg {
                     headers: true,
                     body,
+                    ..
                 } => err = Some(format!("status reply: {}", first_line(body))),
                 Reply::Msg { body, .. } => answer = Some(body.to_vec()),
                 Reply::Ping => pings += 1,
@@ -211,6 +226,17 @@ impl JsConn {
             .map(drop)
     }
 
+    /// Subscribes to `subject`; returns once the server has the subscription (an API
+    /// request sent after it comes back after it).
+    pub fn subscribe(&mut self, subject: &str) -> Result<()> {
+        self.subscriptions += 1;
+        let sid = self.subscriptions + 1;
+        self.stream
+            .write_all(format!("SUB {subject} {sid}\r\n").as_bytes())
+            .with_context(|| format!("subscribing to {subject}"))?;
+        self.request("$JS.API.INFO", &json!({})).map(drop)
+    }
+
     /// The stream's message count, from `STREAM.INFO`.
     pub fn stream_messages(&mut self, name: &str) -> Result<u64> {
         let info = self.request(&format!("$JS.API.STREAM.INFO.{name}"), &json!({}))?;
@@ -220,7 +246,7 @@ impl JsConn {
     }
 }
 
-fn first_line(body: &[u8]) -> String {
+pub(crate) fn first_line(body: &[u8]) -> String {
     let end = memchr::memchr(b'\r', body).unwrap_or(body.len());
     String::from_utf8_lossy(&body[..end]).into_owned()
 }
@@ -322,6 +348,7 @@ pub fn publish_acked(
             Reply::Msg {
                 headers: true,
                 body,
+                ..
             } => {
                 err.get_or_insert(format!("status reply to a publish: {}", first_line(body)));
             }
@@ -857,9 +884,19 @@ mod tests {
         let mut out = Vec::new();
         r.feed(data, &mut |rep| {
             out.push(match rep {
-                Reply::Msg { headers, body } => {
-                    format!("{}:{}", headers, String::from_utf8_lossy(body))
-                }
+                Reply::Msg {
+                    headers,
+                    reply,
+                    body,
+                } => format!(
+                    "{}:{}{}",
+                    headers,
+                    reply.map_or(String::new(), |r| format!(
+                        "[{}]",
+                        String::from_utf8_lossy(r)
+                    )),
+                    String::from_utf8_lossy(body)
+                ),
                 Reply::Ping => "PING".into(),
                 Reply::Err(e) => format!("ERR {}", String::from_utf8_lossy(e)),
             })
@@ -873,7 +910,7 @@ mod tests {
         let ack = "{\"stream\":\"S\",\"seq\":1}";
         let status = "NATS/1.0 503\r\n\r\n";
         let wire = format!(
-            "+OK\r\nMSG _INBOX.x.ack 1 {}\r\n{ack}\r\nPING\r\nHMSG _INBOX.x.r1 1 {n} {n}\r\n{status}\r\n-ERR 'Stale Connection'\r\n",
+            "+OK\r\nMSG _INBOX.x.ack 1 {}\r\n{ack}\r\nPING\r\nHMSG _INBOX.x.r1 1 {n} {n}\r\n{status}\r\n-ERR 'Stale Connection'\r\nMSG d 2 $JS.ACK.S.C.1.1.1.0.0 2\r\nhi\r\nHMSG d 2 fc.1 {n} {n}\r\n{status}\r\n",
             ack.len(),
             n = status.len()
         );
@@ -885,7 +922,9 @@ mod tests {
                 "false:{\"stream\":\"S\",\"seq\":1}",
                 "PING",
                 "true:NATS/1.0 503\r\n\r\n",
-                "ERR 'Stale Connection'"
+                "ERR 'Stale Connection'",
+                "false:[$JS.ACK.S.C.1.1.1.0.0]hi",
+                "true:[fc.1]NATS/1.0 503\r\n\r\n",
             ]
         );
         for cut in 1..wire.len() {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod compare;
 pub mod conn;
 pub mod conns;
+pub mod consume;
 pub mod js;
 pub mod plot;
 pub mod procstat;

@@ -91,6 +91,23 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::JsConsume(args) => {
+            let opts = strait_bench::consume::ConsumeOptions {
+                servers: args.servers.clone(),
+                messages: args.messages,
+                subjects: args.subjects,
+                size: args.size,
+                idle_consumers: args.idle_consumers,
+                idle_for: args.idle_for,
+                settle: args.settle,
+            };
+            let runs = strait_bench::consume::run(&opts)?;
+            println!("{}", strait_bench::consume::table(&runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Scenarios => {
             list_scenarios();
             Ok(ExitCode::SUCCESS)

@@ -169,10 +169,6 @@ pub fn run(target: &Target, sc: &Scenario, progress: &Progress) -> Result<RunRes
         Kind::Pub | Kind::PubSub => run_pubsub(target, sc, progress),
         Kind::ReqRep => run_reqrep(target, sc, progress),
         Kind::JsPub { .. } => crate::js::run_js_pub(target, sc, progress),
-        Kind::JsFetch { .. } => Err(anyhow!(
-            "JetStream scenario {:?} needs consumers, which strait does not have yet",
-            sc.name
-        )),
     }
     .with_context(|| format!("scenario {} ({})", sc.name, sc.describe()))?;
     let lost = if res.lost > 0 {

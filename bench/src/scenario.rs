@@ -28,10 +28,8 @@ pub enum Kind {
     PubSub,
     /// One requester with one request in flight, `subs` responders.
     ReqRep,
-    /// JetStream publish with acks. Not implemented yet.
+    /// JetStream publish with acks.
     JsPub { ack: JsAck },
-    /// JetStream pull consumer fetching in batches. Not implemented yet.
-    JsFetch { batch: u32 },
 }
 
 /// When a run stops.
@@ -89,9 +87,6 @@ impl Scenario {
                 "{} JetStream pub, {window} acks in flight each, {} B, {limit}",
                 self.publishers, self.size
             ),
-            Kind::JsFetch { batch } => {
-                format!("JetStream pull fetch, batch {batch}, {} B", self.size)
-            }
         }
     }
 }
@@ -148,7 +143,6 @@ pub const NAMED: &[Named] = &[
         0,
         false,
     ),
-    Named::new("js-fetch", Kind::JsFetch { batch: 100 }, 16, 1, 1, false),
 ];
 
 /// How many leading entries of [`NAMED`] make up `all`.

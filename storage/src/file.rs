@@ -1952,6 +1952,14 @@ impl Store for FileStore {
         self.inner.st.borrow().index.next_match_any(start, filters)
     }
 
+    fn watch(&self, filter: &str) {
+        self.inner.st.borrow_mut().index.watch(filter);
+    }
+
+    fn unwatch(&self, filter: &str) {
+        self.inner.st.borrow_mut().index.unwatch(filter);
+    }
+
     fn stored_size(&self, seq: u64) -> Option<u64> {
         self.inner
             .st

@@ -103,6 +103,83 @@ impl<L> Entry<L> {
     }
 }
 
+/// Wildcard filters that consumers read by, each with the sequences it matches,
+/// kept current on every append and removal: a consumer that wants few of many
+/// subjects jumps from match to match, and counts what is pending, without
+/// walking the stream's subjects or its messages.
+#[derive(Debug, Default)]
+struct Watched {
+    /// A slab: a filter's place stays its own while it is watched.
+    filters: Vec<Option<WatchedFilter>>,
+    by_filter: HashMap<String, usize, ahash::RandomState>,
+    /// Per subject slot (as `Index::sets`): the places of the filters matching it.
+    of_slot: Vec<Vec<usize>>,
+}
+
+#[derive(Debug)]
+struct WatchedFilter {
+    watchers: usize,
+    seqs: SeqSet,
+}
+
+impl Watched {
+    fn get(&self, filter: &str) -> Option<&SeqSet> {
+        let &at = self.by_filter.get(filter)?;
+        self.filters.get(at)?.as_ref().map(|w| &w.seqs)
+    }
+
+    /// A subject took `slot`: which watched filters match it.
+    fn slot_taken(&mut self, slot: usize, subject: &str) {
+        if self.of_slot.len() <= slot {
+            self.of_slot.resize_with(slot + 1, Vec::new);
+        }
+        let matching = &mut self.of_slot[slot];
+        matching.clear();
+        if self.by_filter.is_empty() {
+            return;
+        }
+        matching.extend(
+            self.by_filter
+                .iter()
+                .filter(|(f, _)| subject_matches(f, subject))
+                .map(|(_, &at)| at),
+        );
+    }
+
+    fn inserted(&mut self, slot: usize, seq: u64) {
+        let Some(places) = self.of_slot.get(slot) else {
+            return;
+        };
+        for &at in places {
+            if let Some(Some(w)) = self.filters.get_mut(at) {
+                w.seqs.insert(seq);
+            }
+        }
+    }
+
+    fn removed(&mut self, slot: usize, seq: u64, slot_emptied: bool) {
+        let Some(places) = self.of_slot.get_mut(slot) else {
+            return;
+        };
+        for &at in places.iter() {
+            if let Some(Some(w)) = self.filters.get_mut(at) {
+                w.seqs.remove(seq);
+            }
+        }
+        if slot_emptied {
+            places.clear();
+        }
+    }
+
+    /// Everything went (a purge): the filters stay watched, with nothing to match.
+    fn cleared(&mut self) {
+        self.of_slot.clear();
+        for w in self.filters.iter_mut().flatten() {
+            w.seqs = SeqSet::default();
+        }
+    }
+}
+
 /// Removed messages, returned so the store shell can release what backs them.
 pub type Removed<L> = Vec<(u64, Entry<L>)>;
 
@@ -122,6 +199,7 @@ pub struct Index<L> {
     /// the slots of subjects that emptied, for the next new subject.
     sets: Vec<SeqSet>,
     free_sets: Vec<usize>,
+    watched: Watched,
     /// Per-message TTLs by expiry, and each such message's expiry by sequence.
     ttls: BTreeSet<(i64, u64)>,
     expiries: HashMap<u64, i64, ahash::RandomState>,
@@ -145,6 +223,7 @@ impl<L> Index<L> {
             subjects: HashSet::default(),
             sets: Vec::new(),
             free_sets: Vec::new(),
+            watched: Watched::default(),
             ttls: BTreeSet::new(),
             expiries: HashMap::default(),
             msgs: 0,
@@ -250,7 +329,72 @@ impl<L> Index<L> {
         };
         subject.set_slot(Some(slot));
         self.subjects.replace(subject.clone());
+        self.watched.slot_taken(slot, subject.as_str());
         slot
+    }
+
+    /// Keeps the sequences matching `filter` at hand while a consumer reads by it
+    /// (one call per reader; literal and match-all filters need none). Costs one
+    /// pass over the subjects and the matching sequences, once.
+    pub fn watch(&mut self, filter: &str) {
+        if is_match_all(filter) || !has_wildcard(filter.as_bytes()) {
+            return;
+        }
+        if let Some(&at) = self.watched.by_filter.get(filter) {
+            if let Some(Some(w)) = self.watched.filters.get_mut(at) {
+                w.watchers += 1;
+            }
+            return;
+        }
+        let at = match self.watched.filters.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.watched.filters.push(None);
+                self.watched.filters.len() - 1
+            }
+        };
+        if self.watched.of_slot.len() < self.sets.len() {
+            self.watched.of_slot.resize_with(self.sets.len(), Vec::new);
+        }
+        let mut seqs: Vec<u64> = Vec::new();
+        for subject in &self.subjects {
+            let Some(slot) = subject.slot() else {
+                continue;
+            };
+            if subject_matches(filter, subject) {
+                self.watched.of_slot[slot].push(at);
+                seqs.extend(self.sets[slot].iter());
+            }
+        }
+        seqs.sort_unstable();
+        let mut set = SeqSet::default();
+        for seq in seqs {
+            set.insert(seq);
+        }
+        self.watched.filters[at] = Some(WatchedFilter {
+            watchers: 1,
+            seqs: set,
+        });
+        self.watched.by_filter.insert(filter.to_string(), at);
+    }
+
+    /// A reader of `filter` went (its consumer was deleted or changed filters).
+    pub fn unwatch(&mut self, filter: &str) {
+        let Some(&at) = self.watched.by_filter.get(filter) else {
+            return;
+        };
+        let Some(Some(w)) = self.watched.filters.get_mut(at) else {
+            return;
+        };
+        w.watchers -= 1;
+        if w.watchers > 0 {
+            return;
+        }
+        self.watched.by_filter.remove(filter);
+        self.watched.filters[at] = None;
+        for places in &mut self.watched.of_slot {
+            places.retain(|&p| p != at);
+        }
     }
 
     /// Checks a new message against the limits that refuse rather than discard.
@@ -324,6 +468,7 @@ impl<L> Index<L> {
             None => self.register(&mut entry.subject),
         };
         self.sets[slot].insert(seq);
+        self.watched.inserted(slot, seq);
         self.last_seq = seq;
         self.last_ts = entry.ts;
         self.slots.push_back(Some(entry));
@@ -364,7 +509,9 @@ impl<L> Index<L> {
         if let Some(slot) = e.subject.slot() {
             let set = &mut self.sets[slot];
             set.remove(seq);
-            if set.is_empty() {
+            let emptied = set.is_empty();
+            self.watched.removed(slot, seq, emptied);
+            if emptied {
                 self.subjects.remove(e.subject.as_str());
                 e.subject.set_slot(None);
                 self.free_sets.push(slot);
@@ -523,6 +670,9 @@ impl<L> Index<L> {
         if !has_wildcard(filter.as_bytes()) {
             return self.set_of(filter)?.first_from(start);
         }
+        if let Some(seqs) = self.watched.get(filter) {
+            return seqs.first_from(start);
+        }
         let remaining = self.last_seq - start + 1;
         if (self.subjects.len() as u64) < remaining {
             self.subject_sets()
@@ -565,6 +715,9 @@ impl<L> Index<L> {
         if !has_wildcard(filter.as_bytes()) {
             return self.set_of(filter)?.last();
         }
+        if let Some(seqs) = self.watched.get(filter) {
+            return seqs.last();
+        }
         self.subject_sets()
             .filter(|(s, _)| subject_matches(filter, s))
             .filter_map(|(_, set)| set.last())
@@ -597,6 +750,9 @@ impl<L> Index<L> {
             return self
                 .set_of(filter)
                 .map_or(0, |set| set.count_from(start) as u64);
+        }
+        if let Some(seqs) = self.watched.get(filter) {
+            return seqs.count_from(start) as u64;
         }
         self.subject_sets()
             .filter(|(s, _)| subject_matches(filter, s))
@@ -708,6 +864,7 @@ impl<L> Index<L> {
         }
         self.sets.clear();
         self.free_sets.clear();
+        self.watched.cleared();
         self.ttls.clear();
         self.expiries.clear();
         self.msgs = 0;
@@ -1012,5 +1169,101 @@ mod tests {
             Some(vec![7, 8])
         );
         assert_eq!(ix.multi_last(&all, 0, 2), None);
+    }
+}
+
+#[cfg(test)]
+mod watched_tests {
+    use super::*;
+
+    fn insert(ix: &mut Index<()>, seq: u64, subject: &str) {
+        let entry = Entry::new(Subject::new(subject), seq as i64, 1, false, false, ());
+        ix.insert(seq, entry, 0);
+    }
+
+    /// What a walk of the messages says, to hold the watched answers against.
+    fn walked(ix: &Index<()>, start: u64, filter: &str) -> (Option<u64>, u64, Option<u64>) {
+        let matches: Vec<u64> = ix
+            .iter_from(start.max(ix.base))
+            .filter(|(_, e)| subject_matches(filter, &e.subject))
+            .map(|(s, _)| s)
+            .collect();
+        let last = ix
+            .iter_from(ix.base)
+            .filter(|(_, e)| subject_matches(filter, &e.subject))
+            .map(|(s, _)| s)
+            .last();
+        (matches.first().copied(), matches.len() as u64, last)
+    }
+
+    fn answers(ix: &Index<()>, start: u64, filter: &str) -> (Option<u64>, u64, Option<u64>) {
+        (
+            ix.next_match(start, filter),
+            ix.num_pending(start, filter),
+            ix.last_match(filter),
+        )
+    }
+
+    fn check(ix: &Index<()>, filter: &str) {
+        for start in 0..=ix.last_seq() + 1 {
+            assert_eq!(
+                answers(ix, start, filter),
+                walked(ix, start, filter),
+                "{filter} from {start}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_watched_filter_follows_appends_removals_and_purges() {
+        let filter = "o.*.7";
+        let mut ix: Index<()> = Index::new(Limits::default());
+        for seq in 1..=200 {
+            insert(&mut ix, seq, &format!("o.{}.{}", seq % 13, seq % 10));
+        }
+        ix.watch(filter);
+        ix.watch(filter);
+        assert!(ix.watched.get(filter).is_some());
+        check(&ix, filter);
+        // New subjects after the watch began, and messages on known ones.
+        for seq in 201..=260 {
+            insert(&mut ix, seq, &format!("o.new{}.{}", seq % 3, seq % 10));
+        }
+        check(&ix, filter);
+        for seq in (1..=260).step_by(3) {
+            ix.remove(seq);
+        }
+        check(&ix, filter);
+        // A subject that emptied takes its slot back with another name.
+        for seq in (1..=260).filter(|s| s % 10 == 7) {
+            ix.remove(seq);
+        }
+        insert(&mut ix, 261, "o.back.7");
+        insert(&mut ix, 262, "o.back.8");
+        check(&ix, filter);
+        assert_eq!(ix.next_match(0, filter), Some(261));
+        ix.purge_all();
+        check(&ix, filter);
+        insert(&mut ix, 300, "o.x.7");
+        check(&ix, filter);
+        assert_eq!(ix.num_pending(0, filter), 1);
+        // The first of two watchers leaving keeps it; the second ends it.
+        ix.unwatch(filter);
+        assert!(ix.watched.get(filter).is_some());
+        ix.unwatch(filter);
+        assert!(ix.watched.get(filter).is_none());
+        insert(&mut ix, 301, "o.y.7");
+        check(&ix, filter);
+    }
+
+    #[test]
+    fn literal_and_match_all_filters_are_not_watched() {
+        let mut ix: Index<()> = Index::new(Limits::default());
+        insert(&mut ix, 1, "a");
+        ix.watch("a");
+        ix.watch(">");
+        assert!(ix.watched.by_filter.is_empty());
+        ix.unwatch("a");
+        assert_eq!(ix.next_match(0, "a"), Some(1));
     }
 }

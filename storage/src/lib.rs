@@ -143,6 +143,11 @@ pub trait Store {
     /// The first message at or after `start` matching one of `filters` (none:
     /// every subject), with its accounted size; from the index, without I/O.
     fn next_matching(&self, start: u64, filters: &[String]) -> Option<(u64, u64)>;
+    /// A consumer reads by `filter` from now on: keep its matches at hand, so that
+    /// `next_matching` and `num_pending` for it need not walk subjects or messages.
+    /// Each call is paired with an `unwatch` once that reader is gone.
+    fn watch(&self, filter: &str);
+    fn unwatch(&self, filter: &str);
     /// The accounted size of message `seq`; `None` if it is not stored.
     fn stored_size(&self, seq: u64) -> Option<u64>;
     /// The subject message `seq` is stored under; `None` if it is not stored.
@@ -237,6 +242,12 @@ impl Store for AnyStore {
     }
     fn next_matching(&self, start: u64, filters: &[String]) -> Option<(u64, u64)> {
         delegate!(self, s => s.next_matching(start, filters))
+    }
+    fn watch(&self, filter: &str) {
+        delegate!(self, s => s.watch(filter))
+    }
+    fn unwatch(&self, filter: &str) {
+        delegate!(self, s => s.unwatch(filter))
     }
     fn stored_size(&self, seq: u64) -> Option<u64> {
         delegate!(self, s => s.stored_size(seq))

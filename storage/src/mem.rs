@@ -206,6 +206,14 @@ impl Store for MemStore {
         self.index.borrow().next_match_any(start, filters)
     }
 
+    fn watch(&self, filter: &str) {
+        self.index.borrow_mut().watch(filter);
+    }
+
+    fn unwatch(&self, filter: &str) {
+        self.index.borrow_mut().unwatch(filter);
+    }
+
     fn stored_size(&self, seq: u64) -> Option<u64> {
         self.index.borrow().get(seq).map(|e| e.size() as u64)
     }

@@ -3,7 +3,9 @@
 //! and sealed with the stream's key under encryption at rest) carrying a
 //! generation number; loading takes the newest slot that reads back whole.
 //! A write torn by a crash or a power loss thus leaves the state before it,
-//! and a write that returned is durable (fdatasync).
+//! and a write that returned is durable (fdatasync). A slot is open only
+//! while it is read or written: a server with ten thousand durable consumers
+//! must not hold twenty thousand descriptors for them.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,6 @@ const GENERATION_LEN: usize = 8;
 pub struct StateFile {
     dir: PathBuf,
     name: String,
-    slots: [DmaFile; 2],
     keys: Option<Keys>,
     /// The generation last written (or read back); the next write takes the
     /// other slot with the next generation.
@@ -50,7 +51,13 @@ impl StateFile {
         keys: Option<Keys>,
     ) -> Result<(StateFile, Option<Vec<u8>>)> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(name, "create state dir", e))?;
-        let mut opened = Vec::with_capacity(SLOTS.len());
+        let state = StateFile {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            keys,
+            generation: Cell::new(0),
+        };
+        let mut newest: Option<(u64, Vec<u8>)> = None;
         for slot in SLOTS {
             let path = dir.join(slot);
             // A new slot starts as a page of zeros (which reads back as no
@@ -63,21 +70,9 @@ impl StateFile {
             let file = open_slot(&path)
                 .await
                 .map_err(|e| StoreError::io(name, "open state", e))?;
-            opened.push(file);
-        }
-        let [a, b]: [DmaFile; 2] = opened
-            .try_into()
-            .map_err(|_| StoreError::io(name, "open state", std::io::ErrorKind::Other))?;
-        let state = StateFile {
-            dir: dir.to_path_buf(),
-            name: name.to_string(),
-            slots: [a, b],
-            keys,
-            generation: Cell::new(0),
-        };
-        let mut newest: Option<(u64, Vec<u8>)> = None;
-        for slot in &state.slots {
-            if let Some((generation, body)) = state.read_slot(slot).await? {
+            let read = state.read_slot(&file).await;
+            let _ = file.close().await;
+            if let Some((generation, body)) = read? {
                 if newest.as_ref().is_none_or(|(g, _)| generation > *g) {
                     newest = Some((generation, body));
                 }
@@ -128,10 +123,20 @@ impl StateFile {
         payload.extend_from_slice(body);
         let mut frame = Vec::new();
         record::encode_meta(&mut frame, self.keys.as_ref(), &payload);
-        let slot = &self.slots[(generation % 2) as usize];
+        let slot = open_slot(&self.dir.join(SLOTS[(generation % 2) as usize]))
+            .await
+            .map_err(|e| StoreError::io(&self.name, "open state", e))?;
+        let written = self.write_slot(&slot, &frame).await;
+        let _ = slot.close().await;
+        written?;
+        self.generation.set(generation);
+        Ok(())
+    }
+
+    async fn write_slot(&self, slot: &DmaFile, frame: &[u8]) -> Result<()> {
         let mut buf = slot.alloc_dma_buffer(align_up(frame.len()));
         let bytes = buf.as_bytes_mut();
-        bytes[..frame.len()].copy_from_slice(&frame);
+        bytes[..frame.len()].copy_from_slice(frame);
         bytes[frame.len()..].fill(0);
         let len = buf.len();
         let written = slot
@@ -147,16 +152,11 @@ impl StateFile {
         }
         slot.fdatasync()
             .await
-            .map_err(|e| StoreError::io(&self.name, "sync state", e))?;
-        self.generation.set(generation);
-        Ok(())
+            .map_err(|e| StoreError::io(&self.name, "sync state", e))
     }
 
-    /// Closes the slots and removes the directory.
+    /// Removes the state and its directory.
     pub async fn remove(self) {
-        for slot in self.slots {
-            let _ = slot.close().await;
-        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -129,6 +129,9 @@ pub(super) struct Consumers {
     /// Empty-payload replies to acks sent as requests, after what they acked.
     ack_replies: RefCell<VecDeque<Rc<str>>>,
     sender: Signal,
+    /// Raised when states may need writing; their own task writes them, so
+    /// that no delivery waits behind a state's sync.
+    persister: Signal,
     /// Also raised by the shard when interest changes, once a push consumer
     /// watches it.
     timer: Rc<Signal>,
@@ -187,7 +190,9 @@ impl Hosted {
                     headers_only: config.headers_only,
                 });
                 let filters_before = c.core.filters().to_vec();
+                config.filters().iter().for_each(|f| self.store.watch(f));
                 c.core.set_config(config, self.store.as_ref(), now_ns());
+                filters_before.iter().for_each(|f| self.store.unwatch(f));
                 if c.core.filters() != filters_before.as_slice() {
                     refilter_from = Some(c.core.ack_floor().stream + 1);
                 }
@@ -222,7 +227,16 @@ impl Hosted {
                 ack: AckPrefix::v1(&stream, &name),
                 headers_only: config.headers_only,
             });
-            let (mut core, state_file) = self.open_consumer(config, created, &stream).await?;
+            // Watched before the consumer counts what is pending for it.
+            let filters: Vec<String> = config.filters().into_iter().map(String::from).collect();
+            filters.iter().for_each(|f| self.store.watch(f));
+            let (mut core, state_file) = match self.open_consumer(config, created, &stream).await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    filters.iter().for_each(|f| self.store.unwatch(f));
+                    return Err(e);
+                }
+            };
             // A NUID's random part: pins of different consumers and runs differ.
             core.begin(
                 now_ns(),
@@ -251,6 +265,7 @@ impl Hosted {
             if !self.consumers.started.replace(true) {
                 glommio::spawn_local(self.clone().send_decisions(shard.clone())).detach();
                 glommio::spawn_local(self.clone().keep_time(shard.clone())).detach();
+                glommio::spawn_local(self.clone().persist_states(shard.clone())).detach();
             }
             self.watch_push(shard, &stream)?;
             self.refresh_interest(shard, Some(&name));
@@ -450,6 +465,9 @@ impl Hosted {
             .borrow_mut()
             .remove(name)
             .ok_or_else(|| errors::CONSUMER_NOT_FOUND.error())?;
+        for f in removed.core.filters() {
+            self.store.unwatch(f);
+        }
         if let Some(sid) = &removed.next_sid {
             shard.internal_unsubscribe(self.internal, sid);
             self.consumers.by_sid.borrow_mut().remove(sid);
@@ -493,6 +511,7 @@ impl Hosted {
         self.consumers.by_sid.borrow_mut().clear();
         self.consumers.sender.raise();
         self.consumers.timer.raise();
+        self.consumers.persister.raise();
     }
 
     /// One message on a consumer subscription: a pull request, an ack, or
@@ -678,8 +697,8 @@ impl Hosted {
         // An ack sent as a request is answered once it is applied.
         if let Some(reply) = reply.filter(|_| !next) {
             self.consumers.ack_replies.borrow_mut().push_back(reply);
-            self.consumers.sender.raise();
         }
+        self.consumers.persister.raise();
     }
 
     /// The stream stored `seq` on `subject`: consumers waiting for it get it.
@@ -782,16 +801,8 @@ impl Hosted {
         while !self.closed.get() {
             let next = self.consumers.outbox.borrow_mut().pop_front();
             let Some((facts, action)) = next else {
-                // The acks answered are those the state about to be written holds.
-                let replies: Vec<Rc<str>> =
-                    self.consumers.ack_replies.borrow_mut().drain(..).collect();
                 shard.flush_lanes().await;
-                if self.persist_consumers().await {
-                    for to in replies {
-                        self.send(&shard, to.as_bytes(), &[], &[]);
-                    }
-                }
-                shard.flush_lanes().await;
+                self.consumers.persister.raise();
                 if self.consumers.outbox.borrow().is_empty() {
                     self.consumers.sender.wait().await;
                 }
@@ -959,6 +970,23 @@ impl Hosted {
                     }
                     self.advise(&shard, "MSG_TERMINATED", &facts.name, body)
                 }
+            }
+        }
+    }
+
+    /// Writes the consumers' states as they change, each write carrying every
+    /// change since the one before (group commit), and answers the acks sent
+    /// as requests once a write holding them returned.
+    async fn persist_states(self: Rc<Self>, shard: Rc<Shard>) {
+        while !self.closed.get() {
+            self.consumers.persister.wait().await;
+            // The acks answered are those the state about to be written holds.
+            let replies: Vec<Rc<str>> = self.consumers.ack_replies.borrow_mut().drain(..).collect();
+            if self.persist_consumers().await && !replies.is_empty() {
+                for to in replies {
+                    self.send(&shard, to.as_bytes(), &[], &[]);
+                }
+                shard.flush_lanes().await;
             }
         }
     }
