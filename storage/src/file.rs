@@ -42,6 +42,10 @@ const META_CHECK: &[u8] = b"strait-storage key check v1";
 const MAX_UNFLUSHED: usize = 8 << 20;
 /// Reads fetch at least this much around a record, for sequential consumers.
 const READ_WINDOW: u64 = 64 << 10;
+/// A read that continues where the last one ended doubles the window, up to
+/// this (as the kernel's readahead does): a consumer reading a big stream from
+/// disk pays one I/O per megabyte, while random reads (a KV get) stay small.
+const MAX_READ_WINDOW: u64 = 1 << 20;
 /// Recovery reads segments in chunks of this size.
 const SCAN_CHUNK: usize = 4 << 20;
 /// How long a sealed segment must have been left alone before its summary is
@@ -171,6 +175,8 @@ struct ReadCache {
     start: u64,
     valid_end: u64,
     data: ReadResult,
+    /// The window this read asked for.
+    window: u64,
 }
 
 struct State {
@@ -871,7 +877,7 @@ impl FileStore {
     }
 
     async fn read_record(&self, loc: Loc) -> Result<Vec<u8>> {
-        let (file, written) = {
+        let (file, written, window) = {
             let st = self.inner.st.borrow();
             let seg = st.segs.get(&loc.seg()).ok_or(StoreError::NotFound)?;
             let end = loc.off() + loc.len as u64;
@@ -879,18 +885,25 @@ impl FileStore {
                 let a = (loc.off() - seg.buf_base) as usize;
                 return Ok(seg.buf[a..a + loc.len as usize].to_vec());
             }
+            let mut window = READ_WINDOW;
             if let Some(c) = &st.cache {
                 if c.seg == loc.seg() && loc.off() >= c.start && end <= c.valid_end {
                     let a = (loc.off() - c.start) as usize;
                     return Ok(c.data[a..a + loc.len as usize].to_vec());
                 }
+                let continues = c.seg == loc.seg()
+                    && loc.off() >= c.start
+                    && loc.off() < c.valid_end.saturating_add(c.window);
+                if continues {
+                    window = (c.window * 2).min(MAX_READ_WINDOW);
+                }
             }
             let file = seg.file.clone().ok_or(StoreError::NotFound)?;
-            (file, seg.synced.min(seg.buf_base.max(seg.synced)))
+            (file, seg.synced.min(seg.buf_base.max(seg.synced)), window)
         };
         let start = align_down(loc.off());
         let end = loc.off() + loc.len as u64;
-        let size = (align_up(end) - start).max(READ_WINDOW);
+        let size = (align_up(end) - start).max(window);
         let data = file
             .read_at_aligned(start, size as usize)
             .await
@@ -909,6 +922,7 @@ impl FileStore {
             start,
             valid_end,
             data,
+            window,
         });
         Ok(out)
     }
