@@ -1075,6 +1075,7 @@ async fn metrics(ctx: &MonitorContext, asked_prefix: Option<&str>) -> String {
             js.jsz(JszOptions {
                 accounts: true,
                 streams: true,
+                consumers: true,
                 config: true,
                 limit: usize::MAX,
                 ..JszOptions::default()
@@ -1098,10 +1099,11 @@ fn gauge_family(out: &mut String, name: &str, help: &str, samples: &[(String, f6
     }
 }
 
-/// `/jsz?accounts&streams&config` as the gauges prometheus-nats-exporter makes of
-/// it: `<system>_server_*` (system `jetstream` unless a prefix is asked for), then
-/// `_account_*` and `_stream_*` with its labels. A single server leads its own meta
-/// state and every stream, so the leader labels name this server.
+/// `/jsz?accounts&streams&consumers&config` as the gauges prometheus-nats-exporter
+/// makes of it: `<system>_server_*` (system `jetstream` unless a prefix is asked
+/// for), then `_account_*`, `_stream_*` and `_consumer_*` with its labels. A single
+/// server leads its own meta state, every stream and every consumer, so the leader
+/// labels name this server.
 fn jetstream_metrics(out: &mut String, system: &str, jsz: &Value, server_name: &str) {
     let number = |v: &Value| v.as_f64().unwrap_or(0.0);
     let text = |v: &Value| label_value(v.as_str().unwrap_or(""));
@@ -1253,6 +1255,74 @@ fn jetstream_metrics(out: &mut String, system: &str, jsz: &Value, server_name: &
             .map(|(labels, s)| (labels.clone(), number(read(s))))
             .collect();
         gauge_family(out, &format!("{system}_stream_{suffix}"), help, &samples);
+    }
+    // A single server leads every consumer it has.
+    let consumers: Vec<(String, &Value)> = streams
+        .iter()
+        .flat_map(|(labels, s)| {
+            s["consumer_detail"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .map(move |c| {
+                    (
+                        format!(
+                            "{labels},consumer_name=\"{}\",consumer_leader=\"{}\",is_consumer_leader=\"true\",consumer_desc=\"{}\"",
+                            text(&c["name"]),
+                            label_value(server_name),
+                            text(&c["config"]["description"]),
+                        ),
+                        c,
+                    )
+                })
+        })
+        .collect();
+    let consumer_gauges: [(&str, &str, Read); 8] = [
+        (
+            "delivered_consumer_seq",
+            "The consumer sequence of the consumer's last delivery",
+            |c| &c["delivered"]["consumer_seq"],
+        ),
+        (
+            "delivered_stream_seq",
+            "The stream sequence of the consumer's last delivery",
+            |c| &c["delivered"]["stream_seq"],
+        ),
+        (
+            "num_ack_pending",
+            "Messages delivered and not yet acknowledged",
+            |c| &c["num_ack_pending"],
+        ),
+        (
+            "num_redelivered",
+            "Messages delivered more than once",
+            |c| &c["num_redelivered"],
+        ),
+        ("num_waiting", "Pull requests waiting for messages", |c| {
+            &c["num_waiting"]
+        }),
+        (
+            "num_pending",
+            "Messages the consumer has yet to deliver",
+            |c| &c["num_pending"],
+        ),
+        (
+            "ack_floor_stream_seq",
+            "The stream sequence below which every delivery is acknowledged",
+            |c| &c["ack_floor"]["stream_seq"],
+        ),
+        (
+            "ack_floor_consumer_seq",
+            "The consumer sequence below which every delivery is acknowledged",
+            |c| &c["ack_floor"]["consumer_seq"],
+        ),
+    ];
+    for (suffix, help, read) in consumer_gauges {
+        let samples: Vec<(String, f64)> = consumers
+            .iter()
+            .map(|(labels, c)| (labels.clone(), number(read(c))))
+            .collect();
+        gauge_family(out, &format!("{system}_consumer_{suffix}"), help, &samples);
     }
 }
 

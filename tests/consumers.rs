@@ -1763,3 +1763,128 @@ async fn durable_consumers_hold_no_files_open() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `sample_freq` publishes `$JS.EVENT.METRIC.CONSUMER.ACK.<stream>.<consumer>`
+/// for the acks it picks, with the fields nats-server's capture shows.
+#[tokio::test]
+async fn sampled_acks_publish_the_ack_metric() {
+    let dir = store_dir("metric");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = orders(&js, 2).await;
+    let mut metrics = client
+        .subscribe("$JS.EVENT.METRIC.CONSUMER.ACK.ORDERS.>")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    for (name, freq) in [("NEW", "100%"), ("QUIET", "")] {
+        let c = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name.into()),
+                filter_subject: "ORDERS.new".into(),
+                sample_frequency: if freq.is_empty() { 0 } else { 100 },
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        for m in fetch(&c, 1).await {
+            m.double_ack().await.expect("ack");
+        }
+    }
+    let m = tokio::time::timeout(Duration::from_secs(2), metrics.next())
+        .await
+        .expect("a metric")
+        .expect("subscription open");
+    assert_eq!(&*m.subject, "$JS.EVENT.METRIC.CONSUMER.ACK.ORDERS.NEW");
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
+    assert_eq!(
+        body["type"], "io.nats.jetstream.metric.v1.consumer_ack",
+        "{body}"
+    );
+    assert_eq!(body["stream"], "ORDERS");
+    assert_eq!(body["consumer"], "NEW");
+    assert_eq!(body["consumer_seq"], 1);
+    assert_eq!(body["stream_seq"], 1);
+    assert_eq!(body["deliveries"], 1);
+    assert!(body["ack_time"].as_i64().is_some_and(|t| t > 0), "{body}");
+    assert!(
+        body["id"].is_string() && body["timestamp"].is_string(),
+        "{body}"
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), metrics.next()).await;
+    assert!(quiet.is_err(), "no sample_freq, no metric: {quiet:?}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `/jsz?consumers=1` lists each stream's consumers as nats-server does (their
+/// info; the config only with `config=1`), and `/metrics` turns them into the
+/// exporter's `jetstream_consumer_*` gauges.
+#[tokio::test]
+async fn consumers_show_in_jsz_and_metrics() {
+    let dir = store_dir("jsz");
+    let (server, http) =
+        Server::start_monitored(None, &["-js", "-sd", dir.to_str().expect("utf-8 path")]);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = orders(&js, 4).await;
+    let c = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("NEW".into()),
+            description: Some("new orders".into()),
+            filter_subject: "ORDERS.new".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let got = fetch(&c, 1).await;
+    got[0].double_ack().await.expect("ack");
+
+    let jsz = common::http_json(http, "/jsz?consumers=1");
+    let detail = &jsz["account_details"][0]["stream_detail"][0]["consumer_detail"];
+    assert_eq!(detail.as_array().map(Vec::len), Some(1), "{jsz}");
+    let new = &detail[0];
+    assert_eq!(new["stream_name"], "ORDERS", "{new}");
+    assert_eq!(new["name"], "NEW");
+    assert_eq!(new["delivered"]["stream_seq"], 1);
+    assert_eq!(new["ack_floor"]["stream_seq"], 1);
+    assert_eq!(new["num_pending"], 1, "{new}");
+    assert!(
+        new.get("type").is_none() && new.get("config").is_none(),
+        "{new}"
+    );
+    let with_config = common::http_json(http, "/jsz?consumers=1&config=1");
+    let config =
+        &with_config["account_details"][0]["stream_detail"][0]["consumer_detail"][0]["config"];
+    assert_eq!(config["filter_subject"], "ORDERS.new", "{with_config}");
+    let without = common::http_json(http, "/jsz?streams=1");
+    assert!(
+        without["account_details"][0]["stream_detail"][0]
+            .get("consumer_detail")
+            .is_none(),
+        "{without}"
+    );
+
+    let (status, _, metrics) = common::http_get(http, "/metrics");
+    assert_eq!(status, 200);
+    for (gauge, value) in [
+        ("jetstream_consumer_num_pending", 1),
+        ("jetstream_consumer_delivered_stream_seq", 1),
+        ("jetstream_consumer_ack_floor_stream_seq", 1),
+        ("jetstream_consumer_num_ack_pending", 0),
+        ("jetstream_consumer_num_waiting", 0),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&format!("{gauge}{{"))
+                && l.contains(",stream_name=\"ORDERS\",")
+                && l.contains(",consumer_name=\"NEW\",")
+                && l.contains(",is_consumer_leader=\"true\",")
+                && l.contains("consumer_desc=\"new orders\"")
+                && l.ends_with(&format!("}} {value}"))),
+            "no {gauge} of {value} for NEW in:\n{metrics}"
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

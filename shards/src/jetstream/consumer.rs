@@ -386,6 +386,14 @@ pub enum Action {
         consumer_seq: u64,
         deliveries: u64,
     },
+    /// `$JS.EVENT.METRIC.CONSUMER.ACK`: an explicit ack that `sample_freq` picked,
+    /// `ack_time` (ns) after the delivery it acknowledges.
+    AckSampled {
+        stream_seq: u64,
+        consumer_seq: u64,
+        deliveries: u64,
+        ack_time: i64,
+    },
 }
 
 /// Why a pin was given up, as the unpinned advisory says it.
@@ -611,6 +619,8 @@ impl Flow {
 #[derive(Debug)]
 pub struct Consumer {
     cfg: ConsumerConfig,
+    /// The state of the generator that picks the acks `sample_freq` reports.
+    sampler: u64,
     filters: Vec<String>,
     /// The next stream sequence a new delivery starts looking at.
     next_seq: u64,
@@ -697,6 +707,7 @@ impl Consumer {
         let mut consumer = Consumer {
             num_pending: source.num_pending(start, &filters),
             cfg,
+            sampler: 1,
             filters,
             next_seq: start,
             delivered: SequencePair {
@@ -742,6 +753,10 @@ impl Consumer {
         self.idle_since = now;
         self.set_rate_limit(DEFAULT_RATE_BURST, now);
         self.pin_prefix = Rc::from(pin_prefix);
+        // FNV-1a of the random pin prefix seeds the ack sampler (never zero).
+        self.sampler = pin_prefix.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }) | 1;
         // A pause already over says nothing when it ends.
         self.paused_until = self.paused_until.filter(|&until| until > now);
         let flow_prefix: Rc<str> = Rc::from(flow_prefix);
@@ -1719,6 +1734,24 @@ impl Consumer {
         changed
     }
 
+    /// Whether `sample_freq` picks this ack for a metric.
+    fn sampled(&mut self) -> bool {
+        match self.cfg.sample_percent() {
+            0 => false,
+            100.. => true,
+            percent => {
+                // xorshift64: the seed came in with `begin`; no clock or OS
+                // randomness in the core.
+                let mut x = self.sampler;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                self.sampler = x;
+                x % 100 < u64::from(percent)
+            }
+        }
+    }
+
     fn reschedule(&mut self, seq: u64, due: i64) {
         if let Some(p) = self.pending.get_mut(&seq) {
             p.due = due;
@@ -1730,7 +1763,16 @@ impl Consumer {
         let changed = match self.cfg.ack_policy {
             AckPolicy::None => false,
             AckPolicy::Explicit => {
-                let known = self.pending.contains_key(&stream_seq);
+                let pending = self.pending.get(&stream_seq).copied();
+                let known = pending.is_some();
+                if let Some(p) = pending.filter(|_| self.sampled()) {
+                    out.push(Action::AckSampled {
+                        stream_seq,
+                        consumer_seq: p.consumer_seq,
+                        deliveries: p.deliveries,
+                        ack_time: now.saturating_sub(p.delivered_at),
+                    });
+                }
                 self.forget(stream_seq);
                 if known {
                     self.release(stream_seq, out);
@@ -2331,6 +2373,61 @@ mod tests {
         out.clear();
         c.ack(1, AckKind::Ack, None, &src, 0, &mut out);
         assert_eq!(delivered(&out), [(3, 3, 1)], "an ack makes room");
+    }
+
+    fn sampled(out: &[Action]) -> Vec<(u64, i64)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::AckSampled {
+                    stream_seq,
+                    ack_time,
+                    ..
+                } => Some((*stream_seq, *ack_time)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sample_freq_reports_that_share_of_explicit_acks() {
+        let subjects: Vec<String> = (0..1000).map(|i| format!("O.{i}")).collect();
+        let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        let src = Fake::with(&subjects);
+        let acks_sampled = |freq: &str| {
+            let mut c = Consumer::new(
+                config(&format!(
+                    r#"{{"durable_name":"N","ack_policy":"explicit","sample_freq":"{freq}"}}"#
+                )),
+                &src,
+            );
+            c.begin(0, "$JS.FC.S.N.", "seed");
+            let mut out = Vec::new();
+            c.pull(reply("r"), request(r#"{"batch":1000}"#), &src, S, &mut out);
+            assert_eq!(delivered(&out).len(), 1000);
+            let mut samples = Vec::new();
+            for seq in 1..=1000 {
+                out.clear();
+                c.ack(seq, AckKind::Ack, None, &src, 3 * S, &mut out);
+                samples.extend(sampled(&out));
+            }
+            // Acking again, or a sequence never delivered, reports nothing.
+            out.clear();
+            c.ack(1, AckKind::Ack, None, &src, 3 * S, &mut out);
+            assert!(sampled(&out).is_empty());
+            samples
+        };
+        let all = acks_sampled("100%");
+        assert_eq!(all.len(), 1000);
+        assert!(
+            all.iter().all(|&(_, t)| t == 2 * S),
+            "delivered at 1 s, acked at 3 s"
+        );
+        assert!(acks_sampled("").is_empty());
+        assert!(acks_sampled("0").is_empty());
+        let half = acks_sampled("50").len();
+        assert!((400..=600).contains(&half), "{half} of 1000 acks at 50 %");
+        let tenth = acks_sampled("10%").len();
+        assert!((50..=150).contains(&tenth), "{tenth} of 1000 acks at 10 %");
     }
 
     #[test]

@@ -284,6 +284,16 @@ impl ConsumerConfig {
 
     /// The filters in one list, `filter_subject` or `filter_subjects`; empty
     /// means every subject of the stream.
+    /// `sample_freq` as a percentage ("50%" or "50"); 0 when unset. Validated
+    /// when the consumer is made.
+    pub fn sample_percent(&self) -> u32 {
+        let digits = self
+            .sample_frequency
+            .strip_suffix('%')
+            .unwrap_or(&self.sample_frequency);
+        digits.parse().unwrap_or(0)
+    }
+
     pub fn filters(&self) -> Vec<&str> {
         if self.filter_subject.is_empty() {
             self.filter_subjects.iter().map(String::as_str).collect()

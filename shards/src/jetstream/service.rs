@@ -5,6 +5,7 @@
 //! the meta log before it is applied and before the shard is told.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -433,9 +434,14 @@ impl JetStream {
             _ => Vec::new(),
         };
         if !shown.is_empty() {
+            let consumers = if o.consumers {
+                self.consumer_details(&figures, &shown, o.config).await
+            } else {
+                HashMap::new()
+            };
             let details: Vec<Value> = shown
                 .iter()
-                .map(|(index, name)| self.account_detail(*index, name, &figures, &o))
+                .map(|(index, name)| self.account_detail(*index, name, &figures, &consumers, &o))
                 .collect();
             out.insert("account_details".into(), json!(details));
         }
@@ -443,11 +449,53 @@ impl JetStream {
         Value::Object(out)
     }
 
+    /// The consumers of the shown accounts' streams as `/jsz?consumers=1` lists
+    /// them: their info, without the API's `type`, and their config only when
+    /// asked for, keyed by account and stream.
+    async fn consumer_details(
+        &self,
+        figures: &[StreamFigures],
+        shown: &[(u32, String)],
+        with_config: bool,
+    ) -> HashMap<(String, String), Vec<Value>> {
+        let mut out: HashMap<(String, String), Vec<Value>> = HashMap::new();
+        for f in figures {
+            let a = &f.assignment;
+            if !shown.iter().any(|(_, name)| *name == a.account) {
+                continue;
+            }
+            let names: Vec<String> = self
+                .0
+                .meta
+                .borrow()
+                .consumers_of(&a.account, &a.config.name)
+                .map(|c| c.config.consumer_name().to_string())
+                .collect();
+            for name in names {
+                let Ok(Value::Object(mut info)) =
+                    self.0.send_op(a, StreamOp::ConsumerInfo { name }).await
+                else {
+                    // Deleted meanwhile.
+                    continue;
+                };
+                info.remove("type");
+                if !with_config {
+                    info.remove("config");
+                }
+                out.entry((a.account.clone(), a.config.name.clone()))
+                    .or_default()
+                    .push(Value::Object(info));
+            }
+        }
+        out
+    }
+
     fn account_detail(
         &self,
         index: u32,
         name: &str,
         figures: &[StreamFigures],
+        consumers: &HashMap<(String, String), Vec<Value>>,
         o: &JszOptions,
     ) -> Value {
         let mine: Vec<&StreamFigures> = figures
@@ -488,6 +536,10 @@ impl JetStream {
                         s.insert("config".into(), json!(f.assignment.config));
                     }
                     s.insert("state".into(), f.state.clone());
+                    let key = (name.to_string(), f.assignment.config.name.clone());
+                    if let Some(list) = consumers.get(&key) {
+                        s.insert("consumer_detail".into(), json!(list));
+                    }
                     Value::Object(s)
                 })
                 .collect();

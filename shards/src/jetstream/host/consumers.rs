@@ -32,6 +32,7 @@ use strait_storage::{AnyStore, StateFile, Store};
 /// Pull requests for a consumer: `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
 const NEXT_PREFIX: &str = "$JS.API.CONSUMER.MSG.NEXT.";
 const ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.";
+const METRIC_PREFIX: &str = "$JS.EVENT.METRIC.CONSUMER.";
 
 /// `$JS.EVENT.ADVISORY.CONSUMER.PAUSE.<stream>.<consumer>`'s type, sent by the
 /// API when a consumer is paused or resumed and here when a pause runs out.
@@ -938,6 +939,24 @@ impl Hosted {
                         "deliveries": deliveries,
                     }),
                 ),
+                Action::AckSampled {
+                    stream_seq,
+                    consumer_seq,
+                    deliveries,
+                    ack_time,
+                } => self.publish_event(
+                    &shard,
+                    METRIC_PREFIX,
+                    "ACK",
+                    &facts.name,
+                    json!({
+                        "type": "io.nats.jetstream.metric.v1.consumer_ack",
+                        "consumer_seq": consumer_seq,
+                        "stream_seq": stream_seq,
+                        "ack_time": ack_time,
+                        "deliveries": deliveries,
+                    }),
+                ),
                 Action::Naked {
                     stream_seq,
                     consumer_seq,
@@ -1025,6 +1044,19 @@ impl Hosted {
     /// Publishes `$JS.EVENT.ADVISORY.CONSUMER.<event>.<stream>.<consumer>` with
     /// nats-server's common fields around `fields` (its `type` first).
     fn advise(&self, shard: &Shard, event: &str, consumer: &str, fields: Value) {
+        self.publish_event(shard, ADVISORY_PREFIX, event, consumer, fields);
+    }
+
+    /// An event on `<prefix><event>.<stream>.<consumer>`, its `type` first, then
+    /// the common fields, then the rest.
+    fn publish_event(
+        &self,
+        shard: &Shard,
+        prefix: &str,
+        event: &str,
+        consumer: &str,
+        fields: Value,
+    ) {
         let stream = self.stream_name();
         let Value::Object(fields) = fields else {
             return;
@@ -1042,7 +1074,7 @@ impl Hosted {
         if let Some(domain) = self.stream.borrow().domain() {
             body.insert("domain".into(), json!(domain));
         }
-        let subject = format!("{ADVISORY_PREFIX}{event}.{stream}.{consumer}");
+        let subject = format!("{prefix}{event}.{stream}.{consumer}");
         let payload = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
         self.send(shard, subject.as_bytes(), &[], &payload);
     }
