@@ -219,6 +219,7 @@ pub fn apply(
             }
             "lame_duck_duration" => opts.lame_duck_duration = duration(entry)?,
             "lame_duck_grace_period" => opts.lame_duck_grace_period = duration(entry)?,
+            "feature_flags" => feature_flags(entry, opts)?,
             "max_traced_msg_len" => opts.max_traced_msg_len = size(entry)?,
             "max_closed_clients" => opts.max_closed_clients = size(entry)?,
             "debug" => process.debug = Some(boolean(entry)?),
@@ -313,6 +314,25 @@ pub fn apply(
     }
     if opts.max_payload > 8 * 1024 * 1024 {
         tracing::warn!("Maximum payloads over 8.00 MB are generally discouraged and could lead to poor performance");
+    }
+    Ok(())
+}
+
+/// `feature_flags { name: bool }`. nats-server warns about a flag it does not
+/// know and goes on; so does strait.
+fn feature_flags(entry: &Entry, opts: &mut ServerOptions) -> Result<(), ConfigError> {
+    let Kind::Map(flags) = &entry.value.kind else {
+        return Err(invalid(entry, "expected a map of feature flags"));
+    };
+    for flag in flags.iter() {
+        match flag.key.to_ascii_lowercase().as_str() {
+            "js_ack_fc_v2" => opts.js_ack_fc_v2 = boolean(flag)?,
+            // Raft is not there yet: nothing for this flag to change.
+            "js_raft_delete_range" => {
+                boolean(flag)?;
+            }
+            other => tracing::warn!("Unknown feature flag {other:?} ignored"),
+        }
     }
     Ok(())
 }
@@ -454,6 +474,19 @@ authorization { users: [ {user: g, password: g, account: B} ] }
         assert!(err.to_string().contains("not a valid subject"), "{err}");
         let err = parse("system_account: NOPE").unwrap_err();
         assert!(err.to_string().contains("system account"), "{err}");
+    }
+
+    #[test]
+    fn feature_flags_switch_the_v2_ack_layout() {
+        assert!(!parse("").unwrap().0.js_ack_fc_v2);
+        let (opts, _) = parse("feature_flags { js_ack_fc_v2: true }").unwrap();
+        assert!(opts.js_ack_fc_v2);
+        // An unknown flag is only warned about, as nats-server does.
+        let (opts, _) =
+            parse("feature_flags { js_ack_fc_v2: false, js_something_new: true }").unwrap();
+        assert!(!opts.js_ack_fc_v2);
+        assert!(parse("feature_flags { js_ack_fc_v2: maybe }").is_err());
+        assert!(parse("feature_flags: 1").is_err());
     }
 
     #[test]

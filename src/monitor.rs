@@ -368,7 +368,7 @@ fn varz_full(ctx: &MonitorContext, snaps: &[ShardSnapshot]) -> Value {
         "config_load_time": rfc3339(ctx.config_load_time.get()),
         "config_digest": "",
         "system_account": opts.accounts.name(opts.accounts.system),
-        "feature_flags": {"js_ack_fc_v2": false, "js_raft_delete_range": false},
+        "feature_flags": {"js_ack_fc_v2": opts.js_ack_fc_v2, "js_raft_delete_range": false},
         "slow_consumer_stats": {"clients": t.slow_consumers, "routes": 0, "gateways": 0, "leafs": 0},
         "stale_connection_stats": {"clients": t.stale_connections, "routes": 0, "gateways": 0, "leafs": 0},
         "strait": {

@@ -1888,3 +1888,107 @@ async fn consumers_show_in_jsz_and_metrics() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `feature_flags { js_ack_fc_v2: true }`: deliveries carry the v2 ack
+/// subject (domain and account hash, as nats-server's capture shows for `$G`),
+/// acks on it and on the v1 layout both count, flow control uses the v2 form,
+/// and a client we did not write reads the metadata of either.
+#[tokio::test]
+async fn the_v2_ack_and_flow_control_layout_behind_its_feature_flag() {
+    let dir = store_dir("v2ack");
+    let config = format!(
+        "jetstream {{ store_dir: {:?}, domain: hub }}\nfeature_flags {{ js_ack_fc_v2: true }}\n",
+        dir.to_str().expect("utf-8 path")
+    );
+    let (server, http) = Server::start_monitored(Some(&config), &[]);
+    let varz = common::http_json(http, "/varz");
+    assert_eq!(varz["feature_flags"]["js_ack_fc_v2"], true, "{varz}");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = orders(&js, 4).await;
+    let c = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("NEW".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let got = fetch(&c, 2).await;
+    let reply = got[0].reply.as_deref().expect("reply").to_string();
+    assert!(
+        reply.starts_with("$JS.ACK.hub.szMpdrwD.ORDERS.NEW.1.1.1."),
+        "{reply}"
+    );
+    assert!(reply.ends_with(".3"), "3 pending after the first: {reply}");
+    let info = got[1].info().expect("v2 metadata");
+    assert_eq!(
+        (info.stream, info.consumer, info.stream_sequence),
+        ("ORDERS", "NEW", 2)
+    );
+    got[0].double_ack().await.expect("v2 double ack");
+    // The v1 layout of the second delivery is still taken.
+    let v1 = format!(
+        "$JS.ACK.ORDERS.NEW.1.2.2.{}.2",
+        got[1]
+            .info()
+            .expect("info")
+            .published
+            .unix_timestamp_nanos()
+    );
+    let answer = client.request(v1, "+ACK".into()).await.expect("v1 ack");
+    assert!(answer.payload.is_empty());
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.NEW", "").await;
+    assert_eq!(info["ack_floor"]["stream_seq"], 2, "{info}");
+
+    // Flow control requests come on the v2 subject and are answered there.
+    let mut push = client.subscribe("deliver.v2").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.PUSH",
+        r#"{"stream_name":"ORDERS","config":{"durable_name":"PUSH","deliver_subject":"deliver.v2","ack_policy":"none","flow_control":true,"idle_heartbeat":1000000000}}"#,
+    )
+    .await;
+    let mut flow = None;
+    let mut data = 0;
+    while flow.is_none() || data < 4 {
+        let m = tokio::time::timeout(Duration::from_secs(5), push.next())
+            .await
+            .expect("push delivery")
+            .expect("open");
+        if m.status.map(|s| s.as_u16()) == Some(100) {
+            // A heartbeat has no reply; a flow control request does.
+            if let Some(reply) = &m.reply {
+                assert!(
+                    reply.starts_with("$JS.FC.hub.szMpdrwD.ORDERS.PUSH."),
+                    "{reply}"
+                );
+                client
+                    .publish(reply.clone(), "".into())
+                    .await
+                    .expect("answer");
+                flow = Some(reply.to_string());
+            }
+        } else {
+            let reply = m.reply.as_deref().expect("ack subject");
+            assert!(
+                reply.starts_with("$JS.ACK.hub.szMpdrwD.ORDERS.PUSH."),
+                "{reply}"
+            );
+            data += 1;
+        }
+        if data == 4 && flow.is_none() {
+            // Four small messages need no flow control: publish enough that it asks.
+            for _ in 0..40 {
+                js.publish("ORDERS.new", vec![b'x'; 32 * 1024].into())
+                    .await
+                    .expect("pub")
+                    .await
+                    .expect("ack");
+            }
+            data = 0;
+        }
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

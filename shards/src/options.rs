@@ -52,6 +52,9 @@ pub struct ServerOptions {
     pub lame_duck_duration: Duration,
     /// Lame duck mode: wait this long before closing the first client.
     pub lame_duck_grace_period: Duration,
+    /// `feature_flags { js_ack_fc_v2: true }`: deliveries carry the v2 ack and
+    /// flow control subjects (with the domain and the account's hash).
+    pub js_ack_fc_v2: bool,
     /// Client authentication; empty means none is required.
     pub auth: AuthConfig,
     /// Accounts, their limits, exports and imports. Fixed for the life of the
@@ -147,6 +150,7 @@ impl Default for ServerOptions {
             max_closed_clients: 10_000,
             lame_duck_duration: Duration::from_secs(120),
             lame_duck_grace_period: Duration::from_secs(10),
+            js_ack_fc_v2: false,
             auth: AuthConfig {
                 timeout: Duration::from_secs(2),
                 ..AuthConfig::default()

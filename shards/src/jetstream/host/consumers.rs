@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::super::ack::{AckPrefix, AckReply};
+use super::super::ack::{name_hash, AckPrefix, AckReply};
 use super::super::config::Retention;
 use super::super::consumer::{
     AckKind, Action, Consumer, ConsumerState, Listeners, PullRequest, Source, Status,
@@ -122,7 +122,8 @@ pub(super) struct Consumers {
     by_name: RefCell<BTreeMap<Rc<str>, HostedConsumer>>,
     by_sid: RefCell<HashMap<Bytes, Rc<str>>>,
     /// The stream's one subscription for the acks of all its consumers.
-    ack_sid: RefCell<Option<Bytes>>,
+    /// (v1, and with `js_ack_fc_v2` the v2 layout too: clients may use either).
+    ack_sids: RefCell<Vec<Bytes>>,
     /// The same for the answers to its push consumers' flow control.
     flow_sid: RefCell<Option<Bytes>>,
     /// What the cores decided, in order, for the sender.
@@ -152,13 +153,13 @@ impl Consumers {
     /// Whether `sid` is one of the consumers' subscriptions.
     pub(super) fn owns(&self, sid: &Bytes) -> bool {
         self.by_sid.borrow().contains_key(sid)
-            || self.ack_sid.borrow().as_ref() == Some(sid)
+            || self.ack_sids.borrow().contains(sid)
             || self.flow_sid.borrow().as_ref() == Some(sid)
     }
 
     pub(super) fn sids(&self) -> Vec<Bytes> {
         let mut sids: Vec<Bytes> = self.by_sid.borrow().keys().cloned().collect();
-        sids.extend(self.ack_sid.borrow().iter().cloned());
+        sids.extend(self.ack_sids.borrow().iter().cloned());
         sids.extend(self.flow_sid.borrow().iter().cloned());
         sids
     }
@@ -167,6 +168,35 @@ impl Consumers {
 impl Hosted {
     fn stream_name(&self) -> String {
         self.stream.borrow().config().name.clone()
+    }
+
+    /// With `js_ack_fc_v2`, the `<domain>.<account hash>.` that ack and flow
+    /// control subjects carry before the stream's name (`_` for no domain).
+    fn v2_tag(&self, shard: &Shard) -> Option<String> {
+        if !shard.opts().js_ack_fc_v2 {
+            return None;
+        }
+        let domain = self.stream.borrow().domain().map(str::to_string);
+        let domain = domain.filter(|d| !d.is_empty());
+        Some(format!(
+            "{}.{}.",
+            domain.as_deref().unwrap_or("_"),
+            name_hash(self.usage.account_name())
+        ))
+    }
+
+    fn ack_prefix(&self, shard: &Shard, stream: &str, consumer: &str) -> AckPrefix {
+        if shard.opts().js_ack_fc_v2 {
+            let domain = self.stream.borrow().domain().map(str::to_string);
+            AckPrefix::v2(
+                domain.as_deref(),
+                self.usage.account_name(),
+                stream,
+                consumer,
+            )
+        } else {
+            AckPrefix::v1(stream, consumer)
+        }
     }
 
     /// Runs a new consumer, or gives a running one its updated configuration;
@@ -187,7 +217,7 @@ impl Hosted {
                 c.facts = Rc::new(Facts {
                     name: name.clone(),
                     created: c.created,
-                    ack: AckPrefix::v1(&stream, &name),
+                    ack: self.ack_prefix(shard, &stream, &name),
                     headers_only: config.headers_only,
                 });
                 let filters_before = c.core.filters().to_vec();
@@ -215,17 +245,21 @@ impl Hosted {
             } else {
                 None
             };
-            if self.consumers.ack_sid.borrow().is_none() {
-                let subject = format!("$JS.ACK.{stream}.>");
-                let sid = shard
-                    .internal_subscribe(self.internal, subject.as_bytes(), None)
-                    .ok_or_else(|| errors::CONSUMER_CREATE.err("invalid stream name"))?;
-                *self.consumers.ack_sid.borrow_mut() = Some(sid);
+            if self.consumers.ack_sids.borrow().is_empty() {
+                let v2 = self
+                    .v2_tag(shard)
+                    .map(|tag| format!("$JS.ACK.{tag}{stream}.>"));
+                for subject in std::iter::once(format!("$JS.ACK.{stream}.>")).chain(v2) {
+                    let sid = shard
+                        .internal_subscribe(self.internal, subject.as_bytes(), None)
+                        .ok_or_else(|| errors::CONSUMER_CREATE.err("invalid stream name"))?;
+                    self.consumers.ack_sids.borrow_mut().push(sid);
+                }
             }
             let facts = Rc::new(Facts {
                 name: name.clone(),
                 created,
-                ack: AckPrefix::v1(&stream, &name),
+                ack: self.ack_prefix(shard, &stream, &name),
                 headers_only: config.headers_only,
             });
             // Watched before the consumer counts what is pending for it.
@@ -239,9 +273,10 @@ impl Hosted {
                 }
             };
             // A NUID's random part: pins of different consumers and runs differ.
+            let tag = self.v2_tag(shard).unwrap_or_default();
             core.begin(
                 now_ns(),
-                &format!("{FLOW_PREFIX}{stream}.{name}."),
+                &format!("{FLOW_PREFIX}{tag}{stream}.{name}."),
                 &crate::nuid()[..12],
             );
             let max_msg_size = self.stream.borrow().config().max_msg_size;
@@ -477,7 +512,7 @@ impl Hosted {
         removed.core.close(&mut out);
         self.queue(&removed.facts, out);
         if self.consumers.len() == 0 {
-            let ack = self.consumers.ack_sid.borrow_mut().take();
+            let ack = std::mem::take(&mut *self.consumers.ack_sids.borrow_mut());
             let flow = self.consumers.flow_sid.borrow_mut().take();
             for sid in ack.iter().chain(flow.iter()) {
                 shard.internal_unsubscribe(self.internal, sid);
@@ -552,7 +587,8 @@ impl Hosted {
             shard.watch_interest(&self.consumers.timer);
         }
         if flow && self.consumers.flow_sid.borrow().is_none() {
-            let subject = format!("{FLOW_PREFIX}{stream}.>");
+            let tag = self.v2_tag(shard).unwrap_or_default();
+            let subject = format!("{FLOW_PREFIX}{tag}{stream}.>");
             let sid = shard
                 .internal_subscribe(self.internal, subject.as_bytes(), None)
                 .ok_or_else(|| errors::CONSUMER_CREATE.err("invalid stream name"))?;
@@ -608,7 +644,8 @@ impl Hosted {
         let Ok(subject) = std::str::from_utf8(&msg.subject) else {
             return;
         };
-        let Some(name) = subject.split('.').nth(3) else {
+        // `$JS.FC.[<domain>.<account hash>.]<stream>.<consumer>.<token>`
+        let Some(name) = subject.rsplit('.').nth(1) else {
             return;
         };
         let last_stream = crate::proto::header_value(msg.headers(), LAST_STREAM)
