@@ -157,6 +157,14 @@ pub struct JsConsumeArgs {
     /// Payload size
     #[arg(long, default_value = "128", value_parser = parse_size)]
     pub size: usize,
+    /// Storage of the stream read: file or memory (the idle consumers' stream is
+    /// always a file stream)
+    #[arg(long, default_value = "file", value_parser = ["file", "memory"])]
+    pub storage: String,
+    /// Leave out the push case without flow control (a memory stream outruns the
+    /// reader, which the server then drops as a slow consumer)
+    #[arg(long)]
+    pub skip_push: bool,
     /// Durable consumers created for the idle measurement
     #[arg(long, default_value_t = 10_000)]
     pub idle_consumers: usize,

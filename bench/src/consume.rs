@@ -37,6 +37,11 @@ pub struct ConsumeOptions {
     pub messages: u64,
     pub subjects: u64,
     pub size: usize,
+    /// Where the read stream lives: `file` (read from disk) or `memory`.
+    pub storage: String,
+    /// Leave out the push consumer without flow control (from a memory stream
+    /// it outruns a reader on a shared core, which then goes as a slow consumer).
+    pub skip_push: bool,
     pub idle_consumers: usize,
     /// How long idle CPU is measured, with and without the idle consumers.
     pub idle_for: Duration,
@@ -106,7 +111,7 @@ fn run_one(spec: &ServerSpec, opts: &ConsumeOptions) -> Result<ConsumeRun> {
     let mut control = JsConn::connect(&ep, "bench-consume-control")?;
     control.check_payload(opts.size)?;
     control
-        .create_stream(STREAM, &["bench.c.>".to_string()])
+        .create_stream_in(STREAM, &["bench.c.>".to_string()], opts.storage.as_str())
         .context("creating the stream (is JetStream enabled on the server?)")?;
     let fill_s = fill(&mut control, opts, &progress)
         .with_context(|| format!("filling the stream on {}", spec.name))?;
@@ -150,6 +155,9 @@ fn run_one(spec: &ServerSpec, opts: &ConsumeOptions) -> Result<ConsumeRun> {
     ];
     let mut runs = Vec::new();
     for (i, (case, read)) in cases.into_iter().enumerate() {
+        if opts.skip_push && matches!(read, Read::Push { ordered: false }) {
+            continue;
+        }
         progress.update(&format!("reading: {case}"));
         let name = format!("C{i}");
         if let Read::Push { .. } = read {

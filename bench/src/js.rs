@@ -209,11 +209,21 @@ impl JsConn {
     }
 
     pub fn create_stream(&mut self, name: &str, subjects: &[String]) -> Result<()> {
+        self.create_stream_in(name, subjects, "file")
+    }
+
+    /// A stream in `storage`: `file` or `memory`.
+    pub fn create_stream_in(
+        &mut self,
+        name: &str,
+        subjects: &[String],
+        storage: &str,
+    ) -> Result<()> {
         let config = json!({
             "name": name,
             "subjects": subjects,
             "retention": "limits",
-            "storage": "file",
+            "storage": storage,
             "discard": "old",
             "num_replicas": 1,
         });

@@ -97,6 +97,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 messages: args.messages,
                 subjects: args.subjects,
                 size: args.size,
+                storage: args.storage.clone(),
+                skip_push: args.skip_push,
                 idle_consumers: args.idle_consumers,
                 idle_for: args.idle_for,
                 settle: args.settle,
