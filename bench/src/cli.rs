@@ -33,6 +33,9 @@ pub enum Cmd {
     /// Reading one stream through consumers on two servers (pull, push, ordered, a 1 %
     /// filter) and the CPU of idle consumers, ratios A/B
     JsConsume(JsConsumeArgs),
+    /// A key-value bucket on two servers: puts, and gets by key through direct get
+    /// (one in flight, and pipelined), ratios A/B
+    JsKv(JsKvArgs),
     /// Restart time of two servers holding one big stream: after SIGKILL, then after a
     /// clean stop, ratios A/B
     JsRestart(JsRestartArgs),
@@ -141,6 +144,25 @@ pub struct JsPubArgs {
     /// Publishes outstanding with --ack async
     #[arg(long, default_value_t = 256)]
     pub ack_window: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct JsKvArgs {
+    /// NAME=COMMAND, exactly twice (A, then the reference B), each with JetStream on
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Keys put, then read back
+    #[arg(long, default_value_t = 100_000, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
+    pub keys: u64,
+    /// Value size
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    pub size: usize,
+    /// Requests in flight for puts and pipelined gets
+    #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65536))]
+    pub window: usize,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +392,7 @@ impl Cmd {
             | Cmd::JsRestart(_)
             | Cmd::JsStreams(_)
             | Cmd::JsConsume(_)
+            | Cmd::JsKv(_)
             | Cmd::Scenarios => return None,
         })
     }

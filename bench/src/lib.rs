@@ -9,6 +9,7 @@ pub mod conn;
 pub mod conns;
 pub mod consume;
 pub mod js;
+pub mod kv;
 pub mod plot;
 pub mod procstat;
 pub mod report;

@@ -91,6 +91,20 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::JsKv(args) => {
+            let opts = strait_bench::kv::KvOptions {
+                servers: args.servers.clone(),
+                keys: args.keys,
+                size: args.size,
+                window: args.window,
+            };
+            let runs = strait_bench::kv::run(&opts)?;
+            println!("{}", strait_bench::kv::table(&runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::JsConsume(args) => {
             let opts = strait_bench::consume::ConsumeOptions {
                 servers: args.servers.clone(),

@@ -170,6 +170,16 @@ impl Segment {
     }
 }
 
+/// What `cached` found for a record.
+enum Cached {
+    Hit(Vec<u8>),
+    Miss {
+        file: Rc<DmaFile>,
+        written: u64,
+        window: u64,
+    },
+}
+
 struct ReadCache {
     seg: u64,
     start: u64,
@@ -192,6 +202,8 @@ struct State {
     cache: Option<ReadCache>,
     /// fdatasyncs issued by flushes (for group-commit statistics).
     flushes: u64,
+    /// Reads of segment files (the read cache's misses).
+    segment_reads: u64,
     /// Some sealed segment may still want its summary written.
     summaries_due: bool,
 }
@@ -200,6 +212,8 @@ struct Inner {
     cfg: FileStoreConfig,
     keys: Option<Keys>,
     st: RefCell<State>,
+    /// One read of a segment at a time (see `read_record`).
+    read_gate: glommio::sync::Semaphore,
     report: RecoveryReport,
     _probe: DmaFile,
 }
@@ -493,6 +507,7 @@ impl FileStore {
             failed: None,
             cache: None,
             flushes: 0,
+            segment_reads: 0,
             summaries_due: true,
         };
         let mut report = RecoveryReport {
@@ -567,6 +582,7 @@ impl FileStore {
                 cfg,
                 keys,
                 st: RefCell::new(st),
+                read_gate: glommio::sync::Semaphore::new(1),
                 report,
                 _probe: probe,
             }),
@@ -597,6 +613,12 @@ impl FileStore {
     /// by this is the average group-commit batch.
     pub fn flush_count(&self) -> u64 {
         self.inner.st.borrow().flushes
+    }
+
+    /// How many reads of segment files loads have done since open (the read
+    /// cache's misses).
+    pub fn segment_reads(&self) -> u64 {
+        self.inner.st.borrow().segment_reads
     }
 
     /// Number of segment files.
@@ -877,19 +899,48 @@ impl FileStore {
     }
 
     async fn read_record(&self, loc: Loc) -> Result<Vec<u8>> {
+        if let Cached::Hit(record) = self.cached(loc)? {
+            return Ok(record);
+        }
+        // Misses that arrive together mostly want the same window (a burst of
+        // direct gets, a consumer's batch): one of them reads it, and the
+        // others find it in the cache instead of each reading it again.
+        // Uncontended, the gate is taken without yielding.
+        let _gate = match self.inner.read_gate.try_acquire_permit(1) {
+            Ok(permit) => permit,
+            Err(_) => self
+                .inner
+                .read_gate
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StoreError::Closed)?,
+        };
+        let (file, written, window) = match self.cached(loc)? {
+            Cached::Hit(record) => return Ok(record),
+            Cached::Miss {
+                file,
+                written,
+                window,
+            } => (file, written, window),
+        };
+        self.read_window(loc, file, written, window).await
+    }
+
+    /// A record from the write buffer or the read cache, or what reading it takes.
+    fn cached(&self, loc: Loc) -> Result<Cached> {
         let (file, written, window) = {
             let st = self.inner.st.borrow();
             let seg = st.segs.get(&loc.seg()).ok_or(StoreError::NotFound)?;
             let end = loc.off() + loc.len as u64;
             if loc.off() >= seg.buf_base && end <= seg.buf_base + seg.buf.len() as u64 {
                 let a = (loc.off() - seg.buf_base) as usize;
-                return Ok(seg.buf[a..a + loc.len as usize].to_vec());
+                return Ok(Cached::Hit(seg.buf[a..a + loc.len as usize].to_vec()));
             }
             let mut window = READ_WINDOW;
             if let Some(c) = &st.cache {
                 if c.seg == loc.seg() && loc.off() >= c.start && end <= c.valid_end {
                     let a = (loc.off() - c.start) as usize;
-                    return Ok(c.data[a..a + loc.len as usize].to_vec());
+                    return Ok(Cached::Hit(c.data[a..a + loc.len as usize].to_vec()));
                 }
                 let continues = c.seg == loc.seg()
                     && loc.off() >= c.start
@@ -901,6 +952,20 @@ impl FileStore {
             let file = seg.file.clone().ok_or(StoreError::NotFound)?;
             (file, seg.synced.min(seg.buf_base.max(seg.synced)), window)
         };
+        Ok(Cached::Miss {
+            file,
+            written,
+            window,
+        })
+    }
+
+    async fn read_window(
+        &self,
+        loc: Loc,
+        file: Rc<DmaFile>,
+        written: u64,
+        window: u64,
+    ) -> Result<Vec<u8>> {
         let start = align_down(loc.off());
         let end = loc.off() + loc.len as u64;
         let size = (align_up(end) - start).max(window);
@@ -917,7 +982,9 @@ impl FileStore {
         let a = (loc.off() - start) as usize;
         let out = data[a..a + loc.len as usize].to_vec();
         let valid_end = (start + data.len() as u64).min(written);
-        self.inner.st.borrow_mut().cache = Some(ReadCache {
+        let mut st = self.inner.st.borrow_mut();
+        st.segment_reads += 1;
+        st.cache = Some(ReadCache {
             seg: loc.seg(),
             start,
             valid_end,

@@ -102,3 +102,36 @@ fn a_small_stream_does_not_reserve_a_whole_segment() {
         s.close().await.unwrap();
     });
 }
+
+/// Loads that miss the cache together (a burst of direct gets, a consumer's
+/// batch) read each window once, not once per load.
+#[test]
+fn concurrent_loads_of_one_window_read_it_once() {
+    let dir = tmpdir();
+    let c = cfg(dir.path());
+    run(async {
+        let s = open(&c).await;
+        for i in 1..=300u64 {
+            s.append("kv.key", b"", pl(i).as_bytes(), i as i64, None)
+                .await
+                .unwrap();
+        }
+        s.close().await.unwrap();
+        // Reopened, nothing is in the write buffer or the cache.
+        let s = open(&c).await;
+        let before = s.segment_reads();
+        let loads: Vec<_> = (1..=200u64)
+            .map(|seq| {
+                let s = s.clone();
+                glommio::spawn_local(async move { s.load(seq).await.map(|m| (seq, m)) })
+            })
+            .collect();
+        for load in loads {
+            let (seq, m) = load.await.unwrap();
+            assert_eq!(&m.payload[..], pl(seq).as_bytes());
+        }
+        let reads = s.segment_reads() - before;
+        assert!(reads <= 2, "200 loads in one window took {reads} reads");
+        s.close().await.unwrap();
+    });
+}
