@@ -1218,7 +1218,6 @@ fn jetstream_metrics(out: &mut String, system: &str, jsz: &Value, server_name: &
                 })
         })
         .collect();
-    type Read = fn(&Value) -> &Value;
     let stream_gauges: [(&str, &str, Read); 8] = [
         ("total_messages", "Messages in the stream", |s| {
             &s["state"]["messages"]
@@ -1249,13 +1248,7 @@ fn jetstream_metrics(out: &mut String, system: &str, jsz: &Value, server_name: &
             |s| &s["config"]["max_msgs"],
         ),
     ];
-    for (suffix, help, read) in stream_gauges {
-        let samples: Vec<(String, f64)> = streams
-            .iter()
-            .map(|(labels, s)| (labels.clone(), number(read(s))))
-            .collect();
-        gauge_family(out, &format!("{system}_stream_{suffix}"), help, &samples);
-    }
+    labelled_gauges(out, &format!("{system}_stream_"), &stream_gauges, &streams);
     // A single server leads every consumer it has.
     let consumers: Vec<(String, &Value)> = streams
         .iter()
@@ -1317,12 +1310,30 @@ fn jetstream_metrics(out: &mut String, system: &str, jsz: &Value, server_name: &
             |c| &c["ack_floor"]["consumer_seq"],
         ),
     ];
-    for (suffix, help, read) in consumer_gauges {
-        let samples: Vec<(String, f64)> = consumers
+    labelled_gauges(
+        out,
+        &format!("{system}_consumer_"),
+        &consumer_gauges,
+        &consumers,
+    );
+}
+
+/// Reads one figure out of a `/jsz` detail object.
+type Read = fn(&Value) -> &Value;
+
+/// One gauge family per `(suffix, help, read)`, with a sample per labelled object.
+fn labelled_gauges(
+    out: &mut String,
+    prefix: &str,
+    gauges: &[(&str, &str, Read)],
+    objects: &[(String, &Value)],
+) {
+    for (suffix, help, read) in gauges {
+        let samples: Vec<(String, f64)> = objects
             .iter()
-            .map(|(labels, c)| (labels.clone(), number(read(c))))
+            .map(|(labels, o)| (labels.clone(), read(o).as_f64().unwrap_or(0.0)))
             .collect();
-        gauge_family(out, &format!("{system}_consumer_{suffix}"), help, &samples);
+        gauge_family(out, &format!("{prefix}{suffix}"), help, &samples);
     }
 }
 

@@ -28,7 +28,7 @@ const FILTER: &str = "bench.c.7.*";
 /// A reader that sees nothing for this long means a broken run.
 const STALL: Duration = Duration::from_secs(30);
 /// Publishes in flight while filling the stream.
-const FILL_WINDOW: u64 = 256;
+const FILL_WINDOW: usize = 256;
 /// Expiry of every pull request: long enough that no fetch ends early.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 
@@ -248,69 +248,26 @@ fn subject_of(i: u64, subjects: u64) -> String {
     format!("bench.c.{}.{s}", s % 100)
 }
 
-/// Publishes the stream's messages, `FILL_WINDOW` PubAcks awaited at a time.
+/// Publishes the stream's messages with `FILL_WINDOW` PubAcks in flight.
 fn fill(c: &mut JsConn, opts: &ConsumeOptions, progress: &Progress) -> Result<f64> {
     let reply = c.ack_subject();
     let payload = vec![b'c'; opts.size];
-    let mut frames = Vec::new();
-    let mut buf = std::mem::take(&mut c.buf);
     let start = Instant::now();
-    let mut sent = 0u64;
-    let result = (|| {
-        while sent < opts.messages {
-            let n = FILL_WINDOW.min(opts.messages - sent);
-            frames.clear();
-            for i in sent..sent + n {
-                let subject = subject_of(i, opts.subjects);
-                write!(frames, "PUB {subject} {reply} {}\r\n", opts.size)?;
-                frames.extend_from_slice(&payload);
-                frames.extend_from_slice(b"\r\n");
-            }
-            c.stream.write_all(&frames).context("publishing")?;
-            let mut acked = 0;
-            let mut last = Instant::now();
-            while acked < n {
-                let got = read_some(&mut c.stream, &mut buf)?;
-                if got == 0 {
-                    if last.elapsed() > STALL {
-                        bail!("{} publishes without an ack for {STALL:?}", n - acked);
-                    }
-                    continue;
-                }
-                last = Instant::now();
-                let (mut pings, mut err) = (0, None);
-                c.replies.feed(&buf[..got], &mut |r| match r {
-                    Reply::Msg { body, .. } => {
-                        if memchr::memmem::find(body, b"\"error\"").is_some() {
-                            err.get_or_insert(String::from_utf8_lossy(body).into_owned());
-                        }
-                        acked += 1;
-                    }
-                    Reply::Ping => pings += 1,
-                    Reply::Err(e) => {
-                        err.get_or_insert(format!("-ERR {}", String::from_utf8_lossy(e)));
-                    }
-                })?;
-                if let Some(e) = err {
-                    bail!("publish refused: {e}");
-                }
-                for _ in 0..pings {
-                    c.stream.write_all(b"PONG\r\n")?;
-                }
-            }
-            sent += n;
-            if sent % (FILL_WINDOW * 200) == 0 {
-                progress.update(&format!(
-                    "filling: {} of {}",
-                    fmt_count(sent as f64),
-                    fmt_count(opts.messages as f64)
-                ));
-            }
+    c.pipelined(opts.messages, FILL_WINDOW, None, &mut |frame, i| {
+        let subject = subject_of(i, opts.subjects);
+        write!(frame, "PUB {subject} {reply} {}\r\n", opts.size)?;
+        frame.extend_from_slice(&payload);
+        frame.extend_from_slice(b"\r\n");
+        if i > 0 && i % 50_000 == 0 {
+            progress.update(&format!(
+                "filling: {} of {}",
+                fmt_count(i as f64),
+                fmt_count(opts.messages as f64)
+            ));
         }
         Ok(())
-    })();
-    c.buf = buf;
-    result.map(|()| start.elapsed().as_secs_f64())
+    })?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
 fn consumer_config(name: &str, read: Read, filter: Option<&str>, reader: &JsConn) -> Value {
@@ -540,7 +497,8 @@ pub fn table(runs: &[ConsumeRun]) -> String {
         };
         100.0 * rate("pull 1000, no acks, 1 %") / rate("pull 1000, no acks").max(1e-9)
     };
-    let rows: [(&str, &dyn Fn(&ConsumeRun) -> String); 7] = [
+    type Row<'a> = (&'a str, &'a dyn Fn(&ConsumeRun) -> String);
+    let rows: [Row; 7] = [
         ("filtered rate, % of unfiltered", &|r| {
             format!("{:.0} %", filtered_share(r))
         }),

@@ -247,6 +247,86 @@ impl JsConn {
         self.request("$JS.API.INFO", &json!({})).map(drop)
     }
 
+    /// Sends `total` requests built by `frame_of` (index 0..total), at most `window`
+    /// awaiting their answer (recorded in `latency` if given). Each answer is one
+    /// message: a PubAck or API response (one with `"error"` fails the run), or a
+    /// stored message as a direct get returns it (HMSG whose first line is `NATS/1.0`
+    /// alone; a status such as `404` fails the run).
+    pub fn pipelined(
+        &mut self,
+        total: u64,
+        window: usize,
+        mut latency: Option<&mut Histogram<u64>>,
+        frame_of: &mut dyn FnMut(&mut Vec<u8>, u64) -> Result<()>,
+    ) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut frame = Vec::new();
+        let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(window);
+        let (mut sent, mut answered) = (0u64, 0u64);
+        let mut last = Instant::now();
+        let result = (|| {
+            while answered < total {
+                frame.clear();
+                while sent < total && sent_at.len() < window.max(1) {
+                    frame_of(&mut frame, sent)?;
+                    sent_at.push_back(Instant::now());
+                    sent += 1;
+                }
+                if !frame.is_empty() {
+                    self.stream.write_all(&frame).context("writing")?;
+                }
+                let n = read_some(&mut self.stream, &mut buf)?;
+                if n == 0 {
+                    if last.elapsed() > ACK_TIMEOUT {
+                        bail!("{answered} of {total} answered, then nothing for {ACK_TIMEOUT:?}");
+                    }
+                    continue;
+                }
+                last = Instant::now();
+                let (mut pings, mut err) = (0, None);
+                let now = Instant::now();
+                self.replies.feed(&buf[..n], &mut |r| match r {
+                    Reply::Msg { headers, body, .. } => {
+                        let failed = if headers {
+                            // A message carries `NATS/1.0` alone on its first line;
+                            // a status has a code after it.
+                            first_line(body).trim() != "NATS/1.0"
+                        } else {
+                            memchr::memmem::find(body, b"\"error\"").is_some()
+                        };
+                        if failed {
+                            err.get_or_insert(if headers {
+                                first_line(body)
+                            } else {
+                                String::from_utf8_lossy(body).into_owned()
+                            });
+                        }
+                        if let Some(t0) = sent_at.pop_front() {
+                            if let Some(h) = latency.as_deref_mut() {
+                                let ns = u64::try_from((now - t0).as_nanos()).unwrap_or(u64::MAX);
+                                h.saturating_record(ns.max(1));
+                            }
+                        }
+                        answered += 1;
+                    }
+                    Reply::Ping => pings += 1,
+                    Reply::Err(e) => {
+                        err.get_or_insert(format!("-ERR {}", String::from_utf8_lossy(e)));
+                    }
+                })?;
+                if let Some(e) = err {
+                    return Err(anyhow!("answer {answered}: {e}"));
+                }
+                for _ in 0..pings {
+                    self.stream.write_all(b"PONG\r\n")?;
+                }
+            }
+            Ok(())
+        })();
+        self.buf = buf;
+        result
+    }
+
     /// The stream's message count, from `STREAM.INFO`.
     pub fn stream_messages(&mut self, name: &str) -> Result<u64> {
         let info = self.request(&format!("$JS.API.STREAM.INFO.{name}"), &json!({}))?;

@@ -3,24 +3,19 @@
 //! key's subject), one in flight as `kv.get()` awaits it and many in flight as a
 //! busy service issues them.
 
-use std::collections::VecDeque;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-use hdrhistogram::Histogram;
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::conn::read_some;
-use crate::js::{first_line, JsConn, Reply};
+use crate::js::JsConn;
 use crate::run::{fmt_count, latency_histogram, Progress};
 use crate::server::{ServerProc, ServerSpec};
 
 const BUCKET: &str = "BENCH";
 const STREAM: &str = "KV_BENCH";
-/// Nothing back for this long means a broken run.
-const STALL: Duration = Duration::from_secs(30);
 
 pub struct KvOptions {
     pub servers: Vec<ServerSpec>,
@@ -83,7 +78,7 @@ fn run_one(spec: &ServerSpec, opts: &KvOptions) -> Result<KvRun> {
     let payload = vec![b'v'; opts.size];
     let ack = c.ack_subject();
     let t0 = Instant::now();
-    pipelined(&mut c, opts.keys, opts.window, None, &mut |frame, i| {
+    c.pipelined(opts.keys, opts.window, None, &mut |frame, i| {
         write!(frame, "PUB {} {ack} {}\r\n", key_subject(i), payload.len())?;
         frame.extend_from_slice(&payload);
         frame.extend_from_slice(b"\r\n");
@@ -104,15 +99,13 @@ fn run_one(spec: &ServerSpec, opts: &KvOptions) -> Result<KvRun> {
     };
     let mut latency = latency_histogram()?;
     let t1 = Instant::now();
-    pipelined(&mut c, opts.keys, 1, Some(&mut latency), &mut |f, i| {
-        get(f, i)
-    })
-    .context("getting")?;
+    c.pipelined(opts.keys, 1, Some(&mut latency), &mut |f, i| get(f, i))
+        .context("getting")?;
     let gets_per_s = opts.keys as f64 / t1.elapsed().as_secs_f64().max(1e-9);
 
     progress.update("getting, pipelined");
     let t2 = Instant::now();
-    pipelined(&mut c, opts.keys, opts.window, None, &mut |f, i| get(f, i))
+    c.pipelined(opts.keys, opts.window, None, &mut |f, i| get(f, i))
         .context("pipelined gets")?;
     let pipelined_gets_per_s = opts.keys as f64 / t2.elapsed().as_secs_f64().max(1e-9);
     srv.check_alive()?;
@@ -135,84 +128,6 @@ fn run_one(spec: &ServerSpec, opts: &KvOptions) -> Result<KvRun> {
         fmt_count(run.pipelined_gets_per_s)
     ));
     Ok(run)
-}
-
-/// Sends `total` requests built by `frame_of` (index 0..total), at most `window`
-/// awaiting their answer; an error answer fails the run. A get answers with the
-/// message (HMSG with the stored headers) or a status (`404` for a missing key).
-fn pipelined(
-    c: &mut JsConn,
-    total: u64,
-    window: usize,
-    mut latency: Option<&mut Histogram<u64>>,
-    frame_of: &mut dyn FnMut(&mut Vec<u8>, u64) -> Result<()>,
-) -> Result<()> {
-    let mut buf = std::mem::take(&mut c.buf);
-    let mut frame = Vec::new();
-    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(window);
-    let (mut sent, mut answered) = (0u64, 0u64);
-    let mut last = Instant::now();
-    let result = (|| {
-        while answered < total {
-            frame.clear();
-            while sent < total && sent_at.len() < window.max(1) {
-                frame_of(&mut frame, sent)?;
-                sent_at.push_back(Instant::now());
-                sent += 1;
-            }
-            if !frame.is_empty() {
-                c.stream.write_all(&frame).context("writing")?;
-            }
-            let n = read_some(&mut c.stream, &mut buf)?;
-            if n == 0 {
-                if last.elapsed() > STALL {
-                    bail!("{answered} of {total} answered, then nothing for {STALL:?}");
-                }
-                continue;
-            }
-            last = Instant::now();
-            let (mut pings, mut err) = (0, None);
-            let now = Instant::now();
-            c.replies.feed(&buf[..n], &mut |r| match r {
-                Reply::Msg { headers, body, .. } => {
-                    let failed = if headers {
-                        // A message carries `NATS/1.0` alone on its first line;
-                        // a status has a code after it.
-                        first_line(body).trim() != "NATS/1.0"
-                    } else {
-                        memchr::memmem::find(body, b"\"error\"").is_some()
-                    };
-                    if failed {
-                        err.get_or_insert(if headers {
-                            first_line(body)
-                        } else {
-                            String::from_utf8_lossy(body).into_owned()
-                        });
-                    }
-                    if let Some(t0) = sent_at.pop_front() {
-                        if let Some(h) = latency.as_deref_mut() {
-                            let ns = u64::try_from((now - t0).as_nanos()).unwrap_or(u64::MAX);
-                            h.saturating_record(ns.max(1));
-                        }
-                    }
-                    answered += 1;
-                }
-                Reply::Ping => pings += 1,
-                Reply::Err(e) => {
-                    err.get_or_insert(format!("-ERR {}", String::from_utf8_lossy(e)));
-                }
-            })?;
-            if let Some(e) = err {
-                return Err(anyhow!("answer {answered}: {e}"));
-            }
-            for _ in 0..pings {
-                c.stream.write_all(b"PONG\r\n")?;
-            }
-        }
-        Ok(())
-    })();
-    c.buf = buf;
-    result
 }
 
 pub fn table(runs: &[KvRun]) -> String {

@@ -130,14 +130,18 @@ impl Watched {
 
     /// A subject took `slot`: which watched filters match it.
     fn slot_taken(&mut self, slot: usize, subject: &str) {
+        if self.by_filter.is_empty() {
+            // Nothing watched: no per-subject list (a stream may have millions).
+            if let Some(matching) = self.of_slot.get_mut(slot) {
+                matching.clear();
+            }
+            return;
+        }
         if self.of_slot.len() <= slot {
             self.of_slot.resize_with(slot + 1, Vec::new);
         }
         let matching = &mut self.of_slot[slot];
         matching.clear();
-        if self.by_filter.is_empty() {
-            return;
-        }
         matching.extend(
             self.by_filter
                 .iter()
