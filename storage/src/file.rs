@@ -1989,6 +1989,37 @@ impl Store for FileStore {
         self.mutate(|ix| ix.compact(seq)).await
     }
 
+    async fn skip_to(&self, seq: u64) -> Result<()> {
+        let (msgs, last) = {
+            let st = self.inner.st.borrow();
+            (st.index.msgs(), st.index.last_seq())
+        };
+        if seq <= last {
+            return Ok(());
+        }
+        if msgs == 0 {
+            return self.compact(seq + 1).await.map(drop);
+        }
+        // A compact record that keeps the first sequence and moves the last:
+        // recovery replays it as the same move.
+        let target = {
+            let mut st = self.inner.st.borrow_mut();
+            st.usable()?;
+            let (first, ts) = (st.index.first_seq(), st.index.last_ts());
+            st.index.advance_last(seq, ts);
+            let mut out = Vec::new();
+            record::encode_compact(&mut out, self.inner.keys.as_ref(), first, seq, ts);
+            st.reserve(out.len(), self.inner.cfg.segment_size);
+            st.push_bytes(&out);
+            let active = st.active;
+            if let Some(s) = st.segs.get_mut(&active) {
+                s.tomb_max_ref = s.tomb_max_ref.max(first - 1);
+            }
+            st.end_pos()
+        };
+        self.commit(target).await
+    }
+
     async fn expire(&self, now: i64) -> Result<u64> {
         self.mutate(|ix| ix.expire(now)).await
     }

@@ -126,6 +126,11 @@ pub trait Store {
     async fn purge(&self, req: &Purge) -> Result<u64>;
     /// Removes every message below `seq`; returns how many were removed.
     async fn compact(&self, seq: u64) -> Result<u64>;
+    /// Moves the last sequence up to `seq` without storing anything: the
+    /// sequences in between are deleted ones (a mirror following its origin
+    /// past messages the origin removed). Into an empty store it is a move of
+    /// the first sequence to `seq + 1`. Nothing happens at or below the last.
+    async fn skip_to(&self, seq: u64) -> Result<()>;
     /// Applies `max_age` and per-message TTLs at `now` (ns); returns how many were removed.
     async fn expire(&self, now: i64) -> Result<u64>;
     /// Replaces the limits and applies them at `now`.
@@ -218,6 +223,9 @@ impl Store for AnyStore {
     }
     async fn compact(&self, seq: u64) -> Result<u64> {
         delegate!(self, s => s.compact(seq).await)
+    }
+    async fn skip_to(&self, seq: u64) -> Result<()> {
+        delegate!(self, s => s.skip_to(seq).await)
     }
     async fn expire(&self, now: i64) -> Result<u64> {
         delegate!(self, s => s.expire(now).await)

@@ -167,6 +167,20 @@ impl Store for MemStore {
         Ok(self.index.borrow_mut().compact(seq).len() as u64)
     }
 
+    async fn skip_to(&self, seq: u64) -> Result<()> {
+        self.check_open()?;
+        let mut ix = self.index.borrow_mut();
+        if ix.msgs() == 0 {
+            if seq > ix.last_seq() {
+                ix.compact(seq + 1);
+            }
+        } else {
+            let ts = ix.last_ts();
+            ix.advance_last(seq, ts);
+        }
+        Ok(())
+    }
+
     async fn expire(&self, now: i64) -> Result<u64> {
         self.check_open()?;
         Ok(self.index.borrow_mut().expire(now).len() as u64)

@@ -135,3 +135,39 @@ fn concurrent_loads_of_one_window_read_it_once() {
         s.close().await.unwrap();
     });
 }
+
+/// A mirror follows its origin past removed messages: the skipped sequences
+/// are deleted ones, in memory and after a reopen, and an empty store just
+/// starts later.
+#[test]
+fn skip_to_moves_the_last_sequence() {
+    let dir = tmpdir();
+    let c = cfg(dir.path());
+    run(async {
+        let s = open(&c).await;
+        s.skip_to(9).await.unwrap();
+        let st = s.state();
+        assert_eq!((st.first_seq, st.last_seq, st.msgs), (10, 9, 0));
+        assert_eq!(s.append("a", b"", b"x", 1, None).await.unwrap(), 10);
+        s.skip_to(14).await.unwrap();
+        s.skip_to(12).await.unwrap();
+        assert_eq!(s.append("a", b"", b"y", 2, None).await.unwrap(), 15);
+        let st = s.state();
+        assert_eq!(
+            (st.first_seq, st.last_seq, st.msgs, st.num_deleted),
+            (10, 15, 2, 4)
+        );
+        s.close().await.unwrap();
+        let s = open(&c).await;
+        assert_eq!(s.state(), st);
+        assert_eq!(s.append("a", b"", b"z", 3, None).await.unwrap(), 16);
+        s.close().await.unwrap();
+    });
+    let mem = strait_storage::MemStore::new(Default::default());
+    run(async {
+        mem.append("a", b"", b"x", 1, None).await.unwrap();
+        mem.skip_to(5).await.unwrap();
+        assert_eq!(mem.append("a", b"", b"x", 1, None).await.unwrap(), 6);
+        assert_eq!(mem.state().num_deleted, 4);
+    });
+}

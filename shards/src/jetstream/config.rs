@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::errors::{self, ApiError};
+use super::sourcing::StreamSource;
 use crate::accounts::JetStreamLimits;
 use crate::subject;
 
@@ -182,9 +183,13 @@ pub struct StreamConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<serde_json::Value>>,
+    pub mirror: Option<StreamSource>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "super::sourcing::null_as_empty"
+    )]
+    pub sources: Vec<StreamSource>,
     #[serde(default)]
     pub compression: Compression,
     #[serde(default, skip_serializing_if = "is_zero_u64")]
@@ -400,7 +405,7 @@ impl StreamConfig {
         if cfg.max_age != 0 && cfg.max_age < MIN_WINDOW_NS {
             return Err(invalid("max age needs to be >= 100ms"));
         }
-        if cfg.duplicate_window == 0 && cfg.mirror.is_none() && cfg.sources.is_none() {
+        if cfg.duplicate_window == 0 && cfg.mirror.is_none() && cfg.sources.is_empty() {
             let mut window = DEFAULT_DUPLICATE_WINDOW_NS;
             if limits.max_duplicate_window > 0 {
                 window = window.min(limits.max_duplicate_window);
@@ -460,8 +465,39 @@ impl StreamConfig {
             return Err(invalid("subject delete marker TTL must not be negative"));
         }
         self.refuse_missing_features(&cfg)?;
+        if let Some(mirror) = &cfg.mirror {
+            super::sourcing::check_mirror(mirror, cfg.first_seq, !cfg.subjects.is_empty())?;
+            if !cfg.sources.is_empty() {
+                return Err(errors::MIRROR_WITH_SOURCES.error());
+            }
+            if cfg.allow_msg_counter {
+                return Err(errors::MIRROR_WITH_COUNTERS.error());
+            }
+            if cfg.allow_atomic {
+                return Err(errors::MIRROR_WITH_ATOMIC_PUBLISH.error());
+            }
+            if cfg.allow_batched {
+                return Err(errors::MIRROR_WITH_BATCH_PUBLISH.error());
+            }
+            if cfg.allow_msg_schedules {
+                return Err(errors::MIRROR_WITH_MSG_SCHEDULES.error());
+            }
+            if cfg.subject_delete_marker_ttl > 0 {
+                return Err(invalid("subject delete markers forbidden on mirrors"));
+            }
+        }
+        if !cfg.sources.is_empty() {
+            if cfg.allow_msg_schedules {
+                return Err(errors::SOURCE_WITH_MSG_SCHEDULES.error());
+            }
+            super::sourcing::check_sources(&cfg.sources)?;
+        }
+        let fed = cfg.mirror.is_some() || !cfg.sources.is_empty();
         if cfg.subjects.is_empty() {
-            cfg.subjects.push(cfg.name.clone());
+            // A mirror or a stream of sources needs no subjects of its own.
+            if !fed {
+                cfg.subjects.push(cfg.name.clone());
+            }
         } else {
             for (i, subj) in cfg.subjects.iter().enumerate() {
                 if !subject::is_valid_subject(subj.as_bytes()) {
@@ -511,10 +547,13 @@ impl StreamConfig {
 
     /// What strait cannot do yet answers with a clear error, never a silent echo.
     fn refuse_missing_features(&self, cfg: &StreamConfig) -> Result<(), ApiError> {
-        let missing = if cfg.mirror.is_some() {
-            Some("mirrors")
-        } else if cfg.sources.as_ref().is_some_and(|s| !s.is_empty()) {
-            Some("sources")
+        let durable_sourcing = cfg
+            .mirror
+            .iter()
+            .chain(&cfg.sources)
+            .any(|s| s.consumer.is_some());
+        let missing = if durable_sourcing {
+            Some("durable sourcing")
         } else if cfg.compression == Compression::S2 {
             Some("s2 compression")
         } else if cfg.allow_msg_counter {
@@ -612,6 +651,10 @@ impl StreamConfig {
         }
         if new.first_seq != self.first_seq && new.first_seq != 0 {
             return refuse("first sequence");
+        }
+        // A mirror may be promoted to a plain stream, never pointed elsewhere.
+        if new.mirror.is_some() && new.mirror != self.mirror {
+            return Err(errors::STREAM_MIRROR_NOT_UPDATABLE.error());
         }
         Ok(())
     }

@@ -177,6 +177,9 @@ pub struct ConsumerConfig {
     pub memory_storage: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     pub direct: bool,
+    /// 2.14: the consumer feeds a mirror or a source of another stream.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sourcing: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -790,6 +793,9 @@ impl ConsumerConfig {
         }
         if self.direct != new.direct {
             return refuse("direct can not be updated");
+        }
+        if self.sourcing != new.sourcing {
+            return refuse("sourcing can not be updated");
         }
         if self.opt_start_seq != new.opt_start_seq {
             return refuse("start sequence can not be updated");

@@ -24,19 +24,20 @@ use strait_storage::{
 use super::config::{Discard, StorageType, StreamConfig};
 use super::direct::{self, BatchPosition, DirectRequest, Status};
 use super::errors::{self, ApiError};
-use super::stream::{Decision, Rollup, StoreView, Stream};
+use super::stream::{Decision, Ingest, Rollup, StoreView, Stream};
 use super::usage::{Ledger, StreamUsage};
 use crate::internal::{InternalMsg, InternalReceiver};
 use crate::router::SubscriberId;
 use crate::shard::Shard;
 
 mod consumers;
+mod sourcing;
 pub(super) use consumers::PAUSE_ADVISORY_TYPE;
 
 /// Direct gets: `$JS.API.DIRECT.GET.<stream>` and `...<stream>.<subject>`.
 pub const DIRECT_GET_PREFIX: &str = "$JS.API.DIRECT.GET.";
 /// nats-server's queue group for a stream's direct get subscriptions.
-const DIRECT_GET_GROUP: &[u8] = b"_sys_";
+pub(super) const DIRECT_GET_GROUP: &[u8] = b"_sys_";
 
 /// Messages taken from a stream's queue before the acknowledgements so far are
 /// flushed to the mesh.
@@ -129,6 +130,8 @@ pub enum StreamOp {
     /// Once its consumers are back after a restart: drops what none of them
     /// needs (interest and work queue retention); answers how many went.
     CheckRetention,
+    /// The `mirror` and `sources` sections of the stream info.
+    Sourcing,
 }
 
 impl StreamOp {
@@ -168,6 +171,8 @@ pub struct Hosted {
     stream: RefCell<Stream>,
     store: Rc<AnyStore>,
     internal: SubscriberId,
+    /// The subscriptions on the stream's subjects: what arrives on them is stored.
+    subject_sids: RefCell<Vec<Bytes>>,
     /// The subscriptions that serve direct gets (when `allow_direct`).
     direct_sids: RefCell<Vec<Bytes>>,
     dir: PathBuf,
@@ -180,6 +185,7 @@ pub struct Hosted {
     pending: RefCell<std::collections::VecDeque<PendingAck>>,
     acker: Cell<Option<std::task::Waker>>,
     consumers: consumers::Consumers,
+    sourcing: sourcing::Sourcing,
     events: flume::Sender<HostEvent>,
 }
 
@@ -330,6 +336,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
         stream: RefCell::new(Stream::new(spec.config.clone(), spec.domain)),
         store: Rc::new(store),
         internal,
+        subject_sids: RefCell::new(Vec::new()),
         direct_sids: RefCell::new(Vec::new()),
         dir: spec.dir,
         encryption: spec.encryption.clone(),
@@ -343,6 +350,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
         pending: RefCell::default(),
         acker: Cell::new(None),
         consumers: consumers::Consumers::default(),
+        sourcing: sourcing::Sourcing::default(),
         events: spec.events,
     });
     if let Err(e) = hosted.subscribe(shard, &spec.config) {
@@ -352,7 +360,11 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
     shard.barrier().await;
     hosted.recover_msg_ids().await;
     hosted.report_usage();
+    hosted.configure_sourcing(shard, &spec.config).await;
     shard.streams.borrow_mut().insert(key, hosted.clone());
+    if !hosted.sourcing.is_empty() {
+        glommio::spawn_local(sourcing::run(shard.clone(), hosted.clone())).detach();
+    }
     glommio::spawn_local(run(shard.clone(), hosted.clone(), receiver)).detach();
     glommio::spawn_local(hosted.clone().acknowledge(shard.clone())).detach();
     glommio::spawn_local(expire(shard.clone(), hosted)).detach();
@@ -511,12 +523,14 @@ impl Hosted {
     /// on its direct get subjects (in nats-server's queue group, so replicas and
     /// mirrors can share them later).
     fn subscribe(&self, shard: &Shard, config: &StreamConfig) -> Result<(), ApiError> {
+        let mut subject_sids = self.subject_sids.borrow_mut();
+        subject_sids.clear();
         for subject in &config.subjects {
-            if shard
-                .internal_subscribe(self.internal, subject.as_bytes(), None)
-                .is_none()
-            {
-                return Err(errors::STREAM_CREATE.err(format!("invalid subject {subject:?}")));
+            match shard.internal_subscribe(self.internal, subject.as_bytes(), None) {
+                Some(sid) => subject_sids.push(sid),
+                None => {
+                    return Err(errors::STREAM_CREATE.err(format!("invalid subject {subject:?}")))
+                }
             }
         }
         let mut direct_sids = self.direct_sids.borrow_mut();
@@ -537,7 +551,11 @@ impl Hosted {
     fn take(self: &Rc<Self>, shard: &Rc<Shard>, msg: InternalMsg) {
         if self.consumers.owns(&msg.sid) {
             self.consumer_message(shard, msg);
-        } else if self.direct_sids.borrow().contains(&msg.sid) {
+        } else if self.sourcing.owns(&msg.sid) {
+            self.sourced_message(shard, msg);
+        } else if self.direct_sids.borrow().contains(&msg.sid)
+            || self.sourcing.is_mirror_direct(&msg.sid)
+        {
             let hosted = self.clone();
             let shard = shard.clone();
             glommio::spawn_local(async move {
@@ -545,9 +563,10 @@ impl Hosted {
                 shard.flush_lanes().await;
             })
             .detach();
-        } else {
+        } else if self.subject_sids.borrow().contains(&msg.sid) {
             self.accept(shard, msg);
         }
+        // Anything else was queued for a subscription that is gone.
     }
 
     async fn direct_get(&self, shard: &Shard, msg: InternalMsg) {
@@ -755,55 +774,77 @@ impl Hosted {
     /// One published message: checked, staged in the store at once, and
     /// acknowledged when its append completes.
     fn accept(self: &Rc<Self>, shard: &Rc<Shard>, msg: InternalMsg) {
-        let Ok(subject) = std::str::from_utf8(&msg.subject) else {
-            return;
+        let headers = msg.message.slice(..msg.header_len);
+        let payload = msg.message.slice(msg.header_len..);
+        self.ingest(
+            shard,
+            Ingest::Publish,
+            msg.subject,
+            headers,
+            payload,
+            msg.reply,
+            None,
+        );
+    }
+
+    /// Checks a message as `ingest` says and stages it (acknowledged on
+    /// `reply` once durable); `ts` stores it with its origin's timestamp.
+    /// Whether it was taken (stored, or a duplicate of what was).
+    #[allow(clippy::too_many_arguments)]
+    fn ingest(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        ingest: Ingest,
+        subject: Bytes,
+        headers: Bytes,
+        payload: Bytes,
+        reply: Bytes,
+        ts: Option<i64>,
+    ) -> bool {
+        let Ok(subject_text) = std::str::from_utf8(&subject) else {
+            return false;
         };
         let now = now_ns();
-        let subject = self.stream.borrow().stored_subject(subject);
-        let decision = self.stream.borrow_mut().check(
-            &subject,
-            msg.headers(),
-            msg.payload().len(),
+        let stored_as = self.stream.borrow().stored_subject(subject_text);
+        let decision = self.stream.borrow_mut().check_from(
+            ingest,
+            &stored_as,
+            &headers,
+            payload.len(),
             now,
             self.store.as_ref(),
         );
         let no_ack = self.stream.borrow().config().no_ack;
-        let reply = if no_ack {
-            Bytes::new()
-        } else {
-            msg.reply.clone()
-        };
+        let reply = if no_ack { Bytes::new() } else { reply };
         let mut accepted = match decision {
             Decision::Refuse(e) => {
                 let refusal = self.stream.borrow().refusal(e);
                 self.reply(shard, &reply, &refusal);
-                return;
+                return false;
             }
             Decision::Duplicate(seq) => {
                 let ack = self.stream.borrow().ack(seq, true);
                 self.reply(shard, &reply, &ack);
-                return;
+                return true;
             }
             Decision::Store(a) => a,
         };
-        if accepted.skip && self.consumers_take(&subject) {
+        if accepted.skip && self.consumers_take(&stored_as) {
             accepted.skip = false;
         }
-        let size = self.accounting().size_of(
-            subject.len(),
-            msg.header_len,
-            msg.message.len() - msg.header_len,
-        );
+        let size = self
+            .accounting()
+            .size_of(stored_as.len(), headers.len(), payload.len());
         if let Err(e) = self
             .usage
             .room_for(self.store.fast_state().bytes, size, now)
         {
             let refusal = self.stream.borrow().refusal(e);
             self.reply(shard, &reply, &refusal);
-            return;
+            return false;
         }
         let predicted = self.store.fast_state().last_seq + 1;
-        let mut headers = msg.message.slice(..msg.header_len);
+        let mut headers = headers;
         if accepted.ttl_raised {
             let ttl = accepted.ttl.unwrap_or_default().to_string();
             headers = Bytes::from(super::stream::with_header(
@@ -812,38 +853,41 @@ impl Hosted {
                 &ttl,
             ));
         }
-        let payload = msg.message.slice(msg.header_len..);
+        let stamp = ts.unwrap_or(now);
         let republish = (!accepted.skip)
-            .then(|| self.stream.borrow().republish_subject(&subject))
+            .then(|| self.stream.borrow().republish_subject(&stored_as))
             .flatten()
             .map(|(destination, headers_only)| Republish {
                 destination,
                 headers_only,
-                subject: subject.to_string(),
-                last_seq: self.store.last_seq_for(&subject),
+                subject: stored_as.to_string(),
+                last_seq: self.store.last_seq_for(&stored_as),
                 headers: headers.clone(),
                 payload: payload.clone(),
-                ts: now,
+                ts: stamp,
             });
         // The subject as stored, without a copy unless a transform made it.
-        let subject = match subject {
-            std::borrow::Cow::Borrowed(_) => msg.subject.clone(),
+        let subject = match stored_as {
+            std::borrow::Cow::Borrowed(_) => subject.clone(),
             std::borrow::Cow::Owned(mapped) => Bytes::from(mapped),
         };
-        let mut append = self.append(subject.clone(), headers, payload, now, &accepted);
+        let mut append = self.append(subject.clone(), headers, payload, stamp, &accepted);
         // The first poll stages the record (its sequence and index entry) before
         // the next message is checked against the store; the rest waits for the
         // group commit in its own task.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let first = append.as_mut().poll(&mut cx);
         let staged = self.store.fast_state();
-        if staged.last_seq == predicted {
+        let taken = staged.last_seq == predicted;
+        if taken {
             self.stream.borrow_mut().stored(&accepted, predicted, now);
         }
         self.usage.report(staged.bytes, false);
         match first {
             std::task::Poll::Ready(result) => {
-                self.appended(shard, &subject, &reply, result, republish)
+                let ok = result.is_ok();
+                self.appended(shard, &subject, &reply, result, republish);
+                ok
             }
             std::task::Poll::Pending => {
                 self.pending.borrow_mut().push_back(PendingAck {
@@ -855,6 +899,7 @@ impl Hosted {
                 if let Some(waker) = self.acker.take() {
                     waker.wake();
                 }
+                taken
             }
         }
     }
@@ -1020,7 +1065,8 @@ impl Hosted {
                     old.subjects != config.subjects || old.allow_direct != config.allow_direct
                 };
                 if resubscribe {
-                    let kept = self.consumers.sids();
+                    let mut kept = self.consumers.sids();
+                    kept.extend(self.sourcing.sids());
                     for sid in shard.internal_sids(self.internal) {
                         if !kept.contains(&sid) {
                             shard.internal_unsubscribe(self.internal, &sid);
@@ -1029,7 +1075,19 @@ impl Hosted {
                     self.subscribe(shard, &config)?;
                     shard.barrier().await;
                 }
-                self.stream.borrow_mut().set_config(config);
+                let refeed = {
+                    let s = self.stream.borrow();
+                    let old = s.config();
+                    old.mirror != config.mirror || old.sources != config.sources
+                };
+                let was_fed = !self.sourcing.is_empty();
+                self.stream.borrow_mut().set_config(config.clone());
+                if refeed {
+                    self.configure_sourcing(shard, &config).await;
+                    if !was_fed && !self.sourcing.is_empty() {
+                        glommio::spawn_local(sourcing::run(shard.clone(), self.clone())).detach();
+                    }
+                }
                 self.retention_changed();
                 Ok(self.state_json(None, false))
             }
@@ -1089,6 +1147,7 @@ impl Hosted {
             StreamOp::Delete => {
                 self.closed.set(true);
                 self.close_consumers();
+                self.close_sourcing();
                 if let Some(waker) = self.acker.take() {
                     waker.wake();
                 }
@@ -1109,6 +1168,7 @@ impl Hosted {
             StreamOp::DeleteConsumer { name } => self.delete_consumer(shard, &name).await,
             StreamOp::UnpinConsumer { name, group } => self.unpin_consumer(shard, &name, &group),
             StreamOp::CheckRetention => Ok(json!(self.check_retention().await)),
+            StreamOp::Sourcing => Ok(self.sourcing_info()),
         }
     }
 

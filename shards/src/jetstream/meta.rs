@@ -41,6 +41,12 @@ impl ConsumerAssignment {
     pub fn name(&self) -> &str {
         self.config.consumer_name()
     }
+
+    /// Listed and counted: not one a mirror or source made (nats-server's
+    /// `direct` consumers are invisible to the API).
+    pub fn is_public(&self) -> bool {
+        !self.config.direct
+    }
 }
 
 /// One change of the meta state.

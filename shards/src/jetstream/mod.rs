@@ -16,6 +16,7 @@ pub mod errors;
 pub mod host;
 pub mod meta;
 pub mod service;
+pub mod sourcing;
 pub mod stream;
 pub mod usage;
 

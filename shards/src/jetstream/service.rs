@@ -1036,6 +1036,19 @@ impl Service {
         if cluster {
             out.insert("cluster".into(), json!({ "leader": self.opts.name() }));
         }
+        if a.config.mirror.is_some() || !a.config.sources.is_empty() {
+            let mut fed = self.send_op(a, StreamOp::Sourcing).await?;
+            for key in ["mirror", "sources"] {
+                let section = fed[key].take();
+                let present = match &section {
+                    Value::Array(list) => !list.is_empty(),
+                    other => !other.is_null(),
+                };
+                if present {
+                    out.insert(key.into(), section);
+                }
+            }
+        }
         out.insert("ts".into(), json!(ts_rfc3339(now_ns())));
         Ok(out)
     }
@@ -1056,12 +1069,85 @@ impl Service {
             .map_err(|e| errors::STREAM_CREATE.err(e))
     }
 
+    /// The checks of a mirror or sources that look at the origins: message
+    /// sizes, `mirror_direct` following the origin's `allow_direct`, delivery
+    /// prefixes that would catch an origin's subjects, and cycles.
+    fn check_origins(&self, account: &str, cfg: &mut StreamConfig) -> Result<(), ApiError> {
+        use super::sourcing;
+        let meta = self.meta.borrow();
+        let origin = |name: &str| meta.stream(account, name).map(|a| &a.config);
+        let too_big = |o: &StreamConfig| {
+            cfg.max_msg_size > 0 && o.max_msg_size > 0 && cfg.max_msg_size < o.max_msg_size
+        };
+        let mut origin_subjects = Vec::new();
+        let mut externals = Vec::new();
+        if let Some(m) = &cfg.mirror {
+            match &m.external {
+                None => {
+                    if let Some(o) = origin(&m.name) {
+                        if too_big(o) {
+                            return Err(errors::MIRROR_MAX_MESSAGE_SIZE_TOO_BIG.error());
+                        }
+                        origin_subjects.extend(o.subjects.iter().cloned());
+                        cfg.mirror_direct = o.allow_direct;
+                    }
+                }
+                Some(ext) => externals.push(ext.clone()),
+            }
+        }
+        for src in &cfg.sources {
+            match &src.external {
+                None => {
+                    if let Some(o) = origin(&src.name) {
+                        if too_big(o) {
+                            return Err(errors::SOURCE_MAX_MESSAGE_SIZE_TOO_BIG.error());
+                        }
+                        origin_subjects.extend(o.subjects.iter().cloned());
+                    }
+                }
+                Some(ext) => externals.push(ext.clone()),
+            }
+        }
+        for ext in &externals {
+            sourcing::check_deliver_prefix(ext, &origin_subjects)?;
+        }
+        // A stream may not feed itself, directly or through others.
+        let mut to_visit = vec![cfg.clone()];
+        let mut visited = std::collections::HashSet::new();
+        while let Some(c) = to_visit.pop() {
+            visited.insert(c.name.clone());
+            for src in c.sources.iter().filter(|s| s.external.is_none()) {
+                if visited.contains(&src.name) {
+                    let overlaps = src.filter_subject.is_empty()
+                        || c.subjects
+                            .iter()
+                            .any(|s| crate::subject::collide(s, &src.filter_subject));
+                    if overlaps {
+                        return Err(errors::STREAM_INVALID_CONFIG.err("detected cycle"));
+                    }
+                } else if let Some(o) = origin(&src.name) {
+                    to_visit.push(o.clone());
+                }
+            }
+            if let Some(m) = c.mirror.as_ref().filter(|m| m.external.is_none()) {
+                if visited.contains(&m.name) {
+                    return Err(errors::STREAM_INVALID_CONFIG.err("detected cycle"));
+                }
+                if let Some(o) = origin(&m.name) {
+                    to_visit.push(o.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn create(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
         let requested: StreamConfig = parse(payload)?;
         if requested.name != name {
             return Err(errors::STREAM_MISMATCH.error());
         }
-        let config = requested.normalized(&self.limits(account, requested.storage))?;
+        let mut config = requested.normalized(&self.limits(account, requested.storage))?;
+        self.check_origins(account, &mut config)?;
         if let Ok(existing) = self.assignment(account, name) {
             if !existing.config.same_as_requested(&config) {
                 return Err(errors::STREAM_NAME_EXIST.error());
@@ -1193,7 +1279,8 @@ impl Service {
             return Err(errors::STREAM_MISMATCH.error());
         }
         let existing = self.assignment(account, name)?;
-        let config = requested.normalized(&self.limits(account, requested.storage))?;
+        let mut config = requested.normalized(&self.limits(account, requested.storage))?;
+        self.check_origins(account, &mut config)?;
         existing.config.check_update(&config)?;
         self.check_consumer_limits(account, name, &existing.config, &config)?;
         self.check_overlap(account, &config)?;

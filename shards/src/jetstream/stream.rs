@@ -105,6 +105,17 @@ impl Dedupe {
     }
 }
 
+/// Where a message to store comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    /// A client (or the server) published it on the stream's subjects.
+    Publish,
+    /// One of the stream's sources had it.
+    Sourced,
+    /// The stream mirrors the stream that had it.
+    Mirrored,
+}
+
 /// One stream's publish-side state.
 #[derive(Debug)]
 pub struct Stream {
@@ -240,6 +251,21 @@ impl Stream {
         now: i64,
         store: &impl StoreView,
     ) -> Decision {
+        self.check_from(Ingest::Publish, subject, headers, payload_len, now, store)
+    }
+
+    /// [`Self::check`] for a message that came from where `ingest` says: what
+    /// another stream already accepted may roll up without the permission, and
+    /// a mirror does not deduplicate (its origin did).
+    pub fn check_from(
+        &mut self,
+        ingest: Ingest,
+        subject: &str,
+        headers: &[u8],
+        payload_len: usize,
+        now: i64,
+        store: &impl StoreView,
+    ) -> Decision {
         let refuse = |e: ApiError| Decision::Refuse(e);
         if self.config.sealed {
             return refuse(errors::STREAM_SEALED.error());
@@ -294,7 +320,7 @@ impl Stream {
                 return refuse(errors::STREAM_WRONG_LAST_SEQUENCE.with(&[("seq", &last)]));
             }
         }
-        let msg_id = hdr(MSG_ID).filter(|id| !id.is_empty());
+        let msg_id = hdr(MSG_ID).filter(|id| !id.is_empty() && ingest != Ingest::Mirrored);
         if let Some(id) = msg_id {
             self.dedupe.expire(now, self.config.duplicate_window);
             if let Some(&(seq, _)) = self.dedupe.by_id.get(id) {
@@ -308,7 +334,7 @@ impl Stream {
         }
         let rollup = match hdr(ROLLUP) {
             None => None,
-            Some(_) if !self.config.allow_rollup_hdrs => {
+            Some(_) if !self.config.allow_rollup_hdrs && ingest == Ingest::Publish => {
                 return refuse(errors::STREAM_ROLLUP_FAILED.err("rollup not permitted"));
             }
             Some("sub") => Some(Rollup::Subject),

@@ -146,8 +146,13 @@ pub(super) struct Consumers {
 }
 
 impl Consumers {
+    /// The consumers the API shows (not those feeding mirrors and sources).
     pub(super) fn len(&self) -> usize {
-        self.by_name.borrow().len()
+        self.by_name
+            .borrow()
+            .values()
+            .filter(|c| !c.core.config().direct)
+            .count()
     }
 
     /// Whether `sid` is one of the consumers' subscriptions.

@@ -34,6 +34,12 @@ struct UnpinRequest {
     group: String,
 }
 
+/// A consumer the server made for itself (a mirror's or a source's): not
+/// listed, not counted against `max_consumers`, free of work queue rules.
+fn created_internal(config: &ConsumerConfig) -> bool {
+    config.direct || config.sourcing
+}
+
 /// How many times a fresh ephemeral name is drawn before giving up.
 const NAME_TRIES: usize = 16;
 
@@ -192,7 +198,12 @@ impl Service {
         payload: &[u8],
     ) -> Result<Value, ApiError> {
         let req: CreateRequest = parse(payload)?;
-        let req = req.resolve(tokens)?;
+        let mut req = req.resolve(tokens)?;
+        // A mirror or source asks under a stable name; each of its consumers
+        // gets its own (nats-server appends a random suffix the same way).
+        if req.config.direct && req.config.sourcing && !req.config.name.is_empty() {
+            req.config.name = format!("{}-{}", req.config.name, name_hash(&crate::nuid()));
+        }
         let stream = self.assignment(account, &req.stream)?;
         let mut config =
             req.config
@@ -219,7 +230,7 @@ impl Service {
                 if req.action == Action::Create {
                     return Err(errors::CONSUMER_ALREADY_EXISTS.error());
                 }
-                if stream.config.retention == Retention::WorkQueue {
+                if stream.config.retention == Retention::WorkQueue && !created_internal(&config) {
                     self.check_partition(&stream, &config)?;
                 }
                 existing.config.check_update(&config, false)?;
@@ -232,8 +243,11 @@ impl Service {
                 if req.action == Action::Update {
                     return Err(errors::CONSUMER_DOES_NOT_EXIST.error());
                 }
-                self.check_room(account, &stream)?;
-                if stream.config.retention == Retention::WorkQueue {
+                let internal = created_internal(&config);
+                if !internal {
+                    self.check_room(account, &stream)?;
+                }
+                if stream.config.retention == Retention::WorkQueue && !internal {
                     self.check_work_queue(&stream, &config)?;
                 }
                 let created = ConsumerAssignment {
@@ -274,7 +288,10 @@ impl Service {
     /// The stream's and the account's `max_consumers`.
     fn check_room(&self, account: &str, stream: &StreamAssignment) -> Result<(), ApiError> {
         let meta = self.meta.borrow();
-        let on_stream = meta.consumers_of(account, &stream.config.name).count() as i64;
+        let on_stream = meta
+            .consumers_of(account, &stream.config.name)
+            .filter(|c| c.is_public())
+            .count() as i64;
         let mut most = stream.config.max_consumers;
         let account_most = self.account_limits(account).map_or(-1, |l| l.max_consumers);
         if most <= 0 || (account_most > 0 && account_most < most) {
@@ -450,6 +467,7 @@ impl Service {
         }
         let all: Vec<&str> = meta
             .consumers_of(account, stream)
+            .filter(|c| c.is_public())
             .map(ConsumerAssignment::name)
             .collect();
         let page: Vec<&str> = all
@@ -478,7 +496,10 @@ impl Service {
             if meta.stream(account, stream).is_none() {
                 return Err(errors::STREAM_NOT_FOUND.error());
             }
-            meta.consumers_of(account, stream).cloned().collect()
+            meta.consumers_of(account, stream)
+                .filter(|c| c.is_public())
+                .cloned()
+                .collect()
         };
         let mut infos = Vec::new();
         let mut missing = Vec::new();

@@ -1,0 +1,364 @@
+//! Mirrors and sources through a client we did not write (async-nats) and the
+//! raw API: start positions, filters and transforms, the `Nats-Stream-Source`
+//! header, lag and errors in stream info, restarts of either side, origins
+//! that go and come back, cross-account origins, many sources into one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use common::Server;
+use serde_json::Value;
+
+fn store_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("strait-src-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    Server::start(&["-js", "-sd", dir.to_str().expect("utf-8 path")])
+}
+
+async fn api(client: &async_nats::Client, subject: &str, body: &str) -> Value {
+    let answer = client
+        .request(subject.to_string(), body.to_string().into())
+        .await
+        .expect("answer");
+    serde_json::from_slice(&answer.payload).expect("JSON")
+}
+
+async fn info(client: &async_nats::Client, stream: &str) -> Value {
+    api(client, &format!("$JS.API.STREAM.INFO.{stream}"), "").await
+}
+
+/// Waits until the stream holds `n` messages (and returns its info).
+async fn wait_for(client: &async_nats::Client, stream: &str, n: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let i = info(client, stream).await;
+        if i["state"]["messages"].as_u64() == Some(n) {
+            return i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stream} never reached {n} messages: {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn publish(js: &jetstream::Context, subject: &str, n: u64, tag: &str) {
+    for i in 1..=n {
+        js.publish(subject.to_string(), format!("{tag} {i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+}
+
+async fn get(client: &async_nats::Client, stream: &str, seq: u64) -> Value {
+    api(
+        client,
+        &format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        &format!(r#"{{"seq":{seq}}}"#),
+    )
+    .await
+}
+
+fn decode(b64: &Value) -> String {
+    let bytes = data_encoding::BASE64
+        .decode(b64.as_str().unwrap_or_default().as_bytes())
+        .expect("base64");
+    String::from_utf8(bytes).expect("utf-8")
+}
+
+#[tokio::test]
+async fn a_mirror_copies_sequences_and_times_and_follows_removals() {
+    let dir = store_dir("mirror");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .expect("origin");
+    publish(&js, "orders.new", 5, "o").await;
+    // Interior removals at the origin before the mirror exists.
+    api(&client, "$JS.API.STREAM.MSG.DELETE.ORDERS", r#"{"seq":2}"#).await;
+    let created = api(
+        &client,
+        "$JS.API.STREAM.CREATE.BACKUP",
+        r#"{"name":"BACKUP","mirror":{"name":"ORDERS"}}"#,
+    )
+    .await;
+    assert!(created["error"].is_null(), "{created}");
+    assert_eq!(created["config"]["mirror"]["name"], "ORDERS");
+    assert_eq!(
+        created["config"]["mirror_direct"], true,
+        "follows allow_direct"
+    );
+    assert!(created["config"]["subjects"].is_null(), "{created}");
+    let i = wait_for(&client, "BACKUP", 4).await;
+    assert_eq!(i["state"]["first_seq"], 1);
+    assert_eq!(i["state"]["last_seq"], 5);
+    assert_eq!(i["mirror"]["name"], "ORDERS");
+    assert_eq!(i["mirror"]["lag"], 0);
+    assert!(i["mirror"]["active"].as_i64().unwrap() >= 0, "{i}");
+    let (a, b) = (
+        get(&client, "ORDERS", 5).await,
+        get(&client, "BACKUP", 5).await,
+    );
+    assert_eq!(
+        a["message"]["time"], b["message"]["time"],
+        "origin timestamps"
+    );
+    assert_eq!(b["message"]["subject"], "orders.new");
+    assert!(get(&client, "BACKUP", 2).await["error"].is_object());
+    // The origin goes on: new messages and a gap from a deletion.
+    publish(&js, "orders.paid", 3, "p").await;
+    api(&client, "$JS.API.STREAM.MSG.DELETE.ORDERS", r#"{"seq":7}"#).await;
+    publish(&js, "orders.paid", 1, "q").await;
+    let i = wait_for(&client, "BACKUP", 7).await;
+    assert_eq!(i["state"]["last_seq"], 9);
+    // Direct gets addressed to the origin can be served by the mirror too;
+    // either way the answer is right.
+    let direct = client
+        .request("$JS.API.DIRECT.GET.ORDERS", r#"{"seq":9}"#.into())
+        .await
+        .expect("direct get");
+    assert_eq!(&direct.payload[..], b"q 1");
+    // The API shows no consumer for the mirror on the origin.
+    let names = api(&client, "$JS.API.CONSUMER.NAMES.ORDERS", "").await;
+    assert_eq!(names["total"], 0, "{names}");
+    assert_eq!(info(&client, "ORDERS").await["state"]["consumer_count"], 0);
+    // A mirror refuses another origin, but may be promoted.
+    let moved = api(
+        &client,
+        "$JS.API.STREAM.UPDATE.BACKUP",
+        r#"{"name":"BACKUP","mirror":{"name":"OTHER"}}"#,
+    )
+    .await;
+    assert_eq!(moved["error"]["err_code"], 10055, "{moved}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn mirror_configurations_are_checked_as_nats_server_does() {
+    let dir = store_dir("mirror-checks");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    for (body, code) in [
+        (
+            r#"{"name":"M","subjects":["a"],"mirror":{"name":"O"}}"#,
+            10034,
+        ),
+        (
+            r#"{"name":"M","mirror":{"name":"O"},"sources":[{"name":"P"}]}"#,
+            10031,
+        ),
+        (r#"{"name":"M","first_seq":5,"mirror":{"name":"O"}}"#, 10143),
+        (
+            r#"{"name":"M","mirror":{"name":"O","filter_subject":"a","subject_transforms":[{"src":"b","dest":"c"}]}}"#,
+            10150,
+        ),
+        (
+            r#"{"name":"M","sources":[{"name":"O"},{"name":"O"}]}"#,
+            10140,
+        ),
+        (
+            r#"{"name":"M","sources":[{"name":"O","external":{"api":"$JS.API"}}]}"#,
+            10021,
+        ),
+    ] {
+        let r = api(&client, "$JS.API.STREAM.CREATE.M", body).await;
+        assert_eq!(r["error"]["err_code"], code, "{body}: {r}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sources_filter_transform_and_name_their_origin() {
+    let dir = store_dir("sources");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    for (name, subject) in [("ORDERS", "orders.>"), ("RETURNS", "returns.>")] {
+        js.create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("origin");
+    }
+    publish(&js, "orders.eu", 3, "o").await;
+    publish(&js, "orders.us", 2, "u").await;
+    publish(&js, "returns.eu", 2, "r").await;
+    let created = api(
+        &client,
+        "$JS.API.STREAM.CREATE.ARCHIVE",
+        r#"{"name":"ARCHIVE","subjects":["archive.>"],"sources":[
+            {"name":"ORDERS","filter_subject":"orders.eu"},
+            {"name":"RETURNS","subject_transforms":[{"src":"returns.*","dest":"archive.returns.{{wildcard(1)}}"}]},
+            {"name":"ORDERS","opt_start_seq":5,"filter_subject":"orders.us"}
+        ]}"#,
+    )
+    .await;
+    assert!(created["error"].is_null(), "{created}");
+    // orders.eu 1..3, returns 1..2, orders.us from origin sequence 5 only.
+    let i = wait_for(&client, "ARCHIVE", 6).await;
+    let sources = i["sources"].as_array().expect("sources");
+    assert_eq!(sources.len(), 3);
+    assert!(
+        sources
+            .iter()
+            .all(|s| s["lag"] == 0 && s["error"].is_null()),
+        "{i}"
+    );
+    assert_eq!(sources[1]["subject_transforms"][0]["src"], "returns.*");
+    let mut seen = Vec::new();
+    for seq in 1..=6 {
+        let m = get(&client, "ARCHIVE", seq).await;
+        let subject = m["message"]["subject"].as_str().unwrap().to_string();
+        let headers = decode(&m["message"]["hdrs"]);
+        let source = headers
+            .lines()
+            .find_map(|l| l.strip_prefix("Nats-Stream-Source: "))
+            .unwrap_or_else(|| panic!("no source header: {headers:?}"))
+            .to_string();
+        seen.push((subject, source));
+    }
+    let has = |subject: &str, header: &str| seen.iter().any(|(s, h)| s == subject && h == header);
+    assert!(
+        has("orders.eu", "ORDERS 1 orders.eu > orders.eu"),
+        "{seen:?}"
+    );
+    assert!(
+        has("orders.eu", "ORDERS 3 orders.eu > orders.eu"),
+        "{seen:?}"
+    );
+    assert!(
+        has(
+            "archive.returns.eu",
+            "RETURNS 2 returns.* archive.returns.{{wildcard(1)}} returns.eu"
+        ),
+        "{seen:?}"
+    );
+    assert!(
+        has("orders.us", "ORDERS 5 orders.us > orders.us"),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|(_, h)| h.starts_with("ORDERS 4 ")),
+        "{seen:?}"
+    );
+    // Order per source is kept.
+    let eu: Vec<&String> = seen
+        .iter()
+        .filter(|(s, _)| s == "orders.eu")
+        .map(|(_, h)| h)
+        .collect();
+    assert_eq!(eu[0], "ORDERS 1 orders.eu > orders.eu");
+    // A publish carrying a source header of its own is stored as sent by the
+    // stream's own subjects; messages keep flowing from the sources too.
+    publish(&js, "archive.manual", 1, "m").await;
+    publish(&js, "orders.eu", 1, "late").await;
+    wait_for(&client, "ARCHIVE", 8).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sources_resume_after_restarts_without_gaps_or_duplicates() {
+    let dir = store_dir("restart");
+    let server = start(&dir);
+    {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = jetstream::new(client.clone());
+        js.create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("origin");
+        publish(&js, "orders.a", 10, "a").await;
+        for (name, body) in [
+            ("AGG", r#"{"name":"AGG","sources":[{"name":"ORDERS"}]}"#),
+            ("COPY", r#"{"name":"COPY","mirror":{"name":"ORDERS"}}"#),
+        ] {
+            let r = api(&client, &format!("$JS.API.STREAM.CREATE.{name}"), body).await;
+            assert!(r["error"].is_null(), "{r}");
+            wait_for(&client, name, 10).await;
+        }
+    }
+    // Killed (drop is a SIGKILL), not stopped: what was stored is there after
+    // a restart, and both feeds go on from where they were.
+    drop(server);
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    publish(&js, "orders.b", 5, "b").await;
+    let agg = wait_for(&client, "AGG", 15).await;
+    assert_eq!(agg["state"]["last_seq"], 15);
+    let copy = wait_for(&client, "COPY", 15).await;
+    assert_eq!(copy["state"]["last_seq"], 15);
+    // No duplicates: each origin sequence exactly once, in order.
+    for seq in 1..=15u64 {
+        let m = get(&client, "AGG", seq).await;
+        let headers = decode(&m["message"]["hdrs"]);
+        assert!(
+            headers.contains(&format!("Nats-Stream-Source: ORDERS {seq} > > ")),
+            "{seq}: {headers:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(info(&client, "AGG").await["state"]["messages"], 15);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn twenty_sources_into_one_keep_their_order() {
+    let dir = store_dir("twenty");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let mut sources = Vec::new();
+    for i in 0..20 {
+        js.create_stream(stream::Config {
+            name: format!("S{i}"),
+            subjects: vec![format!("s.{i}")],
+            ..Default::default()
+        })
+        .await
+        .expect("origin");
+        sources.push(format!(r#"{{"name":"S{i}"}}"#));
+    }
+    let body = format!(r#"{{"name":"ALL","sources":[{}]}}"#, sources.join(","));
+    let r = api(&client, "$JS.API.STREAM.CREATE.ALL", &body).await;
+    assert!(r["error"].is_null(), "{r}");
+    for round in 1..=25 {
+        for i in 0..20 {
+            js.publish(format!("s.{i}"), format!("{round}").into())
+                .await
+                .expect("publish");
+        }
+    }
+    wait_for(&client, "ALL", 500).await;
+    let mut last = [0u64; 20];
+    for seq in 1..=500 {
+        let m = get(&client, "ALL", seq).await;
+        let subject = m["message"]["subject"].as_str().unwrap();
+        let i: usize = subject["s.".len()..].parse().unwrap();
+        let round: u64 = decode(&m["message"]["data"]).parse().unwrap();
+        assert_eq!(round, last[i] + 1, "source {i} out of order at {seq}");
+        last[i] = round;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
