@@ -451,6 +451,7 @@ impl Origin {
     /// The consumer request: from the sequence after the last one stored here,
     /// or the configured start on a first read. `reply` is a fresh inbox and
     /// `deliver` a fresh delivery subject (under the external prefix, if any).
+    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &mut self,
         stream: &str,

@@ -279,7 +279,7 @@ impl Hosted {
         let store = self.store.clone();
         let mut skip = Box::pin(async move { store.skip_to(seq).await });
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if let std::task::Poll::Pending = skip.as_mut().poll(&mut cx) {
+        if skip.as_mut().poll(&mut cx).is_pending() {
             glommio::spawn_local(async move {
                 if let Err(e) = skip.await {
                     tracing::warn!("JetStream mirror could not skip to {seq}: {e}");
