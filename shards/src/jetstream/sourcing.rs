@@ -914,7 +914,7 @@ mod tests {
     fn a_first_request_uses_the_configured_start_then_resumes() {
         let mut o = Origin::new(
             Kind::Mirror,
-            source(r#"{"name":"O","opt_start_seq":5,"filter_subject":"a.>"}"#),
+            source(r#"{"name":"O","opt_start_seq":5,"filter_subject":"a.b"}"#),
             0,
         );
         let r = o.request("M", "$G", None, StoreFacts::default(), "r".into(), "u", 0);
@@ -924,7 +924,16 @@ mod tests {
             "{}",
             r.subject
         );
-        assert!(r.subject.ends_with(".a.>"));
+        assert!(r.subject.ends_with(".a.b"));
+        // A wildcard filter cannot be published to: it stays in the body.
+        let mut w = Origin::new(
+            Kind::Source,
+            source(r#"{"name":"O","filter_subject":"a.>"}"#),
+            0,
+        );
+        let r2 = w.request("M", "$G", None, StoreFacts::default(), "r".into(), "u", 0);
+        assert_eq!(r2.subject, "$JS.API.CONSUMER.CREATE.O");
+        assert_eq!(r2.body["config"]["filter_subject"], "a.>");
         assert_eq!(r.body["config"]["opt_start_seq"], 5);
         assert_eq!(r.body["config"]["deliver_policy"], "by_start_sequence");
         assert_eq!(r.body["config"]["flow_control"], true);
@@ -1045,7 +1054,8 @@ mod tests {
             !o.due(30 * SEC + 3 * BACKOFF_NS),
             "second failure waits 20 s"
         );
-        assert!(o.due(30 * SEC + 4 * BACKOFF_NS));
+        // Two seconds after the last request, plus the backoff.
+        assert!(o.due(32 * SEC + 4 * BACKOFF_NS));
     }
 
     #[test]
