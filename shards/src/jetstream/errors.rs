@@ -19,11 +19,13 @@ pub struct ErrorKind {
 include!(concat!(env!("OUT_DIR"), "/api_errors.rs"));
 
 /// An error as a JetStream API response carries it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Deserialize)]
 #[error("{description} (err_code {err_code})")]
 pub struct ApiError {
     pub code: u16,
+    #[serde(default)]
     pub err_code: u16,
+    #[serde(default)]
     pub description: String,
 }
 

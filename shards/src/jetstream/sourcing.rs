@@ -607,8 +607,7 @@ impl Origin {
             }
         };
         if let Some(e) = answer.get("error") {
-            let error = serde_json::from_value::<ApiErrorBody>(e.clone())
-                .map(ApiError::from)
+            let error = serde_json::from_value::<ApiError>(e.clone())
                 .unwrap_or_else(|_| setup_failed.err("invalid consumer create response"));
             return Err(self.failed(error, now));
         }
@@ -797,26 +796,6 @@ impl Origin {
             out.insert("error".into(), json!(e));
         }
         Value::Object(out)
-    }
-}
-
-/// An API error as a response carries it.
-#[derive(Debug, Deserialize)]
-struct ApiErrorBody {
-    code: u16,
-    #[serde(default)]
-    err_code: u16,
-    #[serde(default)]
-    description: String,
-}
-
-impl From<ApiErrorBody> for ApiError {
-    fn from(b: ApiErrorBody) -> ApiError {
-        ApiError {
-            code: b.code,
-            err_code: b.err_code,
-            description: b.description,
-        }
     }
 }
 

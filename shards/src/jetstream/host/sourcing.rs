@@ -426,7 +426,10 @@ pub(super) async fn run(shard: Rc<Shard>, hosted: Rc<Hosted>) {
         let now = now_ns();
         let (name, account) = {
             let s = hosted.stream.borrow();
-            (s.config().name.clone(), shard_account_name(&hosted))
+            (
+                s.config().name.clone(),
+                hosted.usage.account_name().to_string(),
+            )
         };
         let mut requests = Vec::new();
         {
@@ -484,8 +487,4 @@ pub(super) async fn run(shard: Rc<Shard>, hosted: Rc<Hosted>) {
             .clamp(Duration::from_millis(10), IDLE);
         futures_lite::future::or(glommio::timer::sleep(wait), hosted.sourcing.wake.wait()).await;
     }
-}
-
-fn shard_account_name(hosted: &Hosted) -> String {
-    hosted.usage.account_name().to_string()
 }
