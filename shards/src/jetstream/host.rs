@@ -8,7 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use crate::router::SubscriberId;
 use crate::shard::Shard;
 
 mod consumers;
+pub(crate) use consumers::write_kept_state;
 mod sourcing;
 pub(super) use consumers::PAUSE_ADVISORY_TYPE;
 
@@ -132,6 +133,13 @@ pub enum StreamOp {
     CheckRetention,
     /// The `mirror` and `sources` sections of the stream info.
     Sourcing,
+    /// Writes the stream's archive (see [`super::backup`]) to `path`;
+    /// answers the state it holds.
+    Snapshot {
+        path: PathBuf,
+        created: i64,
+        consumers: bool,
+    },
 }
 
 impl StreamOp {
@@ -1169,7 +1177,48 @@ impl Hosted {
             StreamOp::UnpinConsumer { name, group } => self.unpin_consumer(shard, &name, &group),
             StreamOp::CheckRetention => Ok(json!(self.check_retention().await)),
             StreamOp::Sourcing => Ok(self.sourcing_info()),
+            StreamOp::Snapshot {
+                path,
+                created,
+                consumers,
+            } => self.snapshot(&path, created, consumers).await,
         }
+    }
+
+    /// The archive of the stream: its durable consumers' states first, then
+    /// the store's files (appends wait while those are read), so that no
+    /// consumer is ahead of the messages it has.
+    async fn snapshot(
+        &self,
+        path: &Path,
+        created: i64,
+        consumers: bool,
+    ) -> Result<Value, ApiError> {
+        let AnyStore::File(store) = self.store.as_ref() else {
+            return Err(errors::STREAM_SNAPSHOT.err("memory streams can not be snapshotted"));
+        };
+        let manifest = super::backup::Manifest {
+            created,
+            consumers: if consumers {
+                self.archived_consumers()
+            } else {
+                Vec::new()
+            },
+        };
+        let write = async {
+            let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+            let mut out = super::backup::compressing(std::io::BufWriter::new(file));
+            super::backup::write_head(&mut out, &manifest).map_err(|e| e.to_string())?;
+            store.snapshot(&mut out).await.map_err(|e| e.to_string())?;
+            let buffered = out.into_inner().map_err(|e| e.to_string())?;
+            buffered.into_inner().map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        };
+        if let Err(e) = write.await {
+            let _ = std::fs::remove_file(path);
+            return Err(errors::STREAM_SNAPSHOT.err(e));
+        }
+        Ok(json!({ "state": self.state_json(None, false) }))
     }
 
     fn state_json(&self, subjects_filter: Option<&str>, deleted_details: bool) -> Value {

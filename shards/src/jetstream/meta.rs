@@ -69,6 +69,12 @@ pub enum MetaChange {
         stream: String,
         name: String,
     },
+    /// A stream restored from a snapshot, with its durable consumers: one
+    /// change, so that a restore is in the state whole or not at all.
+    RestoreStream {
+        stream: StreamAssignment,
+        consumers: Vec<ConsumerAssignment>,
+    },
 }
 
 /// A consumer's key: (account, stream, consumer).
@@ -123,6 +129,15 @@ impl MetaState {
             } => {
                 self.consumers
                     .remove(&(account.clone(), stream.clone(), name.clone()));
+            }
+            MetaChange::RestoreStream { stream, consumers } => {
+                if self.stream(&stream.account, &stream.config.name).is_some() {
+                    return;
+                }
+                self.apply(&MetaChange::AddStream(stream.clone()));
+                for c in consumers {
+                    self.apply(&MetaChange::PutConsumer(Box::new(c.clone())));
+                }
             }
         }
     }
@@ -268,6 +283,9 @@ impl MetaChange {
             MetaChange::DeleteConsumer {
                 account, stream, ..
             } => (account.clone(), stream.clone()),
+            MetaChange::RestoreStream { stream, .. } => {
+                (stream.account.clone(), stream.config.name.clone())
+            }
         }
     }
 

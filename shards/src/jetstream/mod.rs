@@ -8,6 +8,7 @@
 //! control executor.
 
 pub mod ack;
+pub mod backup;
 pub mod config;
 pub mod consumer;
 pub mod consumer_config;

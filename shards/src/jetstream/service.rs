@@ -27,6 +27,7 @@ use crate::internal::InternalMsg;
 use crate::options::{JetStreamOptions, ServerOptions};
 use crate::permissions::is_subset;
 
+mod backup;
 mod consumers;
 
 const API_PREFIX: &str = "$JS.API.";
@@ -96,6 +97,8 @@ struct Service {
     events: (flume::Sender<HostEvent>, flume::Receiver<HostEvent>),
     /// Each account's API client, which also publishes its advisories.
     handles: RefCell<std::collections::HashMap<String, Rc<InternalHandle>>>,
+    /// The (account, stream) of the restores under way.
+    restoring: RefCell<std::collections::HashSet<(String, String)>>,
 }
 
 /// The stream directory of `account`'s stream `name` under the store.
@@ -143,8 +146,10 @@ pub async fn start(
         account_usage: RefCell::default(),
         events: flume::unbounded(),
         handles: RefCell::default(),
+        restoring: RefCell::default(),
         js,
     });
+    backup::sweep_transfers(&service.js, &service.meta.borrow());
     let assignments: Vec<StreamAssignment> = service.meta.borrow().all().cloned().collect();
     for a in assignments {
         let name = a.config.name.clone();
@@ -626,6 +631,8 @@ fn response_kind(tokens: &[&str]) -> Option<&'static str> {
         ["STREAM", "LIST"] => "stream_list_response",
         ["STREAM", "MSG", "GET", _] => "stream_msg_get_response",
         ["STREAM", "MSG", "DELETE", _] => "stream_msg_delete_response",
+        ["STREAM", "SNAPSHOT", _] => "stream_snapshot_response",
+        ["STREAM", "RESTORE", _] => "stream_restore_response",
         // The filter after the consumer name may have dots of its own.
         ["CONSUMER", "CREATE", _, ..] => "consumer_create_response",
         ["CONSUMER", "DURABLE", "CREATE", _, _] => "consumer_create_response",
@@ -878,7 +885,7 @@ impl Service {
     /// The response to one request, or `None` where nats-server sends none (an
     /// API subject it does not know).
     async fn respond(
-        &self,
+        self: &Rc<Self>,
         account: &str,
         index: u32,
         enabled: bool,
@@ -941,7 +948,7 @@ impl Service {
     }
 
     async fn execute(
-        &self,
+        self: &Rc<Self>,
         tokens: &[&str],
         account: &str,
         index: u32,
@@ -958,6 +965,8 @@ impl Service {
             ["STREAM", "LIST"] => self.list(account, payload).await,
             ["STREAM", "MSG", "GET", name] => self.msg_get(account, name, payload).await,
             ["STREAM", "MSG", "DELETE", name] => self.msg_delete(account, name, payload).await,
+            ["STREAM", "SNAPSHOT", name] => self.snapshot(account, index, name, payload).await,
+            ["STREAM", "RESTORE", name] => self.restore(account, index, name, payload).await,
             ["CONSUMER", ..] => self.consumer_request(account, tokens, payload).await,
             _ => Err(errors::BAD_REQUEST.error()),
         }
@@ -1158,15 +1167,7 @@ impl Service {
             body.insert("did_create".into(), json!(true));
             return Ok(Value::Object(body));
         }
-        self.check_overlap(account, &config)?;
-        {
-            let meta = self.meta.borrow();
-            let others: Vec<&StreamConfig> = meta.streams_of(account).map(|a| &a.config).collect();
-            let limits = self.account_limits(account).unwrap_or_default();
-            super::config::check_account_room(&limits, &config, &others)?;
-            let all: Vec<&StreamConfig> = meta.all().map(|a| &a.config).collect();
-            super::config::check_server_room(self.js.max_memory, self.js.max_store, &config, &all)?;
-        }
+        self.check_stream_room(account, &config)?;
         let a = StreamAssignment {
             account: account.to_string(),
             config,
@@ -1192,6 +1193,18 @@ impl Service {
         let mut body = self.info_body(&a, StreamOp::state(), false, false).await?;
         body.insert("did_create".into(), json!(true));
         Ok(Value::Object(body))
+    }
+
+    /// The checks of a new stream against the others: subjects that overlap,
+    /// and the room left in the account and the server.
+    fn check_stream_room(&self, account: &str, config: &StreamConfig) -> Result<(), ApiError> {
+        self.check_overlap(account, config)?;
+        let meta = self.meta.borrow();
+        let others: Vec<&StreamConfig> = meta.streams_of(account).map(|a| &a.config).collect();
+        let limits = self.account_limits(account).unwrap_or_default();
+        super::config::check_account_room(&limits, config, &others)?;
+        let all: Vec<&StreamConfig> = meta.all().map(|a| &a.config).collect();
+        super::config::check_server_room(self.js.max_memory, self.js.max_store, config, &all)
     }
 
     /// Queues `$JS.EVENT.ADVISORY.STREAM.CREATED|UPDATED|DELETED.<stream>`.

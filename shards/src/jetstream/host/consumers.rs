@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::super::ack::{name_hash, AckPrefix, AckReply};
+use super::super::backup::ArchivedConsumer;
 use super::super::config::Retention;
 use super::super::consumer::{
     AckKind, Action, Consumer, ConsumerState, Listeners, PullRequest, Source, Status,
@@ -114,6 +115,36 @@ impl Listeners for Surroundings<'_> {
 struct KeptState {
     created: i64,
     state: ConsumerState,
+}
+
+/// Writes a restored consumer's state where [`Hosted::open_consumer`] finds
+/// it: `obs/<name>/` in the stream's directory, sealed with the stream's key.
+pub(crate) async fn write_kept_state(
+    stream_dir: &std::path::Path,
+    stream: &str,
+    consumer: &ArchivedConsumer,
+    encryption: Option<&strait_storage::Encryption>,
+) -> Result<(), strait_storage::StoreError> {
+    let name = consumer.config.consumer_name();
+    let keys = state_keys(encryption, stream, name);
+    let dir = stream_dir.join("obs").join(name);
+    let (file, _) = StateFile::open(&dir, &format!("{stream} > {name}"), keys).await?;
+    let kept = KeptState {
+        created: consumer.created,
+        state: consumer.state.clone(),
+    };
+    let body = serde_json::to_vec(&kept)
+        .map_err(|e| strait_storage::StoreError::Snapshot(e.to_string()))?;
+    file.write(&body).await
+}
+
+/// The keys a consumer's state file is sealed with, under the stream's key.
+fn state_keys(
+    encryption: Option<&strait_storage::Encryption>,
+    stream: &str,
+    name: &str,
+) -> Option<Keys> {
+    encryption.map(|e| Keys::derive(e.cipher, &e.key, &format!("{stream}/obs/{name}")))
 }
 
 /// The consumers of one stream.
@@ -443,10 +474,7 @@ impl Hosted {
             return Ok((Consumer::new(config, self.store.as_ref()), None));
         }
         let name = config.consumer_name().to_string();
-        let keys = self
-            .encryption
-            .as_ref()
-            .map(|e| Keys::derive(e.cipher, &e.key, &format!("{stream}/obs/{name}")));
+        let keys = state_keys(self.encryption.as_ref(), stream, &name);
         let dir = self.dir.join("obs").join(&name);
         let (file, body) = StateFile::open(&dir, &format!("{stream} > {name}"), keys)
             .await
@@ -459,6 +487,21 @@ impl Hosted {
             None => Consumer::new(config, self.store.as_ref()),
         };
         Ok((core, Some(Rc::new(file))))
+    }
+
+    /// The durable consumers whose state is kept, as an archive holds them.
+    pub(super) fn archived_consumers(&self) -> Vec<ArchivedConsumer> {
+        self.consumers
+            .by_name
+            .borrow()
+            .values()
+            .filter(|c| c.state_file.is_some() && !c.core.config().direct)
+            .map(|c| ArchivedConsumer {
+                config: c.core.config().clone(),
+                created: c.created,
+                state: c.core.state(),
+            })
+            .collect()
     }
 
     pub(super) fn consumer_info(&self, name: &str) -> Result<Value, ApiError> {
