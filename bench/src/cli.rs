@@ -36,6 +36,9 @@ pub enum Cmd {
     /// A key-value bucket on two servers: puts, and gets by key through direct get
     /// (one in flight, and pipelined), ratios A/B
     JsKv(JsKvArgs),
+    /// Snapshot and restore of one big stream on two servers, as natscli's stream
+    /// backup and restore drive them, ratios A/B
+    JsBackup(JsBackupArgs),
     /// Restart time of two servers holding one big stream: after SIGKILL, then after a
     /// clean stop, ratios A/B
     JsRestart(JsRestartArgs),
@@ -160,6 +163,22 @@ pub struct JsKvArgs {
     /// Requests in flight for puts and pipelined gets
     #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub window: usize,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsBackupArgs {
+    /// NAME=COMMAND, exactly twice (A, then the reference B), each with JetStream on
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Messages stored before the snapshot (the default with 1 KiB payloads: 1 GiB)
+    #[arg(long, default_value_t = 1 << 20, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
+    pub messages: u64,
+    /// Payload size of each message
+    #[arg(long, default_value = "1k", value_parser = parse_size)]
+    pub size: usize,
     /// Write the runs as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -393,6 +412,7 @@ impl Cmd {
             | Cmd::JsStreams(_)
             | Cmd::JsConsume(_)
             | Cmd::JsKv(_)
+            | Cmd::JsBackup(_)
             | Cmd::Scenarios => return None,
         })
     }

@@ -3,6 +3,7 @@
 //! It speaks the NATS client protocol itself over plain TCP and treats the server as a
 //! black box, so it measures strait and nats-server alike. See README.md.
 
+pub mod backup;
 pub mod cli;
 pub mod compare;
 pub mod conn;

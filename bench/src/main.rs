@@ -91,6 +91,19 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::JsBackup(args) => {
+            let opts = strait_bench::backup::BackupOptions {
+                servers: args.servers.clone(),
+                messages: args.messages,
+                size: args.size,
+            };
+            let runs = strait_bench::backup::run(&opts)?;
+            println!("{}", strait_bench::backup::table(&runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::JsKv(args) => {
             let opts = strait_bench::kv::KvOptions {
                 servers: args.servers.clone(),

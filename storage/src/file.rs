@@ -1141,7 +1141,8 @@ impl FileStore {
     }
 
     /// Writes a snapshot of the store's files to `out`: everything needed to restore
-    /// the stream elsewhere (still encrypted if the store is). Appends wait meanwhile.
+    /// the stream elsewhere (still encrypted if the store is), with the summaries of
+    /// its sealed segments. Appends wait meanwhile.
     pub async fn snapshot<W: std::io::Write>(&self, out: &mut W) -> Result<()> {
         self.sync().await?;
         let _g = self.lock_io().await;
@@ -1174,6 +1175,11 @@ impl FileStore {
                 off += take as u64;
             }
             w.file(&format!("{id:020}.seg"), &data)?;
+            // A sealed segment's summary, as a restart would read it, so that
+            // the restored store opens without scanning the segment.
+            if let Ok(summary) = std::fs::read(sum_path(&self.inner.cfg.dir, id)) {
+                w.file(&format!("{id:020}.sum"), &summary)?;
+            }
         }
         w.finish()
     }

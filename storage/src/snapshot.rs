@@ -49,7 +49,7 @@ impl<'a, W: Write> Writer<'a, W> {
 fn valid_name(name: &str) -> bool {
     name == "meta"
         || (name.len() == 24
-            && name.ends_with(".seg")
+            && (name.ends_with(".seg") || name.ends_with(".sum"))
             && name[..20].bytes().all(|b| b.is_ascii_digit()))
 }
 

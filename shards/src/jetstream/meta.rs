@@ -579,6 +579,37 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_adds_the_stream_and_its_consumers_whole_or_not_at_all() {
+        let consumer = |name: &str| ConsumerAssignment {
+            account: "A".into(),
+            stream: "X".into(),
+            config: serde_json::from_str(&format!(
+                r#"{{"durable_name":"{name}","name":"{name}"}}"#
+            ))
+            .expect("config"),
+            created: 7,
+        };
+        let restore = MetaChange::RestoreStream {
+            stream: assignment("A", "X", 1),
+            consumers: vec![consumer("C1"), consumer("C2")],
+        };
+        let mut s = MetaState::default();
+        s.apply(&restore);
+        assert!(s.stream("A", "X").is_some());
+        assert_eq!(s.consumers_of("A", "X").count(), 2);
+        assert_eq!(s.consumer("A", "X", "C2").map(|c| c.created), Some(7));
+        // Replayed, or over a stream that exists: nothing changes.
+        let before = s.clone();
+        s.apply(&restore);
+        assert_eq!(s, before);
+        let mut other = MetaState::default();
+        other.apply(&MetaChange::AddStream(assignment("A", "X", 0)));
+        other.apply(&restore);
+        assert_eq!(other.consumers_of("A", "X").count(), 0);
+        assert_eq!(other.stream("A", "X").map(|a| a.shard), Some(0));
+    }
+
+    #[test]
     fn the_log_survives_reopening_a_torn_tail_and_compaction() {
         let dir = std::env::temp_dir().join(format!("strait-meta-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
