@@ -1249,6 +1249,38 @@ fn jetstream_metrics(out: &mut String, system: &str, jsz: &Value, server_name: &
         ),
     ];
     labelled_gauges(out, &format!("{system}_stream_"), &stream_gauges, &streams);
+    // What a mirror or source has yet to copy from its origin, one sample per origin.
+    let mut lag: Vec<(String, f64)> = Vec::new();
+    let mut active: Vec<(String, f64)> = Vec::new();
+    for (labels, s) in &streams {
+        let mirror = s.get("mirror").map(|m| ("mirror", m));
+        let sources = s["sources"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(|m| ("source", m));
+        for (kind, origin) in mirror.into_iter().chain(sources) {
+            let origin_labels = format!(
+                "{labels},origin_kind=\"{kind}\",origin_stream=\"{}\"",
+                text(&origin["name"])
+            );
+            lag.push((origin_labels.clone(), number(&origin["lag"])));
+            // `active`: ns since the origin was last heard from, -1 never.
+            active.push((origin_labels, number(&origin["active"]) / 1e9));
+        }
+    }
+    gauge_family(
+        out,
+        &format!("{system}_stream_origin_lag"),
+        "Messages a mirror or source has yet to copy from its origin",
+        &lag,
+    );
+    gauge_family(
+        out,
+        &format!("{system}_stream_origin_last_active_seconds"),
+        "Seconds since a mirror or source last heard from its origin (negative: never)",
+        &active,
+    );
     // A single server leads every consumer it has.
     let consumers: Vec<(String, &Value)> = streams
         .iter()

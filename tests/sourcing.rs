@@ -362,3 +362,79 @@ async fn twenty_sources_into_one_keep_their_order() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_lag_of_mirrors_and_sources_is_in_jsz_and_metrics() {
+    let dir = store_dir("lagmetrics");
+    let (server, http) =
+        Server::start_monitored(None, &["-js", "-sd", dir.to_str().expect("utf-8 path")]);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "ORIGIN".into(),
+        subjects: vec!["origin.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("origin");
+    publish(&js, "origin.a", 5, "m").await;
+    js.create_stream(stream::Config {
+        name: "COPY".into(),
+        mirror: Some(stream::Source {
+            name: "ORIGIN".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("mirror");
+    js.create_stream(stream::Config {
+        name: "ALL".into(),
+        sources: Some(vec![stream::Source {
+            name: "ORIGIN".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    })
+    .await
+    .expect("sourced");
+    wait_for(&client, "COPY", 5).await;
+    wait_for(&client, "ALL", 5).await;
+    let jsz = common::http_json(http, "/jsz?streams=1");
+    let details = jsz["account_details"][0]["stream_detail"]
+        .as_array()
+        .expect("stream details")
+        .clone();
+    let detail = |name: &str| {
+        details
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {jsz}"))
+    };
+    assert_eq!(detail("COPY")["mirror"]["name"], "ORIGIN");
+    assert_eq!(detail("COPY")["mirror"]["lag"], 0);
+    assert_eq!(detail("ALL")["sources"][0]["name"], "ORIGIN");
+    assert!(detail("ORIGIN").get("mirror").is_none());
+    let (status, _, metrics) = common::http_get(http, "/metrics");
+    assert_eq!(status, 200);
+    let sample = |kind: &str, stream: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("jetstream_stream_origin_lag{")
+                    && l.contains(&format!("stream_name=\"{stream}\""))
+                    && l.contains(&format!("origin_kind=\"{kind}\",origin_stream=\"ORIGIN\""))
+            })
+            .unwrap_or_else(|| panic!("no {kind} lag for {stream} in\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .expect("value")
+            .to_string()
+    };
+    assert_eq!(sample("mirror", "COPY"), "0");
+    assert_eq!(sample("source", "ALL"), "0");
+    assert!(metrics.contains("# TYPE jetstream_stream_origin_last_active_seconds gauge"));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

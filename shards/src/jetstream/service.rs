@@ -444,14 +444,42 @@ impl JetStream {
             } else {
                 HashMap::new()
             };
+            let fed = if o.streams {
+                self.sourcing_details(&figures, &shown).await
+            } else {
+                HashMap::new()
+            };
             let details: Vec<Value> = shown
                 .iter()
-                .map(|(index, name)| self.account_detail(*index, name, &figures, &consumers, &o))
+                .map(|(index, name)| {
+                    self.account_detail(*index, name, &figures, &consumers, &fed, &o)
+                })
                 .collect();
             out.insert("account_details".into(), json!(details));
         }
         out.insert("total".into(), json!(total));
         Value::Object(out)
+    }
+
+    /// The `mirror` and `sources` sections (as stream info has them) of the shown
+    /// accounts' streams that have any, keyed by account and stream.
+    async fn sourcing_details(
+        &self,
+        figures: &[StreamFigures],
+        shown: &[(u32, String)],
+    ) -> HashMap<(String, String), Value> {
+        let mut out = HashMap::new();
+        for f in figures {
+            let a = &f.assignment;
+            let fed = a.config.mirror.is_some() || !a.config.sources.is_empty();
+            if !fed || !shown.iter().any(|(_, name)| *name == a.account) {
+                continue;
+            }
+            if let Ok(sections) = self.0.send_op(a, StreamOp::Sourcing).await {
+                out.insert((a.account.clone(), a.config.name.clone()), sections);
+            }
+        }
+        out
     }
 
     /// The consumers of the shown accounts' streams as `/jsz?consumers=1` lists
@@ -501,6 +529,7 @@ impl JetStream {
         name: &str,
         figures: &[StreamFigures],
         consumers: &HashMap<(String, String), Vec<Value>>,
+        fed: &HashMap<(String, String), Value>,
         o: &JszOptions,
     ) -> Value {
         let mine: Vec<&StreamFigures> = figures
@@ -544,6 +573,17 @@ impl JetStream {
                     let key = (name.to_string(), f.assignment.config.name.clone());
                     if let Some(list) = consumers.get(&key) {
                         s.insert("consumer_detail".into(), json!(list));
+                    }
+                    if let Some(sections) = fed.get(&key) {
+                        if !sections["mirror"].is_null() {
+                            s.insert("mirror".into(), sections["mirror"].clone());
+                        }
+                        if sections["sources"]
+                            .as_array()
+                            .is_some_and(|l| !l.is_empty())
+                        {
+                            s.insert("sources".into(), sections["sources"].clone());
+                        }
                     }
                     Value::Object(s)
                 })
