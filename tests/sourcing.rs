@@ -438,3 +438,88 @@ async fn the_lag_of_mirrors_and_sources_is_in_jsz_and_metrics() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_source_in_another_account_is_read_through_imports() {
+    let dir = store_dir("external");
+    let config = format!(
+        r#"
+        jetstream {{ store_dir: "{}" }}
+        accounts {{
+            A: {{
+                jetstream: enabled
+                users: [{{user: a, password: a}}]
+                exports: [
+                    {{service: "$JS.API.>"}}
+                    {{service: "$JS.FC.>"}}
+                    {{stream: "deliver.A.>"}}
+                ]
+            }}
+            B: {{
+                jetstream: enabled
+                users: [{{user: b, password: b}}]
+                imports: [
+                    {{service: {{account: A, subject: "$JS.API.>"}}, to: "$JS.A.API.>"}}
+                    {{service: {{account: A, subject: "$JS.FC.>"}}}}
+                    {{stream: {{account: A, subject: "deliver.A.>"}}}}
+                ]
+            }}
+        }}
+        "#,
+        dir.display()
+    );
+    let server = Server::start_with_config(Some(&config), &[]);
+    let connect = |user: &'static str| {
+        let url = server.url();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+                .connect(url)
+                .await
+                .expect("connect")
+        }
+    };
+    let a = connect("a").await;
+    let b = connect("b").await;
+    let js_a = jetstream::new(a.clone());
+    js_a.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("origin in A");
+    publish(&js_a, "orders.new", 20, "a").await;
+    let created = api(
+        &b,
+        "$JS.API.STREAM.CREATE.COPY",
+        &serde_json::json!({
+            "name": "COPY",
+            "sources": [{
+                "name": "ORDERS",
+                "filter_subject": "orders.>",
+                "external": {"api": "$JS.A.API", "deliver": "deliver.A.copy"}
+            }]
+        })
+        .to_string(),
+    )
+    .await;
+    assert!(created["error"].is_null(), "{created}");
+    let i = wait_for(&b, "COPY", 20).await;
+    assert_eq!(i["sources"][0]["external"]["api"], "$JS.A.API", "{i}");
+    assert_eq!(i["sources"][0]["lag"], 0, "{i}");
+    // More in the origin arrive in B too, in order.
+    publish(&js_a, "orders.new", 10, "late").await;
+    wait_for(&b, "COPY", 30).await;
+    let last = get(&b, "COPY", 30).await;
+    assert_eq!(decode(&last["message"]["data"]), "late 10");
+    let hdrs = decode(&last["message"]["hdrs"]);
+    // An external origin is named with the hash of its API prefix, as
+    // nats-server names it.
+    assert!(hdrs.contains("Nats-Stream-Source: ORDERS:"), "{hdrs}");
+    assert!(hdrs.contains(" 30 orders.> > orders.new"), "{hdrs}");
+    // B's own stream list knows nothing of A's stream, nor A of B's.
+    let names = api(&a, "$JS.API.STREAM.NAMES", "").await;
+    assert_eq!(names["streams"], serde_json::json!(["ORDERS"]), "{names}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

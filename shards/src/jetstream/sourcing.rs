@@ -294,8 +294,13 @@ pub fn check_deliver_prefix(
 enum Phase {
     /// No consumer; the next request goes out at `at` (ns).
     Waiting { at: i64 },
-    /// A consumer was asked for; its answer comes on `reply`.
-    Creating { reply: String, sent: i64 },
+    /// A consumer was asked for; its answer comes on `reply`, and its first
+    /// deliveries may come on `deliver` before it.
+    Creating {
+        reply: String,
+        deliver: String,
+        sent: i64,
+    },
     /// Deliveries come on `deliver` from the consumer named `consumer`.
     Active { deliver: String, consumer: String },
 }
@@ -403,6 +408,16 @@ impl Origin {
             Phase::Waiting { .. } => None,
             Phase::Creating { reply, .. } => Some(reply),
             Phase::Active { deliver, .. } => Some(deliver),
+        }
+    }
+
+    /// Where deliveries may come before the consumer's answer (an origin in
+    /// another account or domain delivers as soon as the consumer exists,
+    /// whoever is listening): they are held until the answer.
+    pub fn early_deliveries_on(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Creating { deliver, .. } => Some(deliver),
+            _ => None,
         }
     }
 
@@ -532,6 +547,7 @@ impl Origin {
         self.error = None;
         self.phase = Phase::Creating {
             reply: reply.clone(),
+            deliver: deliver.clone(),
             sent: now,
         };
         Request {
@@ -584,10 +600,15 @@ impl Origin {
     /// The origin's answer to the consumer request. `Ok(Some(seq))` for a
     /// mirror whose consumer starts past what it holds: the shell moves the
     /// stream up to `seq` first.
+    /// The consumer's answer. `first_early` is the origin sequence of the
+    /// first delivery that came before it (held, and handed over next): the
+    /// answer's `delivered` counts those already, so the position taken is
+    /// the one before them.
     pub fn created(
         &mut self,
         body: &[u8],
         store: StoreFacts,
+        first_early: Option<u64>,
         now: i64,
     ) -> Result<Option<u64>, ApiError> {
         if !matches!(self.phase, Phase::Creating { .. }) {
@@ -618,7 +639,10 @@ impl Origin {
         if deliver.is_empty() || consumer.is_empty() {
             return Err(self.failed(setup_failed.err("invalid consumer create response"), now));
         }
-        let delivered = answer["delivered"]["stream_seq"].as_u64().unwrap_or(0);
+        let mut delivered = answer["delivered"]["stream_seq"].as_u64().unwrap_or(0);
+        if let Some(first) = first_early {
+            delivered = delivered.min(first.saturating_sub(1));
+        }
         self.fails = 0;
         self.dseq = 0;
         self.last_contact = now;
@@ -856,7 +880,12 @@ mod tests {
         let name = r.body["config"]["name"].as_str().unwrap().to_string();
         let answer = json!({"name": format!("{name}-x"), "config": {"deliver_subject": "$JS.M.u"}, "delivered": {"stream_seq": 0}});
         assert_eq!(
-            o.created(answer.to_string().as_bytes(), StoreFacts::default(), SEC),
+            o.created(
+                answer.to_string().as_bytes(),
+                StoreFacts::default(),
+                None,
+                SEC
+            ),
             Ok(None)
         );
         o
@@ -1025,7 +1054,7 @@ mod tests {
         );
         let refused = br#"{"type":"x","error":{"code":404,"err_code":10059,"description":"stream not found"}}"#;
         let e = o
-            .created(refused, StoreFacts::default(), 30 * SEC)
+            .created(refused, StoreFacts::default(), None, 30 * SEC)
             .unwrap_err();
         assert_eq!(e.err_code, 10059);
         assert_eq!(o.info(31 * SEC)["error"]["description"], "stream not found");
@@ -1043,8 +1072,26 @@ mod tests {
         o.request("M", "$G", None, StoreFacts::default(), "r".into(), "u", 0);
         let answer =
             br#"{"name":"c","config":{"deliver_subject":"d"},"delivered":{"stream_seq":99}}"#;
-        assert_eq!(o.created(answer, StoreFacts::default(), 1), Ok(Some(99)));
+        assert_eq!(
+            o.created(answer, StoreFacts::default(), None, 1),
+            Ok(Some(99))
+        );
         assert_eq!(o.sseq, 99);
+    }
+
+    #[test]
+    fn deliveries_held_from_before_the_answer_are_not_skipped() {
+        let mut o = Origin::new(Kind::Mirror, source(r#"{"name":"O"}"#), 0);
+        o.request("M", "$G", None, StoreFacts::default(), "r".into(), "u", 0);
+        assert_eq!(o.early_deliveries_on(), Some("$JS.M.u"));
+        let answer =
+            br#"{"name":"c","config":{"deliver_subject":"$JS.M.u"},"delivered":{"stream_seq":3}}"#;
+        assert_eq!(
+            o.created(answer, StoreFacts::default(), Some(1), 1),
+            Ok(None)
+        );
+        assert_eq!(o.sseq, 0);
+        assert_eq!(o.early_deliveries_on(), None);
     }
 
     #[test]

@@ -29,9 +29,15 @@ const DROPPED_PREFIXES: &[&str] = &["Nats-Expected-", "Nats-Batch-"];
 
 struct Fed {
     core: Origin,
-    /// The subject this origin listens on now, and its subscription.
-    listening: Option<(String, Bytes)>,
+    /// The subjects this origin listens on now, and their subscriptions.
+    listening: Vec<(String, Bytes)>,
+    /// Deliveries that came before the consumer's answer, in order.
+    early: Vec<InternalMsg>,
 }
+
+/// Deliveries held for a consumer whose answer is late; past this the rest
+/// are dropped, and the gap they leave makes the origin ask again.
+const MAX_EARLY: usize = 4096;
 
 /// A stream's mirror or sources.
 #[derive(Default)]
@@ -47,7 +53,7 @@ impl Sourcing {
         self.origins
             .borrow()
             .iter()
-            .any(|f| f.listening.as_ref().is_some_and(|(_, s)| s == sid))
+            .any(|f| f.listening.iter().any(|(_, s)| s == sid))
     }
 
     pub(super) fn sids(&self) -> Vec<Bytes> {
@@ -55,7 +61,7 @@ impl Sourcing {
             .origins
             .borrow()
             .iter()
-            .filter_map(|f| f.listening.as_ref().map(|(_, s)| s.clone()))
+            .flat_map(|f| f.listening.iter().map(|(_, s)| s.clone()))
             .collect();
         out.extend(self.mirror_direct.borrow().iter().cloned());
         out
@@ -103,8 +109,10 @@ impl Hosted {
                     .any(|(k, s)| *k == fed.core.kind && *s == fed.core.config);
                 if stays {
                     kept.push(fed);
-                } else if let Some((_, sid)) = fed.listening {
-                    shard.internal_unsubscribe(self.internal, &sid);
+                } else {
+                    for (_, sid) in fed.listening {
+                        shard.internal_unsubscribe(self.internal, &sid);
+                    }
                 }
             }
             for (kind, source) in wanted {
@@ -128,7 +136,8 @@ impl Hosted {
             .borrow_mut()
             .extend(fresh.into_iter().map(|core| Fed {
                 core,
-                listening: None,
+                listening: Vec::new(),
+                early: Vec::new(),
             }));
         self.sourcing.wake.raise();
     }
@@ -166,19 +175,34 @@ impl Hosted {
         }
     }
 
-    /// Listens where each origin needs to now, and nowhere else.
+    /// Listens where each origin needs to now, and nowhere else. A subject
+    /// listened on before and still wanted keeps its subscription, so that
+    /// nothing is missed between the consumer's answer and its deliveries.
     fn sync_listening(&self, shard: &Shard) {
         for fed in self.sourcing.origins.borrow_mut().iter_mut() {
-            let wanted = fed.core.listening_on();
-            if fed.listening.as_ref().map(|(s, _)| s.as_str()) == wanted {
-                continue;
+            let wanted: Vec<String> = fed
+                .core
+                .listening_on()
+                .into_iter()
+                .chain(fed.core.early_deliveries_on())
+                .map(str::to_string)
+                .collect();
+            if !fed.core.is_active() && fed.core.early_deliveries_on().is_none() {
+                fed.early.clear();
             }
-            if let Some((_, sid)) = fed.listening.take() {
-                shard.internal_unsubscribe(self.internal, &sid);
-            }
-            if let Some(subject) = wanted {
+            fed.listening.retain(|(subject, sid)| {
+                let keep = wanted.contains(subject);
+                if !keep {
+                    shard.internal_unsubscribe(self.internal, sid);
+                }
+                keep
+            });
+            for subject in wanted {
+                if fed.listening.iter().any(|(s, _)| *s == subject) {
+                    continue;
+                }
                 match shard.internal_subscribe(self.internal, subject.as_bytes(), None) {
-                    Some(sid) => fed.listening = Some((subject.to_string(), sid)),
+                    Some(sid) => fed.listening.push((subject, sid)),
                     None => tracing::warn!(
                         "JetStream could not subscribe to {subject:?} for a stream source"
                     ),
@@ -195,11 +219,44 @@ impl Hosted {
             .origins
             .borrow()
             .iter()
-            .position(|f| f.listening.as_ref().is_some_and(|(_, s)| *s == msg.sid));
+            .position(|f| f.listening.iter().any(|(_, s)| *s == msg.sid));
         let Some(i) = found else { return };
-        let creating = !self.sourcing.origins.borrow()[i].core.is_active();
-        if creating {
-            self.consumer_created(shard, i, &msg, now);
+        let early = {
+            let mut origins = self.sourcing.origins.borrow_mut();
+            let fed = &mut origins[i];
+            if fed.core.is_active() {
+                None
+            } else {
+                let on_reply = fed
+                    .listening
+                    .iter()
+                    .any(|(s, sid)| *sid == msg.sid && Some(s.as_str()) == fed.core.listening_on());
+                if !on_reply {
+                    if fed.early.len() < MAX_EARLY {
+                        fed.early.push(msg);
+                    }
+                    return;
+                }
+                Some(std::mem::take(&mut fed.early))
+            }
+        };
+        if let Some(held) = early {
+            let first_early = held.first().and_then(|m| {
+                super::super::ack::AckReply::parse(std::str::from_utf8(&m.reply).ok()?)
+                    .map(|a| a.stream_seq)
+            });
+            self.consumer_created(shard, i, &msg, first_early, now);
+            if self
+                .sourcing
+                .origins
+                .borrow()
+                .get(i)
+                .is_some_and(|f| f.core.is_active())
+            {
+                for m in held {
+                    self.sourced_message(shard, m);
+                }
+            }
             return;
         }
         let is_control = msg.payload().is_empty() && msg.headers().starts_with(CONTROL_STATUS);
@@ -246,11 +303,21 @@ impl Hosted {
         }
     }
 
-    fn consumer_created(&self, shard: &Shard, i: usize, msg: &InternalMsg, now: i64) {
+    fn consumer_created(
+        &self,
+        shard: &Shard,
+        i: usize,
+        msg: &InternalMsg,
+        first_early: Option<u64>,
+        now: i64,
+    ) {
         let held = facts(self.store.as_ref());
-        let outcome = self.sourcing.origins.borrow_mut()[i]
-            .core
-            .created(msg.payload(), held, now);
+        let outcome = self.sourcing.origins.borrow_mut()[i].core.created(
+            msg.payload(),
+            held,
+            first_early,
+            now,
+        );
         match outcome {
             Ok(Some(seq)) => self.skip_to(seq),
             Ok(None) => {}
