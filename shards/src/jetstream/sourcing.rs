@@ -600,15 +600,15 @@ impl Origin {
     /// The origin's answer to the consumer request. `Ok(Some(seq))` for a
     /// mirror whose consumer starts past what it holds: the shell moves the
     /// stream up to `seq` first.
-    /// The consumer's answer. `first_early` is the origin sequence of the
-    /// first delivery that came before it (held, and handed over next): the
-    /// answer's `delivered` counts those already, so the position taken is
-    /// the one before them.
+    /// The consumer's answer. Its `delivered` position is taken only when the
+    /// consumer had delivered nothing yet: the origin was listened to from
+    /// the request on, so whatever it delivered before answering comes (or
+    /// came, and was held) on the deliver subject, and taking the answer's
+    /// position would skip it.
     pub fn created(
         &mut self,
         body: &[u8],
         store: StoreFacts,
-        first_early: Option<u64>,
         now: i64,
     ) -> Result<Option<u64>, ApiError> {
         if !matches!(self.phase, Phase::Creating { .. }) {
@@ -639,10 +639,11 @@ impl Origin {
         if deliver.is_empty() || consumer.is_empty() {
             return Err(self.failed(setup_failed.err("invalid consumer create response"), now));
         }
-        let mut delivered = answer["delivered"]["stream_seq"].as_u64().unwrap_or(0);
-        if let Some(first) = first_early {
-            delivered = delivered.min(first.saturating_sub(1));
-        }
+        let delivered = if answer["delivered"]["consumer_seq"].as_u64().unwrap_or(0) > 0 {
+            0
+        } else {
+            answer["delivered"]["stream_seq"].as_u64().unwrap_or(0)
+        };
         self.fails = 0;
         self.dseq = 0;
         self.last_contact = now;
@@ -880,12 +881,7 @@ mod tests {
         let name = r.body["config"]["name"].as_str().unwrap().to_string();
         let answer = json!({"name": format!("{name}-x"), "config": {"deliver_subject": "$JS.M.u"}, "delivered": {"stream_seq": 0}});
         assert_eq!(
-            o.created(
-                answer.to_string().as_bytes(),
-                StoreFacts::default(),
-                None,
-                SEC
-            ),
+            o.created(answer.to_string().as_bytes(), StoreFacts::default(), SEC),
             Ok(None)
         );
         o
@@ -1054,7 +1050,7 @@ mod tests {
         );
         let refused = br#"{"type":"x","error":{"code":404,"err_code":10059,"description":"stream not found"}}"#;
         let e = o
-            .created(refused, StoreFacts::default(), None, 30 * SEC)
+            .created(refused, StoreFacts::default(), 30 * SEC)
             .unwrap_err();
         assert_eq!(e.err_code, 10059);
         assert_eq!(o.info(31 * SEC)["error"]["description"], "stream not found");
@@ -1072,10 +1068,7 @@ mod tests {
         o.request("M", "$G", None, StoreFacts::default(), "r".into(), "u", 0);
         let answer =
             br#"{"name":"c","config":{"deliver_subject":"d"},"delivered":{"stream_seq":99}}"#;
-        assert_eq!(
-            o.created(answer, StoreFacts::default(), None, 1),
-            Ok(Some(99))
-        );
+        assert_eq!(o.created(answer, StoreFacts::default(), 1), Ok(Some(99)));
         assert_eq!(o.sseq, 99);
     }
 
@@ -1084,12 +1077,9 @@ mod tests {
         let mut o = Origin::new(Kind::Mirror, source(r#"{"name":"O"}"#), 0);
         o.request("M", "$G", None, StoreFacts::default(), "r".into(), "u", 0);
         assert_eq!(o.early_deliveries_on(), Some("$JS.M.u"));
-        let answer =
-            br#"{"name":"c","config":{"deliver_subject":"$JS.M.u"},"delivered":{"stream_seq":3}}"#;
-        assert_eq!(
-            o.created(answer, StoreFacts::default(), Some(1), 1),
-            Ok(None)
-        );
+        // Three delivered before the answer: they come on the deliver subject.
+        let answer = br#"{"name":"c","config":{"deliver_subject":"$JS.M.u"},"delivered":{"consumer_seq":3,"stream_seq":3}}"#;
+        assert_eq!(o.created(answer, StoreFacts::default(), 1), Ok(None));
         assert_eq!(o.sseq, 0);
         assert_eq!(o.early_deliveries_on(), None);
     }

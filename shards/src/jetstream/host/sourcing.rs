@@ -241,11 +241,7 @@ impl Hosted {
             }
         };
         if let Some(held) = early {
-            let first_early = held.first().and_then(|m| {
-                super::super::ack::AckReply::parse(std::str::from_utf8(&m.reply).ok()?)
-                    .map(|a| a.stream_seq)
-            });
-            self.consumer_created(shard, i, &msg, first_early, now);
+            self.consumer_created(shard, i, &msg, now);
             if self
                 .sourcing
                 .origins
@@ -303,21 +299,11 @@ impl Hosted {
         }
     }
 
-    fn consumer_created(
-        &self,
-        shard: &Shard,
-        i: usize,
-        msg: &InternalMsg,
-        first_early: Option<u64>,
-        now: i64,
-    ) {
+    fn consumer_created(&self, shard: &Shard, i: usize, msg: &InternalMsg, now: i64) {
         let held = facts(self.store.as_ref());
-        let outcome = self.sourcing.origins.borrow_mut()[i].core.created(
-            msg.payload(),
-            held,
-            first_early,
-            now,
-        );
+        let outcome = self.sourcing.origins.borrow_mut()[i]
+            .core
+            .created(msg.payload(), held, now);
         match outcome {
             Ok(Some(seq)) => self.skip_to(seq),
             Ok(None) => {}
