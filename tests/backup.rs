@@ -178,6 +178,11 @@ async fn a_stream_round_trips_with_its_consumers_and_their_acks() {
     assert_eq!(before["num_ack_pending"], 6, "{before}");
 
     let original = api(&client, "$JS.API.STREAM.INFO.ORDERS", "").await;
+    let mut advisories = client
+        .subscribe("$JS.EVENT.ADVISORY.STREAM.*.ORDERS")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
     let (saved, data) = backup(&client, "ORDERS", 4096).await;
     assert_eq!(saved["state"]["messages"], 1997, "{saved}");
     assert_eq!(saved["config"]["name"], "ORDERS");
@@ -197,6 +202,44 @@ async fn a_stream_round_trips_with_its_consumers_and_their_acks() {
     assert!(restored.get("error").is_none(), "{restored}");
     let state = &restored["state"];
     assert_eq!(state["messages"], 1997, "{restored}");
+    // The four advisories, each naming the client that asked, as nats-server's.
+    let mut seen = Vec::new();
+    loop {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), advisories.next()).await
+        else {
+            break;
+        };
+        let body: Value = serde_json::from_slice(&m.payload).expect("JSON");
+        let kind = m
+            .subject
+            .as_str()
+            .split('.')
+            .nth(4)
+            .unwrap_or_default()
+            .to_string();
+        if kind.starts_with("SNAPSHOT") || kind.starts_with("RESTORE") {
+            assert!(body["client"].is_object(), "{kind}: {body}");
+            assert_eq!(body["stream"], "ORDERS");
+            let expected = format!("io.nats.jetstream.advisory.v1.{}", kind.to_lowercase());
+            assert_eq!(body["type"], expected, "{body}");
+            if kind == "RESTORE_COMPLETE" {
+                assert_eq!(body["bytes"], data.len() as u64);
+            }
+            seen.push(kind);
+        }
+        if seen.len() == 4 {
+            break;
+        }
+    }
+    // The restore refused over the existing stream published none.
+    for kind in [
+        "SNAPSHOT_CREATE",
+        "SNAPSHOT_COMPLETE",
+        "RESTORE_CREATE",
+        "RESTORE_COMPLETE",
+    ] {
+        assert!(seen.iter().any(|k| k == kind), "{kind} in {seen:?}");
+    }
     assert_eq!(state["first_seq"], 1);
     assert_eq!(state["last_seq"], 2000);
     assert_eq!(state["num_deleted"], 3);

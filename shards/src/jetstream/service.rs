@@ -99,6 +99,9 @@ struct Service {
     handles: RefCell<std::collections::HashMap<String, Rc<InternalHandle>>>,
     /// The (account, stream) of the restores under way.
     restoring: RefCell<std::collections::HashSet<(String, String)>>,
+    /// Who sent the request being answered (its `Nats-Request-Info`), for the
+    /// advisories of what it starts.
+    requester: RefCell<Option<Value>>,
 }
 
 /// The stream directory of `account`'s stream `name` under the store.
@@ -147,6 +150,7 @@ pub async fn start(
         events: flume::unbounded(),
         handles: RefCell::default(),
         restoring: RefCell::default(),
+        requester: RefCell::default(),
         js,
     });
     backup::sweep_transfers(&service.js, &service.meta.borrow());
@@ -941,6 +945,9 @@ impl Service {
         } else if super::stream::requires_newer_api(msg.headers()) {
             Err(errors::REQUIRED_API_LEVEL.error())
         } else {
+            *self.requester.borrow_mut() =
+                crate::proto::header_value(msg.headers(), "Nats-Request-Info")
+                    .and_then(|v| serde_json::from_slice::<Value>(v).ok());
             self.execute(&tokens, account, index, msg.payload()).await
         };
         {

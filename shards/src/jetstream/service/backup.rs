@@ -165,6 +165,16 @@ fn unpack(part: &Path, staging: &Path) -> Result<Manifest, String> {
     Ok(manifest)
 }
 
+/// A snapshot being sent: whose, from which file, as asked, since when, for whom.
+struct SnapshotTransfer {
+    account: String,
+    stream: String,
+    path: PathBuf,
+    req: SnapshotRequest,
+    start: i64,
+    client: Option<Value>,
+}
+
 impl Service {
     /// `$JS.API.STREAM.SNAPSHOT.<stream>`: the archive is written, the
     /// response gives its configuration and state, and a task sends it.
@@ -214,6 +224,7 @@ impl Service {
                 return Err(errors::STREAM_SNAPSHOT.err("the server is stopping"));
             }
         };
+        let client = self.requester.borrow().clone();
         self.advise_transfer(
             account,
             "SNAPSHOT_CREATE",
@@ -222,31 +233,34 @@ impl Service {
                 "type": "io.nats.jetstream.advisory.v1.snapshot_create",
                 "stream": name,
                 "state": state,
+                "client": client,
             }),
         );
+        let transfer = SnapshotTransfer {
+            account: account.to_string(),
+            stream: name.to_string(),
+            path,
+            req,
+            start,
+            client,
+        };
         let service = self.clone();
-        let (account, stream) = (account.to_string(), name.to_string());
-        glommio::spawn_local(async move {
-            service
-                .send_snapshot(handle, account, stream, path, req, start)
-                .await
-        })
-        .detach();
+        glommio::spawn_local(async move { service.send_snapshot(handle, transfer).await }).detach();
         Ok(json!({
             "config": a.config.without_dynamic_metadata(),
             "state": state,
         }))
     }
 
-    async fn send_snapshot(
-        self: Rc<Self>,
-        handle: InternalHandle,
-        account: String,
-        stream: String,
-        path: PathBuf,
-        req: SnapshotRequest,
-        start: i64,
-    ) {
+    async fn send_snapshot(self: Rc<Self>, handle: InternalHandle, transfer: SnapshotTransfer) {
+        let SnapshotTransfer {
+            account,
+            stream,
+            path,
+            req,
+            start,
+            client,
+        } = transfer;
         let began = Instant::now();
         let result = send_chunks(&handle, &stream, &path, &req).await;
         let _ = std::fs::remove_file(&path);
@@ -259,6 +273,7 @@ impl Service {
             "stream": stream,
             "start": ts_rfc3339(start),
             "end": ts_rfc3339(now_ns()),
+            "client": client,
         });
         match &result {
             Ok(bytes) => tracing::info!(
@@ -327,6 +342,7 @@ impl Service {
             .await
             .ok_or_else(|| subscribe_failed("invalid subject"))?;
         self.restoring.borrow_mut().insert(key);
+        let client = self.requester.borrow().clone();
         self.advise_transfer(
             account,
             "RESTORE_CREATE",
@@ -334,13 +350,16 @@ impl Service {
             json!({
                 "type": "io.nats.jetstream.advisory.v1.restore_create",
                 "stream": name,
+                "client": client,
             }),
         );
         let service = self.clone();
         let account = account.to_string();
-        glommio::spawn_local(
-            async move { service.receive_restore(handle, account, config, id).await },
-        )
+        glommio::spawn_local(async move {
+            service
+                .receive_restore(handle, account, config, id, client)
+                .await
+        })
         .detach();
         Ok(json!({ "deliver_subject": subject }))
     }
@@ -351,6 +370,7 @@ impl Service {
         account: String,
         config: StreamConfig,
         id: String,
+        client: Option<Value>,
     ) {
         let name = config.name.clone();
         let start = now_ns();
@@ -413,6 +433,7 @@ impl Service {
                 "start": ts_rfc3339(start),
                 "end": ts_rfc3339(now_ns()),
                 "bytes": bytes,
+                "client": client,
             }),
         );
         self.publish_advisories(&account).await;
@@ -587,7 +608,8 @@ impl Service {
             }
             body.insert("id".into(), json!(crate::nuid()));
             body.insert("timestamp".into(), json!(ts_rfc3339(now_ns())));
-            body.extend(fields);
+            // Without a `Nats-Request-Info` there is no client to name.
+            body.extend(fields.filter(|(k, v)| !(k == "client" && v.is_null())));
         }
         if let Some(domain) = &self.js.domain {
             body.insert("domain".into(), json!(domain));
