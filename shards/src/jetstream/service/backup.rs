@@ -64,12 +64,10 @@ pub(super) fn sweep_transfers(js: &JetStreamOptions, meta: &MetaState) {
     }
 }
 
-/// nats-server's test of a deliver subject: a subject with no wildcards.
+/// nats-server's `IsValidPublishSubject`: a valid subject with no wildcards.
 fn is_publish_subject(subject: &str) -> bool {
-    !subject.is_empty()
-        && subject
-            .split('.')
-            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains([' ', '\t', '\r', '\n']))
+    let subject = subject.as_bytes();
+    crate::subject::is_valid_subject(subject) && crate::subject::is_valid_literal_subject(subject)
 }
 
 /// The next message for `handle` within `wait`.
