@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use common::Server;
+use common::{api, decode, Server};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -24,14 +24,6 @@ fn store_dir(name: &str) -> std::path::PathBuf {
 
 fn start(dir: &std::path::Path) -> Server {
     Server::start(&["-js", "-sd", dir.to_str().expect("utf-8 path")])
-}
-
-async fn api(client: &async_nats::Client, subject: &str, body: &str) -> Value {
-    let answer = client
-        .request(subject.to_string(), body.to_string().into())
-        .await
-        .expect("answer");
-    serde_json::from_slice(&answer.payload).expect("JSON")
 }
 
 /// What `nats stream backup` keeps: the response (config and state) and the
@@ -284,13 +276,6 @@ async fn a_stream_round_trips_with_its_consumers_and_their_acks() {
     let consumer = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.WORKER", "").await;
     assert_eq!(consumer["num_ack_pending"], 6, "{consumer}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn decode(b64: &Value) -> String {
-    let bytes = data_encoding::BASE64
-        .decode(b64.as_str().unwrap_or_default().as_bytes())
-        .expect("base64");
-    String::from_utf8(bytes).expect("utf-8")
 }
 
 #[tokio::test]

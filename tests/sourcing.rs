@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
-use common::Server;
+use common::{api, decode, Server};
 use serde_json::Value;
 
 fn store_dir(name: &str) -> std::path::PathBuf {
@@ -19,14 +19,6 @@ fn store_dir(name: &str) -> std::path::PathBuf {
 
 fn start(dir: &std::path::Path) -> Server {
     Server::start(&["-js", "-sd", dir.to_str().expect("utf-8 path")])
-}
-
-async fn api(client: &async_nats::Client, subject: &str, body: &str) -> Value {
-    let answer = client
-        .request(subject.to_string(), body.to_string().into())
-        .await
-        .expect("answer");
-    serde_json::from_slice(&answer.payload).expect("JSON")
 }
 
 async fn info(client: &async_nats::Client, stream: &str) -> Value {
@@ -66,13 +58,6 @@ async fn get(client: &async_nats::Client, stream: &str, seq: u64) -> Value {
         &format!(r#"{{"seq":{seq}}}"#),
     )
     .await
-}
-
-fn decode(b64: &Value) -> String {
-    let bytes = data_encoding::BASE64
-        .decode(b64.as_str().unwrap_or_default().as_bytes())
-        .expect("base64");
-    String::from_utf8(bytes).expect("utf-8")
 }
 
 #[tokio::test]

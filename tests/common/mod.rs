@@ -450,3 +450,20 @@ pub fn http_json(port: u16, path: &str) -> serde_json::Value {
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
+
+/// A JetStream API request and its JSON answer, whatever it says.
+pub async fn api(client: &async_nats::Client, subject: &str, body: &str) -> serde_json::Value {
+    let answer = client
+        .request(subject.to_string(), body.to_string().into())
+        .await
+        .expect("answer");
+    serde_json::from_slice(&answer.payload).expect("JSON")
+}
+
+/// A base64 field of an API answer (a message's `data` or `hdrs`) as text.
+pub fn decode(b64: &serde_json::Value) -> String {
+    let bytes = data_encoding::BASE64
+        .decode(b64.as_str().unwrap_or_default().as_bytes())
+        .expect("base64");
+    String::from_utf8(bytes).expect("utf-8")
+}
