@@ -503,6 +503,73 @@ async fn durable_consumers_survive_a_kill_and_ephemeral_ones_do_not() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A consumer hands out only what is durable: appends are staged before
+/// their group commit, and one delivered from there could outlive its message
+/// in a crash (then the restarted stream reuses its sequence for another).
+/// A publish without a reply (nothing waits for its commit) races the ordered
+/// consumer's subscription, whose interest makes the consumer deliver; SIGKILL
+/// once it is delivered: the delivery must be in the stream after the restart.
+#[tokio::test]
+async fn a_consumer_never_delivers_what_a_crash_can_lose() {
+    for round in 0..4 {
+        let dir = store_dir(&format!("durable-delivery-{round}"));
+        let server = start(&dir);
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: "EVENTS".into(),
+                subjects: vec!["events.>".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        let first = stream.get_info().await.expect("info").state.last_sequence + 1;
+        // async-nats' ordered push consumer, as its own suite drives it.
+        let ordered: consumer::OrderedPushConsumer = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: first,
+                },
+                ..Default::default()
+            })
+            .await
+            .expect("ordered consumer");
+        let mut messages = ordered.messages().await.expect("messages");
+        client
+            .publish(format!("events.{round}"), format!("event {round}").into())
+            .await
+            .expect("publish");
+        let delivered = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("delivered")
+            .expect("message")
+            .expect("no error");
+        drop(server);
+        let server = start(&dir);
+        let client = async_nats::connect(server.url()).await.expect("reconnect");
+        let js = jetstream::new(client);
+        let mut stream = js.get_stream("EVENTS").await.expect("stream is back");
+        let last = stream.info().await.expect("info").state.last_sequence;
+        let seq = delivered.info().expect("metadata").stream_sequence;
+        assert!(
+            seq <= last,
+            "round {round}: delivered sequence {seq} is gone after the kill (last {last})"
+        );
+        let stored = stream
+            .get_raw_message(seq)
+            .await
+            .expect("delivered message");
+        assert_eq!(
+            stored.payload, delivered.payload,
+            "round {round}: sequence {seq}"
+        );
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// The crash loop: a pull consumer fetches and acks (double acks, so it knows
 /// what was applied) while the server is SIGKILLed again and again. After each
 /// restart nothing acknowledged comes back, and every message delivered but

@@ -2032,7 +2032,7 @@ mod tests {
     }
 
     /// The memory-store test has no clients to lose.
-    impl Listeners for strait_storage::AnyStore {
+    impl Listeners for crate::jetstream::host::Committed<'_> {
         fn listens(&self, _inbox: &str) -> bool {
             true
         }
@@ -2649,41 +2649,72 @@ mod tests {
         );
     }
 
-    /// The same core on a real store: the index answers without loading messages.
+    /// The same core on a real store: the index answers without loading
+    /// messages, and the core sees only what is committed.
     #[test]
     fn a_filtered_consumer_on_a_memory_store() {
+        use crate::jetstream::host::Committed;
         use strait_storage::{AnyStore, Limits, MemStore, Store};
         let store = AnyStore::Memory(Box::new(MemStore::new(Limits::default())));
-        futures_lite::future::block_on(async {
-            for (i, subject) in ["O.a", "O.b", "O.a", "O.c", "O.a"].iter().enumerate() {
-                store
-                    .append(subject, b"", b"payload", i as i64 + 1, None)
-                    .await
-                    .expect("append");
-            }
-        });
+        let append = |subject: &str, ts: i64| {
+            futures_lite::future::block_on(store.append(subject, b"", b"payload", ts, None))
+                .expect("append")
+        };
+        for (i, subject) in ["O.a", "O.b", "O.a", "O.c", "O.a"].iter().enumerate() {
+            append(subject, i as i64 + 1);
+        }
+        let committed = Committed {
+            store: &store,
+            up_to: 5,
+        };
         let mut c = Consumer::new(
             config(
                 r#"{"durable_name":"N","ack_policy":"explicit","filter_subjects":["O.a","O.c"]}"#,
             ),
-            &store,
+            &committed,
         );
         assert_eq!(c.num_pending(), 4);
         let mut out = Vec::new();
-        c.pull(reply("r"), request("3"), &store, 0, &mut out);
+        c.pull(reply("r"), request("3"), &committed, 0, &mut out);
         assert_eq!(delivered(&out), [(1, 1, 1), (3, 2, 1), (4, 3, 1)]);
         let last = Consumer::new(
             config(
                 r#"{"ack_policy":"none","deliver_policy":"last_per_subject","filter_subject":"O.*"}"#,
             ),
-            &store,
+            &committed,
         );
         assert_eq!(last.num_pending(), 3, "the last of a, b and c");
         let mut last = last;
         out.clear();
-        last.pull(reply("r"), request("5"), &store, 0, &mut out);
+        last.pull(reply("r"), request("5"), &committed, 0, &mut out);
         assert_eq!(delivered(&out), [(2, 1, 1), (4, 2, 1), (5, 3, 1)]);
         assert_eq!(last.num_pending(), 0);
+
+        // Staged but not committed: not there for a consumer.
+        append("O.a", 6);
+        let late = Consumer::new(config(r#"{"ack_policy":"none"}"#), &committed);
+        assert_eq!(late.num_pending(), 5, "sequence 6 is not counted");
+        let mut late = late;
+        out.clear();
+        late.pull(reply("r"), request("10"), &committed, 0, &mut out);
+        assert_eq!(delivered(&out).len(), 5, "sequence 6 is not delivered");
+        let new = Consumer::new(
+            config(r#"{"ack_policy":"none","deliver_policy":"new"}"#),
+            &committed,
+        );
+        let committed = Committed {
+            store: &store,
+            up_to: 6,
+        };
+        let mut new = new;
+        new.on_append(6, "O.a");
+        out.clear();
+        new.pull(reply("r"), request("10"), &committed, 0, &mut out);
+        assert_eq!(
+            delivered(&out),
+            [(6, 1, 1)],
+            "a consumer made while 6 was staged gets it once committed"
+        );
     }
 
     #[test]

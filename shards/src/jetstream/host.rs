@@ -192,6 +192,9 @@ pub struct Hosted {
     /// acknowledges them when it waits for more.
     pending: RefCell<std::collections::VecDeque<PendingAck>>,
     acker: Cell<Option<std::task::Waker>>,
+    /// The last sequence whose append has completed (durable under the
+    /// `always` sync policy): how far consumers see the stream.
+    committed: Cell<u64>,
     consumers: consumers::Consumers,
     sourcing: sourcing::Sourcing,
     events: flume::Sender<HostEvent>,
@@ -215,29 +218,58 @@ impl StoreView for AnyStore {
     }
 }
 
-/// What a consumer sees of its stream: the index, never the messages.
-impl super::consumer::Source for AnyStore {
+/// What a consumer sees of its stream: the index, never the messages, and of
+/// the index only what is durable. An append is staged (and readable) before
+/// its group commit; a consumer that handed it out then could have its
+/// delivery outlive the message in a crash, and see the sequence reused for
+/// another one after the restart.
+pub(crate) struct Committed<'a> {
+    pub(crate) store: &'a AnyStore,
+    /// The last sequence whose append has completed.
+    pub(crate) up_to: u64,
+}
+
+impl Committed<'_> {
+    fn staged_beyond(&self) -> bool {
+        self.store.fast_state().last_seq > self.up_to
+    }
+}
+
+impl super::consumer::Source for Committed<'_> {
     fn next_match(&self, start: u64, filters: &[String]) -> Option<(u64, u64)> {
-        self.next_matching(start, filters)
+        if start > self.up_to {
+            return None;
+        }
+        self.store
+            .next_matching(start, filters)
+            .filter(|&(seq, _)| seq <= self.up_to)
     }
     fn size_of(&self, seq: u64) -> Option<u64> {
-        self.stored_size(seq)
+        self.store.stored_size(seq)
     }
     fn num_pending(&self, start: u64, filters: &[String]) -> u64 {
-        if filters.is_empty() {
-            return Store::num_pending(self, start, ">");
+        let from = |start: u64| -> u64 {
+            if filters.is_empty() {
+                return Store::num_pending(self.store, start, ">");
+            }
+            // A consumer's filters never overlap: the counts add up.
+            filters
+                .iter()
+                .map(|f| Store::num_pending(self.store, start, f))
+                .sum()
+        };
+        let all = from(start);
+        if !self.staged_beyond() {
+            return all;
         }
-        // A consumer's filters never overlap: the counts add up.
-        filters
-            .iter()
-            .map(|f| Store::num_pending(self, start, f))
-            .sum()
+        let start = start.max(self.up_to + 1);
+        all.saturating_sub(from(start))
     }
     fn last_seq(&self) -> u64 {
-        self.fast_state().last_seq
+        self.store.fast_state().last_seq.min(self.up_to)
     }
     fn time_of(&self, seq: u64) -> Option<i64> {
-        self.stored_time(seq)
+        self.store.stored_time(seq)
     }
     fn last_per_subject(&self, filters: &[String]) -> Vec<u64> {
         let every = [">".to_string()];
@@ -246,10 +278,15 @@ impl super::consumer::Source for AnyStore {
         } else {
             filters
         };
-        self.multi_last(filters, 0, usize::MAX).unwrap_or_default()
+        let mut lasts = self
+            .store
+            .multi_last(filters, 0, usize::MAX)
+            .unwrap_or_default();
+        lasts.retain(|&seq| seq <= self.up_to);
+        lasts
     }
     fn seq_from_time(&self, ts: i64) -> u64 {
-        Store::seq_from_time(self, ts)
+        Store::seq_from_time(self.store, ts)
     }
 }
 
@@ -342,6 +379,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
     let hosted = Rc::new(Hosted {
         account: spec.account,
         stream: RefCell::new(Stream::new(spec.config.clone(), spec.domain)),
+        committed: Cell::new(store.fast_state().last_seq),
         store: Rc::new(store),
         internal,
         subject_sids: RefCell::new(Vec::new()),

@@ -23,7 +23,7 @@ use super::super::consumer::{
 use super::super::consumer_config::ConsumerConfig;
 use super::super::errors::{self, ApiError};
 use super::super::stream::with_header;
-use super::{now_ns, ts_rfc3339, HostEvent, Hosted};
+use super::{now_ns, ts_rfc3339, Committed, HostEvent, Hosted};
 use crate::internal::InternalMsg;
 use crate::shard::{InternalDelivery, Shard};
 use crate::signal::Signal;
@@ -73,7 +73,7 @@ struct HostedConsumer {
 /// What a consumer core sees when it may hand out messages: its stream, and
 /// whether a pull request's inbox still has a subscriber in the account.
 struct Surroundings<'a> {
-    store: &'a AnyStore,
+    store: Committed<'a>,
     shard: &'a Shard,
     account: u32,
 }
@@ -86,10 +86,10 @@ impl Source for Surroundings<'_> {
         self.store.size_of(seq)
     }
     fn num_pending(&self, start: u64, filters: &[String]) -> u64 {
-        Source::num_pending(self.store, start, filters)
+        self.store.num_pending(start, filters)
     }
     fn last_seq(&self) -> u64 {
-        Source::last_seq(self.store)
+        self.store.last_seq()
     }
     fn time_of(&self, seq: u64) -> Option<i64> {
         self.store.time_of(seq)
@@ -98,7 +98,7 @@ impl Source for Surroundings<'_> {
         self.store.last_per_subject(filters)
     }
     fn seq_from_time(&self, ts: i64) -> u64 {
-        Source::seq_from_time(self.store, ts)
+        self.store.seq_from_time(ts)
     }
 }
 
@@ -258,7 +258,7 @@ impl Hosted {
                 });
                 let filters_before = c.core.filters().to_vec();
                 config.filters().iter().for_each(|f| self.store.watch(f));
-                c.core.set_config(config, self.store.as_ref(), now_ns());
+                c.core.set_config(config, &self.committed_view(), now_ns());
                 filters_before.iter().for_each(|f| self.store.unwatch(f));
                 if c.core.filters() != filters_before.as_slice() {
                     refilter_from = Some(c.core.ack_floor().stream + 1);
@@ -471,7 +471,7 @@ impl Hosted {
             && !config.memory_storage
             && matches!(self.store.as_ref(), AnyStore::File(_));
         if !kept {
-            return Ok((Consumer::new(config, self.store.as_ref()), None));
+            return Ok((Consumer::new(config, &self.committed_view()), None));
         }
         let name = config.consumer_name().to_string();
         let keys = state_keys(self.encryption.as_ref(), stream, &name);
@@ -483,8 +483,8 @@ impl Hosted {
             .and_then(|b| serde_json::from_slice::<KeptState>(&b).ok())
             .filter(|k| k.created == created);
         let core = match state {
-            Some(k) => Consumer::restore(config, &k.state, self.store.as_ref()),
-            None => Consumer::new(config, self.store.as_ref()),
+            Some(k) => Consumer::restore(config, &k.state, &self.committed_view()),
+            None => Consumer::new(config, &self.committed_view()),
         };
         Ok((core, Some(Rc::new(file))))
     }
@@ -613,7 +613,7 @@ impl Hosted {
 
     fn surroundings<'a>(&'a self, shard: &'a Shard) -> Surroundings<'a> {
         Surroundings {
-            store: self.store.as_ref(),
+            store: self.committed_view(),
             shard,
             account: self.account,
         }
@@ -672,7 +672,7 @@ impl Hosted {
                     shard.has_interest(self.account, subject.as_bytes(), group.map(str::as_bytes));
                 let mut out = Vec::new();
                 c.core
-                    .set_interest(active, self.store.as_ref(), now, &mut out);
+                    .set_interest(active, &self.committed_view(), now, &mut out);
                 c.dirty |= delivers(&out);
                 self.arm(c.core.next_deadline());
                 if !out.is_empty() {
@@ -708,7 +708,7 @@ impl Hosted {
             };
             c.dirty |=
                 c.core
-                    .flow_answered(subject, last_stream, self.store.as_ref(), now, &mut out);
+                    .flow_answered(subject, last_stream, &self.committed_view(), now, &mut out);
             c.dirty |= delivers(&out);
             self.arm(c.core.next_deadline());
             c.facts.clone()
@@ -787,8 +787,18 @@ impl Hosted {
         self.consumers.persister.raise();
     }
 
-    /// The stream stored `seq` on `subject`: consumers waiting for it get it.
+    /// The stream as its consumers see it: up to the last completed append.
+    fn committed_view(&self) -> Committed<'_> {
+        Committed {
+            store: self.store.as_ref(),
+            up_to: self.committed.get(),
+        }
+    }
+
+    /// The stream stored `seq` on `subject` and it is durable (its append
+    /// completed): consumers waiting for it get it.
     pub(super) fn offer(&self, shard: &Shard, seq: u64, subject: &str) {
+        self.committed.set(self.committed.get().max(seq));
         if self.consumers.len() == 0 {
             return;
         }
@@ -817,7 +827,7 @@ impl Hosted {
     /// Messages went away (purge, delete, expiry): the counts follow.
     pub(super) fn recount_consumers(&self) {
         for c in self.consumers.by_name.borrow_mut().values_mut() {
-            c.core.recount(self.store.as_ref());
+            c.core.recount(&self.committed_view());
         }
     }
 
