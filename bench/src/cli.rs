@@ -39,6 +39,8 @@ pub enum Cmd {
     /// Snapshot and restore of one big stream on two servers, as natscli's stream
     /// backup and restore drive them, ratios A/B
     JsBackup(JsBackupArgs),
+    /// A mirror of one big stream catching up on two servers, ratios A/B
+    JsMirror(JsMirrorArgs),
     /// Restart time of two servers holding one big stream: after SIGKILL, then after a
     /// clean stop, ratios A/B
     JsRestart(JsRestartArgs),
@@ -178,6 +180,22 @@ pub struct JsBackupArgs {
     pub messages: u64,
     /// Payload size of each message
     #[arg(long, default_value = "1k", value_parser = parse_size)]
+    pub size: usize,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsMirrorArgs {
+    /// NAME=COMMAND, exactly twice (A, then the reference B), each with JetStream on
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Messages in the origin before the mirror is made
+    #[arg(long, default_value_t = 1_000_000, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
+    pub messages: u64,
+    /// Payload size of each message
+    #[arg(long, default_value = "128", value_parser = parse_size)]
     pub size: usize,
     /// Write the runs as JSON to this file
     #[arg(long)]
@@ -413,6 +431,7 @@ impl Cmd {
             | Cmd::JsConsume(_)
             | Cmd::JsKv(_)
             | Cmd::JsBackup(_)
+            | Cmd::JsMirror(_)
             | Cmd::Scenarios => return None,
         })
     }

@@ -85,7 +85,7 @@ pub struct IdleCost {
 }
 
 #[derive(Clone, Copy)]
-enum Read {
+pub(crate) enum Read {
     Pull { batch: u64, ack: bool },
     Push { ordered: bool },
 }
@@ -164,8 +164,8 @@ fn run_one(spec: &ServerSpec, opts: &ConsumeOptions) -> Result<ConsumeRun> {
             reader.subscribe(&deliver_subject(&name, &reader))?;
         }
         let config = consumer_config(&name, read, None, &reader);
-        let (created, _) = create_consumer(&mut control, &config)?;
-        let seconds = consume(&mut reader, &created, read, opts.messages)
+        let (created, _) = create_consumer(&mut control, STREAM, &config)?;
+        let seconds = consume(&mut reader, STREAM, &created, read, opts.messages)
             .with_context(|| format!("{case} on {}", spec.name))?;
         runs.push(case_run(case, opts.messages, seconds));
     }
@@ -177,10 +177,12 @@ fn run_one(spec: &ServerSpec, opts: &ConsumeOptions) -> Result<ConsumeRun> {
     };
     let (_, create_all) = create_consumer(
         &mut control,
+        STREAM,
         &consumer_config("ALL", all_read, None, &reader),
     )?;
     let (filtered, create_filtered) = create_consumer(
         &mut control,
+        STREAM,
         &consumer_config("FILTERED", all_read, Some(FILTER), &reader),
     )?;
     let matching = matching_messages(opts.messages, opts.subjects);
@@ -192,7 +194,7 @@ fn run_one(spec: &ServerSpec, opts: &ConsumeOptions) -> Result<ConsumeRun> {
         );
     }
     progress.update("reading through the filter");
-    let seconds = consume(&mut reader, &filtered, all_read, matching)
+    let seconds = consume(&mut reader, STREAM, &filtered, all_read, matching)
         .with_context(|| format!("the filtered consumer on {}", spec.name))?;
     runs.push(case_run(
         "pull 1000, no acks, 1 % filter",
@@ -270,7 +272,12 @@ fn fill(c: &mut JsConn, opts: &ConsumeOptions, progress: &Progress) -> Result<f6
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn consumer_config(name: &str, read: Read, filter: Option<&str>, reader: &JsConn) -> Value {
+pub(crate) fn consumer_config(
+    name: &str,
+    read: Read,
+    filter: Option<&str>,
+    reader: &JsConn,
+) -> Value {
     let mut config = json!({
         "durable_name": name,
         "deliver_policy": "all",
@@ -305,25 +312,29 @@ fn consumer_config(name: &str, read: Read, filter: Option<&str>, reader: &JsConn
 /// Where a push consumer delivers: a subject of its own, which the reader subscribes
 /// to before the consumer exists (nats-server looks for interest in that subject
 /// itself; a wildcard subscription made earlier does not wake a push consumer).
-fn deliver_subject(name: &str, reader: &JsConn) -> String {
+pub(crate) fn deliver_subject(name: &str, reader: &JsConn) -> String {
     format!("bench.deliver.{}.{name}", reader.inbox.replace('.', "_"))
 }
 
 /// A consumer as CONSUMER.CREATE described it.
-struct Created {
+pub(crate) struct Created {
     name: String,
-    pending: u64,
+    pub(crate) pending: u64,
 }
 
-fn create_consumer(c: &mut JsConn, config: &Value) -> Result<(Created, Duration)> {
+pub(crate) fn create_consumer(
+    c: &mut JsConn,
+    stream: &str,
+    config: &Value,
+) -> Result<(Created, Duration)> {
     let subject = match config.get("durable_name").and_then(Value::as_str) {
-        Some(name) => format!("$JS.API.CONSUMER.CREATE.{STREAM}.{name}"),
-        None => format!("$JS.API.CONSUMER.CREATE.{STREAM}"),
+        Some(name) => format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"),
+        None => format!("$JS.API.CONSUMER.CREATE.{stream}"),
     };
     let t0 = Instant::now();
     let info = c.request(
         &subject,
-        &json!({"stream_name": STREAM, "config": config, "action": "create"}),
+        &json!({"stream_name": stream, "config": config, "action": "create"}),
     )?;
     let took = t0.elapsed();
     let name = info
@@ -337,8 +348,14 @@ fn create_consumer(c: &mut JsConn, config: &Value) -> Result<(Created, Duration)
 
 /// Reads `total` messages through the consumer; returns the seconds from the first
 /// request (or the consumer's creation, for push) to the last message.
-fn consume(c: &mut JsConn, consumer: &Created, read: Read, total: u64) -> Result<f64> {
-    let next = format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{}", consumer.name);
+pub(crate) fn consume(
+    c: &mut JsConn,
+    stream: &str,
+    consumer: &Created,
+    read: Read,
+    total: u64,
+) -> Result<f64> {
+    let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{}", consumer.name);
     let pull_reply = format!("{}.pull", c.inbox);
     let expires = PULL_EXPIRES.as_nanos();
     let mut out = Vec::with_capacity(64 * 1024);

@@ -1,7 +1,8 @@
 //! Key-value buckets as the clients make them: puts (a PubAck each), and gets by
 //! key through `$JS.API.DIRECT.GET.<stream>.<subject>` (the last message of the
 //! key's subject), one in flight as `kv.get()` awaits it and many in flight as a
-//! busy service issues them.
+//! busy service issues them; then a watch of every key, as `kv.watch_all()`
+//! makes it (an ordered push consumer delivering the last value of each key).
 
 use std::io::Write;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::consume::{consume, consumer_config, create_consumer, deliver_subject, Read};
 use crate::js::JsConn;
 use crate::run::{fmt_count, latency_histogram, Progress};
 use crate::server::{ServerProc, ServerSpec};
@@ -36,6 +38,9 @@ pub struct KvRun {
     pub get_p99_us: f64,
     /// `window` gets in flight.
     pub pipelined_gets_per_s: f64,
+    /// Keys a watch of every key delivers per second, from its creation to
+    /// the last key's value.
+    pub watched_keys_per_s: f64,
 }
 
 pub fn run(opts: &KvOptions) -> Result<Vec<KvRun>> {
@@ -108,6 +113,19 @@ fn run_one(spec: &ServerSpec, opts: &KvOptions) -> Result<KvRun> {
     c.pipelined(opts.keys, opts.window, None, &mut |f, i| get(f, i))
         .context("pipelined gets")?;
     let pipelined_gets_per_s = opts.keys as f64 / t2.elapsed().as_secs_f64().max(1e-9);
+
+    progress.update("watching every key");
+    let watch = Read::Push { ordered: true };
+    let mut watcher = JsConn::connect(&srv.endpoint(), "bench-kv-watch")?;
+    let mut config = consumer_config("WATCH", watch, Some(&format!("$KV.{BUCKET}.>")), &watcher);
+    config["deliver_policy"] = json!("last_per_subject");
+    watcher.subscribe(&deliver_subject("WATCH", &watcher))?;
+    let t3 = Instant::now();
+    let (created, _) = create_consumer(&mut c, STREAM, &config).context("creating the watch")?;
+    // Delivery starts with the creation (someone listens already): what the
+    // answer counts as pending is what was left then, so only the deliveries count.
+    consume(&mut watcher, STREAM, &created, watch, opts.keys).context("watching")?;
+    let watched_keys_per_s = opts.keys as f64 / t3.elapsed().as_secs_f64().max(1e-9);
     srv.check_alive()?;
     let us = |q: f64| latency.value_at_quantile(q) as f64 / 1e3;
     let run = KvRun {
@@ -118,14 +136,16 @@ fn run_one(spec: &ServerSpec, opts: &KvOptions) -> Result<KvRun> {
         get_p50_us: us(0.5),
         get_p99_us: us(0.99),
         pipelined_gets_per_s,
+        watched_keys_per_s,
     };
     progress.finish(&format!(
-        "{} keys: put {}/s, get {}/s (p50 {:.0} µs), pipelined get {}/s",
+        "{} keys: put {}/s, get {}/s (p50 {:.0} µs), pipelined get {}/s, watch {}/s",
         fmt_count(opts.keys as f64),
         fmt_count(run.puts_per_s),
         fmt_count(run.gets_per_s),
         run.get_p50_us,
-        fmt_count(run.pipelined_gets_per_s)
+        fmt_count(run.pipelined_gets_per_s),
+        fmt_count(run.watched_keys_per_s)
     ));
     Ok(run)
 }
@@ -138,7 +158,7 @@ pub fn table(runs: &[KvRun]) -> String {
         "{:<28} {:>12} {:>12} {:>8}\n",
         "", a.server, b.server, "ratio"
     );
-    let rows: [(&str, f64, f64, bool); 5] = [
+    let rows: [(&str, f64, f64, bool); 6] = [
         ("put (msgs/s)", a.puts_per_s, b.puts_per_s, true),
         ("get, 1 in flight (/s)", a.gets_per_s, b.gets_per_s, true),
         ("get p50 (µs)", a.get_p50_us, b.get_p50_us, false),
@@ -147,6 +167,12 @@ pub fn table(runs: &[KvRun]) -> String {
             "get, pipelined (/s)",
             a.pipelined_gets_per_s,
             b.pipelined_gets_per_s,
+            true,
+        ),
+        (
+            "watch of every key (/s)",
+            a.watched_keys_per_s,
+            b.watched_keys_per_s,
             true,
         ),
     ];

@@ -11,6 +11,7 @@ pub mod conns;
 pub mod consume;
 pub mod js;
 pub mod kv;
+pub mod mirror;
 pub mod plot;
 pub mod procstat;
 pub mod report;

@@ -104,6 +104,19 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::JsMirror(args) => {
+            let opts = strait_bench::mirror::MirrorOptions {
+                servers: args.servers.clone(),
+                messages: args.messages,
+                size: args.size,
+            };
+            let runs = strait_bench::mirror::run(&opts)?;
+            println!("{}", strait_bench::mirror::table(&runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::JsKv(args) => {
             let opts = strait_bench::kv::KvOptions {
                 servers: args.servers.clone(),

@@ -802,20 +802,26 @@ impl<L> Index<L> {
     /// `max` of them.
     pub fn multi_last(&self, filters: &[String], up_to: u64, max: usize) -> Option<Vec<u64>> {
         let up_to = if up_to == 0 { self.last_seq } else { up_to };
-        let mut seqs = BTreeSet::new();
+        let mut seqs = Vec::new();
         for filter in filters {
-            for (subject, set) in self.subject_sets() {
-                if subject_matches(filter, subject) {
-                    if let Some(seq) = set.last_up_to(up_to) {
-                        seqs.insert(seq);
-                    }
-                }
+            if is_match_all(filter) {
+                // Every subject: no need to match their names.
+                seqs.extend(self.sets.iter().filter_map(|set| set.last_up_to(up_to)));
+            } else {
+                seqs.extend(
+                    self.subject_sets()
+                        .filter(|(subject, _)| subject_matches(filter, subject))
+                        .filter_map(|(_, set)| set.last_up_to(up_to)),
+                );
             }
-            if seqs.len() > max {
+            if seqs.len() > max.saturating_mul(filters.len()) {
                 return None;
             }
         }
-        Some(seqs.into_iter().collect())
+        seqs.sort_unstable();
+        // Overlapping filters find a subject more than once.
+        seqs.dedup();
+        (seqs.len() <= max).then_some(seqs)
     }
 
     /// Matching sequences, ascending.

@@ -17,6 +17,10 @@ pub struct SeqSet {
     /// Non-empty, sorted chunks; every sequence of a chunk is below the next chunk's.
     chunks: VecDeque<Vec<u64>>,
     len: usize,
+    /// The highest sequence: kept inline
+    /// because a scan over many subjects' last sequences (a KV watch, the
+    /// last per subject) would otherwise chase two pointers per subject.
+    highest: Option<u64>,
 }
 
 impl SeqSet {
@@ -33,7 +37,7 @@ impl SeqSet {
     }
 
     pub fn last(&self) -> Option<u64> {
-        self.chunks.back().and_then(|c| c.last().copied())
+        self.highest
     }
 
     /// Adds `seq`; false when it was there already.
@@ -67,6 +71,7 @@ impl SeqSet {
             }
         }
         self.len += 1;
+        self.highest = self.highest.max(Some(seq));
         true
     }
 
@@ -89,6 +94,9 @@ impl SeqSet {
             self.chunks.remove(i);
         }
         self.len -= 1;
+        if Some(seq) == self.highest {
+            self.highest = self.chunks.back().and_then(|c| c.last().copied());
+        }
         true
     }
 
@@ -108,6 +116,10 @@ impl SeqSet {
 
     /// The highest sequence at or below `up_to`.
     pub fn last_up_to(&self, up_to: u64) -> Option<u64> {
+        // Mostly asked with the stream's last sequence: the set's last it is.
+        if let Some(last) = self.last().filter(|&last| last <= up_to) {
+            return Some(last);
+        }
         let i = self.chunk_for(up_to);
         if let Some(chunk) = self.chunks.get(i) {
             let at = chunk.partition_point(|&s| s <= up_to);

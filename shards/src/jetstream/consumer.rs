@@ -705,7 +705,7 @@ impl Consumer {
         };
         let before = starting.front().copied().unwrap_or(start).saturating_sub(1);
         let mut consumer = Consumer {
-            num_pending: source.num_pending(start, &filters),
+            num_pending: starting.len() as u64 + source.num_pending(start, &filters),
             cfg,
             sampler: 1,
             filters,
@@ -741,7 +741,6 @@ impl Consumer {
         if consumer.cfg.replay_policy == ReplayPolicy::Original {
             consumer.pacing.replay_through = Some(source.last_seq());
         }
-        consumer.recount(source);
         consumer
     }
 
