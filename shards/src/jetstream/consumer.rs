@@ -558,13 +558,23 @@ struct Flow {
     outstanding: Option<(Rc<str>, u64)>,
     prefix: Rc<str>,
     requests: u64,
+    /// The least a message counts for: a sourcing consumer delivers into a
+    /// stream's internal queue, bounded in messages, not bytes.
+    least: u64,
 }
 
 /// nats-server's flow control limit (`JsFlowControlMaxPending`).
 pub const FLOW_CONTROL_LIMIT: u64 = 32 * 1024 * 1024;
 
+/// At most this many deliveries of a sourcing consumer are in flight: a
+/// mirror or source reads them from its stream's internal queue, which drops
+/// what overflows it (small messages under a 32 MiB window overflowed it, and
+/// a catching-up mirror lost deliveries and started over, again and again).
+pub const SOURCING_IN_FLIGHT: u64 = 2048;
+const _: () = assert!(SOURCING_IN_FLIGHT as usize * 4 <= crate::internal::INTERNAL_QUEUE);
+
 impl Flow {
-    fn new(prefix: Rc<str>) -> Flow {
+    fn new(prefix: Rc<str>, sourcing: bool) -> Flow {
         Flow {
             limit: FLOW_CONTROL_LIMIT,
             window: FLOW_CONTROL_LIMIT / 16,
@@ -572,6 +582,11 @@ impl Flow {
             outstanding: None,
             prefix,
             requests: 0,
+            least: if sourcing {
+                FLOW_CONTROL_LIMIT / SOURCING_IN_FLIGHT
+            } else {
+                0
+            },
         }
     }
 
@@ -581,6 +596,7 @@ impl Flow {
 
     /// Counts `size` bytes sent; a request to send when half the window is used.
     fn sent(&mut self, size: u64) -> Option<Rc<str>> {
+        let size = size.max(self.least);
         self.in_flight += size;
         match &mut self.outstanding {
             None if self.in_flight > self.window / 2 => Some(self.request()),
@@ -766,7 +782,7 @@ impl Consumer {
             flow: self
                 .cfg
                 .flow_control
-                .then(|| Flow::new(flow_prefix.clone())),
+                .then(|| Flow::new(flow_prefix.clone(), self.cfg.sourcing)),
             flow_prefix,
         });
     }
@@ -987,7 +1003,7 @@ impl Consumer {
             push.to = Rc::from(cfg.deliver_subject.as_str());
             push.active = false;
             match (&push.flow, cfg.flow_control) {
-                (None, true) => push.flow = Some(Flow::new(push.flow_prefix.clone())),
+                (None, true) => push.flow = Some(Flow::new(push.flow_prefix.clone(), cfg.sourcing)),
                 (Some(_), false) => push.flow = None,
                 _ => {}
             }
@@ -2850,6 +2866,53 @@ mod tests {
             [5, 6, 7, 8, 9]
         );
         assert_eq!(flow_requests(&out), ["$JS.FC.O.P.2"]);
+    }
+
+    /// A sourcing consumer feeds a stream's internal queue, bounded in
+    /// messages: however small they are, no more than `SOURCING_IN_FLIGHT`
+    /// go out unanswered, while a client's consumer counts bytes only.
+    #[test]
+    fn a_sourcing_consumer_bounds_its_deliveries_in_flight_in_messages() {
+        let src = Fake {
+            msgs: (0..50_000)
+                .map(|_| Some(("O.a".to_string(), 100)))
+                .collect(),
+            gone: Vec::new(),
+        };
+        let config = |sourcing: bool| {
+            format!(
+                r#"{{"durable_name":"P","deliver_subject":"out","flow_control":true,"idle_heartbeat":1000000000,"ack_policy":"none","sourcing":{sourcing}}}"#
+            )
+        };
+        let mut client = push(&config(false), &src);
+        let mut out = Vec::new();
+        client.set_interest(true, &src, 0, &mut out);
+        assert!(
+            delivered(&out).len() as u64 > SOURCING_IN_FLIGHT,
+            "a client's window is in bytes"
+        );
+
+        let mut c = push(&config(true), &src);
+        out.clear();
+        c.set_interest(true, &src, 0, &mut out);
+        let mut total = 0;
+        for _ in 0..12 {
+            let sent = delivered(&out).len() as u64;
+            assert!(
+                sent <= SOURCING_IN_FLIGHT,
+                "{sent} deliveries sent between answers"
+            );
+            total += sent;
+            let requests = flow_requests(&out);
+            out.clear();
+            for r in requests {
+                c.flow_answered(&r, None, &src, S, &mut out);
+            }
+        }
+        assert!(
+            total > 4 * SOURCING_IN_FLIGHT,
+            "answers keep it going: {total}"
+        );
     }
 
     #[test]
