@@ -21,6 +21,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use strait_shards::control::{AccountSnapshot, Command, Commander, ConnSnapshot, ShardSnapshot};
 use strait_shards::global::Global;
+use strait_shards::health::{self, HealthStatus, HealthzOptions};
 use strait_shards::jetstream::service::{JetStream, JszOptions};
 use strait_shards::options::{API_LEVEL, NATS_VERSION, STRAIT_VERSION};
 use strait_shards::{format_duration, rfc3339, ServerOptions};
@@ -734,13 +735,39 @@ async fn jsz(ctx: &MonitorContext, q: &Query) -> Result<Value, String> {
         streams: flag("streams")?,
         consumers: flag("consumers")?,
         config: flag("config")?,
+        direct_consumers: flag("direct-consumers")?,
+        raft: flag("raft")?,
         offset: number("offset")?,
         limit: number("limit")?,
         account: q.get("acc").cloned(),
     };
-    // A single server leads its own meta state: leader-only changes nothing.
+    // A single server leads its own meta state and every stream: the leader
+    // filters change nothing.
     flag("leader-only")?;
+    flag("stream-leader-only")?;
     Ok(js.jsz(options).await)
+}
+
+/// `/healthz`: the server, and JetStream's assets unless told otherwise.
+fn healthz(ctx: &MonitorContext, q: &Query) -> Result<HealthStatus, String> {
+    let flag = |key: &str| q.get(key).map_or(Ok(false), |v| parse_bool(key, v));
+    let deprecated = flag("js-enabled")?;
+    if deprecated {
+        tracing::warn!("Healthcheck: js-enabled deprecated, use js-enabled-only instead");
+    }
+    let text = |key: &str| q.get(key).cloned().unwrap_or_default();
+    let opts = HealthzOptions {
+        js_enabled_only: deprecated || flag("js-enabled-only")?,
+        js_server_only: flag("js-server-only")?,
+        js_meta_only: flag("js-meta-only")?,
+        account: text("account"),
+        stream: text("stream"),
+        consumer: text("consumer"),
+        details: flag("details")?,
+    };
+    let js = ctx.jetstream.borrow().clone();
+    let assets = js.map(|js| js.assets());
+    Ok(health::healthz(&opts, assets.as_deref()))
 }
 
 fn jsz_disabled(ctx: &MonitorContext) -> Value {
@@ -1481,29 +1508,19 @@ async fn handle(
         "/accstatz" => accstatz(&ctx, &q).await,
         "/jsz" => jsz(&ctx, &q).await,
         "/healthz" => {
-            // Every variant (js-enabled-only, js-server-only, details) is healthy
-            // once the server runs, as nats-server answers; a named stream must exist.
-            if let Some(stream) = q.get("stream") {
-                let account = q.get("account").map(String::as_str).unwrap_or("$G");
-                let js = ctx.jetstream.borrow().clone();
-                if js.is_some_and(|js| js.has_stream(account, stream)) {
-                    return respond(
-                        StatusCode::OK,
-                        "application/json",
-                        "{\"status\":\"ok\"}".into(),
-                    );
+            let status = match healthz(&ctx, &q) {
+                Ok(status) => status,
+                Err(e) => return respond(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", e),
+            };
+            if !status.is_healthy() {
+                if status.error.is_empty() {
+                    tracing::warn!("Healthcheck failed: {} errors", status.errors.len());
+                } else {
+                    tracing::warn!("Healthcheck failed: {:?}", status.error);
                 }
-                let body = json!({
-                    "status": "unavailable",
-                    "error": format!("JetStream stream \"{stream}\" not found on account \"{account}\""),
-                });
-                return respond(StatusCode::NOT_FOUND, "application/json", body.to_string());
             }
-            return respond(
-                StatusCode::OK,
-                "application/json",
-                "{\"status\":\"ok\"}".into(),
-            );
+            let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return respond(code, "application/json", status.body());
         }
         "/metrics" => {
             let body = metrics(&ctx, q.get("prefix").map(String::as_str)).await;

@@ -537,10 +537,100 @@ async fn monitoring_shows_jetstream_usage_accounts_and_streams() {
 
     let (status, _, _) = common::http_get(http, "/healthz?js-enabled-only=true");
     assert_eq!(status, 200);
-    let (status, _, _) = common::http_get(http, "/healthz?stream=ORDERS");
+    let (status, _, _) = common::http_get(http, "/healthz?account=$G&stream=ORDERS");
     assert_eq!(status, 200);
-    let (status, _, body) = common::http_get(http, "/healthz?stream=NOPE");
+    let (status, _, body) = common::http_get(http, "/healthz?account=$G&stream=NOPE");
     assert_eq!(status, 404, "{body}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn healthz_reports_a_stream_that_did_not_open_and_checks_named_assets() {
+    let dir = store_dir("healthz");
+    let args = ["-js", "-sd", dir.to_str().expect("utf-8 path")];
+    let (server, http) = Server::start_monitored(None, &args);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    // As nats-server: an account is found in the store once it has had a stream.
+    let (status, _, body) = common::http_get(http, "/healthz?account=$G");
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            404,
+            r#"{"status":"unavailable","error":"JetStream account \"$G\" not found"}"#
+        )
+    );
+    for name in ["BROKEN", "ORDERS"] {
+        js.create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{name}.*")],
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    }
+    js.publish("BROKEN.x", "a".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    js.create_consumer_on_stream(
+        jetstream::consumer::pull::Config {
+            durable_name: Some("C1".into()),
+            ..Default::default()
+        },
+        "ORDERS",
+    )
+    .await
+    .expect("consumer");
+    let (status, _, body) = common::http_get(http, "/healthz");
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    for (query, want) in [
+        ("?account=$G&stream=ORDERS&consumer=C1", 200),
+        ("?account=$G&stream=ORDERS&consumer=C2", 404),
+        ("?account=NOPE", 404),
+        ("?stream=ORDERS", 400),
+        ("?account=$G&consumer=C1", 400),
+    ] {
+        let (status, _, body) = common::http_get(http, &format!("/healthz{query}"));
+        assert_eq!(status, want, "{query}: {body}");
+    }
+    drop(client);
+    drop(server);
+
+    // A stream whose store cannot open: its directory is now a file.
+    let broken = dir
+        .join("jetstream")
+        .join("$G")
+        .join("streams")
+        .join("BROKEN");
+    std::fs::remove_dir_all(&broken).expect("remove the stream's directory");
+    std::fs::write(&broken, b"not a stream").expect("write");
+    let (server, http) = Server::start_monitored(None, &args);
+    let (status, _, body) = common::http_get(http, "/healthz");
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            503,
+            r#"{"status":"unavailable","error":"JetStream stream '$G > BROKEN' could not be recovered"}"#
+        )
+    );
+    let (status, _, body) = common::http_get(http, "/healthz?details=true");
+    assert_eq!(status, 503);
+    let details: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(details["status"], "error");
+    assert_eq!(details["errors"][0]["type"], "STREAM");
+    assert_eq!(details["errors"][0]["stream"], "BROKEN");
+    // The other stream, and probes that stop short of the streams, are healthy.
+    for query in [
+        "?account=$G&stream=ORDERS&consumer=C1",
+        "?js-enabled-only=true",
+        "?js-server-only=true",
+    ] {
+        let (status, _, body) = common::http_get(http, &format!("/healthz{query}"));
+        assert_eq!(status, 200, "{query}: {body}");
+    }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -401,6 +401,25 @@ async fn the_lag_of_mirrors_and_sources_is_in_jsz_and_metrics() {
     assert_eq!(detail("COPY")["mirror"]["lag"], 0);
     assert_eq!(detail("ALL")["sources"][0]["name"], "ORIGIN");
     assert!(detail("ORIGIN").get("mirror").is_none());
+    // The consumers made for the mirror and the source are direct ones: not
+    // counted or listed with the API's, only on request.
+    let jsz = common::http_json(http, "/jsz?consumers=1&raft=1");
+    assert_eq!(jsz["consumers"], 0, "{jsz}");
+    assert_eq!(jsz["streams_leader"], 3, "{jsz}");
+    let origin = |jsz: &Value| {
+        jsz["account_details"][0]["stream_detail"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["name"] == "ORIGIN").cloned())
+            .expect("ORIGIN detail")
+    };
+    assert!(origin(&jsz).get("consumer_detail").is_none(), "{jsz}");
+    let jsz = common::http_json(http, "/jsz?consumers=1&direct-consumers=1");
+    let direct = origin(&jsz)["direct_consumer_detail"].clone();
+    assert_eq!(direct.as_array().map(Vec::len), Some(2), "{jsz}");
+    assert!(direct[0].get("config").is_none(), "{direct}");
+    assert_eq!(info(&client, "ORIGIN").await["state"]["consumer_count"], 0);
+    let account = api(&client, "$JS.API.INFO", "").await;
+    assert_eq!(account["consumers"], 0, "{account}");
     let (status, _, metrics) = common::http_get(http, "/metrics");
     assert_eq!(status, 200);
     let sample = |kind: &str, stream: &str| {

@@ -10,6 +10,7 @@ pub mod client;
 pub mod connection;
 pub mod control;
 pub mod global;
+pub mod health;
 pub mod info;
 pub mod internal;
 pub mod jetstream;

@@ -159,15 +159,17 @@ impl MetaState {
             .map(|(_, c)| c)
     }
 
-    pub fn consumers_total(&self) -> usize {
-        self.consumers.len()
+    /// The consumers the API lists, over every account.
+    pub fn public_consumers_total(&self) -> usize {
+        self.consumers.values().filter(|c| c.is_public()).count()
     }
 
-    /// How many consumers the account has, over all its streams.
+    /// How many consumers the API lists in the account, over all its streams.
     pub fn consumer_count(&self, account: &str) -> usize {
         self.consumers
             .range((account.to_string(), String::new(), String::new())..)
             .take_while(|((a, _, _), _)| a == account)
+            .filter(|(_, c)| c.is_public())
             .count()
     }
 

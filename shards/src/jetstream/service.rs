@@ -99,6 +99,9 @@ struct Service {
     handles: RefCell<std::collections::HashMap<String, Rc<InternalHandle>>>,
     /// The (account, stream) of the restores under way.
     restoring: RefCell<std::collections::HashSet<(String, String)>>,
+    /// The (account, stream) of the streams that did not open at start, as
+    /// `/healthz` reports them until they are deleted.
+    unrecovered: RefCell<std::collections::HashSet<(String, String)>>,
     /// Who sent the request being answered (its `Nats-Request-Info`), for the
     /// advisories of what it starts.
     requester: RefCell<Option<Value>>,
@@ -150,6 +153,7 @@ pub async fn start(
         events: flume::unbounded(),
         handles: RefCell::default(),
         restoring: RefCell::default(),
+        unrecovered: RefCell::default(),
         requester: RefCell::default(),
         js,
     });
@@ -165,6 +169,10 @@ pub async fn start(
                 a.account,
                 e.description
             );
+            service
+                .unrecovered
+                .borrow_mut()
+                .insert((a.account.clone(), name.clone()));
             continue;
         }
         let consumers: Vec<_> = service
@@ -308,9 +316,39 @@ pub struct JszOptions {
     pub streams: bool,
     pub consumers: bool,
     pub config: bool,
+    /// The consumers this server made for mirrors and sources, as
+    /// `direct_consumer_detail` (with `consumers`).
+    pub direct_consumers: bool,
+    /// Raft figures: a single server leads every asset it has, and has no groups.
+    pub raft: bool,
     pub offset: usize,
     pub limit: usize,
     pub account: Option<String>,
+}
+
+/// A JetStream-enabled account's streams, for health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountAssets {
+    pub name: String,
+    /// By name.
+    pub streams: Vec<StreamAssets>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAssets {
+    pub name: String,
+    /// False for a stream that is configured but did not open at start.
+    pub recovered: bool,
+    /// The consumers the API lists, by name.
+    pub consumers: Vec<String>,
+}
+
+/// A stream's consumers as `/jsz` details them.
+#[derive(Default)]
+struct ConsumerDetails {
+    public: Vec<Value>,
+    /// The ones made for mirrors and sources.
+    direct: Vec<Value>,
 }
 
 /// One stream's figures, as usage reports need them.
@@ -421,8 +459,14 @@ impl JetStream {
         out.insert("config".into(), self.config_json());
         out.insert("limits".into(), json!({}));
         out.insert("streams".into(), json!(figures.len()));
-        let consumers = self.0.meta.borrow().consumers_total();
+        if o.raft {
+            out.insert("streams_leader".into(), json!(figures.len()));
+        }
+        let consumers = self.0.meta.borrow().public_consumers_total();
         out.insert("consumers".into(), json!(consumers));
+        if o.raft {
+            out.insert("consumers_leader".into(), json!(consumers));
+        }
         let messages: u64 = figures
             .iter()
             .filter_map(|f| f.state["messages"].as_u64())
@@ -444,7 +488,8 @@ impl JetStream {
         };
         if !shown.is_empty() {
             let consumers = if o.consumers {
-                self.consumer_details(&figures, &shown, o.config).await
+                self.consumer_details(&figures, &shown, o.config, o.direct_consumers)
+                    .await
             } else {
                 HashMap::new()
             };
@@ -488,27 +533,30 @@ impl JetStream {
 
     /// The consumers of the shown accounts' streams as `/jsz?consumers=1` lists
     /// them: their info, without the API's `type`, and their config only when
-    /// asked for, keyed by account and stream.
+    /// asked for, keyed by account and stream; the public ones first, then (when
+    /// asked for) the direct ones.
     async fn consumer_details(
         &self,
         figures: &[StreamFigures],
         shown: &[(u32, String)],
         with_config: bool,
-    ) -> HashMap<(String, String), Vec<Value>> {
-        let mut out: HashMap<(String, String), Vec<Value>> = HashMap::new();
+        with_direct: bool,
+    ) -> HashMap<(String, String), ConsumerDetails> {
+        let mut out: HashMap<(String, String), ConsumerDetails> = HashMap::new();
         for f in figures {
             let a = &f.assignment;
             if !shown.iter().any(|(_, name)| *name == a.account) {
                 continue;
             }
-            let names: Vec<String> = self
+            let names: Vec<(String, bool)> = self
                 .0
                 .meta
                 .borrow()
                 .consumers_of(&a.account, &a.config.name)
-                .map(|c| c.config.consumer_name().to_string())
+                .filter(|c| with_direct || c.is_public())
+                .map(|c| (c.config.consumer_name().to_string(), c.is_public()))
                 .collect();
-            for name in names {
+            for (name, public) in names {
                 let Ok(Value::Object(mut info)) =
                     self.0.send_op(a, StreamOp::ConsumerInfo { name }).await
                 else {
@@ -519,9 +567,14 @@ impl JetStream {
                 if !with_config {
                     info.remove("config");
                 }
-                out.entry((a.account.clone(), a.config.name.clone()))
-                    .or_default()
-                    .push(Value::Object(info));
+                let details = out
+                    .entry((a.account.clone(), a.config.name.clone()))
+                    .or_default();
+                if public {
+                    details.public.push(Value::Object(info));
+                } else {
+                    details.direct.push(Value::Object(info));
+                }
             }
         }
         out
@@ -532,7 +585,7 @@ impl JetStream {
         index: u32,
         name: &str,
         figures: &[StreamFigures],
-        consumers: &HashMap<(String, String), Vec<Value>>,
+        consumers: &HashMap<(String, String), ConsumerDetails>,
         fed: &HashMap<(String, String), Value>,
         o: &JszOptions,
     ) -> Value {
@@ -575,8 +628,13 @@ impl JetStream {
                     }
                     s.insert("state".into(), f.state.clone());
                     let key = (name.to_string(), f.assignment.config.name.clone());
-                    if let Some(list) = consumers.get(&key) {
-                        s.insert("consumer_detail".into(), json!(list));
+                    if let Some(details) = consumers.get(&key) {
+                        if !details.public.is_empty() {
+                            s.insert("consumer_detail".into(), json!(details.public));
+                        }
+                        if !details.direct.is_empty() {
+                            s.insert("direct_consumer_detail".into(), json!(details.direct));
+                        }
                     }
                     if let Some(sections) = fed.get(&key) {
                         if !sections["mirror"].is_null() {
@@ -597,9 +655,36 @@ impl JetStream {
         Value::Object(out)
     }
 
-    /// Whether `account` has a stream `name` (for `/healthz?stream=`).
-    pub fn has_stream(&self, account: &str, name: &str) -> bool {
-        self.0.meta.borrow().stream(account, name).is_some()
+    /// What `/healthz` checks: every JetStream-enabled account with a place in
+    /// the store, its streams and their consumers, by name.
+    pub fn assets(&self) -> Vec<AccountAssets> {
+        let meta = self.0.meta.borrow();
+        let unrecovered = self.0.unrecovered.borrow();
+        // nats-server looks for accounts in the store: one that has never had
+        // a stream has no directory there, and is not found.
+        let store = self.0.js.store_dir.join("jetstream");
+        self.accounts()
+            .into_iter()
+            .filter(|(_, account)| store.join(account).is_dir())
+            .map(|(_, account)| {
+                let streams = meta
+                    .streams_of(&account)
+                    .map(|a| StreamAssets {
+                        recovered: !unrecovered.contains(&(account.clone(), a.config.name.clone())),
+                        consumers: meta
+                            .consumers_of(&account, &a.config.name)
+                            .filter(|c| c.is_public())
+                            .map(|c| c.name().to_string())
+                            .collect(),
+                        name: a.config.name.clone(),
+                    })
+                    .collect();
+                AccountAssets {
+                    name: account,
+                    streams,
+                }
+            })
+            .collect()
     }
 }
 
@@ -1118,6 +1203,11 @@ impl Service {
     }
 
     fn commit(&self, change: MetaChange) -> Result<(), ApiError> {
+        if let MetaChange::DeleteStream { account, name } = &change {
+            self.unrecovered
+                .borrow_mut()
+                .remove(&(account.clone(), name.clone()));
+        }
         let mut meta = self.meta.borrow_mut();
         self.log
             .borrow_mut()
