@@ -170,8 +170,8 @@ impl Probe {
                     continue;
                 }
                 if stream_found {
-                    consumer_found = !opts.consumer.is_empty()
-                        && stream.consumers.iter().any(|c| *c == opts.consumer);
+                    consumer_found =
+                        !opts.consumer.is_empty() && stream.consumers.contains(&opts.consumer);
                     break;
                 }
             }
