@@ -2059,3 +2059,143 @@ async fn the_v2_ack_and_flow_control_layout_behind_its_feature_flag() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sends a request and waits `wait` for an answer that may never come.
+async fn maybe_answer(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &str,
+    wait: Duration,
+) -> Option<serde_json::Value> {
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(subject.to_string(), inbox, body.to_string().into())
+        .await
+        .expect("publish");
+    let answer = tokio::time::timeout(wait, answers.next()).await.ok()??;
+    Some(serde_json::from_slice(&answer.payload).expect("JSON"))
+}
+
+#[tokio::test]
+async fn a_reset_consumer_delivers_again_from_its_sequence_and_keeps_it_across_a_kill() {
+    let dir = store_dir("reset");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let stream = orders(&js, 6).await;
+    let reset = "$JS.API.CONSUMER.RESET.ORDERS";
+    // As nats-server: the consumer itself answers, so a missing one is silent.
+    let wait = Duration::from_millis(300);
+    assert_eq!(
+        maybe_answer(&client, &format!("{reset}.NOPE"), "", wait).await,
+        None
+    );
+    assert_eq!(
+        maybe_answer(&client, "$JS.API.CONSUMER.RESET.NOPE.C", "", wait).await,
+        None
+    );
+
+    api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.ORDERS.NEW",
+        r#"{"stream_name":"ORDERS","config":{"durable_name":"NEW","deliver_policy":"new","ack_policy":"explicit"}}"#,
+    )
+    .await;
+    let refused = api(&client, &format!("{reset}.NEW"), r#"{"seq":3}"#).await;
+    assert_eq!(
+        refused,
+        serde_json::json!({
+            "type": "io.nats.jetstream.api.v1.consumer_reset_response",
+            "error": {"code": 400, "err_code": 10204, "description": "invalid reset: not allowed"},
+            "reset_seq": 0,
+        })
+    );
+    let bad = api(&client, &format!("{reset}.NEW"), "{bad").await;
+    assert_eq!(bad["error"]["err_code"], 10025, "{bad}");
+    let to_floor = api(&client, &format!("{reset}.NEW"), "").await;
+    assert_eq!(
+        to_floor["type"],
+        "io.nats.jetstream.api.v1.consumer_reset_response"
+    );
+    // A consumer of new messages starts with its ack floor at the stream's end.
+    assert_eq!(to_floor["reset_seq"], 7, "{to_floor}");
+    assert_eq!(to_floor["num_pending"], 0, "{to_floor}");
+    assert_eq!(to_floor["name"], "NEW");
+    assert!(to_floor.get("error").is_none());
+
+    let all = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("ALL".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    for m in fetch(&all, 4).await {
+        m.ack().await.expect("ack");
+    }
+    let back = api(&client, &format!("{reset}.ALL"), r#"{"seq":2}"#).await;
+    assert_eq!(back["reset_seq"], 2, "{back}");
+    assert_eq!(back["ack_floor"]["stream_seq"], 1, "{back}");
+    assert_eq!(back["delivered"]["consumer_seq"], 0, "{back}");
+    let again = fetch(&all, 2).await;
+    let seqs: Vec<u64> = again
+        .iter()
+        .map(|m| m.info().expect("info").stream_sequence)
+        .collect();
+    assert_eq!(seqs, [2, 3], "delivered again from 2");
+    assert_eq!(
+        again[0].info().expect("info").delivered,
+        1,
+        "as a first delivery"
+    );
+    let forward = api(&client, &format!("{reset}.ALL"), r#"{"seq":6}"#).await;
+    assert_eq!(forward["num_pending"], 1, "{forward}");
+    // The state file is written at once; a kill keeps the reset.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    drop(server);
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let info = api(&client, "$JS.API.CONSUMER.INFO.ORDERS.ALL", "").await;
+    assert_eq!(info["ack_floor"]["stream_seq"], 5, "{info}");
+    assert_eq!(info["num_pending"], 1, "{info}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_reset_past_messages_of_a_work_queue_removes_them() {
+    let dir = store_dir("resetwq");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "JOBS".into(),
+        subjects: vec!["jobs.*".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    for i in 0..5 {
+        js.publish("jobs.a", format!("{i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.JOBS.W",
+        r#"{"stream_name":"JOBS","config":{"durable_name":"W","ack_policy":"explicit"}}"#,
+    )
+    .await;
+    let reset = api(&client, "$JS.API.CONSUMER.RESET.JOBS.W", r#"{"seq":4}"#).await;
+    assert_eq!(reset["reset_seq"], 4, "{reset}");
+    let info = api(&client, "$JS.API.STREAM.INFO.JOBS", "").await;
+    assert_eq!(info["state"]["messages"], 2, "{info}");
+    assert_eq!(info["state"]["first_seq"], 4, "{info}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

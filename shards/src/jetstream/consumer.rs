@@ -681,6 +681,30 @@ pub struct Consumer {
     pins_made: u64,
 }
 
+/// The first sequence stored at or after `opt_start_time` (1 without one).
+fn start_time_seq(cfg: &ConsumerConfig, source: &impl Source) -> u64 {
+    cfg.opt_start_time
+        .as_deref()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or(1, |t| {
+            source.seq_from_time(t.unix_timestamp_nanos().clamp(0, i64::MAX as i128) as i64)
+        })
+}
+
+/// Why a reset is refused (`JSConsumerInvalidResetErr`'s `{err}`, in
+/// nats-server's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResetError {
+    #[error("below start seq")]
+    BelowStartSeq,
+    #[error("below start time")]
+    BelowStartTime,
+    #[error("not allowed")]
+    NotAllowed,
+}
+
 /// Where the next delivery comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -708,16 +732,7 @@ impl Consumer {
                 last + 1
             }
             DeliverPolicy::ByStartSequence => cfg.opt_start_seq.max(1),
-            DeliverPolicy::ByStartTime => cfg
-                .opt_start_time
-                .as_deref()
-                .and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .map_or(1, |t| {
-                    source.seq_from_time(t.unix_timestamp_nanos().clamp(0, i64::MAX as i128) as i64)
-                }),
+            DeliverPolicy::ByStartTime => start_time_seq(&cfg, source),
         };
         let before = starting.front().copied().unwrap_or(start).saturating_sub(1);
         let mut consumer = Consumer {
@@ -991,6 +1006,48 @@ impl Consumer {
         }
         consumer.recount(source);
         consumer
+    }
+
+    /// `CONSUMER.RESET`: delivers again from stream sequence `seq`, or (with 0)
+    /// from just past the ack floor, as if nothing after it had ever been
+    /// delivered: pending acks, redeliveries and counts start afresh, and the
+    /// ack floor moves to just before `seq`. A consumer that starts at a given
+    /// sequence or time may not go back before it; one that starts at the
+    /// newest or last messages may only go back to its ack floor. Answers the
+    /// sequence it resets to.
+    pub fn reset(&mut self, seq: u64, source: &impl Source) -> Result<u64, ResetError> {
+        let seq = if seq == 0 {
+            self.ack_floor.stream + 1
+        } else {
+            match self.cfg.deliver_policy {
+                DeliverPolicy::All => seq,
+                DeliverPolicy::ByStartSequence if seq < self.cfg.opt_start_seq => {
+                    return Err(ResetError::BelowStartSeq)
+                }
+                DeliverPolicy::ByStartSequence => seq,
+                DeliverPolicy::ByStartTime if seq < start_time_seq(&self.cfg, source) => {
+                    return Err(ResetError::BelowStartTime)
+                }
+                DeliverPolicy::ByStartTime => seq,
+                _ => return Err(ResetError::NotAllowed),
+            }
+        }
+        .max(1);
+        self.pending.clear();
+        self.due.clear();
+        self.redeliver.clear();
+        self.starting.clear();
+        self.exhausted.clear();
+        self.next_seq = seq;
+        self.delivered = SequencePair {
+            consumer: 0,
+            stream: seq - 1,
+        };
+        self.ack_floor = self.delivered;
+        self.last_delivered_at = None;
+        self.last_acked_at = None;
+        self.recount(source);
+        Ok(seq)
     }
 
     /// An update: the new configuration (which [`ConsumerConfig::check_update`]
@@ -2037,8 +2094,9 @@ mod tests {
             seqs.sort_unstable();
             seqs
         }
-        fn seq_from_time(&self, _ts: i64) -> u64 {
-            1
+        /// Stored at `seq` seconds, as [`Self::time_of`] has it.
+        fn seq_from_time(&self, ts: i64) -> u64 {
+            (ts.max(0) as u64).div_ceil(1_000_000_000).max(1)
         }
         /// Fake messages were stored a second apart.
         fn time_of(&self, seq: u64) -> Option<i64> {
@@ -2162,6 +2220,71 @@ mod tests {
             !c.ack(1, AckKind::Ack, None, &src, 1, &mut out),
             "acked twice"
         );
+    }
+
+    #[test]
+    fn a_reset_delivers_again_from_its_sequence_as_if_nothing_came_after() {
+        let src = Fake::with(&["O.a"; 6]);
+        let mut c = Consumer::new(
+            config(r#"{"durable_name":"N","ack_policy":"explicit"}"#),
+            &src,
+        );
+        let mut out = Vec::new();
+        c.pull(reply("r1"), request(r#"{"batch":4}"#), &src, 0, &mut out);
+        assert!(c.ack(1, AckKind::Ack, None, &src, 1, &mut out));
+        assert_eq!(c.num_ack_pending(), 3);
+        // To past the ack floor: 2..=4 come again, as first deliveries.
+        assert_eq!(c.reset(0, &src), Ok(2));
+        assert_eq!(c.num_ack_pending(), 0);
+        assert_eq!(c.num_pending(), 5);
+        let floor = SequencePair {
+            consumer: 0,
+            stream: 1,
+        };
+        assert_eq!((c.delivered(), c.ack_floor()), (floor, floor));
+        out.clear();
+        c.pull(reply("r2"), request(r#"{"batch":2}"#), &src, 2, &mut out);
+        assert_eq!(delivered(&out), [(2, 1, 1), (3, 2, 1)]);
+        // Forward past what was delivered: the ack floor follows.
+        assert_eq!(c.reset(6, &src), Ok(6));
+        assert_eq!(c.ack_floor().stream, 5);
+        assert_eq!(c.num_pending(), 1);
+        // Back to the start, as a deliver-all consumer may.
+        assert_eq!(c.reset(1, &src), Ok(1));
+        assert_eq!(c.num_pending(), 6);
+    }
+
+    #[test]
+    fn a_reset_may_not_go_before_where_the_consumer_starts() {
+        let src = Fake::with(&["O.a"; 6]);
+        let mut by_seq = Consumer::new(
+            config(
+                r#"{"durable_name":"N","deliver_policy":"by_start_sequence","opt_start_seq":3}"#,
+            ),
+            &src,
+        );
+        assert_eq!(by_seq.reset(2, &src), Err(ResetError::BelowStartSeq));
+        assert_eq!(by_seq.reset(3, &src), Ok(3));
+        // The fake stores sequence n at n seconds.
+        let mut by_time = Consumer::new(
+            config(
+                r#"{"durable_name":"N","deliver_policy":"by_start_time","opt_start_time":"1970-01-01T00:00:04Z"}"#,
+            ),
+            &src,
+        );
+        assert_eq!(by_time.reset(3, &src), Err(ResetError::BelowStartTime));
+        assert_eq!(by_time.reset(5, &src), Ok(5));
+        let mut new = Consumer::new(
+            config(r#"{"durable_name":"N","deliver_policy":"new"}"#),
+            &src,
+        );
+        assert_eq!(new.reset(2, &src), Err(ResetError::NotAllowed));
+        assert_eq!(
+            new.reset(0, &src),
+            Ok(7),
+            "its ack floor is the stream's end"
+        );
+        assert_eq!(ResetError::NotAllowed.to_string(), "not allowed");
     }
 
     #[test]

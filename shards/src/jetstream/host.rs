@@ -128,6 +128,12 @@ pub enum StreamOp {
         name: String,
         group: String,
     },
+    /// Delivers again from a sequence (0: from past the ack floor); answers
+    /// the consumer's info with `reset_seq`.
+    ResetConsumer {
+        name: String,
+        seq: u64,
+    },
     /// Once its consumers are back after a restart: drops what none of them
     /// needs (interest and work queue retention); answers how many went.
     CheckRetention,
@@ -1213,6 +1219,11 @@ impl Hosted {
             StreamOp::ConsumerInfo { name } => self.consumer_info(&name),
             StreamOp::DeleteConsumer { name } => self.delete_consumer(shard, &name).await,
             StreamOp::UnpinConsumer { name, group } => self.unpin_consumer(shard, &name, &group),
+            StreamOp::ResetConsumer { name, seq } => {
+                let (mut info, reset_to) = self.reset_consumer(shard, &name, seq).await?;
+                info["reset_seq"] = json!(reset_to);
+                Ok(info)
+            }
             StreamOp::CheckRetention => Ok(json!(self.check_retention().await)),
             StreamOp::Sourcing => Ok(self.sourcing_info()),
             StreamOp::Snapshot {

@@ -1023,6 +1023,11 @@ impl Service {
         let subject = std::str::from_utf8(&msg.subject).ok()?;
         let api = subject.strip_prefix(API_PREFIX)?;
         let tokens: Vec<&str> = api.split('.').collect();
+        if let ["CONSUMER", "RESET", stream, name] = tokens[..] {
+            return self
+                .reset_consumer(account, enabled, stream, name, msg)
+                .await;
+        }
         let kind = response_kind(&tokens)?;
         // Refusals come before anything is done.
         let result = if !enabled {

@@ -346,7 +346,7 @@ impl Hosted {
         // do not take, unless another consumer needs it.
         if let (Some(from), Some(Retention::Interest)) = (refilter_from, self.keeps_for_consumers())
         {
-            self.drop_unneeded(from, &[]).await;
+            self.drop_unneeded(from..u64::MAX, &[]).await;
         }
         self.consumer_info(&name)
     }
@@ -410,12 +410,16 @@ impl Hosted {
         }
     }
 
-    /// Removes, from `from` on, the messages on `filters` (none: all) that no
-    /// consumer needs. Work is bounded by the messages stored past `from`.
-    async fn drop_unneeded(&self, from: u64, filters: &[String]) -> u64 {
-        let mut next = from.max(self.store.fast_state().first_seq);
+    /// Removes, in `range`, the messages on `filters` (none: all) that no
+    /// consumer needs. Work is bounded by the messages stored in the range.
+    async fn drop_unneeded(&self, range: std::ops::Range<u64>, filters: &[String]) -> u64 {
+        let mut next = range.start.max(self.store.fast_state().first_seq);
         let mut dropped = 0;
-        while let Some((seq, _)) = self.store.next_matching(next, filters) {
+        while let Some((seq, _)) = self
+            .store
+            .next_matching(next, filters)
+            .filter(|(seq, _)| *seq < range.end)
+        {
             next = seq + 1;
             if self.drop_if_unneeded(seq).await {
                 dropped += 1;
@@ -583,10 +587,49 @@ impl Hosted {
                 self.usage.report(self.store.fast_state().bytes, true);
             } else {
                 let from = removed.core.ack_floor().stream + 1;
-                self.drop_unneeded(from, removed.core.filters()).await;
+                self.drop_unneeded(from..u64::MAX, removed.core.filters())
+                    .await;
             }
         }
         Ok(json!(true))
+    }
+
+    /// `$JS.API.CONSUMER.RESET`: the consumer delivers again from `seq` (0:
+    /// from past its ack floor). Pull requests waiting get what is there at
+    /// once; on an interest or work queue stream, what the consumer skipped
+    /// goes unless another needs it. Answers the consumer's info, and the
+    /// sequence it was reset to.
+    pub(super) async fn reset_consumer(
+        &self,
+        shard: &Shard,
+        name: &str,
+        seq: u64,
+    ) -> Result<(Value, u64), ApiError> {
+        let (facts, out, old_floor, reset_to, filters) = {
+            let mut by_name = self.consumers.by_name.borrow_mut();
+            let c = by_name
+                .get_mut(name)
+                .ok_or_else(|| errors::CONSUMER_NOT_FOUND.error())?;
+            let old_floor = c.core.ack_floor().stream;
+            let reset_to = c
+                .core
+                .reset(seq, &self.committed_view())
+                .map_err(|e| errors::CONSUMER_INVALID_RESET.err(e))?;
+            c.dirty = true;
+            let mut out = Vec::new();
+            c.core
+                .deliver(&self.surroundings(shard), now_ns(), &mut out);
+            self.arm(c.core.next_deadline());
+            let filters = c.core.filters().to_vec();
+            (c.facts.clone(), out, old_floor, reset_to, filters)
+        };
+        self.queue(&facts, out);
+        self.consumers.persister.raise();
+        if self.keeps_for_consumers().is_some() && reset_to > old_floor + 1 {
+            self.drop_unneeded(old_floor + 1..reset_to, &filters).await;
+            self.usage.report(self.store.fast_state().bytes, true);
+        }
+        Ok((self.consumer_info(name)?, reset_to))
     }
 
     /// Stops every consumer (the stream is going away).

@@ -3,7 +3,9 @@
 //! stream; what it has delivered lives on the stream's shard, which answers
 //! the info.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+
+use crate::internal::InternalMsg;
 
 use super::super::ack::name_hash;
 use super::super::config::Retention;
@@ -25,6 +27,16 @@ const EPHEMERAL_INACTIVE_THRESHOLD: i64 = 5_000_000_000;
 struct PauseRequest {
     #[serde(default)]
     pause_until: Option<String>,
+}
+
+const RESET_RESPONSE_TYPE: &str = "io.nats.jetstream.api.v1.consumer_reset_response";
+
+/// `CONSUMER.RESET`'s body: no sequence (or none at all) resets to past the
+/// ack floor.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ResetRequest {
+    #[serde(default)]
+    seq: u64,
 }
 
 /// `CONSUMER.UNPIN`'s body.
@@ -74,6 +86,58 @@ impl Service {
             ["CONSUMER", "LEADER", "STEPDOWN", _, _] => Err(errors::CLUSTER_REQUIRED.error()),
             _ => Err(errors::BAD_REQUEST.error()),
         }
+    }
+
+    /// `CONSUMER.RESET.<stream>.<consumer>`, which nats-server's consumer
+    /// answers itself, not its API: so a consumer that is not there answers
+    /// nothing, and the request is neither counted nor audited.
+    pub(super) async fn reset_consumer(
+        &self,
+        account: &str,
+        enabled: bool,
+        stream: &str,
+        name: &str,
+        msg: &InternalMsg,
+    ) -> Option<Value> {
+        let assignment = {
+            let meta = self.meta.borrow();
+            meta.consumer(account, stream, name)
+                .filter(|c| enabled && c.is_public())?;
+            meta.stream(account, stream)?.clone()
+        };
+        let result = if super::super::stream::requires_newer_api(msg.headers()) {
+            Err(errors::REQUIRED_API_LEVEL.error())
+        } else {
+            match parse::<ResetRequest>(msg.payload()) {
+                Ok(req) => {
+                    let op = StreamOp::ResetConsumer {
+                        name: name.to_string(),
+                        seq: req.seq,
+                    };
+                    self.send_op(&assignment, op).await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let mut out = Map::new();
+        out.insert("type".into(), json!(RESET_RESPONSE_TYPE));
+        match result {
+            Ok(Value::Object(mut info)) => {
+                // `ts`, `priority_groups`, then `reset_seq`, in nats-server's order.
+                for key in ["ts", "priority_groups", "reset_seq"] {
+                    if let Some(value) = info.remove(key) {
+                        info.insert(key.into(), value);
+                    }
+                }
+                out.extend(info);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                out.insert("error".into(), json!(e));
+                out.insert("reset_seq".into(), json!(0));
+            }
+        }
+        Some(Value::Object(out))
     }
 
     /// `CONSUMER.UNPIN`: the group's pinned client loses its pin, and the next
