@@ -527,3 +527,143 @@ async fn a_source_in_another_account_is_read_through_imports() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Waits until `check` holds for the stream's info.
+async fn wait_until(
+    client: &async_nats::Client,
+    stream: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let i = info(client, stream).await;
+        if check(&i) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "{stream} never {what}: {i}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_durable_source_drains_a_work_queue_and_resumes_after_a_kill() {
+    let dir = store_dir("durable");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "JOBS".into(),
+        subjects: vec!["jobs.>".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .expect("origin");
+    publish(&js, "jobs.a", 5, "job").await;
+    // The user makes the consumer the source will read (ADR-60): acked by
+    // the flow control answers, so the work queue lets go of what was copied.
+    let made = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.JOBS.SRC",
+        r#"{"stream_name":"JOBS","config":{"durable_name":"SRC","deliver_subject":"deliver.src","ack_policy":"flow_control","flow_control":true,"idle_heartbeat":1000000000}}"#,
+    )
+    .await;
+    assert!(made.get("error").is_none(), "{made}");
+    let sourced = r#"{"name":"ALL","sources":[{"name":"JOBS","consumer":{"name":"SRC","deliver_subject":"deliver.src"}}]}"#;
+    let created = api(&client, "$JS.API.STREAM.CREATE.ALL", sourced).await;
+    assert!(created.get("error").is_none(), "{created}");
+    assert_eq!(created["config"]["sources"][0]["consumer"]["name"], "SRC");
+    wait_for(&client, "ALL", 5).await;
+    wait_until(&client, "JOBS", "let go of what was copied", |i| {
+        i["state"]["messages"] == 0
+    })
+    .await;
+    let first = get(&client, "ALL", 1).await;
+    assert!(
+        // The origin's index name carries the consumer, as nats-server's does.
+        decode(&first["message"]["hdrs"]).contains("Nats-Stream-Source: JOBS:C="),
+        "{first}"
+    );
+
+    drop(client);
+    drop(server);
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    publish(&js, "jobs.b", 3, "later").await;
+    let all = wait_for(&client, "ALL", 8).await;
+    assert_eq!(all["state"]["last_seq"], 8, "{all}");
+    let last = get(&client, "ALL", 8).await;
+    assert_eq!(decode(&last["message"]["data"]), "later 3");
+    wait_until(&client, "JOBS", "let go after the restart", |i| {
+        i["state"]["messages"] == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        info(&client, "ALL").await["state"]["messages"],
+        8,
+        "no duplicates"
+    );
+
+    // A consumer acked any other way cannot tell the origin what was copied.
+    js.create_stream(stream::Config {
+        name: "LOG".into(),
+        subjects: vec!["log.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("limits origin");
+    let made = api(
+        &client,
+        "$JS.API.CONSUMER.CREATE.LOG.EXPLICIT",
+        r#"{"stream_name":"LOG","config":{"durable_name":"EXPLICIT","deliver_subject":"deliver.x","ack_policy":"explicit"}}"#,
+    )
+    .await;
+    assert!(made.get("error").is_none(), "{made}");
+    let mirror = r#"{"name":"COPY","mirror":{"name":"LOG","consumer":{"name":"EXPLICIT","deliver_subject":"deliver.x"}}}"#;
+    let created = api(&client, "$JS.API.STREAM.CREATE.COPY", mirror).await;
+    assert!(created.get("error").is_none(), "{created}");
+    let copy = wait_until(&client, "COPY", "reported its consumer", |i| {
+        !i["mirror"]["error"].is_null()
+    })
+    .await;
+    assert_eq!(copy["mirror"]["error"]["err_code"], 10214, "{copy}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn durable_sourcing_configurations_are_checked_as_nats_server_does() {
+    let dir = store_dir("durablecfg");
+    let server = start(&dir);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    for (body, code) in [
+        (
+            r#"{"name":"A","sources":[{"name":"O","opt_start_seq":3,"consumer":{"name":"C","deliver_subject":"d"}}]}"#,
+            10215,
+        ),
+        (
+            r#"{"name":"A","sources":[{"name":"O","consumer":{"name":"C","deliver_subject":"d.*"}}]}"#,
+            10215,
+        ),
+        (
+            r#"{"name":"A","sources":[{"name":"O","consumer":{"name":"C","deliver_subject":"d"}},{"name":"O","filter_subject":"x","consumer":{"name":"C","deliver_subject":"e"}}]}"#,
+            10215,
+        ),
+        (
+            r#"{"name":"A","sources":[{"name":"O","subject_transforms":[{"src":"a","dest":"b"}],"consumer":{"name":"C","deliver_subject":"d"}},{"name":"O","consumer":{"name":"C","deliver_subject":"e"}}]}"#,
+            10216,
+        ),
+        (
+            r#"{"name":"A","mirror":{"name":"O","filter_subject":"x","consumer":{"name":"C","deliver_subject":"d"}}}"#,
+            10213,
+        ),
+    ] {
+        let answer = api(&client, "$JS.API.STREAM.CREATE.A", body).await;
+        assert_eq!(answer["error"]["err_code"], code, "{body}: {answer}");
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

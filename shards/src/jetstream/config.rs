@@ -547,14 +547,7 @@ impl StreamConfig {
 
     /// What strait cannot do yet answers with a clear error, never a silent echo.
     fn refuse_missing_features(&self, cfg: &StreamConfig) -> Result<(), ApiError> {
-        let durable_sourcing = cfg
-            .mirror
-            .iter()
-            .chain(&cfg.sources)
-            .any(|s| s.consumer.is_some());
-        let missing = if durable_sourcing {
-            Some("durable sourcing")
-        } else if cfg.compression == Compression::S2 {
+        let missing = if cfg.compression == Compression::S2 {
             Some("s2 compression")
         } else if cfg.allow_msg_counter {
             Some("counter streams")

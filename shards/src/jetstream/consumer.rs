@@ -705,6 +705,9 @@ pub enum ResetError {
     NotAllowed,
 }
 
+/// A due time that never comes.
+const NEVER: i64 = i64::MAX;
+
 /// Where the next delivery comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -1191,7 +1194,13 @@ impl Consumer {
         }
     }
 
+    /// How long a delivery waits for its ack before it goes again. Never, for
+    /// a consumer acked by flow control answers: its reader (a durable
+    /// source) resets it when it misses something.
     fn ack_wait_for(&self, deliveries: u64) -> i64 {
+        if self.cfg.ack_policy == AckPolicy::FlowControl {
+            return NEVER;
+        }
         match self.cfg.backoff.len() {
             0 => self.cfg.ack_wait,
             n => self.cfg.backoff[(deliveries.saturating_sub(1) as usize).min(n - 1)],
@@ -2013,7 +2022,11 @@ impl Consumer {
             let heartbeat = (r.heartbeat > 0).then_some(r.next_heartbeat);
             r.expires_at.into_iter().chain(heartbeat)
         });
-        let ack = self.due.first().map(|(due, _)| *due);
+        let ack = self
+            .due
+            .first()
+            .map(|(due, _)| *due)
+            .filter(|&due| due != NEVER);
         let push = self
             .push
             .as_ref()
@@ -3054,6 +3067,13 @@ mod tests {
         assert!(c.flow_answered(&requests[0], Some(2), &src, 1, &mut out));
         assert_eq!(c.ack_floor().stream, 2);
         assert_eq!(delivered(&out), [(3, 3, 1)]);
+        // Its ack wait is 0, which means no timer: nothing is redelivered,
+        // however long the answer takes.
+        out.clear();
+        c.tick(&src, 3600 * S, &mut out);
+        assert!(delivered(&out).is_empty(), "{out:?}");
+        assert_eq!(c.num_redelivered(), 0);
+        assert!(c.next_deadline().is_none_or(|at| at < 3600 * S + 10 * S));
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub const HEALTH_CHECK_NS: i64 = 10_000_000_000;
 const RETRY_THRESHOLD_NS: i64 = 2_000_000_000;
 /// How long an answer to a consumer request is waited for (`srcConsumerWaitTime`).
 const CREATE_TIMEOUT_NS: i64 = 30_000_000_000;
+/// A durable consumer only has to be reset, so its answer is awaited less
+/// (`srcDurableConsumerWaitTime`).
+const RESET_TIMEOUT_NS: i64 = 5_000_000_000;
 /// Backoff after failures: 10 s per failure, at most two minutes (`calculateRetryBackoff`).
 const BACKOFF_NS: i64 = 5_000_000_000;
 const BACKOFF_MAX_NS: i64 = 120_000_000_000;
@@ -310,6 +313,7 @@ enum Phase {
 pub struct Request {
     pub subject: String,
     pub reply: String,
+    /// `Null`: sent without a body.
     pub body: Value,
 }
 
@@ -413,11 +417,53 @@ impl Origin {
 
     /// Where deliveries may come before the consumer's answer (an origin in
     /// another account or domain delivers as soon as the consumer exists,
-    /// whoever is listening): they are held until the answer.
+    /// whoever is listening): they are held until the answer. Not for a
+    /// durable consumer: it delivers only while listened to, and listening
+    /// before its reset is applied would take deliveries from before it.
     pub fn early_deliveries_on(&self) -> Option<&str> {
         match &self.phase {
-            Phase::Creating { deliver, .. } => Some(deliver),
+            Phase::Creating { deliver, .. } if self.config.consumer.is_none() => Some(deliver),
             _ => None,
+        }
+    }
+
+    fn answer_timeout(&self) -> i64 {
+        if self.config.consumer.is_some() {
+            RESET_TIMEOUT_NS
+        } else {
+            CREATE_TIMEOUT_NS
+        }
+    }
+
+    /// Durable sourcing (2.14): the origin's consumer exists already, made by
+    /// the user; it is reset to past its ack floor (which the flow control
+    /// answers move) and read on its own deliver subject.
+    fn reset_request(&mut self, durable: &DurableSource, reply: String, now: i64) -> Request {
+        let mut subject = format!(
+            "$JS.API.CONSUMER.RESET.{}.{}",
+            self.config.name, durable.name
+        );
+        if let Some(e) = self
+            .config
+            .external
+            .as_ref()
+            .filter(|e| !e.api_prefix.is_empty())
+        {
+            subject = subject
+                .replacen("$JS.API", &e.api_prefix, 1)
+                .replace("..", ".");
+        }
+        self.last_request = now;
+        self.error = None;
+        self.phase = Phase::Creating {
+            reply: reply.clone(),
+            deliver: durable.deliver_subject.clone(),
+            sent: now,
+        };
+        Request {
+            subject,
+            reply,
+            body: Value::Null,
         }
     }
 
@@ -434,7 +480,7 @@ impl Origin {
     pub fn next_deadline(&self) -> i64 {
         match &self.phase {
             Phase::Waiting { at } => *at,
-            Phase::Creating { sent, .. } => sent + CREATE_TIMEOUT_NS,
+            Phase::Creating { sent, .. } => sent + self.answer_timeout(),
             Phase::Active { .. } => self.last_contact + HEALTH_CHECK_NS,
         }
     }
@@ -443,7 +489,7 @@ impl Origin {
     pub fn tick(&mut self, now: i64) -> bool {
         let lost = match &self.phase {
             Phase::Waiting { .. } => false,
-            Phase::Creating { sent, .. } => now - sent >= CREATE_TIMEOUT_NS,
+            Phase::Creating { sent, .. } => now - sent >= self.answer_timeout(),
             Phase::Active { .. } => now - self.last_contact > HEALTH_CHECK_NS,
         };
         if lost {
@@ -477,6 +523,9 @@ impl Origin {
         unique: &str,
         now: i64,
     ) -> Request {
+        if let Some(durable) = self.config.consumer.clone() {
+            return self.reset_request(&durable, reply, now);
+        }
         let (tag, meta_key) = match self.kind {
             Kind::Mirror => ("M", "mirror"),
             Kind::Source => ("S", "src"),
@@ -638,6 +687,14 @@ impl Origin {
         let consumer = answer["name"].as_str().unwrap_or_default();
         if deliver.is_empty() || consumer.is_empty() {
             return Err(self.failed(setup_failed.err("invalid consumer create response"), now));
+        }
+        // Only acks by flow control let the origin know what is stored here.
+        if self.config.consumer.is_some() && answer["config"]["ack_policy"] != "flow_control" {
+            let error = match self.kind {
+                Kind::Mirror => errors::MIRROR_CONSUMER_REQUIRES_ACK_FC.error(),
+                Kind::Source => errors::SOURCE_CONSUMER_REQUIRES_ACK_FC.error(),
+            };
+            return Err(self.failed(error, now));
         }
         let delivered = if answer["delivered"]["consumer_seq"].as_u64().unwrap_or(0) > 0 {
             0
@@ -893,6 +950,56 @@ mod tests {
             o.consumer().unwrap(),
             sseq * 10
         )
+    }
+
+    #[test]
+    fn a_durable_source_resets_its_consumer_and_skips_what_it_holds() {
+        let cfg = r#"{"name":"O","consumer":{"name":"SRC","deliver_subject":"deliver.src"}}"#;
+        let mut o = Origin::new(Kind::Mirror, source(cfg), 0);
+        let held = StoreFacts {
+            msgs: 5,
+            first_seq: 1,
+            last_seq: 5,
+            last_ts: 1,
+        };
+        let r = o.request("M", "$G", None, held, "_INBOX.r".into(), "u", 0);
+        assert_eq!(r.subject, "$JS.API.CONSUMER.RESET.O.SRC");
+        assert!(r.body.is_null(), "reset to past the ack floor");
+        // Only the answer is listened to: the consumer delivers once heard.
+        assert_eq!(o.listening_on(), Some("_INBOX.r"));
+        assert_eq!(o.early_deliveries_on(), None);
+        assert_eq!(o.next_deadline(), RESET_TIMEOUT_NS);
+        let answer = |policy: &str| {
+            json!({"type": "io.nats.jetstream.api.v1.consumer_reset_response", "name": "SRC",
+                "config": {"deliver_subject": "deliver.src", "ack_policy": policy},
+                "delivered": {"consumer_seq": 0, "stream_seq": 3}, "reset_seq": 4})
+            .to_string()
+        };
+        assert_eq!(
+            o.created(answer("explicit").as_bytes(), held, SEC),
+            Err(errors::MIRROR_CONSUMER_REQUIRES_ACK_FC.error())
+        );
+        o.retry(SEC);
+        o.request("M", "$G", None, held, "_INBOX.r2".into(), "u", 3 * SEC);
+        assert_eq!(
+            o.created(answer("flow_control").as_bytes(), held, 3 * SEC),
+            Ok(None)
+        );
+        assert_eq!(o.listening_on(), Some("deliver.src"));
+        // Redelivered from the ack floor: what the mirror holds is skipped.
+        let delivery =
+            |sseq: u64, dseq: u64| format!("$JS.ACK.O.SRC.1.{sseq}.{dseq}.{}.0", sseq * 10);
+        assert_eq!(o.delivered("a", &delivery(4, 1), 4 * SEC), Delivery::Ignore);
+        assert_eq!(o.delivered("a", &delivery(5, 2), 4 * SEC), Delivery::Ignore);
+        assert!(matches!(
+            o.delivered("a", &delivery(6, 3), 4 * SEC),
+            Delivery::Store { seq: 6, .. }
+        ));
+        // Through another domain's API, as a created consumer is.
+        let ext = r#"{"name":"O","external":{"api":"$JS.hub.API","deliver":""},"consumer":{"name":"SRC","deliver_subject":"d"}}"#;
+        let mut e = Origin::new(Kind::Source, source(ext), 0);
+        let r = e.request("M", "$G", None, held, "r".into(), "u", 0);
+        assert_eq!(r.subject, "$JS.hub.API.CONSUMER.RESET.O.SRC");
     }
 
     #[test]

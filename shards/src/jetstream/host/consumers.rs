@@ -842,6 +842,7 @@ impl Hosted {
     /// completed): consumers waiting for it get it.
     pub(super) fn offer(&self, shard: &Shard, seq: u64, subject: &str) {
         self.committed.set(self.committed.get().max(seq));
+        self.answer_committed(shard);
         if self.consumers.len() == 0 {
             return;
         }

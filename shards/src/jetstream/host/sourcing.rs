@@ -46,6 +46,10 @@ pub(super) struct Sourcing {
     /// Direct get subscriptions for the mirror's origin, once caught up.
     mirror_direct: RefCell<Vec<Bytes>>,
     wake: Signal,
+    /// Flow control answers (to, headers) held until the stream sequence
+    /// with them is durable: an answer tells a durable origin consumer what
+    /// it may forget, so it must not run ahead of the commit.
+    answers: RefCell<std::collections::VecDeque<(u64, String, String)>>,
 }
 
 impl Sourcing {
@@ -264,7 +268,15 @@ impl Hosted {
                     .control(msg.headers(), &reply, now);
             match control {
                 Control::Reply { to, headers } => {
-                    self.send(shard, to.as_bytes(), headers.as_bytes(), &[]);
+                    let staged = self.store.fast_state().last_seq;
+                    if self.committed.get() >= staged {
+                        self.send(shard, to.as_bytes(), headers.as_bytes(), &[]);
+                    } else {
+                        self.sourcing
+                            .answers
+                            .borrow_mut()
+                            .push_back((staged, to, headers));
+                    }
                 }
                 Control::Retry => self.sync_listening(shard),
                 Control::Nothing => {}
@@ -296,6 +308,24 @@ impl Hosted {
             }
             Delivery::Ignore => {}
             Delivery::Retry => self.sync_listening(shard),
+        }
+    }
+
+    /// Sends the flow control answers whose messages are now durable.
+    pub(super) fn answer_committed(&self, shard: &Shard) {
+        let committed = self.committed.get();
+        loop {
+            let ready = {
+                let mut answers = self.sourcing.answers.borrow_mut();
+                match answers.front() {
+                    Some((seq, _, _)) if *seq <= committed => answers.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some((_, to, headers)) = ready else {
+                return;
+            };
+            self.send(shard, to.as_bytes(), headers.as_bytes(), &[]);
         }
     }
 
@@ -510,7 +540,12 @@ pub(super) async fn run(shard: Rc<Shard>, hosted: Rc<Hosted>) {
         }
         hosted.sync_listening(&shard);
         for (i, r) in requests {
-            let body = serde_json::to_vec(&r.body).unwrap_or_default();
+            // A consumer reset goes with no body: back to past the ack floor.
+            let body = if r.body.is_null() {
+                Vec::new()
+            } else {
+                serde_json::to_vec(&r.body).unwrap_or_default()
+            };
             let routed = shard.internal_publish(
                 Some(hosted.internal),
                 hosted.account,
