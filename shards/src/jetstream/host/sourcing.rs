@@ -50,6 +50,8 @@ pub(super) struct Sourcing {
     /// with them is durable: an answer tells a durable origin consumer what
     /// it may forget, so it must not run ahead of the commit.
     answers: RefCell<std::collections::VecDeque<(u64, String, String)>>,
+    /// The stream sequence of the last sourced message staged.
+    staged: std::cell::Cell<u64>,
 }
 
 impl Sourcing {
@@ -268,7 +270,9 @@ impl Hosted {
                     .control(msg.headers(), &reply, now);
             match control {
                 Control::Reply { to, headers } => {
-                    let staged = self.store.fast_state().last_seq;
+                    // Against the last message copied, not the stream's end: a
+                    // mirror's skip alone commits with the message that follows.
+                    let staged = self.sourcing.staged.get();
                     if self.committed.get() >= staged {
                         self.send(shard, to.as_bytes(), headers.as_bytes(), &[]);
                     } else {
@@ -296,7 +300,9 @@ impl Hosted {
                 header,
             } => {
                 let kind = self.sourcing.origins.borrow()[i].core.kind;
-                if !self.store_sourced(shard, kind, &msg, seq, ts, subject, header) {
+                if self.store_sourced(shard, kind, &msg, seq, ts, subject, header) {
+                    self.sourcing.staged.set(self.store.fast_state().last_seq);
+                } else {
                     self.sourcing.origins.borrow_mut()[i]
                         .core
                         .store_failed(seq, now);
