@@ -46,9 +46,9 @@ pub(super) struct Sourcing {
     /// Direct get subscriptions for the mirror's origin, once caught up.
     mirror_direct: RefCell<Vec<Bytes>>,
     wake: Signal,
-    /// Flow control answers (to, headers) held until the stream sequence
-    /// with them is durable: an answer tells a durable origin consumer what
-    /// it may forget, so it must not run ahead of the commit.
+    /// Flow control answers (to, headers) for durable origin consumers, held
+    /// until the stream sequence with them is durable: an answer tells such a
+    /// consumer what it may forget, so it must not run ahead of the commit.
     answers: RefCell<std::collections::VecDeque<(u64, String, String)>>,
     /// The stream sequence of the last sourced message staged.
     staged: std::cell::Cell<u64>,
@@ -270,10 +270,18 @@ impl Hosted {
                     .control(msg.headers(), &reply, now);
             match control {
                 Control::Reply { to, headers } => {
-                    // Against the last message copied, not the stream's end: a
-                    // mirror's skip alone commits with the message that follows.
+                    // Only a durable origin consumer forgets what an answer
+                    // covers (the ones strait makes ack nothing, and waiting for
+                    // the commit would slow every window). Against the last
+                    // message copied, not the stream's end: a mirror's skip
+                    // alone commits with the message that follows.
+                    let durable = self.sourcing.origins.borrow()[i]
+                        .core
+                        .config
+                        .consumer
+                        .is_some();
                     let staged = self.sourcing.staged.get();
-                    if self.committed.get() >= staged {
+                    if !durable || self.committed.get() >= staged {
                         self.send(shard, to.as_bytes(), headers.as_bytes(), &[]);
                     } else {
                         self.sourcing
