@@ -439,32 +439,42 @@ impl Origin {
     /// the user; it is reset to past its ack floor (which the flow control
     /// answers move) and read on its own deliver subject.
     fn reset_request(&mut self, durable: &DurableSource, reply: String, now: i64) -> Request {
-        let mut subject = format!(
+        let subject = format!(
             "$JS.API.CONSUMER.RESET.{}.{}",
             self.config.name, durable.name
         );
-        if let Some(e) = self
+        self.asked(reply.clone(), durable.deliver_subject.clone(), now);
+        Request {
+            subject: self.through_api(subject),
+            reply,
+            body: Value::Null,
+        }
+    }
+
+    /// An API subject under the external API prefix, when there is one.
+    fn through_api(&self, subject: String) -> String {
+        match self
             .config
             .external
             .as_ref()
             .filter(|e| !e.api_prefix.is_empty())
         {
-            subject = subject
+            Some(e) => subject
                 .replacen("$JS.API", &e.api_prefix, 1)
-                .replace("..", ".");
+                .replace("..", "."),
+            None => subject,
         }
+    }
+
+    /// A consumer was asked for: its answer comes on `reply`, its deliveries on `deliver`.
+    fn asked(&mut self, reply: String, deliver: String, now: i64) {
         self.last_request = now;
         self.error = None;
         self.phase = Phase::Creating {
-            reply: reply.clone(),
-            deliver: durable.deliver_subject.clone(),
+            reply,
+            deliver,
             sent: now,
         };
-        Request {
-            subject,
-            reply,
-            body: Value::Null,
-        }
     }
 
     pub fn is_active(&self) -> bool {
@@ -587,20 +597,9 @@ impl Origin {
             }
             _ => config["filter_subjects"] = json!(filters),
         }
-        if let Some(e) = ext.filter(|e| !e.api_prefix.is_empty()) {
-            subject = subject
-                .replacen("$JS.API", &e.api_prefix, 1)
-                .replace("..", ".");
-        }
-        self.last_request = now;
-        self.error = None;
-        self.phase = Phase::Creating {
-            reply: reply.clone(),
-            deliver: deliver.clone(),
-            sent: now,
-        };
+        self.asked(reply.clone(), deliver, now);
         Request {
-            subject,
+            subject: self.through_api(subject),
             reply,
             body: json!({ "stream_name": self.config.name, "config": config }),
         }

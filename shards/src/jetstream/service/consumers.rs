@@ -29,6 +29,15 @@ struct PauseRequest {
     pause_until: Option<String>,
 }
 
+/// Moves `keys` (those present) to the end of `map`, in this order.
+fn move_to_end(map: &mut Map<String, Value>, keys: &[&str]) {
+    for &key in keys {
+        if let Some(value) = map.remove(key) {
+            map.insert(key.into(), value);
+        }
+    }
+}
+
 const RESET_RESPONSE_TYPE: &str = "io.nats.jetstream.api.v1.consumer_reset_response";
 
 /// `CONSUMER.RESET`'s body: no sequence (or none at all) resets to past the
@@ -124,11 +133,7 @@ impl Service {
         match result {
             Ok(Value::Object(mut info)) => {
                 // `ts`, `priority_groups`, then `reset_seq`, in nats-server's order.
-                for key in ["ts", "priority_groups", "reset_seq"] {
-                    if let Some(value) = info.remove(key) {
-                        info.insert(key.into(), value);
-                    }
-                }
+                move_to_end(&mut info, &["ts", "priority_groups", "reset_seq"]);
                 out.extend(info);
             }
             Ok(_) => {}
@@ -447,11 +452,7 @@ impl Service {
             // The leader, as a single server names itself.
             body.insert("cluster".into(), json!({ "leader": self.opts.name() }));
             // `ts` and `priority_groups` come after it, in nats-server's order.
-            for key in ["ts", "priority_groups"] {
-                if let Some(value) = body.remove(key) {
-                    body.insert(key.into(), value);
-                }
-            }
+            move_to_end(body, &["ts", "priority_groups"]);
         }
         Ok(info)
     }
