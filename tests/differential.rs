@@ -412,3 +412,166 @@ async fn jetstream_api_vs_nats_server() {
     drop(reference);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Counter streams against nats-server: creation rules, every increment error,
+/// the PubAcks with their totals, dedupe, a deletion and a purge under a
+/// counter, and a stream that sources counters, message for message.
+#[tokio::test]
+async fn counters_vs_nats_server() {
+    let base = std::env::temp_dir().join(format!("strait-ctrdiff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("dir");
+    let store = |name: &str| base.join(name).display().to_string();
+    let strait = Server::start_with_config(
+        Some(&format!(
+            "jetstream {{ store_dir: {:?} }}\n",
+            store("strait")
+        )),
+        &["--shards", "1"],
+    );
+    let reference_conf = base.join("reference.conf");
+    std::fs::write(
+        &reference_conf,
+        format!("jetstream {{ store_dir: {:?} }}\n", store("reference")),
+    )
+    .expect("reference config");
+    let reference = Reference::start(&reference_conf);
+    let clients = [
+        async_nats::connect(format!("127.0.0.1:{}", strait.port))
+            .await
+            .expect("connect strait"),
+        async_nats::connect(format!("127.0.0.1:{}", reference.port))
+            .await
+            .expect("connect nats-server"),
+    ];
+    const INCR: &str = "Nats-Incr";
+    let create = |cfg: &'static str| ("$JS.API.STREAM.CREATE.C", cfg, vec![]);
+    let incr = |subject: &'static str, by: &'static str| (subject, "", vec![(INCR, by)]);
+    let requests: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+        create(r#"{"name":"C","subjects":["c.>"],"allow_msg_counter":true,"discard":"new"}"#),
+        create(r#"{"name":"C","subjects":["c.>"],"allow_msg_counter":true,"allow_msg_ttl":true}"#),
+        create(
+            r#"{"name":"C","subjects":["c.>"],"allow_msg_counter":true,"retention":"interest"}"#,
+        ),
+        create(r#"{"name":"C","allow_msg_counter":true,"mirror":{"name":"X"}}"#),
+        create(
+            r#"{"name":"C","subjects":["c.>"],"allow_msg_counter":true,"max_msgs_per_subject":5}"#,
+        ),
+        (
+            "$JS.API.STREAM.UPDATE.C",
+            r#"{"name":"C","subjects":["c.>"],"max_msgs_per_subject":5}"#,
+            vec![],
+        ),
+        (
+            "$JS.API.STREAM.CREATE.P",
+            r#"{"name":"P","subjects":["p.>"]}"#,
+            vec![],
+        ),
+        incr("c.a", "+1"),
+        incr("c.a", "5"),
+        incr("c.a", "-10"),
+        incr("c.b", "123456789012345678901234567890"),
+        incr("c.b", "+1"),
+        incr("c.a", "x"),
+        incr("c.a", "1_0"),
+        incr("c.a", ""),
+        incr("c.a", "+0"),
+        ("c.a", "payload", vec![(INCR, "1")]),
+        ("c.a", "", vec![(INCR, "1"), ("Nats-Rollup", "sub")]),
+        (
+            "c.a",
+            "",
+            vec![(INCR, "1"), ("Nats-Expected-Last-Sequence", "1")],
+        ),
+        ("c.a", "", vec![(INCR, "1"), ("Nats-Expected-Stream", "C")]),
+        ("c.a", "", vec![(INCR, "1"), ("Nats-TTL", "5s")]),
+        ("c.a", "", vec![("Other", "1")]),
+        ("c.a", "no header", vec![]),
+        incr("p.a", "1"),
+        incr("p.a", "zz"),
+        ("c.a", "", vec![(INCR, "2"), ("Nats-Msg-Id", "m1")]),
+        ("c.a", "", vec![(INCR, "2"), ("Nats-Msg-Id", "m1")]),
+        (
+            "$JS.API.STREAM.MSG.GET.C",
+            r#"{"last_by_subj":"c.b"}"#,
+            vec![],
+        ),
+        ("$JS.API.STREAM.MSG.DELETE.C", r#"{"seq":7}"#, vec![]),
+        incr("c.a", "1"),
+        ("$JS.API.STREAM.PURGE.C", r#"{"filter":"c.a"}"#, vec![]),
+        incr("c.a", "1"),
+        (
+            "$JS.API.STREAM.CREATE.AGG",
+            r#"{"name":"AGG","subjects":["agg.>"],"allow_msg_counter":true,"sources":[{"name":"C"}]}"#,
+            vec![],
+        ),
+    ];
+    for (i, (subject, body, headers)) in requests.iter().enumerate() {
+        let mut answers = Vec::new();
+        for client in &clients {
+            answers.push(counter_request(client, subject, body, headers).await);
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "request {i}: {subject} {headers:?} {body}\nstrait (left) and nats-server (right) differ"
+        );
+    }
+    // What the aggregate holds once it caught up: the same totals, headers
+    // and all, on both servers.
+    let mut held = Vec::new();
+    for client in &clients {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            let last = counter_request(
+                client,
+                "$JS.API.STREAM.MSG.GET.AGG",
+                r#"{"last_by_subj":"c.a"}"#,
+                &[],
+            )
+            .await;
+            if last["message"]["seq"] == 3 || std::time::Instant::now() > deadline {
+                break counter_request(
+                    client,
+                    "$JS.API.STREAM.MSG.GET.AGG",
+                    r#"{"last_by_subj":"c.b"}"#,
+                    &[],
+                )
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        held.push(got);
+    }
+    assert_eq!(held[0], held[1], "the aggregate's last c.b differs");
+    assert_eq!(held[0]["message"]["seq"], 2, "{}", held[0]);
+    let mut own = Vec::new();
+    for client in &clients {
+        own.push(counter_request(client, "agg.own", "", &[(INCR, "3")]).await);
+    }
+    assert_eq!(own[0], own[1], "a local increment on the aggregate differs");
+    drop(strait);
+    drop(reference);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A request with headers, its JSON answer made comparable (see [`comparable`]).
+async fn counter_request(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(*name, *value);
+    }
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request_with_headers(subject.to_string(), map, body.to_string().into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{subject}: no answer in time"))
+    .expect("answer");
+    let json: serde_json::Value = serde_json::from_slice(&answer.payload).expect("JSON answer");
+    comparable(&json, "")
+}

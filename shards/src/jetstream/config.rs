@@ -436,6 +436,22 @@ impl StreamConfig {
         if cfg.deny_purge && cfg.allow_rollup_hdrs {
             return Err(invalid("roll-ups require the purge permission"));
         }
+        // A counter's value is its subject's last message: nothing may refuse
+        // an increment for room, expire it, or keep only what consumers want.
+        if cfg.allow_msg_counter {
+            if cfg.discard == Discard::New {
+                return Err(invalid("counter stream cannot use discard new"));
+            }
+            if cfg.allow_msg_ttl {
+                return Err(invalid("counter stream cannot use message TTLs"));
+            }
+            if cfg.allow_msg_schedules {
+                return Err(invalid("counter stream cannot use message schedules"));
+            }
+            if cfg.retention != Retention::Limits {
+                return Err(invalid("counter stream can only use limits retention"));
+            }
+        }
         if cfg.discard_new_per_subject {
             if cfg.discard != Discard::New {
                 return Err(invalid(
@@ -549,8 +565,6 @@ impl StreamConfig {
     fn refuse_missing_features(&self, cfg: &StreamConfig) -> Result<(), ApiError> {
         let missing = if cfg.compression == Compression::S2 {
             Some("s2 compression")
-        } else if cfg.allow_msg_counter {
-            Some("counter streams")
         } else if cfg.allow_atomic || cfg.allow_batched {
             Some("batch publishing")
         } else if cfg.allow_msg_schedules {
@@ -570,7 +584,9 @@ impl StreamConfig {
     /// level its features require. The server's own level and version are not
     /// stored (they change with the server): see [`Self::with_dynamic_metadata`].
     fn set_version_metadata(&mut self) {
-        let required = if self.allow_msg_ttl || self.subject_delete_marker_ttl > 0 {
+        let required = if self.allow_msg_counter {
+            2
+        } else if self.allow_msg_ttl || self.subject_delete_marker_ttl > 0 {
             1
         } else {
             0
@@ -641,6 +657,9 @@ impl StreamConfig {
         }
         if self.deny_purge && !new.deny_purge {
             return refuse("deny purge");
+        }
+        if self.allow_msg_counter != new.allow_msg_counter {
+            return refuse("message counter setting");
         }
         if new.first_seq != self.first_seq && new.first_seq != 0 {
             return refuse("first sequence");

@@ -213,6 +213,8 @@ struct PendingAck {
     subject: Bytes,
     reply: Bytes,
     republish: Option<Republish>,
+    /// A counter's total, for the acknowledgement.
+    total: Option<String>,
 }
 
 impl StoreView for AnyStore {
@@ -411,6 +413,7 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
     }
     shard.barrier().await;
     hosted.recover_msg_ids().await;
+    hosted.recover_counters().await;
     hosted.report_usage();
     hosted.configure_sourcing(shard, &spec.config).await;
     shard.streams.borrow_mut().insert(key, hosted.clone());
@@ -538,6 +541,53 @@ impl Hosted {
             }
         }
         Ok(())
+    }
+
+    /// A counter stream reads the total of each of its subjects back.
+    async fn recover_counters(&self) {
+        if !self.stream.borrow().config().allow_msg_counter {
+            return;
+        }
+        let lasts = self
+            .store
+            .multi_last(&[">".to_string()], 0, usize::MAX)
+            .unwrap_or_default();
+        for seq in lasts {
+            self.learn_counter(seq).await;
+        }
+    }
+
+    /// Tells the stream's counters what message `seq` holds.
+    async fn learn_counter(&self, seq: u64) {
+        match self.store.load(seq).await {
+            Ok(m) => self
+                .stream
+                .borrow_mut()
+                .learn_counter(&m.subject, m.seq, &m.headers, &m.payload),
+            Err(e) => tracing::warn!("JetStream counter message {seq} unreadable: {e}"),
+        }
+    }
+
+    /// Before the last message of a counter's subject is deleted, the counter
+    /// learns what the one before it holds: the total it goes back to.
+    async fn before_deleting_counter(&self, seq: u64) {
+        if !self.stream.borrow().config().allow_msg_counter {
+            return;
+        }
+        let Some(subject) = self.store.stored_subject(seq) else {
+            return;
+        };
+        let subject = subject.to_string();
+        if self.store.last_seq_for(&subject) != seq || seq <= 1 {
+            return;
+        }
+        let before = self
+            .store
+            .multi_last(std::slice::from_ref(&subject), seq - 1, 1)
+            .and_then(|seqs| seqs.last().copied());
+        if let Some(before) = before {
+            self.learn_counter(before).await;
+        }
     }
 
     /// A restart keeps deduplicating what came within the window: the message
@@ -862,7 +912,7 @@ impl Hosted {
             ingest,
             &stored_as,
             &headers,
-            payload.len(),
+            &payload,
             now,
             self.store.as_ref(),
         );
@@ -896,7 +946,14 @@ impl Hosted {
             return false;
         }
         let predicted = self.store.fast_state().last_seq + 1;
-        let mut headers = headers;
+        let (mut headers, payload, total) = match accepted.counter.as_deref() {
+            Some(increment) => (
+                Bytes::from(increment.headers.clone()),
+                Bytes::from(increment.payload.clone()),
+                Some(increment.counter.total.to_string()),
+            ),
+            None => (headers, payload, None),
+        };
         if accepted.ttl_raised {
             let ttl = accepted.ttl.unwrap_or_default().to_string();
             headers = Bytes::from(super::stream::with_header(
@@ -932,13 +989,17 @@ impl Hosted {
         let staged = self.store.fast_state();
         let taken = staged.last_seq == predicted;
         if taken {
-            self.stream.borrow_mut().stored(&accepted, predicted, now);
+            // Checked as UTF-8 above (a transform maps UTF-8 to UTF-8).
+            let stored_as = std::str::from_utf8(&subject).unwrap_or_default();
+            self.stream
+                .borrow_mut()
+                .stored(&accepted, stored_as, predicted, now);
         }
         self.usage.report(staged.bytes, false);
         match first {
             std::task::Poll::Ready(result) => {
                 let ok = result.is_ok();
-                self.appended(shard, &subject, &reply, result, republish);
+                self.appended(shard, &subject, &reply, result, republish, total);
                 ok
             }
             std::task::Poll::Pending => {
@@ -947,6 +1008,7 @@ impl Hosted {
                     subject,
                     reply,
                     republish,
+                    total,
                 });
                 if let Some(waker) = self.acker.take() {
                     waker.wake();
@@ -984,7 +1046,14 @@ impl Hosted {
                     item.append.await
                 }
             };
-            self.appended(&shard, &item.subject, &item.reply, result, item.republish);
+            self.appended(
+                &shard,
+                &item.subject,
+                &item.reply,
+                result,
+                item.republish,
+                item.total,
+            );
             if self.pending.borrow().is_empty() {
                 shard.flush_lanes().await;
             }
@@ -1055,6 +1124,7 @@ impl Hosted {
         reply: &[u8],
         result: Result<u64, StoreError>,
         republish: Option<Republish>,
+        total: Option<String>,
     ) {
         match result {
             Ok(seq) => {
@@ -1064,7 +1134,10 @@ impl Hosted {
                 if let Some(r) = republish {
                     self.republish(shard, r, seq);
                 }
-                let ack = self.stream.borrow().ack(seq, false);
+                let ack = match total {
+                    Some(total) => self.stream.borrow().counter_ack(seq, total),
+                    None => self.stream.borrow().ack(seq, false),
+                };
                 self.reply(shard, reply, &ack);
             }
             Err(e) => {
@@ -1176,6 +1249,7 @@ impl Hosted {
                 Ok(Value::Object(out))
             }
             StreamOp::DeleteMsg { seq, erase } => {
+                self.before_deleting_counter(seq).await;
                 let state = self.store.fast_state();
                 match self.store.delete(seq, erase).await {
                     Ok(true) => {

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use serde::Serialize;
 
 use super::config::{Retention, StreamConfig};
+use super::counter::{self, Counters, Increment};
 use super::errors::{self, ApiError};
 use crate::accounts::SubjectTransform;
 
@@ -55,6 +56,8 @@ pub struct Accepted {
     /// Interest retention: unless the shell finds a consumer that takes it,
     /// the message takes its sequence and is acknowledged, but is not kept.
     pub skip: bool,
+    /// A counter stream stores this instead of what was published.
+    pub counter: Option<Box<Increment>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +79,9 @@ pub struct PubAck {
     pub domain: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// A counter's total after the increment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val: Option<String>,
 }
 
 /// The message ids seen within the duplicate window, oldest first.
@@ -128,6 +134,7 @@ pub struct Stream {
     domain: Option<String>,
     dedupe: Dedupe,
     last_msg_id: String,
+    counters: Counters,
 }
 
 /// A header's value in a `NATS/1.0` block (names compare case-insensitively).
@@ -147,20 +154,28 @@ pub fn is_delete_marker(headers: &[u8]) -> bool {
             || header(headers, KV_OPERATION) == Some("PURGE"))
 }
 
-/// A header block with `name` set to `value` (any earlier value removed).
+/// A header block with `name` set to `value`: in the place of its first
+/// earlier value (others removed), as nats-server's `setHeader` does, or last.
 pub fn with_header(headers: &[u8], name: &str, value: &str) -> Vec<u8> {
     let text = String::from_utf8_lossy(headers);
     let mut lines = text.split("\r\n");
     let status = lines.next().filter(|l| !l.is_empty()).unwrap_or("NATS/1.0");
     let mut out = format!("{status}\r\n");
+    let mut set = false;
     for line in lines.filter(|l| !l.is_empty()) {
         let key = line.split_once(':').map_or(line, |(k, _)| k).trim();
         if !key.eq_ignore_ascii_case(name) {
             out.push_str(line);
             out.push_str("\r\n");
+        } else if !set {
+            out.push_str(&format!("{name}: {value}\r\n"));
+            set = true;
         }
     }
-    out.push_str(&format!("{name}: {value}\r\n\r\n"));
+    if !set {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
     out.into_bytes()
 }
 
@@ -188,6 +203,7 @@ impl Stream {
             domain,
             dedupe: Dedupe::default(),
             last_msg_id: String::new(),
+            counters: Counters::default(),
         };
         stream.set_config(config);
         stream
@@ -247,11 +263,11 @@ impl Stream {
         &mut self,
         subject: &str,
         headers: &[u8],
-        payload_len: usize,
+        payload: &[u8],
         now: i64,
         store: &impl StoreView,
     ) -> Decision {
-        self.check_from(Ingest::Publish, subject, headers, payload_len, now, store)
+        self.check_from(Ingest::Publish, subject, headers, payload, now, store)
     }
 
     /// [`Self::check`] for a message that came from where `ingest` says: what
@@ -262,7 +278,7 @@ impl Stream {
         ingest: Ingest,
         subject: &str,
         headers: &[u8],
-        payload_len: usize,
+        payload: &[u8],
         now: i64,
         store: &impl StoreView,
     ) -> Decision {
@@ -277,6 +293,30 @@ impl Stream {
                 header(headers, name)
             }
         };
+        let incr = match counter::parse_incr(headers) {
+            Ok(incr) => incr,
+            Err(e) => return refuse(e),
+        };
+        // What a source or mirror already counted is not checked again.
+        if incr.is_some() && ingest == Ingest::Publish {
+            if !self.config.allow_msg_counter {
+                return refuse(errors::MESSAGE_INCR_DISABLED.error());
+            }
+            if !payload.is_empty() {
+                return refuse(errors::MESSAGE_INCR_PAYLOAD.error());
+            }
+            let conflicting = [
+                ROLLUP,
+                EXPECTED_STREAM,
+                EXPECTED_LAST_MSG_ID,
+                EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
+                EXPECTED_LAST_SEQ,
+                EXPECTED_LAST_SUBJECT_SEQ,
+            ];
+            if conflicting.iter().any(|name| hdr(name).is_some()) {
+                return refuse(errors::MESSAGE_INCR_INVALID.error());
+            }
+        }
         if let Some(name) = hdr(EXPECTED_STREAM) {
             if name != self.config.name {
                 return refuse(errors::STREAM_NOT_MATCH.error());
@@ -345,8 +385,32 @@ impl Stream {
                 );
             }
         };
+        let counted = self.config.allow_msg_counter && ingest != Ingest::Mirrored;
+        let counter = match (counted, incr) {
+            (false, _) => None,
+            (true, None) => return refuse(errors::MESSAGE_INCR_MISSING.error()),
+            (true, Some(incr)) => {
+                let source = match ingest {
+                    Ingest::Sourced => hdr(super::sourcing::STREAM_SOURCE),
+                    _ => None,
+                };
+                let applied = self
+                    .counters
+                    .current(subject, store.last_seq_for(subject))
+                    .and_then(|current| {
+                        counter::apply(&current, incr, headers, payload, subject, source)
+                    });
+                match applied {
+                    Ok(increment) => Some(Box::new(increment)),
+                    Err(e) => return refuse(e),
+                }
+            }
+        };
+        let size = counter.as_ref().map_or(headers.len() + payload.len(), |c| {
+            c.headers.len() + c.payload.len()
+        });
         let max = self.config.max_msg_size;
-        if max > 0 && headers.len() + payload_len > max as usize {
+        if max > 0 && size > max as usize {
             return refuse(errors::STREAM_MESSAGE_EXCEEDS_MAXIMUM.error());
         }
         Decision::Store(Accepted {
@@ -357,6 +421,7 @@ impl Stream {
             // Interest retention keeps only what a consumer takes, which the
             // shell, holding the consumers, decides.
             skip: self.config.retention == Retention::Interest,
+            counter,
         })
     }
 
@@ -382,16 +447,28 @@ impl Stream {
             msg_id: None,
             ttl_raised: false,
             skip: false,
+            counter: None,
         };
         Some((headers.into_bytes(), accepted))
     }
 
-    /// The store took an accepted message at `seq`.
-    pub fn stored(&mut self, accepted: &Accepted, seq: u64, now: i64) {
+    /// The store took an accepted message at `seq`, under `subject`.
+    pub fn stored(&mut self, accepted: &Accepted, subject: &str, seq: u64, now: i64) {
         if let Some(id) = &accepted.msg_id {
             self.dedupe.insert(id.clone(), seq, now);
             self.last_msg_id.clone_from(id);
         }
+        if let Some(increment) = &accepted.counter {
+            self.counters
+                .stored(subject, seq, increment.counter.clone());
+        }
+    }
+
+    /// Tells the counters what message `seq` on `subject` holds (read when the
+    /// stream opens, and before a deletion reveals it).
+    pub fn learn_counter(&mut self, subject: &str, seq: u64, headers: &[u8], payload: &[u8]) {
+        self.counters
+            .learn(subject, seq, counter::read(headers, payload));
     }
 
     /// Takes back a message id found in the store at restart, so the duplicate
@@ -410,6 +487,15 @@ impl Stream {
             seq,
             domain: self.domain.clone(),
             duplicate,
+            val: None,
+        }
+    }
+
+    /// The acknowledgement of a counter increment: with the total.
+    pub fn counter_ack(&self, seq: u64, total: String) -> PubAck {
+        PubAck {
+            val: Some(total),
+            ..self.ack(seq, false)
         }
     }
 
@@ -420,6 +506,7 @@ impl Stream {
             seq: 0,
             domain: None,
             duplicate: false,
+            val: None,
         }
     }
 }
@@ -523,11 +610,11 @@ mod tests {
 
     /// Feeds a message through check and, when accepted, a store at the next sequence.
     fn publish(s: &mut Stream, view: &mut View, subject: &str, h: &[u8], now: i64) -> Decision {
-        let d = s.check(subject, h, 1, now, view);
+        let d = s.check(subject, h, b"x", now, view);
         if let Decision::Store(a) = &d {
             view.last += 1;
             view.per_subject.insert(subject.to_string(), view.last);
-            s.stored(a, view.last, now);
+            s.stored(a, subject, view.last, now);
         }
         d
     }
@@ -594,7 +681,7 @@ mod tests {
             (hdrs(&[(ROLLUP, "sub")]), 10111, "rollup not permitted"),
         ];
         for (h, code, text) in cases {
-            match s.check("ORDERS.new", &h, 1, 0, &v) {
+            match s.check("ORDERS.new", &h, b"x", 0, &v) {
                 Decision::Refuse(e) => {
                     assert_eq!((e.err_code, e.description.as_str()), (code, text))
                 }
@@ -612,7 +699,7 @@ mod tests {
             hdrs(&[(EXPECTED_STREAM, "ORDERS")]),
         ] {
             assert!(matches!(
-                s.check("ORDERS.new", &h, 1, 0, &v),
+                s.check("ORDERS.new", &h, b"x", 0, &v),
                 Decision::Store(_)
             ));
         }
@@ -632,7 +719,7 @@ mod tests {
             last: 0,
             per_subject: HashMap::new(),
         };
-        let check = |s: &mut Stream, h: &[(&str, &str)]| s.check("events.a", &hdrs(h), 1, 0, &v);
+        let check = |s: &mut Stream, h: &[(&str, &str)]| s.check("events.a", &hdrs(h), b"x", 0, &v);
         assert_eq!(
             check(&mut s, &[(TTL, "1s")]),
             Decision::Store(Accepted {
@@ -641,6 +728,7 @@ mod tests {
                 msg_id: None,
                 ttl_raised: false,
                 skip: false,
+                counter: None,
             })
         );
         assert!(matches!(
@@ -694,11 +782,11 @@ mod tests {
             last: 0,
             per_subject: HashMap::new(),
         };
-        match s.check("$KV.b.k", &hdrs(&[(TTL, "1s")]), 1, 0, &v) {
+        match s.check("$KV.b.k", &hdrs(&[(TTL, "1s")]), b"x", 0, &v) {
             Decision::Store(a) => assert_eq!((a.ttl, a.ttl_raised), (Some(5), true)),
             other => panic!("{other:?}"),
         }
-        match s.check("$KV.b.k", &hdrs(&[(TTL, "9s")]), 1, 0, &v) {
+        match s.check("$KV.b.k", &hdrs(&[(TTL, "9s")]), b"x", 0, &v) {
             Decision::Store(a) => assert_eq!((a.ttl, a.ttl_raised), (Some(9), false)),
             other => panic!("{other:?}"),
         }
