@@ -447,7 +447,7 @@ async fn counters_vs_nats_server() {
     const INCR: &str = "Nats-Incr";
     let create = |cfg: &'static str| ("$JS.API.STREAM.CREATE.C", cfg, vec![]);
     let incr = |subject: &'static str, by: &'static str| (subject, "", vec![(INCR, by)]);
-    let requests: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    let requests: Vec<HeaderedRequest> = vec![
         create(r#"{"name":"C","subjects":["c.>"],"allow_msg_counter":true,"discard":"new"}"#),
         create(r#"{"name":"C","subjects":["c.>"],"allow_msg_counter":true,"allow_msg_ttl":true}"#),
         create(
@@ -553,6 +553,9 @@ async fn counters_vs_nats_server() {
     drop(reference);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A subject, a body and the headers sent with it.
+type HeaderedRequest = (&'static str, &'static str, Vec<(&'static str, &'static str)>);
 
 /// A request with headers, its JSON answer made comparable (see [`comparable`]).
 async fn counter_request(
