@@ -555,7 +555,11 @@ async fn counters_vs_nats_server() {
 }
 
 /// A subject, a body and the headers sent with it.
-type HeaderedRequest = (&'static str, &'static str, Vec<(&'static str, &'static str)>);
+type HeaderedRequest = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+);
 
 /// A request with headers, its JSON answer made comparable (see [`comparable`]).
 async fn counter_request(

@@ -36,6 +36,9 @@ pub enum Cmd {
     /// A key-value bucket on two servers: puts, and gets by key through direct get
     /// (one in flight, and pipelined), ratios A/B
     JsKv(JsKvArgs),
+    /// Counter increments (`Nats-Incr`) on one subject and on many, on two
+    /// servers, ratios A/B
+    JsCounter(JsCounterArgs),
     /// Snapshot and restore of one big stream on two servers, as natscli's stream
     /// backup and restore drive them, ratios A/B
     JsBackup(JsBackupArgs),
@@ -163,6 +166,25 @@ pub struct JsKvArgs {
     #[arg(long, default_value = "128", value_parser = parse_size)]
     pub size: usize,
     /// Requests in flight for puts and pipelined gets
+    #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65536))]
+    pub window: usize,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsCounterArgs {
+    /// NAME=COMMAND, exactly twice (A, then the reference B), each with JetStream on
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Increments per run
+    #[arg(long, default_value_t = 100_000, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
+    pub increments: u64,
+    /// Subject counts, one run each, the increments spread over them
+    #[arg(long, value_delimiter = ',', default_value = "1,10000")]
+    pub subjects: Vec<u64>,
+    /// Increments in flight
     #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub window: usize,
     /// Write the runs as JSON to this file
@@ -430,6 +452,7 @@ impl Cmd {
             | Cmd::JsStreams(_)
             | Cmd::JsConsume(_)
             | Cmd::JsKv(_)
+            | Cmd::JsCounter(_)
             | Cmd::JsBackup(_)
             | Cmd::JsMirror(_)
             | Cmd::Scenarios => return None,

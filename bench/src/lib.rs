@@ -9,6 +9,7 @@ pub mod compare;
 pub mod conn;
 pub mod conns;
 pub mod consume;
+pub mod counter;
 pub mod js;
 pub mod kv;
 pub mod mirror;

@@ -131,6 +131,23 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::JsCounter(args) => {
+            if args.subjects.contains(&0) {
+                anyhow::bail!("--subjects: every count must be at least 1");
+            }
+            let opts = strait_bench::counter::CounterOptions {
+                servers: args.servers.clone(),
+                increments: args.increments,
+                subjects: args.subjects.clone(),
+                window: args.window,
+            };
+            let runs = strait_bench::counter::run(&opts)?;
+            println!("{}", strait_bench::counter::table(&runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::JsConsume(args) => {
             let opts = strait_bench::consume::ConsumeOptions {
                 servers: args.servers.clone(),

@@ -927,6 +927,18 @@ impl<L> Index<L> {
             let last = self.last_match(filter).unwrap_or(0);
             return (self.msgs, if self.msgs > 0 { self.base } else { 0 }, last);
         }
+        // One subject is one set: no walk over the others (a KV update's
+        // expected revision and a counter's increment ask this per message).
+        if !has_wildcard(filter.as_bytes()) {
+            return match self.set_of(filter) {
+                Some(set) if !set.is_empty() => (
+                    set.len() as u64,
+                    set.first().unwrap_or(0),
+                    set.last().unwrap_or(0),
+                ),
+                _ => (0, 0, 0),
+            };
+        }
         let mut n = 0;
         let mut first = u64::MAX;
         let mut last = 0;
