@@ -23,6 +23,9 @@ pub struct JetStreamConfig {
     /// `limits { max_ack_pending, max_request_batch }`: ceilings for consumers.
     pub max_ack_pending: Option<i64>,
     pub max_request_batch: Option<i64>,
+    /// `limits { batch { max_inflight_per_stream, max_inflight_total,
+    /// max_msgs, timeout } }`: atomic batch publishing (0 keeps a default).
+    pub batch: strait_shards::jetstream::batch::BatchLimits,
 }
 
 impl JetStreamConfig {
@@ -37,6 +40,48 @@ impl JetStreamConfig {
             _ => Err("jetstream: an empty encryption key is not allowed".into()),
         }
     }
+}
+
+/// `limits { batch { ... } }`; a zero or negative value keeps the default,
+/// as in nats-server.
+fn parse_batch_limits(
+    entry: &Entry,
+    limits: &mut strait_shards::jetstream::batch::BatchLimits,
+) -> Result<(), ConfigError> {
+    let map = entry
+        .value
+        .as_map()
+        .ok_or_else(|| invalid(entry, "Expected a map to define batch limits"))?;
+    for e in map.iter() {
+        match e.key.to_ascii_lowercase().as_str() {
+            "max_inflight_per_stream" => {
+                limits.per_stream = usize::try_from(int(e)?)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .unwrap_or(limits.per_stream)
+            }
+            "max_inflight_total" => {
+                limits.total = usize::try_from(int(e)?)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .unwrap_or(limits.total)
+            }
+            "max_msgs" => {
+                limits.max_msgs = u64::try_from(int(e)?)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .unwrap_or(limits.max_msgs)
+            }
+            "timeout" => {
+                let timeout = duration(e)?.as_nanos() as i64;
+                if timeout > 0 {
+                    limits.timeout_ns = timeout;
+                }
+            }
+            _ => return Err(invalid(e, format!("unknown field {:?}", e.key))),
+        }
+    }
+    Ok(())
 }
 
 pub fn parse(entry: &Entry) -> Result<JetStreamConfig, ConfigError> {
@@ -94,6 +139,7 @@ pub fn parse(entry: &Entry) -> Result<JetStreamConfig, ConfigError> {
                                 }
                                 "max_ack_pending" => js.max_ack_pending = Some(int(l)?),
                                 "max_request_batch" => js.max_request_batch = Some(int(l)?),
+                                "batch" => parse_batch_limits(l, &mut js.batch)?,
                                 // Meaningful once JetStream is clustered.
                                 "max_ha_assets" => {
                                     int(l)?;

@@ -244,6 +244,7 @@ fn jetstream_options(
     js.max_duplicate_window = file.max_duplicate_window.unwrap_or(0);
     js.max_ack_pending = file.max_ack_pending.unwrap_or(0);
     js.max_request_batch = file.max_request_batch.unwrap_or(0);
+    js.batch = file.batch;
     Ok(Some(js))
 }
 

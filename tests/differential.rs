@@ -509,7 +509,7 @@ async fn counters_vs_nats_server() {
     for (i, (subject, body, headers)) in requests.iter().enumerate() {
         let mut answers = Vec::new();
         for client in &clients {
-            answers.push(counter_request(client, subject, body, headers).await);
+            answers.push(headered_request(client, subject, body, headers).await);
         }
         assert_eq!(
             answers[0], answers[1],
@@ -522,7 +522,7 @@ async fn counters_vs_nats_server() {
     for client in &clients {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let got = loop {
-            let last = counter_request(
+            let last = headered_request(
                 client,
                 "$JS.API.STREAM.MSG.GET.AGG",
                 r#"{"last_by_subj":"c.a"}"#,
@@ -530,7 +530,7 @@ async fn counters_vs_nats_server() {
             )
             .await;
             if last["message"]["seq"] == 3 || std::time::Instant::now() > deadline {
-                break counter_request(
+                break headered_request(
                     client,
                     "$JS.API.STREAM.MSG.GET.AGG",
                     r#"{"last_by_subj":"c.b"}"#,
@@ -546,7 +546,7 @@ async fn counters_vs_nats_server() {
     assert_eq!(held[0]["message"]["seq"], 2, "{}", held[0]);
     let mut own = Vec::new();
     for client in &clients {
-        own.push(counter_request(client, "agg.own", "", &[(INCR, "3")]).await);
+        own.push(headered_request(client, "agg.own", "", &[(INCR, "3")]).await);
     }
     assert_eq!(own[0], own[1], "a local increment on the aggregate differs");
     drop(strait);
@@ -561,8 +561,9 @@ type HeaderedRequest = (
     Vec<(&'static str, &'static str)>,
 );
 
-/// A request with headers, its JSON answer made comparable (see [`comparable`]).
-async fn counter_request(
+/// A request with headers, its JSON answer made comparable (see [`comparable`]);
+/// an empty answer (a staged batch message) as `"<empty>"`.
+async fn headered_request(
     client: &async_nats::Client,
     subject: &str,
     body: &str,
@@ -579,6 +580,141 @@ async fn counter_request(
     .await
     .unwrap_or_else(|_| panic!("{subject}: no answer in time"))
     .expect("answer");
-    let json: serde_json::Value = serde_json::from_slice(&answer.payload).expect("JSON answer");
+    if answer.payload.is_empty() {
+        return serde_json::json!("<empty>");
+    }
+    let mut json: serde_json::Value = serde_json::from_slice(&answer.payload).expect("JSON answer");
+    // The client writes a header map in no fixed order: compare the lines.
+    if let Some(hdrs) = json["message"].get("hdrs").filter(|h| h.is_string()) {
+        let text = common::decode(hdrs);
+        let mut lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+        lines.sort_unstable();
+        json["message"]["hdrs"] = serde_json::json!(lines);
+    }
     comparable(&json, "")
+}
+
+/// Atomic batches against nats-server: the commit's PubAck, every refusal of
+/// the batch rules, a batch refused at its commit storing nothing, and what
+/// the stored messages carry.
+#[tokio::test]
+async fn atomic_batches_vs_nats_server() {
+    let base = std::env::temp_dir().join(format!("strait-batchdiff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("dir");
+    let store = |name: &str| base.join(name).display().to_string();
+    let strait = Server::start_with_config(
+        Some(&format!(
+            "jetstream {{ store_dir: {:?} }}\n",
+            store("strait")
+        )),
+        &["--shards", "1"],
+    );
+    let reference_conf = base.join("reference.conf");
+    std::fs::write(
+        &reference_conf,
+        format!("jetstream {{ store_dir: {:?} }}\n", store("reference")),
+    )
+    .expect("reference config");
+    let reference = Reference::start(&reference_conf);
+    let clients = [
+        async_nats::connect(format!("127.0.0.1:{}", strait.port))
+            .await
+            .expect("connect strait"),
+        async_nats::connect(format!("127.0.0.1:{}", reference.port))
+            .await
+            .expect("connect nats-server"),
+    ];
+    const ID: &str = "Nats-Batch-Id";
+    const SEQ: &str = "Nats-Batch-Sequence";
+    const COMMIT: &str = "Nats-Batch-Commit";
+    let part = |subject: &'static str, id: &'static str, seq: &'static str| -> HeaderedRequest {
+        (subject, "data", vec![(ID, id), (SEQ, seq)])
+    };
+    let commit = |subject: &'static str,
+                  id: &'static str,
+                  seq: &'static str,
+                  how: &'static str|
+     -> HeaderedRequest {
+        (subject, "data", vec![(ID, id), (SEQ, seq), (COMMIT, how)])
+    };
+    let with = |mut r: HeaderedRequest, name: &'static str, value: &'static str| {
+        r.2.push((name, value));
+        r
+    };
+    let requests: Vec<HeaderedRequest> = vec![
+        (
+            "$JS.API.STREAM.CREATE.B",
+            r#"{"name":"B","subjects":["b.>"],"allow_atomic":true}"#,
+            vec![],
+        ),
+        (
+            "$JS.API.STREAM.CREATE.N",
+            r#"{"name":"N","subjects":["n.>"]}"#,
+            vec![],
+        ),
+        part("n.a", "x", "1"),
+        part("b.a", "a", "1"),
+        part("b.b", "a", "2"),
+        commit("b.c", "a", "3", "1"),
+        part("b.a", "e", "1"),
+        commit("b.a", "e", "2", "eob"),
+        part("b.a", "g", "1"),
+        part("b.a", "g", "3"),
+        part("b.a", "u", "2"),
+        part("b.a", "big", "1001"),
+        part("b.a", "c", "1"),
+        commit("b.a", "c", "2", "yes"),
+        ("b.a", "data", vec![(ID, "s")]),
+        commit("b.a", "eo", "1", "eob"),
+        with(part("b.a", "m", "1"), "Nats-Expected-Last-Msg-Id", "z"),
+        commit("b.a", "m", "2", "1"),
+        with(part("b.a", "d", "1"), "Nats-Msg-Id", "dup"),
+        with(commit("b.a", "d", "2", "1"), "Nats-Msg-Id", "dup"),
+        with(part("b.a", "q", "1"), "Nats-Msg-Id", "q1"),
+        commit("b.a", "q", "2", "1"),
+        with(commit("b.a", "q2", "1", "1"), "Nats-Msg-Id", "q1"),
+        with(part("b.a", "l", "1"), "Nats-Expected-Last-Sequence", "99"),
+        commit("b.a", "l", "2", "1"),
+        part("b.a", "l2", "1"),
+        with(
+            commit("b.a", "l2", "2", "1"),
+            "Nats-Expected-Last-Sequence",
+            "12",
+        ),
+        part("b.a", "l3", "1"),
+        with(
+            commit("b.a", "l3", "2", "1"),
+            "Nats-Expected-Last-Sequence",
+            "7",
+        ),
+        part("b.z", "ls", "1"),
+        with(
+            commit("b.z", "ls", "2", "1"),
+            "Nats-Expected-Last-Subject-Sequence",
+            "0",
+        ),
+        with(
+            commit("b.a", "lv", "1", "1"),
+            "Nats-Required-Api-Level",
+            "9",
+        ),
+        commit("b.a", "one", "1", "1"),
+        ("$JS.API.STREAM.INFO.B", "", vec![]),
+        ("$JS.API.STREAM.MSG.GET.B", r#"{"seq":3}"#, vec![]),
+        ("$JS.API.STREAM.MSG.GET.B", r#"{"seq":4}"#, vec![]),
+    ];
+    for (i, (subject, body, headers)) in requests.iter().enumerate() {
+        let mut answers = Vec::new();
+        for client in &clients {
+            answers.push(headered_request(client, subject, body, headers).await);
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "request {i}: {subject} {headers:?} {body}\nstrait (left) and nats-server (right) differ"
+        );
+    }
+    drop(strait);
+    drop(reference);
+    let _ = std::fs::remove_dir_all(&base);
 }

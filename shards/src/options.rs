@@ -88,6 +88,8 @@ pub struct JetStreamOptions {
     /// consumer's configuration is held to; 0 is none.
     pub max_ack_pending: i64,
     pub max_request_batch: i64,
+    /// `limits { batch { ... } }`: atomic batch publishing.
+    pub batch: crate::jetstream::batch::BatchLimits,
 }
 
 impl JetStreamOptions {
@@ -103,6 +105,7 @@ impl JetStreamOptions {
             max_duplicate_window: 0,
             max_ack_pending: 0,
             max_request_batch: 0,
+            batch: Default::default(),
         }
     }
 }

@@ -565,8 +565,8 @@ impl StreamConfig {
     fn refuse_missing_features(&self, cfg: &StreamConfig) -> Result<(), ApiError> {
         let missing = if cfg.compression == Compression::S2 {
             Some("s2 compression")
-        } else if cfg.allow_atomic || cfg.allow_batched {
-            Some("batch publishing")
+        } else if cfg.allow_batched {
+            Some("fast batch publishing")
         } else if cfg.allow_msg_schedules {
             Some("message schedules")
         } else {
@@ -584,7 +584,7 @@ impl StreamConfig {
     /// level its features require. The server's own level and version are not
     /// stored (they change with the server): see [`Self::with_dynamic_metadata`].
     fn set_version_metadata(&mut self) {
-        let required = if self.allow_msg_counter {
+        let required = if self.allow_msg_counter || self.allow_atomic {
             2
         } else if self.allow_msg_ttl || self.subject_delete_marker_ttl > 0 {
             1

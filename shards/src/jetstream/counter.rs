@@ -136,6 +136,14 @@ struct Known {
     counter: Option<Counter>,
 }
 
+/// One subject's counter as it was (see [`Counters::save`]).
+#[derive(Debug)]
+pub struct SavedCounter {
+    subject: String,
+    last: Option<Known>,
+    before_last: Option<Known>,
+}
+
 /// The counters of a stream's subjects.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -186,16 +194,44 @@ impl Counters {
             .ok_or_else(|| errors::MESSAGE_COUNTER_BROKEN.error())
     }
 
-    /// An increment was stored at `seq`.
+    /// What `subject`'s counter is now, to put back with [`Self::restore`]
+    /// (a batch that fails after counting).
+    pub fn save(&self, subject: &str) -> SavedCounter {
+        SavedCounter {
+            subject: subject.to_string(),
+            last: self.last.get(subject).cloned(),
+            before_last: self.before_last.get(subject).cloned(),
+        }
+    }
+
+    pub fn restore(&mut self, saved: SavedCounter) {
+        let SavedCounter {
+            subject,
+            last,
+            before_last,
+        } = saved;
+        match before_last {
+            Some(k) => self.before_last.insert(subject.clone(), k),
+            None => self.before_last.remove(&subject),
+        };
+        match last {
+            Some(k) => self.last.insert(subject, k),
+            None => self.last.remove(&subject),
+        };
+    }
+
+    /// An increment was stored at `seq`. The total before it is kept as the
+    /// one before the last: an append that fails after being counted leaves
+    /// the store's last where it was, and the counter with it.
     pub fn stored(&mut self, subject: &str, seq: u64, counter: Counter) {
-        self.before_last.remove(subject);
-        self.last.insert(
-            subject.to_string(),
-            Known {
-                seq,
-                counter: Some(counter),
-            },
-        );
+        let known = Known {
+            seq,
+            counter: Some(counter),
+        };
+        match self.last.insert(subject.to_string(), known) {
+            Some(previous) => self.before_last.insert(subject.to_string(), previous),
+            None => self.before_last.remove(subject),
+        };
     }
 }
 

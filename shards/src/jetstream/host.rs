@@ -30,6 +30,7 @@ use crate::internal::{InternalMsg, InternalReceiver};
 use crate::router::SubscriberId;
 use crate::shard::Shard;
 
+mod batches;
 mod consumers;
 pub(crate) use consumers::write_kept_state;
 mod sourcing;
@@ -75,6 +76,7 @@ pub struct StreamSpec {
     pub server_usage: Arc<Ledger>,
     /// Where the stream tells the service what it decided on its own.
     pub events: flume::Sender<HostEvent>,
+    pub batch_limits: super::batch::BatchLimits,
 }
 
 /// What a hosted stream tells the JetStream service unasked.
@@ -204,6 +206,9 @@ pub struct Hosted {
     consumers: consumers::Consumers,
     sourcing: sourcing::Sourcing,
     events: flume::Sender<HostEvent>,
+    /// Atomic batches waiting for their commit.
+    batches: RefCell<super::batch::AtomicBatches>,
+    batch_limits: super::batch::BatchLimits,
 }
 
 /// A staged append and what its acknowledgement needs.
@@ -213,8 +218,28 @@ struct PendingAck {
     subject: Bytes,
     reply: Bytes,
     republish: Option<Republish>,
-    /// A counter's total, for the acknowledgement.
-    total: Option<String>,
+    ack: AckWith,
+}
+
+/// What an acknowledgement says besides the sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AckWith {
+    Nothing,
+    /// A counter's total.
+    Counter(String),
+    /// The atomic batch this message committed, and its size.
+    Batch {
+        id: String,
+        count: u64,
+    },
+}
+
+/// How a message is staged: what its acknowledgement says, and whether the
+/// stream still has to count it as stored (a batch's messages were counted
+/// when the batch was checked).
+struct Staging {
+    ack: AckWith,
+    record: bool,
 }
 
 impl StoreView for AnyStore {
@@ -406,6 +431,8 @@ async fn open(shard: &Rc<Shard>, spec: StreamSpec) -> Result<(), ApiError> {
         consumers: consumers::Consumers::default(),
         sourcing: sourcing::Sourcing::default(),
         events: spec.events,
+        batches: RefCell::default(),
+        batch_limits: spec.batch_limits,
     });
     if let Err(e) = hosted.subscribe(shard, &spec.config) {
         shard.remove_internal(internal);
@@ -449,9 +476,14 @@ async fn run(shard: Rc<Shard>, hosted: Rc<Hosted>, receiver: InternalReceiver) {
 async fn expire(shard: Rc<Shard>, hosted: Rc<Hosted>) {
     const IDLE: Duration = Duration::from_secs(1);
     while !hosted.closed.get() {
-        let wait = hosted
-            .store
-            .next_expiry()
+        let due = match (
+            hosted.store.next_expiry(),
+            hosted.batches.borrow().next_deadline(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wait = due
             .map(|at| Duration::from_nanos((at - now_ns()).max(0) as u64))
             .unwrap_or(IDLE)
             .min(IDLE);
@@ -460,6 +492,9 @@ async fn expire(shard: Rc<Shard>, hosted: Rc<Hosted>) {
             break;
         }
         let now = now_ns();
+        if hosted.abandon_idle_batches(&shard, now) {
+            shard.flush_lanes().await;
+        }
         let expired = hosted.store.expire(now).await;
         if expired.as_ref().is_ok_and(|removed| *removed > 0) {
             hosted.recount_consumers();
@@ -878,6 +913,19 @@ impl Hosted {
     fn accept(self: &Rc<Self>, shard: &Rc<Shard>, msg: InternalMsg) {
         let headers = msg.message.slice(..msg.header_len);
         let payload = msg.message.slice(msg.header_len..);
+        if let Some(id) = (!headers.is_empty())
+            .then(|| super::stream::header(&headers, super::batch::BATCH_ID))
+            .flatten()
+        {
+            let id = id.to_string();
+            let batched = super::batch::BatchMsg {
+                subject: msg.subject,
+                headers,
+                payload,
+            };
+            self.batch_message(shard, &id, batched, msg.reply);
+            return;
+        }
         self.ingest(
             shard,
             Ingest::Publish,
@@ -918,7 +966,7 @@ impl Hosted {
         );
         let no_ack = self.stream.borrow().config().no_ack;
         let reply = if no_ack { Bytes::new() } else { reply };
-        let mut accepted = match decision {
+        let accepted = match decision {
             Decision::Refuse(e) => {
                 let refusal = self.stream.borrow().refusal(e);
                 self.reply(shard, &reply, &refusal);
@@ -931,7 +979,50 @@ impl Hosted {
             }
             Decision::Store(a) => a,
         };
-        if accepted.skip && self.consumers_take(&stored_as) {
+        let total = accepted
+            .counter
+            .as_ref()
+            .map(|c| AckWith::Counter(c.counter.total.to_string()));
+        let stored_as = match stored_as {
+            std::borrow::Cow::Borrowed(_) => subject,
+            std::borrow::Cow::Owned(mapped) => Bytes::from(mapped),
+        };
+        self.stage(
+            shard,
+            accepted,
+            stored_as,
+            headers,
+            payload,
+            reply,
+            ts.unwrap_or(now),
+            now,
+            Staging {
+                ack: total.unwrap_or(AckWith::Nothing),
+                record: true,
+            },
+        )
+    }
+
+    /// Stages an accepted message (its subject as stored) in the store, to be
+    /// acknowledged on `reply` with what `staging` says once durable. Whether
+    /// it was taken.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        mut accepted: super::stream::Accepted,
+        subject: Bytes,
+        headers: Bytes,
+        payload: Bytes,
+        reply: Bytes,
+        stamp: i64,
+        now: i64,
+        staging: Staging,
+    ) -> bool {
+        // Checked as UTF-8 when it was accepted (a transform maps UTF-8 to UTF-8).
+        let text = subject.clone();
+        let stored_as = std::str::from_utf8(&text).unwrap_or_default();
+        if accepted.skip && self.consumers_take(stored_as) {
             accepted.skip = false;
         }
         let size = self
@@ -946,13 +1037,12 @@ impl Hosted {
             return false;
         }
         let predicted = self.store.fast_state().last_seq + 1;
-        let (mut headers, payload, total) = match accepted.counter.as_deref() {
+        let (mut headers, payload) = match accepted.counter.as_deref() {
             Some(increment) => (
                 Bytes::from(increment.headers.clone()),
                 Bytes::from(increment.payload.clone()),
-                Some(increment.counter.total.to_string()),
             ),
-            None => (headers, payload, None),
+            None => (headers, payload),
         };
         if accepted.ttl_raised {
             let ttl = accepted.ttl.unwrap_or_default().to_string();
@@ -962,24 +1052,18 @@ impl Hosted {
                 &ttl,
             ));
         }
-        let stamp = ts.unwrap_or(now);
         let republish = (!accepted.skip)
-            .then(|| self.stream.borrow().republish_subject(&stored_as))
+            .then(|| self.stream.borrow().republish_subject(stored_as))
             .flatten()
             .map(|(destination, headers_only)| Republish {
                 destination,
                 headers_only,
                 subject: stored_as.to_string(),
-                last_seq: self.store.last_seq_for(&stored_as),
+                last_seq: self.store.last_seq_for(stored_as),
                 headers: headers.clone(),
                 payload: payload.clone(),
                 ts: stamp,
             });
-        // The subject as stored, without a copy unless a transform made it.
-        let subject = match stored_as {
-            std::borrow::Cow::Borrowed(_) => subject.clone(),
-            std::borrow::Cow::Owned(mapped) => Bytes::from(mapped),
-        };
         let mut append = self.append(subject.clone(), headers, payload, stamp, &accepted);
         // The first poll stages the record (its sequence and index entry) before
         // the next message is checked against the store; the rest waits for the
@@ -988,9 +1072,7 @@ impl Hosted {
         let first = append.as_mut().poll(&mut cx);
         let staged = self.store.fast_state();
         let taken = staged.last_seq == predicted;
-        if taken {
-            // Checked as UTF-8 above (a transform maps UTF-8 to UTF-8).
-            let stored_as = std::str::from_utf8(&subject).unwrap_or_default();
+        if taken && staging.record {
             self.stream
                 .borrow_mut()
                 .stored(&accepted, stored_as, predicted, now);
@@ -999,7 +1081,7 @@ impl Hosted {
         match first {
             std::task::Poll::Ready(result) => {
                 let ok = result.is_ok();
-                self.appended(shard, &subject, &reply, result, republish, total);
+                self.appended(shard, &subject, &reply, result, republish, staging.ack);
                 ok
             }
             std::task::Poll::Pending => {
@@ -1008,7 +1090,7 @@ impl Hosted {
                     subject,
                     reply,
                     republish,
-                    total,
+                    ack: staging.ack,
                 });
                 if let Some(waker) = self.acker.take() {
                     waker.wake();
@@ -1052,7 +1134,7 @@ impl Hosted {
                 &item.reply,
                 result,
                 item.republish,
-                item.total,
+                item.ack,
             );
             if self.pending.borrow().is_empty() {
                 shard.flush_lanes().await;
@@ -1124,7 +1206,7 @@ impl Hosted {
         reply: &[u8],
         result: Result<u64, StoreError>,
         republish: Option<Republish>,
-        total: Option<String>,
+        with: AckWith,
     ) {
         match result {
             Ok(seq) => {
@@ -1134,10 +1216,13 @@ impl Hosted {
                 if let Some(r) = republish {
                     self.republish(shard, r, seq);
                 }
-                let ack = match total {
-                    Some(total) => self.stream.borrow().counter_ack(seq, total),
-                    None => self.stream.borrow().ack(seq, false),
+                let stream = self.stream.borrow();
+                let ack = match with {
+                    AckWith::Nothing => stream.ack(seq, false),
+                    AckWith::Counter(total) => stream.counter_ack(seq, total),
+                    AckWith::Batch { id, count } => stream.batch_ack(seq, id, count),
                 };
+                drop(stream);
                 self.reply(shard, reply, &ack);
             }
             Err(e) => {
@@ -1272,6 +1357,7 @@ impl Hosted {
             }
             StreamOp::Delete => {
                 self.closed.set(true);
+                self.drop_batches();
                 self.close_consumers();
                 self.close_sourcing();
                 if let Some(waker) = self.acker.take() {

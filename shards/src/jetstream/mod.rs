@@ -9,6 +9,7 @@
 
 pub mod ack;
 pub mod backup;
+pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod consumer_config;

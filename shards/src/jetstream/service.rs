@@ -875,6 +875,7 @@ impl Service {
             encryption: self.js.encryption.clone(),
             domain: self.js.domain.clone(),
             events: self.events.0.clone(),
+            batch_limits: self.js.batch,
         };
         let (reply, rx) = flume::bounded(1);
         let command = Command::JetStream(StreamCommand::Open {

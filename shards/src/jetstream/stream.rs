@@ -82,6 +82,11 @@ pub struct PubAck {
     /// A counter's total after the increment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val: Option<String>,
+    /// The atomic batch this commit stored, and how many messages it had.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// The message ids seen within the duplicate window, oldest first.
@@ -108,6 +113,34 @@ impl Dedupe {
     fn insert(&mut self, id: String, seq: u64, ts: i64) {
         self.order.push_back((ts, id.clone()));
         self.by_id.insert(id, (seq, ts));
+    }
+}
+
+/// What checking a batch changed, to put back when it fails.
+struct BatchUndo {
+    last_msg_id: String,
+    ids: Vec<String>,
+    counters: Vec<counter::SavedCounter>,
+}
+
+/// The store as a batch's next message sees it: the messages of the batch
+/// before it stored.
+struct BatchView<'a, V> {
+    store: &'a V,
+    staged: HashMap<&'a str, u64>,
+    base: u64,
+    added: u64,
+}
+
+impl<V: StoreView> StoreView for BatchView<'_, V> {
+    fn last_seq(&self) -> u64 {
+        self.base + self.added
+    }
+    fn last_seq_for(&self, subject: &str) -> u64 {
+        match self.staged.get(subject) {
+            Some(&seq) => seq,
+            None => self.store.last_seq_for(subject),
+        }
     }
 }
 
@@ -179,10 +212,12 @@ pub fn with_header(headers: &[u8], name: &str, value: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
+pub const REQUIRED_API_LEVEL: &str = "Nats-Required-Api-Level";
+
 /// Whether a request's `Nats-Required-Api-Level` asks for more than this
 /// server's API level (an unreadable level counts as more, as in nats-server).
 pub fn requires_newer_api(headers: &[u8]) -> bool {
-    header(headers, "Nats-Required-Api-Level").is_some_and(|level| {
+    header(headers, REQUIRED_API_LEVEL).is_some_and(|level| {
         level
             .parse::<u32>()
             .map_or(true, |l| l > super::config::API_LEVEL)
@@ -425,6 +460,114 @@ impl Stream {
         })
     }
 
+    /// Checks the messages of an atomic batch (subjects as stored) as if
+    /// each were stored right after the one before it, with the rules a batch
+    /// adds (nats-server's `checkMsgHeadersPreClusteredProposal`). All of
+    /// them are accepted, and the stream counts them as stored at the
+    /// sequences following `store`'s last; or none is, and nothing changed.
+    pub fn check_batch(
+        &mut self,
+        msgs: &[(&str, &[u8], &[u8])],
+        now: i64,
+        store: &impl StoreView,
+    ) -> Result<Vec<Accepted>, ApiError> {
+        let mut undo = BatchUndo {
+            last_msg_id: self.last_msg_id.clone(),
+            ids: Vec::new(),
+            counters: Vec::new(),
+        };
+        let mut view = BatchView {
+            store,
+            staged: HashMap::default(),
+            base: store.last_seq(),
+            added: 0,
+        };
+        let mut accepted = Vec::with_capacity(msgs.len());
+        for (i, (subject, headers, payload)) in msgs.iter().enumerate() {
+            match self.check_in_batch(i, subject, headers, payload, now, &view) {
+                Ok(a) => {
+                    view.added += 1;
+                    let seq = view.base + view.added;
+                    view.staged.insert(subject, seq);
+                    if let Some(id) = &a.msg_id {
+                        undo.ids.push(id.clone());
+                    }
+                    if a.counter.is_some() {
+                        undo.counters.push(self.counters.save(subject));
+                    }
+                    self.stored(&a, subject, seq, now);
+                    accepted.push(a);
+                }
+                Err(e) => {
+                    self.undo(undo);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(accepted)
+    }
+
+    fn check_in_batch(
+        &mut self,
+        index: usize,
+        subject: &str,
+        headers: &[u8],
+        payload: &[u8],
+        now: i64,
+        view: &BatchView<'_, impl StoreView>,
+    ) -> Result<Accepted, ApiError> {
+        let hdr = |name| {
+            if headers.is_empty() {
+                None
+            } else {
+                header(headers, name)
+            }
+        };
+        if hdr(EXPECTED_LAST_MSG_ID).is_some() {
+            return Err(errors::ATOMIC_PUBLISH_UNSUPPORTED_HEADER_BATCH
+                .with(&[("header", &EXPECTED_LAST_MSG_ID)]));
+        }
+        // Expectations hold for the batch as a whole: on the stream's last
+        // sequence only first, on a subject only before the batch writes it.
+        // (One that does not hold gets the ordinary error, from the check below.)
+        if index > 0 && hdr(EXPECTED_LAST_SEQ).and_then(|v| v.parse().ok()) == Some(view.last_seq())
+        {
+            return Err(errors::STREAM_WRONG_LAST_SEQUENCE_CONSTANT.error());
+        }
+        if hdr(EXPECTED_LAST_SUBJECT_SEQ).is_some() {
+            let on = hdr(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT).unwrap_or(subject);
+            if view.staged.contains_key(on) {
+                return Err(errors::STREAM_WRONG_LAST_SEQUENCE_CONSTANT.error());
+            }
+        }
+        match hdr(ROLLUP) {
+            Some("sub") if view.staged.contains_key(subject) => {
+                return Err(errors::STREAM_ROLLUP_FAILED.err("batch rollup sub invalid"));
+            }
+            Some("all") if index > 0 => {
+                return Err(errors::STREAM_ROLLUP_FAILED.err("batch rollup all invalid"));
+            }
+            _ => {}
+        }
+        match self.check_from(Ingest::Publish, subject, headers, payload, now, view) {
+            Decision::Store(a) => Ok(a),
+            Decision::Duplicate(_) => {
+                Err(errors::ATOMIC_PUBLISH_CONTAINS_DUPLICATE_MESSAGE.error())
+            }
+            Decision::Refuse(e) => Err(e),
+        }
+    }
+
+    fn undo(&mut self, undo: BatchUndo) {
+        for id in undo.ids {
+            self.dedupe.by_id.remove(&id);
+        }
+        self.last_msg_id = undo.last_msg_id;
+        for saved in undo.counters.into_iter().rev() {
+            self.counters.restore(saved);
+        }
+    }
+
     /// `subject_delete_marker_ttl` in whole seconds; 0 when markers are off.
     fn marker_ttl_secs(&self) -> i64 {
         self.config.subject_delete_marker_ttl.max(0) / 1_000_000_000
@@ -488,6 +631,8 @@ impl Stream {
             domain: self.domain.clone(),
             duplicate,
             val: None,
+            batch: None,
+            count: None,
         }
     }
 
@@ -495,6 +640,15 @@ impl Stream {
     pub fn counter_ack(&self, seq: u64, total: String) -> PubAck {
         PubAck {
             val: Some(total),
+            ..self.ack(seq, false)
+        }
+    }
+
+    /// The acknowledgement of an atomic batch's commit.
+    pub fn batch_ack(&self, seq: u64, id: String, count: u64) -> PubAck {
+        PubAck {
+            batch: Some(id),
+            count: Some(count),
             ..self.ack(seq, false)
         }
     }
@@ -507,6 +661,8 @@ impl Stream {
             domain: None,
             duplicate: false,
             val: None,
+            batch: None,
+            count: None,
         }
     }
 }
@@ -795,6 +951,48 @@ mod tests {
             b"NATS/1.0\r\nA: 1\r\nNats-TTL: 5\r\n\r\n"
         );
         assert!(stream(r#"{"name":"P"}"#).delete_marker().is_none());
+    }
+
+    #[test]
+    fn a_batch_is_checked_as_stored_in_order_and_leaves_nothing_when_refused() {
+        let mut s = stream(
+            r#"{"name":"B","subjects":["b.>"],"allow_atomic":true,"allow_msg_counter":true}"#,
+        );
+        let v = View {
+            last: 0,
+            per_subject: HashMap::new(),
+        };
+        let incr = hdrs(&[(counter::INCR, "+1"), (MSG_ID, "a")]);
+        let again = hdrs(&[(counter::INCR, "+1")]);
+        let bad = hdrs(&[(counter::INCR, "+1"), (EXPECTED_LAST_MSG_ID, "a")]);
+        let refused = s.check_batch(
+            &[
+                ("b.x", &incr, b""),
+                ("b.x", &again, b""),
+                ("b.x", &bad, b""),
+            ],
+            0,
+            &v,
+        );
+        assert_eq!(refused.unwrap_err().err_code, 10177);
+        // Nothing of the refused batch counts: not its id, not its increments.
+        let batch = s
+            .check_batch(&[("b.x", &incr, b""), ("b.x", &again, b"")], 0, &v)
+            .expect("accepted");
+        let totals: Vec<String> = batch
+            .iter()
+            .map(|a| a.counter.as_ref().unwrap().counter.total.to_string())
+            .collect();
+        assert_eq!(totals, ["1", "2"]);
+        let dup = s.check_batch(
+            &[("b.y", &hdrs(&[(counter::INCR, "1"), (MSG_ID, "a")]), b"")],
+            0,
+            &v,
+        );
+        assert_eq!(dup.unwrap_err().err_code, 10201);
+        let twice = hdrs(&[(counter::INCR, "1"), (MSG_ID, "c")]);
+        let dup = s.check_batch(&[("b.y", &twice, b""), ("b.z", &twice, b"")], 0, &v);
+        assert_eq!(dup.unwrap_err().err_code, 10201);
     }
 
     #[test]
