@@ -39,6 +39,8 @@ pub enum Cmd {
     /// Counter increments (`Nats-Incr`) on one subject and on many, on two
     /// servers, ratios A/B
     JsCounter(JsCounterArgs),
+    /// Atomic batches against one publish at a time, on two servers, ratios A/B
+    JsBatch(JsBatchArgs),
     /// Snapshot and restore of one big stream on two servers, as natscli's stream
     /// backup and restore drive them, ratios A/B
     JsBackup(JsBackupArgs),
@@ -168,6 +170,25 @@ pub struct JsKvArgs {
     /// Requests in flight for puts and pipelined gets
     #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub window: usize,
+    /// Write the runs as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsBatchArgs {
+    /// NAME=COMMAND, exactly twice (A, then the reference B), each with JetStream on
+    #[arg(long = "server", required = true, num_args = 1)]
+    pub servers: Vec<ServerSpec>,
+    /// Messages, published one at a time and then in batches
+    #[arg(long, default_value_t = 10_000, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
+    pub messages: u64,
+    /// Messages per atomic batch (nats-server allows 1 000)
+    #[arg(long, default_value_t = 100, value_parser = RangedU64ValueParser::<u64>::new().range(1..=1000))]
+    pub batch: u64,
+    /// Message size
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    pub size: usize,
     /// Write the runs as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -453,6 +474,7 @@ impl Cmd {
             | Cmd::JsConsume(_)
             | Cmd::JsKv(_)
             | Cmd::JsCounter(_)
+            | Cmd::JsBatch(_)
             | Cmd::JsBackup(_)
             | Cmd::JsMirror(_)
             | Cmd::Scenarios => return None,

@@ -4,6 +4,7 @@
 //! black box, so it measures strait and nats-server alike. See README.md.
 
 pub mod backup;
+pub mod batch;
 pub mod cli;
 pub mod compare;
 pub mod conn;

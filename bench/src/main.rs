@@ -131,6 +131,20 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::JsBatch(args) => {
+            let opts = strait_bench::batch::BatchOptions {
+                servers: args.servers.clone(),
+                messages: args.messages,
+                batch: args.batch,
+                size: args.size,
+            };
+            let runs = strait_bench::batch::run(&opts)?;
+            println!("{}", strait_bench::batch::table(&runs));
+            if let Some(p) = &args.json {
+                report::write_json(p, &runs)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::JsCounter(args) => {
             if args.subjects.contains(&0) {
                 anyhow::bail!("--subjects: every count must be at least 1");
