@@ -26,6 +26,8 @@ pub struct JetStreamConfig {
     /// `limits { batch { max_inflight_per_stream, max_inflight_total,
     /// max_msgs, timeout } }`: atomic batch publishing (0 keeps a default).
     pub batch: strait_shards::jetstream::batch::BatchLimits,
+    /// `strict`: API requests with unknown fields refused (the default).
+    pub strict: Option<bool>,
 }
 
 impl JetStreamConfig {
@@ -148,10 +150,7 @@ pub fn parse(entry: &Entry) -> Result<JetStreamConfig, ConfigError> {
                             }
                         }
                     }
-                    // Accepted, and meaningful once clustering exists.
-                    "strict" => {
-                        boolean(e)?;
-                    }
+                    "strict" => js.strict = Some(boolean(e)?),
                     "unique_tag" => {
                         string(e)?;
                     }

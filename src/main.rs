@@ -245,6 +245,7 @@ fn jetstream_options(
     js.max_ack_pending = file.max_ack_pending.unwrap_or(0);
     js.max_request_batch = file.max_request_batch.unwrap_or(0);
     js.batch = file.batch;
+    js.strict = file.strict.unwrap_or(true);
     Ok(Some(js))
 }
 

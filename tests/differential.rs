@@ -349,6 +349,11 @@ async fn jetstream_api_vs_nats_server() {
             r#"{"name":"REPLICAS","subjects":["rep.>"],"num_replicas":3}"#,
         ),
         ("$JS.API.STREAM.CREATE.BAD", "{not json"),
+        (
+            "$JS.API.STREAM.CREATE.TYPO",
+            r#"{"name":"TYPO","subjects":["typo.>"],"max_msg":5}"#,
+        ),
+        ("$JS.API.STREAM.INFO.ORDERS", r#"{"subject_filter":">"}"#),
         ("$JS.API.STREAM.CREATE.NAME", r#"{"name":"OTHER"}"#),
         (
             "$JS.API.STREAM.CREATE.KV_cfg",

@@ -1762,3 +1762,61 @@ async fn debug_log_lines_are_plain_text() {
     assert!(line.contains("stream=LOGGED"), "{line}");
     assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log}");
 }
+
+/// `jetstream { strict }`, on by default as in nats-server 2.12+: a request
+/// with a field its type does not have is refused with Go's decoder's words;
+/// `strict: false` takes it and ignores the field.
+#[tokio::test]
+async fn strict_api_requests_refuse_unknown_fields_unless_turned_off() {
+    for (strict, dir) in [
+        (None, store_dir("strict")),
+        (Some(false), store_dir("lenient")),
+    ] {
+        let setting = strict.map_or(String::new(), |s| format!("strict: {s}\n"));
+        let conf = format!("jetstream {{ store_dir: {dir:?}\n{setting} }}\n");
+        let server = Server::start_with_config(Some(&conf), &[]);
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        api(
+            &client,
+            "$JS.API.STREAM.CREATE.S",
+            r#"{"name":"S","subjects":["s.>"]}"#,
+        )
+        .await;
+        let created = api(
+            &client,
+            "$JS.API.STREAM.CREATE.T",
+            r#"{"name":"T","subjects":["t.>"],"retension":"limits"}"#,
+        )
+        .await;
+        let consumer = api(
+            &client,
+            "$JS.API.CONSUMER.CREATE.S.C",
+            r#"{"stream_name":"S","config":{"name":"C","ack_policy":"explicit","ack_wiat":1}}"#,
+        )
+        .await;
+        // Fields nats-server's request types have are taken either way.
+        let get = api(
+            &client,
+            "$JS.API.STREAM.MSG.GET.S",
+            r#"{"last_by_subj":"s.a","no_hdr":true,"up_to_seq":0}"#,
+        )
+        .await;
+        if strict.is_none() {
+            assert_eq!(
+                created["error"],
+                serde_json::json!({"code":400,"err_code":10025,"description":"invalid JSON: json: unknown field \"retension\""})
+            );
+            assert_eq!(
+                consumer["error"]["description"],
+                "invalid JSON: json: unknown field \"ack_wiat\""
+            );
+            assert!(server.log_text().contains("Strict:          true"));
+        } else {
+            assert!(created.get("error").is_none(), "{created}");
+            assert!(consumer.get("error").is_none(), "{consumer}");
+        }
+        assert_eq!(get["error"]["err_code"], 10037, "{get}");
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

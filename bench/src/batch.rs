@@ -145,7 +145,11 @@ pub fn table(runs: &[BatchRun]) -> String {
         "msgs/s", a.server, b.server, "ratio"
     );
     for (label, x, y) in [
-        ("1 publish in flight", a.single_msgs_per_s, b.single_msgs_per_s),
+        (
+            "1 publish in flight",
+            a.single_msgs_per_s,
+            b.single_msgs_per_s,
+        ),
         (
             "atomic batches, 1 in flight",
             a.batched_msgs_per_s,

@@ -90,6 +90,9 @@ pub struct JetStreamOptions {
     pub max_request_batch: i64,
     /// `limits { batch { ... } }`: atomic batch publishing.
     pub batch: crate::jetstream::batch::BatchLimits,
+    /// `strict` (default on): API requests with fields they do not have are
+    /// refused.
+    pub strict: bool,
 }
 
 impl JetStreamOptions {
@@ -106,6 +109,7 @@ impl JetStreamOptions {
             max_ack_pending: 0,
             max_request_batch: 0,
             batch: Default::default(),
+            strict: true,
         }
     }
 }

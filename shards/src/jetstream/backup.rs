@@ -73,6 +73,8 @@ impl SnapshotRequest {
 #[serde(default)]
 pub struct RestoreRequest {
     pub config: StreamConfig,
+    /// What the stream held when it was backed up; the archive says it again.
+    pub state: Option<serde_json::Value>,
 }
 
 /// One durable consumer as the archive keeps it.

@@ -227,8 +227,16 @@ pub struct StreamConfig {
     pub allow_msg_schedules: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_batched: bool,
+    /// `default` or `async` (2.12); strait has only the default, where a
+    /// PubAck follows the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist_mode: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Part of a create or update request, not of the stream (nats-server's
+    /// `StreamConfigRequest`): read so strict parsing takes it, never kept.
+    #[serde(default, skip_serializing)]
+    pub pedantic: bool,
 }
 
 fn unlimited() -> i64 {
@@ -374,6 +382,7 @@ impl StreamConfig {
             )));
         }
         let mut cfg = self.clone();
+        cfg.pedantic = false;
         if cfg.num_replicas == 0 {
             cfg.num_replicas = 1;
         }
@@ -565,6 +574,8 @@ impl StreamConfig {
     fn refuse_missing_features(&self, cfg: &StreamConfig) -> Result<(), ApiError> {
         let missing = if cfg.compression == Compression::S2 {
             Some("s2 compression")
+        } else if cfg.persist_mode.as_deref() == Some("async") {
+            Some("the async persist mode")
         } else if cfg.allow_batched {
             Some("fast batch publishing")
         } else if cfg.allow_msg_schedules {

@@ -107,6 +107,8 @@ pub enum StreamOp {
         seq: u64,
         last_by_subject: Option<String>,
         next_by_subject: Option<String>,
+        /// Instead of `seq`: the first sequence stored at or after this time (ns).
+        start_time: Option<i64>,
     },
     DeleteMsg {
         seq: u64,
@@ -1314,7 +1316,9 @@ impl Hosted {
                 seq,
                 last_by_subject,
                 next_by_subject,
+                start_time,
             } => {
+                let seq = start_time.map_or(seq, |ts| self.store.seq_from_time(ts));
                 let found = match (last_by_subject, next_by_subject) {
                     (Some(subject), _) => self.store.load_last(&subject).await,
                     (None, Some(subject)) => self.store.load_next(seq, &subject).await,
@@ -1344,7 +1348,7 @@ impl Hosted {
                     // As nats-server tells them apart: past the end of the stream,
                     // before it (or 0), and a sequence in it already deleted.
                     Ok(false) | Err(StoreError::NotFound) if seq > state.last_seq => {
-                        Err(errors::STREAM_MSG_DELETE_FAILED.err("stream EOF"))
+                        Err(errors::STREAM_MSG_DELETE_FAILED.err("stream store EOF"))
                     }
                     Ok(false) | Err(StoreError::NotFound) if seq < state.first_seq.max(1) => {
                         Err(errors::STREAM_MSG_DELETE_FAILED.err("no message found"))

@@ -708,7 +708,7 @@ fn banner(js: &JetStreamOptions, meta_dir: &std::path::Path) {
     ] {
         tracing::info!("{line}");
     }
-    tracing::info!("  Strict:          true");
+    tracing::info!("  Strict:          {}", js.strict);
     tracing::info!("  Max Memory:      {}", size(js.max_memory));
     tracing::info!("  Max Storage:     {}", size(js.max_store));
     tracing::info!("  Store Directory: {meta_dir:?}");
@@ -724,8 +724,13 @@ fn banner(js: &JetStreamOptions, meta_dir: &std::path::Path) {
     tracing::info!("-------------------------------------------");
 }
 
-/// The request's JSON body, or nats-server's error for bad JSON.
-fn parse<T: for<'de> Deserialize<'de> + Default>(payload: &[u8]) -> Result<T, ApiError> {
+/// The request's JSON body, or nats-server's error for bad JSON. `strict`
+/// (`jetstream { strict }`, on by default as in nats-server 2.12+) refuses a
+/// field the request does not have, as Go's `DisallowUnknownFields` does.
+fn parse<T: for<'de> Deserialize<'de> + Default>(
+    payload: &[u8],
+    strict: bool,
+) -> Result<T, ApiError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -742,7 +747,32 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(payload: &[u8]) -> Result<T, Ap
         return Ok(T::default());
     }
     drop_nulls(&mut value);
-    serde_json::from_value(value).map_err(invalid)
+    let mut unknown: Option<String> = None;
+    let parsed = serde_ignored::deserialize(value, |path| {
+        if unknown.is_none() {
+            unknown = Some(unknown_field(&path));
+        }
+    })
+    .map_err(invalid)?;
+    match unknown {
+        Some(field) if strict => Err(errors::INVALID_JSON.err(format!(
+            "json: unknown field {}",
+            serde_json::Value::String(field)
+        ))),
+        _ => Ok(parsed),
+    }
+}
+
+/// The name Go gives an unknown field: the key itself, wherever it is nested.
+fn unknown_field(path: &serde_ignored::Path<'_>) -> String {
+    match path {
+        serde_ignored::Path::Map { key, .. } => key.clone(),
+        serde_ignored::Path::Some { parent }
+        | serde_ignored::Path::NewtypeStruct { parent }
+        | serde_ignored::Path::NewtypeVariant { parent }
+        | serde_ignored::Path::Seq { parent, .. } => unknown_field(parent),
+        other => other.to_string(),
+    }
 }
 
 /// A `null` field is the zero value in Go's decoding, which clients rely on.
@@ -820,6 +850,19 @@ struct MsgGetRequest {
     seq: u64,
     last_by_subj: Option<String>,
     next_by_subj: Option<String>,
+    /// Direct get's fields: batches are refused here, as by nats-server.
+    batch: i64,
+    max_bytes: i64,
+    start_time: Option<String>,
+    no_hdr: bool,
+    /// Read (the request type is direct get's too) and, as by nats-server's
+    /// message get, not used.
+    #[allow(dead_code)]
+    multi_last: Option<Vec<String>>,
+    #[allow(dead_code)]
+    up_to_seq: u64,
+    #[allow(dead_code)]
+    up_to_time: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1294,7 +1337,7 @@ impl Service {
     }
 
     async fn create(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
-        let requested: StreamConfig = parse(payload)?;
+        let requested: StreamConfig = parse(payload, self.js.strict)?;
         if requested.name != name {
             return Err(errors::STREAM_MISMATCH.error());
         }
@@ -1430,7 +1473,7 @@ impl Service {
     }
 
     async fn update(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
-        let requested: StreamConfig = parse(payload)?;
+        let requested: StreamConfig = parse(payload, self.js.strict)?;
         if requested.name != name {
             return Err(errors::STREAM_MISMATCH.error());
         }
@@ -1453,7 +1496,7 @@ impl Service {
     }
 
     async fn info(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
-        let req: InfoRequest = parse(payload)?;
+        let req: InfoRequest = parse(payload, self.js.strict)?;
         let a = self.assignment(account, name)?;
         let op = StreamOp::State {
             subjects_filter: req.subjects_filter,
@@ -1505,7 +1548,7 @@ impl Service {
     }
 
     async fn purge(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
-        let req: PurgeRequest = parse(payload)?;
+        let req: PurgeRequest = parse(payload, self.js.strict)?;
         let a = self.assignment(account, name)?;
         if a.config.deny_purge || a.config.sealed {
             return Err(errors::STREAM_PURGE_FAILED.err("stream purge not permitted"));
@@ -1525,7 +1568,7 @@ impl Service {
     }
 
     fn names(&self, account: &str, payload: &[u8]) -> Result<Value, ApiError> {
-        let req: ListRequest = parse(payload)?;
+        let req: ListRequest = parse(payload, self.js.strict)?;
         let meta = self.meta.borrow();
         let matching: Vec<&StreamAssignment> = meta
             .streams_of(account)
@@ -1556,7 +1599,7 @@ impl Service {
     }
 
     async fn list(&self, account: &str, payload: &[u8]) -> Result<Value, ApiError> {
-        let req: ListRequest = parse(payload)?;
+        let req: ListRequest = parse(payload, self.js.strict)?;
         let matching: Vec<StreamAssignment> = self
             .meta
             .borrow()
@@ -1580,11 +1623,32 @@ impl Service {
     }
 
     async fn msg_get(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
-        let req: MsgGetRequest = parse(payload)?;
-        let specified = usize::from(req.seq > 0 && req.next_by_subj.is_none())
-            + usize::from(req.last_by_subj.is_some())
-            + usize::from(req.next_by_subj.is_some());
-        if specified != 1 {
+        let req: MsgGetRequest = parse(payload, self.js.strict)?;
+        if req.batch > 0 || req.max_bytes > 0 {
+            return Err(errors::BAD_REQUEST.error());
+        }
+        let start_time = match &req.start_time {
+            None => None,
+            Some(t) => Some(
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| errors::INVALID_JSON.err(e))?
+                    .unix_timestamp_nanos() as i64,
+            ),
+        };
+        // nats-server's rules: a sequence, a last subject or a start time,
+        // with a next subject as a filter for the sequence or the time.
+        let (seq, last, next) = (
+            req.seq > 0,
+            req.last_by_subj.is_some(),
+            req.next_by_subj.is_some(),
+        );
+        let timed = start_time.is_some();
+        if (seq && last)
+            || (!seq && !last && !next && !timed)
+            || (seq && timed)
+            || (timed && last)
+            || (last && next)
+        {
             return Err(errors::BAD_REQUEST.error());
         }
         self.assignment(account, name)?;
@@ -1592,8 +1656,14 @@ impl Service {
             seq: req.seq,
             last_by_subject: req.last_by_subj,
             next_by_subject: req.next_by_subj,
+            start_time,
         };
-        let message = self.stream_op(account, name, op).await?;
+        let mut message = self.stream_op(account, name, op).await?;
+        if req.no_hdr {
+            if let Some(m) = message.as_object_mut() {
+                m.remove("hdrs");
+            }
+        }
         Ok(json!({ "message": message }))
     }
 
@@ -1603,7 +1673,7 @@ impl Service {
         name: &str,
         payload: &[u8],
     ) -> Result<Value, ApiError> {
-        let req: MsgDeleteRequest = parse(payload)?;
+        let req: MsgDeleteRequest = parse(payload, self.js.strict)?;
         let a = self.assignment(account, name)?;
         if a.config.deny_delete || a.config.sealed {
             return Err(errors::STREAM_MSG_DELETE_FAILED.err("message delete not permitted"));

@@ -187,7 +187,7 @@ impl Service {
             return Err(errors::BAD_REQUEST.error());
         }
         let a = self.assignment(account, name)?;
-        let req: SnapshotRequest = parse(payload)?;
+        let req: SnapshotRequest = parse(payload, self.js.strict)?;
         if !is_publish_subject(&req.deliver_subject) {
             return Err(errors::SNAPSHOT_DELIVER_SUBJECT_INVALID.error());
         }
@@ -303,7 +303,7 @@ impl Service {
         if payload.iter().all(u8::is_ascii_whitespace) {
             return Err(errors::BAD_REQUEST.error());
         }
-        let req: RestoreRequest = parse(payload)?;
+        let req: RestoreRequest = parse(payload, self.js.strict)?;
         let mut requested = req.config;
         if requested.name.is_empty() {
             requested.name = name.to_string();

@@ -117,7 +117,7 @@ impl Service {
         let result = if super::super::stream::requires_newer_api(msg.headers()) {
             Err(errors::REQUIRED_API_LEVEL.error())
         } else {
-            match parse::<ResetRequest>(msg.payload()) {
+            match parse::<ResetRequest>(msg.payload(), self.js.strict) {
                 Ok(req) => {
                     let op = StreamOp::ResetConsumer {
                         name: name.to_string(),
@@ -154,7 +154,7 @@ impl Service {
         name: &str,
         payload: &[u8],
     ) -> Result<Value, ApiError> {
-        let req: UnpinRequest = parse(payload)?;
+        let req: UnpinRequest = parse(payload, self.js.strict)?;
         if req.group.is_empty() {
             return Err(errors::INVALID_JSON.err("consumer group not specified"));
         }
@@ -182,7 +182,7 @@ impl Service {
         name: &str,
         payload: &[u8],
     ) -> Result<Value, ApiError> {
-        let req: PauseRequest = parse(payload)?;
+        let req: PauseRequest = parse(payload, self.js.strict)?;
         let (stream, existing) = self.consumer_assignment(account, stream, name)?;
         let mut config = existing.config.clone();
         config.pause_until = req.pause_until;
@@ -266,7 +266,7 @@ impl Service {
         tokens: &[&str],
         payload: &[u8],
     ) -> Result<Value, ApiError> {
-        let req: CreateRequest = parse(payload)?;
+        let req: CreateRequest = parse(payload, self.js.strict)?;
         let mut req = req.resolve(tokens)?;
         // A mirror or source asks under a stable name; each of its consumers
         // gets its own (nats-server appends a random suffix the same way).
@@ -525,7 +525,7 @@ impl Service {
         stream: &str,
         payload: &[u8],
     ) -> Result<Value, ApiError> {
-        let req: ListRequest = parse(payload)?;
+        let req: ListRequest = parse(payload, self.js.strict)?;
         let meta = self.meta.borrow();
         if meta.stream(account, stream).is_none() {
             return Err(errors::STREAM_NOT_FOUND.error());
@@ -555,7 +555,7 @@ impl Service {
         stream: &str,
         payload: &[u8],
     ) -> Result<Value, ApiError> {
-        let req: ListRequest = parse(payload)?;
+        let req: ListRequest = parse(payload, self.js.strict)?;
         let all: Vec<ConsumerAssignment> = {
             let meta = self.meta.borrow();
             if meta.stream(account, stream).is_none() {
