@@ -570,7 +570,15 @@ impl Service {
         let mut missing = Vec::new();
         for c in all.iter().skip(req.offset).take(LIST_LIMIT) {
             match self.consumer_info(c).await {
-                Ok(info) => infos.push(info),
+                Ok(mut info) => {
+                    // A list shows the stored metadata, without the server's
+                    // level and version (as nats-server's does).
+                    if let Some(m) = info["config"]["metadata"].as_object_mut() {
+                        m.remove("_nats.level");
+                        m.remove("_nats.ver");
+                    }
+                    infos.push(info)
+                }
                 Err(_) => missing.push(c.name().to_string()),
             }
         }
