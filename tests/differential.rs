@@ -274,32 +274,7 @@ fn comparable(value: &serde_json::Value, key: &str) -> serde_json::Value {
 /// codes and texts, the account's usage and API counts).
 #[tokio::test]
 async fn jetstream_api_vs_nats_server() {
-    let base = std::env::temp_dir().join(format!("strait-jsdiff-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).expect("dir");
-    let store = |name: &str| base.join(name).display().to_string();
-    let strait = Server::start_with_config(
-        Some(&format!(
-            "jetstream {{ store_dir: {:?} }}\n",
-            store("strait")
-        )),
-        &["--shards", "1"],
-    );
-    let reference_conf = base.join("reference.conf");
-    std::fs::write(
-        &reference_conf,
-        format!("jetstream {{ store_dir: {:?} }}\n", store("reference")),
-    )
-    .expect("reference config");
-    let reference = Reference::start(&reference_conf);
-    let clients = [
-        async_nats::connect(format!("127.0.0.1:{}", strait.port))
-            .await
-            .expect("connect strait"),
-        async_nats::connect(format!("127.0.0.1:{}", reference.port))
-            .await
-            .expect("connect nats-server"),
-    ];
+    let (base, strait, reference, clients) = jetstream_pair("strait-jsdiff").await;
     let requests: &[(&str, &str)] = &[
         ("$JS.API.INFO", ""),
         (
@@ -423,32 +398,7 @@ async fn jetstream_api_vs_nats_server() {
 /// counter, and a stream that sources counters, message for message.
 #[tokio::test]
 async fn counters_vs_nats_server() {
-    let base = std::env::temp_dir().join(format!("strait-ctrdiff-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).expect("dir");
-    let store = |name: &str| base.join(name).display().to_string();
-    let strait = Server::start_with_config(
-        Some(&format!(
-            "jetstream {{ store_dir: {:?} }}\n",
-            store("strait")
-        )),
-        &["--shards", "1"],
-    );
-    let reference_conf = base.join("reference.conf");
-    std::fs::write(
-        &reference_conf,
-        format!("jetstream {{ store_dir: {:?} }}\n", store("reference")),
-    )
-    .expect("reference config");
-    let reference = Reference::start(&reference_conf);
-    let clients = [
-        async_nats::connect(format!("127.0.0.1:{}", strait.port))
-            .await
-            .expect("connect strait"),
-        async_nats::connect(format!("127.0.0.1:{}", reference.port))
-            .await
-            .expect("connect nats-server"),
-    ];
+    let (base, strait, reference, clients) = jetstream_pair("strait-ctrdiff").await;
     const INCR: &str = "Nats-Incr";
     let create = |cfg: &'static str| ("$JS.API.STREAM.CREATE.C", cfg, vec![]);
     let incr = |subject: &'static str, by: &'static str| (subject, "", vec![(INCR, by)]);
@@ -604,32 +554,7 @@ async fn headered_request(
 /// the stored messages carry.
 #[tokio::test]
 async fn atomic_batches_vs_nats_server() {
-    let base = std::env::temp_dir().join(format!("strait-batchdiff-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).expect("dir");
-    let store = |name: &str| base.join(name).display().to_string();
-    let strait = Server::start_with_config(
-        Some(&format!(
-            "jetstream {{ store_dir: {:?} }}\n",
-            store("strait")
-        )),
-        &["--shards", "1"],
-    );
-    let reference_conf = base.join("reference.conf");
-    std::fs::write(
-        &reference_conf,
-        format!("jetstream {{ store_dir: {:?} }}\n", store("reference")),
-    )
-    .expect("reference config");
-    let reference = Reference::start(&reference_conf);
-    let clients = [
-        async_nats::connect(format!("127.0.0.1:{}", strait.port))
-            .await
-            .expect("connect strait"),
-        async_nats::connect(format!("127.0.0.1:{}", reference.port))
-            .await
-            .expect("connect nats-server"),
-    ];
+    let (base, strait, reference, clients) = jetstream_pair("strait-batchdiff").await;
     const ID: &str = "Nats-Batch-Id";
     const SEQ: &str = "Nats-Batch-Sequence";
     const COMMIT: &str = "Nats-Batch-Commit";
@@ -722,4 +647,43 @@ async fn atomic_batches_vs_nats_server() {
     drop(strait);
     drop(reference);
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// strait (one shard) and nats-server, each with JetStream in its own store
+/// under a fresh directory, and a client of each.
+async fn jetstream_pair(
+    prefix: &str,
+) -> (
+    std::path::PathBuf,
+    Server,
+    Reference,
+    [async_nats::Client; 2],
+) {
+    let base = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("dir");
+    let store = |name: &str| base.join(name).display().to_string();
+    let strait = Server::start_with_config(
+        Some(&format!(
+            "jetstream {{ store_dir: {:?} }}\n",
+            store("strait")
+        )),
+        &["--shards", "1"],
+    );
+    let reference_conf = base.join("reference.conf");
+    std::fs::write(
+        &reference_conf,
+        format!("jetstream {{ store_dir: {:?} }}\n", store("reference")),
+    )
+    .expect("reference config");
+    let reference = Reference::start(&reference_conf);
+    let clients = [
+        async_nats::connect(format!("127.0.0.1:{}", strait.port))
+            .await
+            .expect("connect strait"),
+        async_nats::connect(format!("127.0.0.1:{}", reference.port))
+            .await
+            .expect("connect nats-server"),
+    ];
+    (base, strait, reference, clients)
 }
